@@ -1,0 +1,48 @@
+"""The ASGI application: API, operations and the admin UI on one server."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from tokenledger.audit.api import router as audit_router
+from tokenledger.auth.api import router as auth_router
+from tokenledger.config import Settings, get_settings
+from tokenledger.db import Database
+from tokenledger.errors import install_error_handlers
+from tokenledger.licenses.api import router as licenses_router
+from tokenledger.ops import BodyLimit, Metrics, install_metrics
+from tokenledger.ops import router as ops_router
+from tokenledger.organizations.api import router as organizations_router
+
+log = logging.getLogger("tokenledger")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    database = Database(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        database.dispose()
+
+    app = FastAPI(title="tokenledger", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.database = database
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+    install_metrics(app, app.state.metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    for router in (
+        ops_router,
+        auth_router,
+        organizations_router,
+        licenses_router,
+        audit_router,
+    ):
+        app.include_router(router)
+    return app

@@ -1,0 +1,54 @@
+"""Write and read audit entries; writes join the caller's transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tokenledger.audit.models import AuditEntry
+
+
+def record(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    entity_type: str,
+    entity_id: object,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    client_address: str | None,
+) -> None:
+    session.add(
+        AuditEntry(
+            actor=actor,
+            action=action,
+            entity_type=entity_type,
+            entity_id=str(entity_id),
+            before=before,
+            after=after,
+            client_address=client_address,
+        )
+    )
+
+
+def list_entries(
+    session: Session,
+    *,
+    entity_type: str | None,
+    entity_id: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[AuditEntry], int]:
+    query = select(AuditEntry)
+    if entity_type:
+        query = query.where(AuditEntry.entity_type == entity_type)
+    if entity_id:
+        query = query.where(AuditEntry.entity_id == entity_id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(AuditEntry.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return list(rows), total

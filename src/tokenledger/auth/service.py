@@ -1,0 +1,140 @@
+"""Admin accounts, login throttling and ingest keys."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from tokenledger.auth.models import ROLES, AdminUser, ApiKey, LoginAttempt
+from tokenledger.auth.passwords import hash_password, password_problem, verify_password
+from tokenledger.db import utcnow
+from tokenledger.errors import DomainError
+from tokenledger.organizations.models import Organization
+
+API_KEY_PREFIX = "tl_"
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def create_admin(session: Session, email: str, password: str, role: str = "admin") -> AdminUser:
+    email = normalize_email(email)
+    if "@" not in email or len(email) > 320:
+        raise DomainError(422, "invalid_email", f"not an email address: {email!r}")
+    if role not in ROLES:
+        raise DomainError(422, "invalid_role", f"role must be one of {', '.join(ROLES)}")
+    problem = password_problem(password, email)
+    if problem:
+        raise DomainError(422, "weak_password", problem)
+    if session.scalar(select(AdminUser.id).where(AdminUser.email == email)) is not None:
+        raise DomainError(409, "admin_exists", f"an admin with email {email} already exists")
+    user = AdminUser(email=email, password_hash=hash_password(password), role=role)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def count_admins(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(AdminUser)) or 0
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    max_failures: int
+    window_seconds: int
+
+
+def check_login_throttle(
+    session: Session, email: str, client_address: str, throttle: Throttle
+) -> None:
+    """429 with Retry-After when the account or the address failed too often lately."""
+    since = utcnow() - timedelta(seconds=throttle.window_seconds)
+    for column, value, limit in (
+        (LoginAttempt.email, email, throttle.max_failures),
+        (LoginAttempt.client_address, client_address, throttle.max_failures * 4),
+    ):
+        count, oldest = session.execute(
+            select(func.count(), func.min(LoginAttempt.created_at)).where(
+                column == value,
+                LoginAttempt.created_at >= since,
+                LoginAttempt.succeeded.is_(False),
+            )
+        ).one()
+        if count >= limit:
+            oldest_at = oldest.replace(tzinfo=utcnow().tzinfo) if oldest else utcnow()
+            retry = throttle.window_seconds - int((utcnow() - oldest_at).total_seconds())
+            raise DomainError(
+                429,
+                "too_many_attempts",
+                "too many failed logins; try again later",
+                headers={"Retry-After": str(max(1, retry))},
+            )
+
+
+def authenticate(session: Session, email: str, password: str, client_address: str) -> AdminUser | None:
+    """The active user with these credentials; a failure is recorded for throttling."""
+    email = normalize_email(email)
+    user = session.scalar(select(AdminUser).where(AdminUser.email == email))
+    ok = verify_password(user.password_hash if user else None, password)
+    if not ok or user is None or user.disabled_at is not None:
+        session.add(LoginAttempt(email=email, client_address=client_address, succeeded=False))
+        return None
+    return user
+
+
+def _hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_api_key(session: Session, name: str, org_slug: str | None) -> tuple[ApiKey, str]:
+    """A new ingest key; the secret is returned once and only its hash is stored."""
+    name = name.strip()
+    if not name:
+        raise DomainError(422, "invalid_name", "an API key needs a name")
+    organization_id = None
+    if org_slug is not None:
+        organization_id = session.scalar(
+            select(Organization.id).where(Organization.slug == org_slug)
+        )
+        if organization_id is None:
+            raise DomainError(404, "organization_not_found", f"no organization with slug {org_slug!r}")
+    secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(
+        name=name, prefix=secret[:10], key_hash=_hash_key(secret), organization_id=organization_id
+    )
+    session.add(key)
+    session.flush()
+    return key, secret
+
+
+def list_api_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)).all())
+
+
+def revoke_api_key(session: Session, key_id: int) -> ApiKey:
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise DomainError(404, "api_key_not_found", f"no API key with id {key_id}")
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+    return key
+
+
+def resolve_api_key(session: Session, secret: str) -> ApiKey | None:
+    """The live key for a presented secret, or None."""
+    if not secret.startswith(API_KEY_PREFIX):
+        return None
+    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == _hash_key(secret)))
+    if key is None or key.revoked_at is not None:
+        return None
+    return key
+
+
+def touch_api_key(session: Session, key_id: int) -> None:
+    session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))

@@ -1,0 +1,27 @@
+"""Reservations: money held for a run before it happens, settled by its usage."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tokenledger.db import Base, UTCDateTime, utcnow
+
+RESERVATION_STATUSES = ("held", "settled", "released", "expired")
+
+
+class Reservation(Base):
+    __tablename__ = "reservations"
+    __table_args__ = (Index("ix_reservations_license_status", "license_id", "status"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
+    license_id: Mapped[int | None] = mapped_column(ForeignKey("licenses.id"))
+    amount_nano: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="held")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    settled_cost_nano: Mapped[int | None] = mapped_column(BigInteger, default=None)

@@ -1,0 +1,327 @@
+"""The `tokenledger` command: migrate, serve, accounts, keys, demo data, reconcile, prices."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from tokenledger.config import Settings, get_settings
+from tokenledger.db import Database
+from tokenledger.errors import DomainError
+from tokenledger.migrations import runner
+
+
+class CliError(Exception):
+    """A one-line reason to stop with exit code 1."""
+
+
+def _database(settings: Settings) -> Database:
+    return Database(settings)
+
+
+def _require_migrated(database: Database) -> None:
+    current = runner.current_revision(database.engine)
+    if current != runner.head_revision():
+        state = "has no schema" if current is None else f"is at {current}"
+        raise CliError(
+            f"database {state}, newest is {runner.head_revision()}: run `tokenledger migrate` first"
+        )
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    database = _database(settings)
+    before = runner.current_revision(database.engine)
+    runner.upgrade(database.engine)
+    after = runner.current_revision(database.engine)
+    if before == after:
+        print(f"database already at the newest schema ({after})")
+    else:
+        print(f"database migrated from {before or 'empty'} to {after}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    database = _database(settings)
+    _require_migrated(database)
+    settings.signing_key()  # create the embedded key before workers race to
+    database.dispose()
+    if args.workers < 1:
+        raise CliError("--workers must be at least 1")
+    uvicorn.run(
+        "tokenledger.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="info",
+        proxy_headers=True,
+    )
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif args.password is not None:
+        password = args.password
+    else:
+        raise CliError("give --password or --password-stdin")
+    return password
+
+
+def cmd_create_admin(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenledger.auth import service
+
+    database = _database(settings)
+    _require_migrated(database)
+    password = _read_password(args)
+    with database.session(write=True) as session:
+        user = service.create_admin(session, args.email, password, args.role)
+        print(f"created {user.role} {user.email}")
+    return 0
+
+
+def cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenledger.auth import service
+
+    database = _database(settings)
+    _require_migrated(database)
+    with database.session(write=True) as session:
+        key, secret = service.create_api_key(session, args.name, args.org)
+        scope = f"organization {args.org}" if args.org else "all organizations (service key)"
+        print(secret)
+        print(f"key {key.id} '{key.name}' for {scope}; store it now, it is not shown again",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_api_key_list(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenledger.auth import service
+    from tokenledger.organizations.models import Organization
+
+    database = _database(settings)
+    _require_migrated(database)
+    with database.session(write=False) as session:
+        keys = service.list_api_keys(session)
+        slugs = {org.id: org.slug for org in session.query(Organization).all()}
+        print(f"{'id':>4}  {'prefix':<12} {'organization':<24} {'last used':<20} {'state':<8} name")
+        for key in keys:
+            org = slugs.get(key.organization_id, "?") if key.organization_id else "(service)"
+            used = key.last_used_at.strftime("%Y-%m-%d %H:%M") if key.last_used_at else "never"
+            state = "revoked" if key.revoked_at else "active"
+            print(f"{key.id:>4}  {key.prefix:<12} {org:<24} {used:<20} {state:<8} {key.name}")
+    return 0
+
+
+def cmd_api_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenledger.auth import service
+
+    database = _database(settings)
+    _require_migrated(database)
+    with database.session(write=True) as session:
+        key = service.revoke_api_key(session, args.id)
+        print(f"revoked key {key.id} '{key.name}'")
+    return 0
+
+
+def _initial_admin_file(settings: Settings) -> Path | None:
+    path = settings.sqlite_path()
+    return path.parent / "initial-admin.txt" if path else None
+
+
+def ensure_first_admin(database: Database, settings: Settings) -> None:
+    """Create the first admin when there is none, and print its login."""
+    from tokenledger.auth import service
+    from tokenledger.auth.passwords import verify_password
+
+    login_file = _initial_admin_file(settings)
+    with database.session(write=True) as session:
+        if service.count_admins(session) == 0:
+            email, password = "admin@example.com", secrets.token_urlsafe(12)
+            service.create_admin(session, email, password, "admin")
+            if login_file:
+                login_file.write_text(f"{email}\n{password}\n")
+                login_file.chmod(0o600)
+            print(f"admin login: {email} / {password}")
+            return
+        if login_file and login_file.exists():
+            email, password = login_file.read_text().split("\n")[:2]
+            user = session.query(service.AdminUser).filter_by(email=email).one_or_none()
+            if user and verify_password(user.password_hash, password):
+                print(f"admin login: {email} / {password}")
+                return
+        print("admin login: use an account made with `tokenledger create-admin`")
+
+
+def cmd_run_local(args: argparse.Namespace, settings: Settings) -> int:
+    """What `make run` does: migrate, first admin, demo data on first start, serve."""
+    database = _database(settings)
+    first_start = runner.current_revision(database.engine) is None
+    runner.upgrade(database.engine)
+    settings.signing_key()
+    if first_start:
+        from tokenledger.demo import load_demo_data
+
+        with database.session(write=True) as session:
+            summary = load_demo_data(session, settings)
+        print(f"demo data loaded: {summary}")
+    ensure_first_admin(database, settings)
+    print(f"serving on http://{args.host}:{args.port}")
+    database.dispose()
+    args.workers = 1
+    return cmd_serve(args, settings)
+
+
+def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenledger.demo import load_demo_data
+
+    database = _database(settings)
+    _require_migrated(database)
+    with database.session(write=True) as session:
+        summary = load_demo_data(session, settings)
+    print(f"demo data loaded: {summary}")
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenledger.usage.reconcile import reconcile
+
+    database = _database(settings)
+    _require_migrated(database)
+    with database.session(write=True) as session:
+        drift = reconcile(session, fix=args.fix)
+    for line in drift:
+        print(line)
+    if not drift:
+        print("no drift: every rollup and balance equals the sum of its events")
+        return 0
+    if args.fix:
+        print(f"fixed {len(drift)} drifting figures")
+        return 0
+    return 1
+
+
+def cmd_prices(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenledger.pricing import overrides
+
+    database = _database(settings)
+    _require_migrated(database)
+    if args.prices_command == "list":
+        with database.session(write=False) as session:
+            for line in overrides.describe(session):
+                print(line)
+        return 0
+    with database.session(write=True) as session:
+        if args.prices_command == "set":
+            row = overrides.set_override(
+                session,
+                provider=args.provider,
+                model=args.model,
+                rates={
+                    "input": args.input,
+                    "output": args.output,
+                    "cache_write_5m": args.cache_write_5m,
+                    "cache_write_1h": args.cache_write_1h,
+                    "cache_read": args.cache_read,
+                },
+                actor="cli",
+                client_address=None,
+            )
+            print(f"price override for {row.provider}/{row.model} set")
+        else:
+            overrides.unset_override(
+                session, provider=args.provider, model=args.model, actor="cli", client_address=None
+            )
+            print(f"price override for {args.provider}/{args.model} removed")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenledger", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="bring the database to the newest schema").set_defaults(
+        handler=cmd_migrate
+    )
+
+    for name, handler, help_text in (
+        ("serve", cmd_serve, "serve the API and the admin UI"),
+        ("run-local", cmd_run_local, "migrate, create the first admin, load demo data, serve"),
+    ):
+        serve = sub.add_parser(name, help=help_text)
+        serve.add_argument("--host", default="127.0.0.1")
+        serve.add_argument("--port", type=int, default=8000)
+        serve.add_argument("--workers", type=int, default=1)
+        serve.set_defaults(handler=handler)
+
+    admin = sub.add_parser("create-admin", help="create an admin user")
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--password")
+    admin.add_argument("--password-stdin", action="store_true")
+    admin.add_argument("--role", choices=["admin", "viewer"], default="admin")
+    admin.set_defaults(handler=cmd_create_admin)
+
+    keys = sub.add_parser("api-key", help="manage ingest keys").add_subparsers(
+        dest="key_command", required=True
+    )
+    create = keys.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--org", help="organization slug; without it, a service key")
+    create.set_defaults(handler=cmd_api_key_create)
+    keys.add_parser("list", help="list keys").set_defaults(handler=cmd_api_key_list)
+    revoke = keys.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("id", type=int)
+    revoke.set_defaults(handler=cmd_api_key_revoke)
+
+    sub.add_parser("demo-data", help="load demo organizations and usage").set_defaults(
+        handler=cmd_demo_data
+    )
+
+    reconcile = sub.add_parser("reconcile", help="recompute rollups and balances from events")
+    reconcile.add_argument("--fix", action="store_true")
+    reconcile.set_defaults(handler=cmd_reconcile)
+
+    prices = sub.add_parser("prices", help="operator price overrides").add_subparsers(
+        dest="prices_command", required=True
+    )
+    prices.add_parser("list", help="list overrides").set_defaults(handler=cmd_prices)
+    price_set = prices.add_parser("set", help="set an override (USD per million tokens)")
+    price_unset = prices.add_parser("unset", help="remove an override")
+    for command in (price_set, price_unset):
+        command.add_argument("--provider", default="anthropic")
+        command.add_argument("--model", required=True)
+        command.set_defaults(handler=cmd_prices)
+    price_set.add_argument("--input", required=True)
+    price_set.add_argument("--output", required=True)
+    price_set.add_argument("--cache-write-5m")
+    price_set.add_argument("--cache-write-1h")
+    price_set.add_argument("--cache-read")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace, Settings], int] = args.handler
+    try:
+        settings = get_settings()
+        return handler(args, settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        print(f"tokenledger: configuration {where}: {first['msg']}", file=sys.stderr)
+    except (CliError, DomainError) as exc:
+        print(f"tokenledger: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Settings, read once from the environment (or a .env file) into one object."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///./data/tokenledger.db"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set, each as TOKENLEDGER_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENLEDGER_", env_file=".env", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    secret_key: str = ""
+    billing_timezone: str = "UTC"
+    webhooks_allow_private: bool = False
+    # Back-dated events older than this are refused; backfills within it are accepted.
+    backfill_max_age_days: int = Field(default=400, ge=1)
+    access_token_minutes: int = Field(default=12 * 60, ge=1)
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    reservation_ttl_seconds: int = Field(default=15 * 60, ge=1)
+    # FULL survives power loss, NORMAL only a process crash; money wants FULL.
+    sqlite_synchronous: str = "FULL"
+    login_max_failures: int = Field(default=5, ge=1)
+    login_window_seconds: int = Field(default=15 * 60, ge=1)
+    cookie_secure: bool | None = None
+    webhook_worker: bool = True
+
+    @field_validator("billing_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("sqlite_synchronous")
+    @classmethod
+    def _synchronous_level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"FULL", "NORMAL", "EXTRA"}:
+            raise ValueError("must be FULL, EXTRA or NORMAL")
+        return value
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        return ZoneInfo(self.billing_timezone)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def signing_key(self) -> str:
+        """The secret that signs tokens; for the embedded database one is kept beside it."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.sqlite_path()
+        if path is None:
+            raise RuntimeError("TOKENLEDGER_SECRET_KEY must be set when using PostgreSQL")
+        key_file = path.parent / ".secret_key"
+        if not key_file.exists():
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            key_file.write_text(secrets.token_urlsafe(48))
+            key_file.chmod(0o600)
+        return key_file.read_text().strip()
+
+    def sqlite_path(self) -> Path | None:
+        if not self.is_sqlite:
+            return None
+        raw = self.database_url.split(":///", 1)[1] if ":///" in self.database_url else ""
+        if not raw or raw == ":memory:":
+            return None
+        return Path(raw)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,148 @@
+"""Typed dependencies: the request's unit of work and who is calling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session as OrmSession
+
+from tokenledger.auth import service as auth_service
+from tokenledger.auth.models import AdminUser
+from tokenledger.auth.tokens import decode_token
+from tokenledger.config import Settings
+from tokenledger.db import Database, utcnow
+from tokenledger.errors import DomainError
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SESSION_COOKIE = "tl_session"
+CSRF_COOKIE = "tl_csrf"
+CSRF_HEADER = "x-csrf-token"
+
+
+def get_database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session(request: Request) -> Iterator[OrmSession]:
+    """The request's one transaction: writes lock early, and it commits before responding."""
+    with get_database(request).session(write=request.method not in SAFE_METHODS) as session:
+        yield session
+
+
+Session = Annotated[OrmSession, Depends(get_session, scope="function")]
+AppSettings = Annotated[Settings, Depends(get_settings)]
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated admin user."""
+
+    user_id: int
+    email: str
+    role: str
+    csrf: str
+    via_cookie: bool
+    address: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def _unauthenticated() -> DomainError:
+    return DomainError(
+        401, "not_authenticated", "sign in first", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def current_principal(request: Request, session: Session, settings: AppSettings) -> Principal:
+    token = _bearer(request)
+    via_cookie = False
+    if token is None:
+        token = request.cookies.get(SESSION_COOKIE)
+        via_cookie = token is not None
+    if token is None:
+        raise _unauthenticated()
+    if token.startswith(auth_service.API_KEY_PREFIX):
+        raise DomainError(403, "ingest_key_not_allowed", "ingest keys cannot use admin routes")
+    claims = decode_token(settings.signing_key(), token)
+    if claims is None:
+        raise _unauthenticated()
+    user = session.get(AdminUser, claims.user_id)
+    if user is None or user.disabled_at is not None:
+        raise _unauthenticated()
+    if via_cookie and request.method not in SAFE_METHODS:
+        if request.headers.get(CSRF_HEADER) != claims.csrf:
+            raise DomainError(403, "csrf_failed", "missing or wrong CSRF token")
+    return Principal(
+        user_id=user.id,
+        email=user.email,
+        role=user.role,
+        csrf=claims.csrf,
+        via_cookie=via_cookie,
+        address=client_address(request),
+    )
+
+
+def require_viewer(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    return principal
+
+
+def require_admin(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    if not principal.is_admin:
+        raise DomainError(403, "admin_required", "this action needs the admin role")
+    return principal
+
+
+Viewer = Annotated[Principal, Depends(require_viewer)]
+Admin = Annotated[Principal, Depends(require_admin)]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestPrincipal:
+    """An ingest key: for one organization, or a service key for all (organization_id None)."""
+
+    key_id: int
+    organization_id: int | None
+
+
+def require_ingest_key(request: Request, session: Session) -> IngestPrincipal:
+    secret = _bearer(request)
+    if secret is None:
+        raise _unauthenticated()
+    key = auth_service.resolve_api_key(session, secret)
+    if key is None:
+        raise DomainError(401, "invalid_api_key", "unknown or revoked API key")
+    if key.last_used_at is None or utcnow() - key.last_used_at > timedelta(minutes=1):
+        if request.method in SAFE_METHODS:
+            # Its own short transaction, so that read-only requests stay read-only.
+            with get_database(request).session(write=True) as touch:
+                auth_service.touch_api_key(touch, key.id)
+        else:
+            auth_service.touch_api_key(session, key.id)
+    return IngestPrincipal(key_id=key.id, organization_id=key.organization_id)
+
+
+IngestKey = Annotated[IngestPrincipal, Depends(require_ingest_key)]

@@ -1,0 +1,58 @@
+"""Admin routes for licenses."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from tokenledger.audit import service as audit
+from tokenledger.deps import Admin, Session, Viewer
+from tokenledger.licenses import service
+from tokenledger.licenses.schemas import LicenseCreate, LicenseRead, LicenseUpdate
+
+router = APIRouter(tags=["licenses"])
+
+
+@router.post("/api/licenses", status_code=201)
+def create_license(data: LicenseCreate, session: Session, admin: Admin) -> LicenseRead:
+    lic = service.create(session, data)
+    audit.record(
+        session,
+        actor=admin.email,
+        action="license.create",
+        entity_type="license",
+        entity_id=lic.id,
+        before=None,
+        after=service.snapshot(lic),
+        client_address=admin.address,
+    )
+    return service.to_read(lic)
+
+
+@router.get("/api/licenses/{license_id}")
+def get_license(license_id: int, session: Session, _viewer: Viewer) -> LicenseRead:
+    return service.to_read(service.get(session, license_id))
+
+
+@router.patch("/api/licenses/{license_id}")
+def update_license(
+    license_id: int, data: LicenseUpdate, session: Session, admin: Admin
+) -> LicenseRead:
+    lic = service.get(session, license_id, for_update=True)
+    before = service.snapshot(lic)
+    service.update_license(session, lic, data)
+    audit.record(
+        session,
+        actor=admin.email,
+        action="license.update",
+        entity_type="license",
+        entity_id=lic.id,
+        before=before,
+        after=service.snapshot(lic),
+        client_address=admin.address,
+    )
+    return service.to_read(lic)
+
+
+@router.get("/api/organizations/{org_id}/licenses")
+def organization_licenses(org_id: int, session: Session, _viewer: Viewer) -> list[LicenseRead]:
+    return [service.to_read(lic) for lic in service.for_organization(session, org_id)]

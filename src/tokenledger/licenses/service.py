@@ -1,0 +1,220 @@
+"""Licenses: create, change, find the one in force, and adjust credits with a trace."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tokenledger.db import utcnow
+from tokenledger.errors import DomainError, not_found
+from tokenledger.licenses.models import CreditAdjustment, License
+from tokenledger.licenses.schemas import LicenseCreate, LicenseRead, LicenseUpdate
+from tokenledger.money import (
+    credits_to_micro,
+    micro_to_credits,
+    nano_to_usd,
+    usd_to_nano,
+)
+from tokenledger.organizations import service as organizations
+
+
+def to_read(lic: License) -> LicenseRead:
+    return LicenseRead(
+        id=lic.id,
+        organization_id=lic.organization_id,
+        status=lic.status,
+        valid_from=lic.valid_from,
+        valid_until=lic.valid_until,
+        credits_total=micro_to_credits(lic.credits_total_micro),
+        credits_used=micro_to_credits(lic.credits_used_micro),
+        credits_remaining=micro_to_credits(lic.credits_total_micro - lic.credits_used_micro),
+        cost_per_credit=nano_to_usd(lic.cost_per_credit_nano),
+        token_budget_usd=(
+            nano_to_usd(lic.token_budget_nano) if lic.token_budget_nano is not None else None
+        ),
+        budget_period=lic.budget_period,
+        budget_warning_percent=lic.budget_warning_percent,
+        enforcement=lic.enforcement,
+        created_at=lic.created_at,
+        updated_at=lic.updated_at,
+    )
+
+
+def snapshot(lic: License) -> dict[str, Any]:
+    """The audited view of a license: its API shape, as JSON-safe values."""
+    data = to_read(lic).model_dump(mode="json", exclude={"created_at", "updated_at"})
+    return data
+
+
+def get(session: Session, license_id: int, *, for_update: bool = False) -> License:
+    query = select(License).where(License.id == license_id)
+    if for_update:
+        query = query.with_for_update()
+    lic = session.scalar(query)
+    if lic is None:
+        raise not_found("license", license_id)
+    return lic
+
+
+def for_organization(session: Session, org_id: int) -> list[License]:
+    organizations.get(session, org_id)
+    return list(
+        session.scalars(
+            select(License).where(License.organization_id == org_id).order_by(License.id.desc())
+        ).all()
+    )
+
+
+def active_for(session: Session, org_id: int) -> License | None:
+    return session.scalar(
+        select(License).where(License.organization_id == org_id, License.status == "active")
+    )
+
+
+def in_force_at(licenses: list[License], at: datetime) -> License | None:
+    """The license an event at `at` belongs to: its validity contains `at`, not cancelled.
+
+    When validities overlap, the one that began last wins (ties: the newest license).
+    """
+    best: License | None = None
+    for lic in licenses:
+        if lic.status == "cancelled" or lic.valid_from > at:
+            continue
+        if lic.valid_until is not None and at >= lic.valid_until:
+            continue
+        if best is None or (lic.valid_from, lic.id) > (best.valid_from, best.id):
+            best = lic
+    return best
+
+
+def candidates_for(session: Session, org_ids: list[int]) -> dict[int, list[License]]:
+    """Every non-cancelled license of these organizations, in one query."""
+    result: dict[int, list[License]] = {org_id: [] for org_id in org_ids}
+    if not org_ids:
+        return result
+    rows = session.scalars(
+        select(License).where(
+            License.organization_id.in_(org_ids), License.status != "cancelled"
+        )
+    )
+    for lic in rows:
+        result[lic.organization_id].append(lic)
+    return result
+
+
+def _one_active_conflict() -> DomainError:
+    return DomainError(
+        409, "active_license_exists", "this organization already has an active license"
+    )
+
+
+def _flush(session: Session) -> None:
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError as exc:
+        if "one_active" in str(exc.orig) or "uq_licenses" in str(exc.orig):
+            raise _one_active_conflict() from exc
+        raise DomainError(422, "invalid_license", "the license violates a constraint") from exc
+
+
+def create(session: Session, data: LicenseCreate) -> License:
+    org = organizations.get(session, data.organization_id)
+    if org.archived_at is not None:
+        raise DomainError(409, "organization_archived", "the organization is archived")
+    if data.status == "active" and active_for(session, org.id) is not None:
+        raise _one_active_conflict()
+    lic = License(
+        organization_id=org.id,
+        status=data.status,
+        valid_from=data.valid_from or utcnow(),
+        valid_until=data.valid_until,
+        credits_total_micro=credits_to_micro(data.credits_total),
+        cost_per_credit_nano=usd_to_nano(data.cost_per_credit),
+        token_budget_nano=(
+            usd_to_nano(data.token_budget_usd) if data.token_budget_usd is not None else None
+        ),
+        budget_period=data.budget_period,
+        budget_warning_percent=data.budget_warning_percent,
+        enforcement=data.enforcement,
+        credits_used_micro=0,
+    )
+    if lic.valid_until is not None and lic.valid_until <= lic.valid_from:
+        raise DomainError(422, "invalid_validity", "valid_until must be after valid_from")
+    session.add(lic)
+    _flush(session)
+    return lic
+
+
+def update_license(session: Session, lic: License, data: LicenseUpdate) -> License:
+    fields = data.model_fields_set
+    if "status" in fields and data.status is not None:
+        if data.status == "active" and lic.status != "active":
+            other = active_for(session, lic.organization_id)
+            if other is not None and other.id != lic.id:
+                raise _one_active_conflict()
+        lic.status = data.status
+    if "valid_from" in fields and data.valid_from is not None:
+        lic.valid_from = data.valid_from
+    if "valid_until" in fields:
+        lic.valid_until = data.valid_until
+    if lic.valid_until is not None and lic.valid_until <= lic.valid_from:
+        raise DomainError(422, "invalid_validity", "valid_until must be after valid_from")
+    apply_budget(
+        lic,
+        credits_total=data.credits_total if "credits_total" in fields else None,
+        cost_per_credit=data.cost_per_credit if "cost_per_credit" in fields else None,
+        token_budget_usd=data.token_budget_usd,
+        token_budget_given="token_budget_usd" in fields,
+        budget_warning_percent=data.budget_warning_percent,
+    )
+    if data.budget_period is not None:
+        lic.budget_period = data.budget_period
+    if data.enforcement is not None:
+        lic.enforcement = data.enforcement
+    lic.updated_at = utcnow()
+    _flush(session)
+    return lic
+
+
+def apply_budget(
+    lic: License,
+    *,
+    credits_total: Any,
+    cost_per_credit: Any,
+    token_budget_usd: Any,
+    token_budget_given: bool,
+    budget_warning_percent: int | None,
+) -> None:
+    """Set the budget fields that were given (the token budget may be set to null)."""
+    if credits_total is not None:
+        lic.credits_total_micro = credits_to_micro(credits_total)
+    if cost_per_credit is not None:
+        lic.cost_per_credit_nano = usd_to_nano(cost_per_credit)
+    if token_budget_given:
+        lic.token_budget_nano = (
+            usd_to_nano(token_budget_usd) if token_budget_usd is not None else None
+        )
+    if budget_warning_percent is not None:
+        lic.budget_warning_percent = budget_warning_percent
+
+
+def adjust_credits_used(
+    session: Session, lic: License, target_micro: int, actor: str, reason: str
+) -> CreditAdjustment:
+    """Move credits_used to a target through an explicit adjustment entry (atomic delta)."""
+    delta = target_micro - lic.credits_used_micro
+    adjustment = CreditAdjustment(license_id=lic.id, delta_micro=delta, reason=reason, actor=actor)
+    session.add(adjustment)
+    session.execute(
+        update(License)
+        .where(License.id == lic.id)
+        .values(credits_used_micro=License.credits_used_micro + delta)
+    )
+    session.refresh(lic)
+    return adjustment
+

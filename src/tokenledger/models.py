@@ -1,0 +1,38 @@
+"""Every table, imported in one place for Alembic and for create-from-scratch checks."""
+
+from tokenledger.alerts.models import Alert, Webhook, WebhookDelivery
+from tokenledger.audit.models import AuditEntry
+from tokenledger.auth.models import AdminUser, ApiKey, LoginAttempt
+from tokenledger.budgets.models import Reservation
+from tokenledger.db import Base
+from tokenledger.licenses.models import CreditAdjustment, License
+from tokenledger.organizations.models import Organization
+from tokenledger.pricing.models import PriceOverrideRow
+from tokenledger.usage.models import (
+    LicenseUsage,
+    Refresh,
+    TokenUsageMonthly,
+    UsageDaily,
+    UsageEvent,
+)
+
+__all__ = [
+    "AdminUser",
+    "Alert",
+    "ApiKey",
+    "AuditEntry",
+    "Base",
+    "CreditAdjustment",
+    "License",
+    "LicenseUsage",
+    "LoginAttempt",
+    "Organization",
+    "PriceOverrideRow",
+    "Refresh",
+    "Reservation",
+    "TokenUsageMonthly",
+    "UsageDaily",
+    "UsageEvent",
+    "Webhook",
+    "WebhookDelivery",
+]

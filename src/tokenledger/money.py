@@ -1,0 +1,127 @@
+"""Exact money and credits: integer units, parsing and the one rounding rule.
+
+USD amounts are stored as integer nano-dollars (1 USD = 10**9 nano). LLM token prices go
+below a micro-dollar per token, and int64 nano-dollars still hold about 9.2 billion USD.
+Credits are stored as integer micro-credits (1 credit = 10**6 micro). Amounts that do not
+divide exactly (cost / cost per credit, a price times tokens) are rounded once, half to
+even, and the rounded integer is what is stored; every sum is then a sum of integers.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+NANO_PER_USD = 10**9
+MICRO_PER_CREDIT = 10**6
+
+_USD_QUANTUM = Decimal(1) / NANO_PER_USD
+_CREDIT_QUANTUM = Decimal(1) / MICRO_PER_CREDIT
+
+
+class MoneyError(ValueError):
+    """A value that cannot be an amount of money or credits."""
+
+
+def to_decimal(value: object) -> Decimal:
+    """Parse an amount from JSON-ish input: decimal text, int or Decimal; never a float."""
+    if isinstance(value, bool) or value is None:
+        raise MoneyError("must be a number")
+    if isinstance(value, float):
+        # A binary float has already lost the amount the caller meant; callers send text.
+        value = repr(value)
+    if isinstance(value, int | Decimal):
+        amount = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            amount = Decimal(value.strip())
+        except InvalidOperation as exc:
+            raise MoneyError("must be a decimal number") from exc
+    else:
+        raise MoneyError("must be a number")
+    if not amount.is_finite():
+        raise MoneyError("must be finite")
+    return amount
+
+
+def usd_to_nano(amount: Decimal) -> int:
+    """Whole nano-dollars of an amount of USD, rounded half to even."""
+    return int((amount * NANO_PER_USD).to_integral_value(ROUND_HALF_EVEN))
+
+
+def nano_to_usd(nano: int) -> Decimal:
+    """Exact USD value of an integer of nano-dollars."""
+    return (Decimal(nano) / NANO_PER_USD).quantize(_USD_QUANTUM)
+
+
+def credits_to_micro(amount: Decimal) -> int:
+    """Whole micro-credits of an amount of credits, rounded half to even."""
+    return int((amount * MICRO_PER_CREDIT).to_integral_value(ROUND_HALF_EVEN))
+
+
+def micro_to_credits(micro: int) -> Decimal:
+    """Exact credit value of an integer of micro-credits."""
+    return (Decimal(micro) / MICRO_PER_CREDIT).quantize(_CREDIT_QUANTUM)
+
+
+def credits_for_cost(cost_nano: int, cost_per_credit_nano: int) -> int:
+    """Micro-credits that a cost consumes at a price per credit: the one division rule.
+
+    credits = cost / cost_per_credit, rounded half to even to a micro-credit, in integers
+    only: micro = cost_nano * 10**6 / cost_per_credit_nano.
+    """
+    if cost_per_credit_nano <= 0:
+        raise MoneyError("cost per credit must be positive")
+    numerator = cost_nano * MICRO_PER_CREDIT
+    quotient, remainder = divmod(numerator, cost_per_credit_nano)
+    twice = 2 * remainder
+    if twice > cost_per_credit_nano or (twice == cost_per_credit_nano and quotient % 2 == 1):
+        quotient += 1
+    return quotient
+
+
+def format_usd(nano: int | None) -> str | None:
+    """Exact decimal text of nano-dollars with trailing zeros trimmed to at least 2 places."""
+    if nano is None:
+        return None
+    return _trim(nano_to_usd(nano), 2)
+
+
+def format_credits(micro: int | None) -> str | None:
+    """Exact decimal text of micro-credits, trimmed to at least 1 place."""
+    if micro is None:
+        return None
+    return _trim(micro_to_credits(micro), 1)
+
+
+def _trim(amount: Decimal, min_places: int) -> str:
+    text = f"{amount:f}"
+    whole, _, frac = text.partition(".")
+    frac = frac.rstrip("0").ljust(min_places, "0")
+    return f"{whole}.{frac}"
+
+
+def round_usd(nano: int | None, places: int = 2) -> float | None:
+    """The origin's JSON rendering of USD (a number with 2 places), for display only."""
+    if nano is None:
+        return None
+    return float(nano_to_usd(nano).quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN))
+
+
+def round_credits(micro: int | None, places: int = 1) -> float | None:
+    """The origin's JSON rendering of credits (1 place), for display only."""
+    if micro is None:
+        return None
+    return float(micro_to_credits(micro).quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN))
+
+
+def percent(part: int, whole: int, places: int = 1) -> float | None:
+    """part / whole in percent, rounded for display; None when whole is not positive."""
+    if whole <= 0:
+        return None
+    value = Decimal(part) * 100 / Decimal(whole)
+    return float(value.quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN))
+
+
+# Bounds of what the API accepts, so that every stored integer fits in int64.
+MAX_USD = Decimal(1_000_000_000)
+MAX_CREDITS = Decimal(1_000_000_000_000)

@@ -1,0 +1,147 @@
+"""Operations: liveness, readiness, Prometheus metrics, and the request body cap."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tokenledger.deps import get_database
+from tokenledger.errors import error_body
+from tokenledger.migrations.runner import is_migrated
+
+router = APIRouter(tags=["operations"])
+
+
+class Metrics:
+    """One registry per app, so that several apps in one process do not collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "tokenledger_http_requests",
+            "HTTP requests by method, route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tokenledger_http_request_duration_seconds",
+            "HTTP request latency by method and route.",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.db_errors = Counter(
+            "tokenledger_database_errors",
+            "Database errors seen while serving requests.",
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "tokenledger_usage_events",
+            "Usage events received, by outcome (created, duplicate).",
+            ["status"],
+            registry=self.registry,
+        )
+
+
+def install_metrics(app: FastAPI, metrics: Metrics) -> None:
+    @app.middleware("http")
+    async def _measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        except SQLAlchemyError:
+            metrics.db_errors.inc()
+            raise
+        finally:
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            metrics.requests.labels(request.method, template, str(status)).inc()
+            metrics.latency.labels(request.method, template).observe(
+                time.perf_counter() - started
+            )
+
+
+@router.get("/healthz", include_in_schema=False)
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", include_in_schema=False)
+def readyz(request: Request) -> JSONResponse:
+    database = get_database(request)
+    try:
+        with database.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        migrated = is_migrated(database.engine)
+    except SQLAlchemyError:
+        request.app.state.metrics.db_errors.inc()
+        return JSONResponse(error_body("database_unreachable", "database unreachable"), 503)
+    if not migrated:
+        return JSONResponse(error_body("not_migrated", "run `tokenledger migrate`"), 503)
+    return JSONResponse({"status": "ready"})
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request) -> PlainTextResponse:
+    registry = request.app.state.metrics.registry
+    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class BodyLimit:
+    """413 for request bodies larger than the limit, whether declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send)
+            return
+        seen = 0
+        too_large = False
+
+        async def limited() -> Message:
+            nonlocal seen, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    too_large = True
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        response = JSONResponse(
+            error_body("body_too_large", f"request body over {self.max_bytes} bytes"), 413
+        )
+        await response({"type": "http"}, _no_receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}

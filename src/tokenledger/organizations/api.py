@@ -1,0 +1,91 @@
+"""Admin routes for organizations."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from tokenledger.audit import service as audit
+from tokenledger.deps import Admin, Session, Viewer
+from tokenledger.organizations import service
+from tokenledger.organizations.schemas import (
+    OrganizationCreate,
+    OrganizationRead,
+    OrganizationUpdate,
+)
+from tokenledger.schemas import Limit, Offset, Page
+
+router = APIRouter(prefix="/api/organizations", tags=["organizations"])
+
+
+@router.get("")
+def list_organizations(
+    session: Session,
+    _viewer: Viewer,
+    q: str | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Page[OrganizationRead]:
+    rows, total = service.search(session, q, limit, offset)
+    items = [OrganizationRead.model_validate(row) for row in rows]
+    return Page(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.post("", status_code=201)
+def create_organization(
+    data: OrganizationCreate, session: Session, admin: Admin
+) -> OrganizationRead:
+    org = service.create(session, data)
+    audit.record(
+        session,
+        actor=admin.email,
+        action="organization.create",
+        entity_type="organization",
+        entity_id=org.id,
+        before=None,
+        after=service.snapshot(org),
+        client_address=admin.address,
+    )
+    return OrganizationRead.model_validate(org)
+
+
+@router.get("/{org_id}")
+def get_organization(org_id: int, session: Session, _viewer: Viewer) -> OrganizationRead:
+    return OrganizationRead.model_validate(service.get(session, org_id))
+
+
+@router.patch("/{org_id}")
+def update_organization(
+    org_id: int, data: OrganizationUpdate, session: Session, admin: Admin
+) -> OrganizationRead:
+    org = service.get(session, org_id)
+    before = service.snapshot(org)
+    service.update(session, org, data)
+    audit.record(
+        session,
+        actor=admin.email,
+        action="organization.update",
+        entity_type="organization",
+        entity_id=org.id,
+        before=before,
+        after=service.snapshot(org),
+        client_address=admin.address,
+    )
+    return OrganizationRead.model_validate(org)
+
+
+@router.delete("/{org_id}", status_code=204)
+def delete_organization(org_id: int, session: Session, admin: Admin) -> Response:
+    org = service.get(session, org_id)
+    before = service.snapshot(org)
+    service.delete(session, org)
+    audit.record(
+        session,
+        actor=admin.email,
+        action="organization.delete",
+        entity_type="organization",
+        entity_id=org_id,
+        before=before,
+        after=None,
+        client_address=admin.address,
+    )
+    return Response(status_code=204)

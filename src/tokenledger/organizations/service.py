@@ -1,0 +1,122 @@
+"""Organizations: create, find, change, archive. Tenant lookups go through here."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tokenledger.db import utcnow
+from tokenledger.errors import DomainError, not_found
+from tokenledger.organizations.models import Organization
+from tokenledger.organizations.schemas import OrganizationCreate, OrganizationUpdate
+
+
+def slugify(name: str) -> str:
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
+    return slug[:64].strip("-") or "org"
+
+
+def snapshot(org: Organization) -> dict[str, Any]:
+    return {
+        "name": org.name,
+        "slug": org.slug,
+        "archived_at": org.archived_at.isoformat() if org.archived_at else None,
+    }
+
+
+def get(session: Session, org_id: int) -> Organization:
+    org = session.get(Organization, org_id)
+    if org is None:
+        raise not_found("organization", org_id)
+    return org
+
+
+def by_slug_or_id(session: Session, ref: str) -> Organization | None:
+    org = session.scalar(select(Organization).where(Organization.slug == ref))
+    if org is None and ref.isdigit():
+        org = session.get(Organization, int(ref))
+    return org
+
+
+def _slug_taken(session: Session, slug: str, except_id: int | None = None) -> bool:
+    query = select(Organization.id).where(Organization.slug == slug)
+    if except_id is not None:
+        query = query.where(Organization.id != except_id)
+    return session.scalar(query) is not None
+
+
+def _conflict(slug: str) -> DomainError:
+    return DomainError(409, "slug_taken", f"an organization with slug {slug!r} exists already")
+
+
+def create(session: Session, data: OrganizationCreate) -> Organization:
+    slug = data.slug or slugify(data.name)
+    if _slug_taken(session, slug):
+        raise _conflict(slug)
+    org = Organization(name=data.name.strip(), slug=slug)
+    session.add(org)
+    try:
+        # A savepoint, so that a racing insert of the same slug becomes a 409, not a 500.
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError as exc:
+        raise _conflict(slug) from exc
+    return org
+
+
+def update(session: Session, org: Organization, data: OrganizationUpdate) -> Organization:
+    if data.name is not None:
+        org.name = data.name.strip()
+    if data.slug is not None and data.slug != org.slug:
+        if _slug_taken(session, data.slug, except_id=org.id):
+            raise _conflict(data.slug)
+        org.slug = data.slug
+    if data.archived is not None:
+        org.archived_at = (org.archived_at or utcnow()) if data.archived else None
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError as exc:
+        raise _conflict(org.slug) from exc
+    return org
+
+
+def search(
+    session: Session, query: str | None, limit: int, offset: int, include_archived: bool = True
+) -> tuple[list[Organization], int]:
+    stmt = select(Organization)
+    if query:
+        pattern = f"%{query.lower()}%"
+        stmt = stmt.where(
+            or_(func.lower(Organization.name).like(pattern), Organization.slug.like(pattern))
+        )
+    if not include_archived:
+        stmt = stmt.where(Organization.archived_at.is_(None))
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(stmt.order_by(Organization.name, Organization.id).limit(limit).offset(offset))
+    return list(rows.all()), total
+
+
+def delete(session: Session, org: Organization) -> None:
+    """Delete an organization that never had anything; one with history is archived instead."""
+    # Imported here: these domains build on organizations, not the other way round.
+    from tokenledger.auth.models import ApiKey
+    from tokenledger.licenses.models import License
+    from tokenledger.usage.models import Refresh, UsageEvent
+
+    for model in (UsageEvent, License, Refresh, ApiKey):
+        if session.scalar(select(model.id).where(model.organization_id == org.id).limit(1)):
+            raise DomainError(
+                409,
+                "organization_has_history",
+                "this organization has usage, licenses or keys: archive it instead "
+                '(PATCH {"archived": true})',
+            )
+    session.delete(org)
+    session.flush()

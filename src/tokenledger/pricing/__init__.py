@@ -1,0 +1,1 @@
+"""Pricing: what a model call costs, from bundled price data or operator overrides."""

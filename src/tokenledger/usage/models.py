@@ -1,0 +1,137 @@
+"""Usage events (the ledger), their rollups, and refresh runs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tokenledger.db import Base, BigId, UTCDateTime, utcnow
+
+
+class UsageEvent(Base):
+    """One model call (or a few, api_calls), priced once when written and never changed."""
+
+    __tablename__ = "usage_events"
+    __table_args__ = (
+        # Permanent idempotency: (organization, caller's id) is unique forever.
+        UniqueConstraint("organization_id", "external_id"),
+        Index("ix_usage_events_org_timestamp", "organization_id", "timestamp"),
+        Index(
+            "ix_usage_events_unpriced",
+            "provider",
+            "model",
+            sqlite_where=text("pricing = 'unpriced'"),
+            postgresql_where=text("pricing = 'unpriced'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"))
+    external_id: Mapped[str] = mapped_column(String(128))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    year_month: Mapped[str] = mapped_column(String(7))
+    day: Mapped[str] = mapped_column(String(10))
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_creation_input_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_read_input_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_1h_tokens: Mapped[int] = mapped_column(BigInteger)
+    api_calls: Mapped[int] = mapped_column(Integer)
+    refresh_id: Mapped[str | None] = mapped_column(String(128))
+    reservation_id: Mapped[str | None] = mapped_column(String(64))
+    license_id: Mapped[int | None] = mapped_column(ForeignKey("licenses.id"), index=True)
+    pricing: Mapped[str] = mapped_column(String(16))
+    cost_nano: Mapped[int | None] = mapped_column(BigInteger)
+    credits_micro: Mapped[int | None] = mapped_column(BigInteger)
+    price_source: Mapped[str | None] = mapped_column(String(64))
+    price_version: Mapped[str | None] = mapped_column(String(128))
+    priced_model: Mapped[str | None] = mapped_column(String(128))
+    rates: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+
+
+class TokenUsageMonthly(Base):
+    """Per organization and billing month: the sums of its events, maintained per batch."""
+
+    __tablename__ = "token_usage_monthly"
+
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id"), primary_key=True
+    )
+    year_month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_creation_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_nano: Mapped[int] = mapped_column(BigInteger, default=0)
+    api_calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    refresh_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    event_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    unpriced_events: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class UsageDaily(Base):
+    """Per organization, billing day and model: sums for breakdowns, series and burn rate."""
+
+    __tablename__ = "usage_daily"
+
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id"), primary_key=True
+    )
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_creation_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_nano: Mapped[int] = mapped_column(BigInteger, default=0)
+    api_calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    event_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    unpriced_events: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class LicenseUsage(Base):
+    """Per license and billing month: spend and credits, for budgets over either period."""
+
+    __tablename__ = "license_usage"
+
+    license_id: Mapped[int] = mapped_column(ForeignKey("licenses.id"), primary_key=True)
+    year_month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    cost_nano: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits_micro: Mapped[int] = mapped_column(BigInteger, default=0)
+    event_count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Refresh(Base):
+    """One run of the operator's product; completed runs count in the month they finished."""
+
+    __tablename__ = "refreshes"
+    __table_args__ = (UniqueConstraint("organization_id", "refresh_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"))
+    refresh_id: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The month whose refresh_count includes this run, when it is completed.
+    counted_month: Mapped[str | None] = mapped_column(String(7))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
