@@ -8,7 +8,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from tokenledger.alerts.api import router as alerts_router
+from tokenledger.alerts.webhooks import WebhookWorker
 from tokenledger.audit.api import router as audit_router
+from tokenledger.budgets.api import router as budgets_router
 from tokenledger.auth.api import router as auth_router
 from tokenledger.config import Settings, get_settings
 from tokenledger.db import Database
@@ -17,6 +20,8 @@ from tokenledger.licenses.api import router as licenses_router
 from tokenledger.ops import BodyLimit, Metrics, install_metrics
 from tokenledger.ops import router as ops_router
 from tokenledger.organizations.api import router as organizations_router
+from tokenledger.pricing.api import router as pricing_router
+from tokenledger.usage.api import router as usage_router
 
 log = logging.getLogger("tokenledger")
 
@@ -27,7 +32,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        worker = None
+        if settings.webhook_worker:
+            worker = WebhookWorker(database, settings.webhooks_allow_private)
+            worker.start()
         yield
+        if worker is not None:
+            worker.stop()
         database.dispose()
 
     app = FastAPI(title="tokenledger", version="0.1.0", lifespan=lifespan)
@@ -43,6 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         organizations_router,
         licenses_router,
         audit_router,
+        usage_router,
+        budgets_router,
+        alerts_router,
+        pricing_router,
     ):
         app.include_router(router)
     return app

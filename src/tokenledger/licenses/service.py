@@ -91,16 +91,26 @@ def in_force_at(licenses: list[License], at: datetime) -> License | None:
     return best
 
 
-def candidates_for(session: Session, org_ids: list[int]) -> dict[int, list[License]]:
-    """Every non-cancelled license of these organizations, in one query."""
+def candidates_for(
+    session: Session, org_ids: list[int], *, lock: bool = False
+) -> dict[int, list[License]]:
+    """Every non-cancelled license of these organizations, in one query.
+
+    With lock, the rows are locked in id order (PostgreSQL; SQLite's write transaction
+    already excludes other writers), so concurrent batches cannot deadlock on them.
+    """
     result: dict[int, list[License]] = {org_id: [] for org_id in org_ids}
     if not org_ids:
         return result
-    rows = session.scalars(
-        select(License).where(
-            License.organization_id.in_(org_ids), License.status != "cancelled"
-        )
+    query = (
+        select(License)
+        .where(License.organization_id.in_(org_ids), License.status != "cancelled")
+        .order_by(License.id)
+        .execution_options(populate_existing=True)
     )
+    if lock:
+        query = query.with_for_update()
+    rows = session.scalars(query)
     for lic in rows:
         result[lic.organization_id].append(lic)
     return result

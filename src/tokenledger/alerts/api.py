@@ -1,0 +1,114 @@
+"""Admin routes: alerts, and the webhooks they are delivered to."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from tokenledger.alerts import service, webhooks
+from tokenledger.alerts.models import Webhook
+from tokenledger.audit import service as audit
+from tokenledger.deps import Admin, AppSettings, Session, Viewer
+from tokenledger.errors import not_found
+from tokenledger.schemas import InputModel, Limit, Offset, Page
+
+router = APIRouter(tags=["alerts"])
+
+
+class AlertRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    type: str
+    organization_id: int
+    license_id: int
+    period: str
+    details: dict[str, Any] | None
+    created_at: datetime
+
+
+class WebhookCreate(InputModel):
+    url: str = Field(min_length=8, max_length=2000)
+    description: str = Field(default="", max_length=500)
+
+
+class WebhookRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    url: str
+    description: str
+    active: bool
+    created_at: datetime
+
+
+class WebhookCreated(WebhookRead):
+    secret: str
+
+
+@router.get("/api/alerts")
+def list_alerts(
+    session: Session,
+    _viewer: Viewer,
+    organization_id: int | None = None,
+    type: str | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Page[AlertRead]:
+    rows, total = service.list_alerts(session, organization_id, type, limit, offset)
+    items = [AlertRead.model_validate(row) for row in rows]
+    return Page(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/api/webhooks")
+def list_webhooks(session: Session, _viewer: Viewer) -> list[WebhookRead]:
+    from sqlalchemy import select
+
+    rows = session.scalars(select(Webhook).order_by(Webhook.id)).all()
+    return [WebhookRead.model_validate(row) for row in rows]
+
+
+@router.post("/api/webhooks", status_code=201)
+def create_webhook(
+    data: WebhookCreate, session: Session, admin: Admin, settings: AppSettings
+) -> WebhookCreated:
+    hook = webhooks.create_webhook(
+        session, data.url, data.description, settings.webhooks_allow_private
+    )
+    audit.record(
+        session,
+        actor=admin.email,
+        action="webhook.create",
+        entity_type="webhook",
+        entity_id=hook.id,
+        before=None,
+        after={"url": hook.url, "description": hook.description},
+        client_address=admin.address,
+    )
+    return WebhookCreated.model_validate(
+        {**WebhookRead.model_validate(hook).model_dump(), "secret": hook.secret}
+    )
+
+
+@router.delete("/api/webhooks/{webhook_id}", status_code=204)
+def delete_webhook(webhook_id: int, session: Session, admin: Admin) -> Response:
+    hook = session.get(Webhook, webhook_id)
+    if hook is None:
+        raise not_found("webhook", webhook_id)
+    before = {"url": hook.url, "description": hook.description}
+    session.delete(hook)
+    session.flush()
+    audit.record(
+        session,
+        actor=admin.email,
+        action="webhook.delete",
+        entity_type="webhook",
+        entity_id=webhook_id,
+        before=before,
+        after=None,
+        client_address=admin.address,
+    )
+    return Response(status_code=204)

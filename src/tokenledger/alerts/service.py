@@ -1,0 +1,155 @@
+"""Threshold alerts: fired once per license, type and period, in the usage transaction."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tokenledger.alerts.models import Alert, Webhook, WebhookDelivery
+from tokenledger.budgets.service import Figures, burn_forecast, figures_for
+from tokenledger.db import insert_for
+from tokenledger.licenses.models import License
+from tokenledger.money import format_credits, format_usd
+from tokenledger.organizations.models import Organization
+
+
+def crossings(fig: Figures, forecast: dict[str, Any] | None) -> list[tuple[str, str, dict[str, Any]]]:
+    """(type, period, details) of every threshold the license's consumption has reached."""
+    lic = fig.license
+    warn = lic.budget_warning_percent
+    found: list[tuple[str, str, dict[str, Any]]] = []
+    if fig.credit_limit is not None:
+        details = {
+            "credits_used": format_credits(fig.credits_used_micro),
+            "credits_total": format_credits(fig.credit_limit),
+            "warning_percent": warn,
+        }
+        if fig.credits_used_micro >= fig.credit_limit:
+            found.append(("credits.exhausted", "license", details))
+        if fig.credits_used_micro * 100 >= fig.credit_limit * warn:
+            found.append(("credits.warning", "license", details))
+    if fig.usd_limit is not None:
+        details = {
+            "spent_usd": format_usd(fig.spent_nano),
+            "token_budget_usd": format_usd(fig.usd_limit),
+            "warning_percent": warn,
+            "budget_period": lic.budget_period,
+        }
+        exhausted = fig.spent_nano >= fig.usd_limit
+        if exhausted:
+            found.append(("budget.exhausted", fig.period, details))
+        if fig.spent_nano * 100 >= fig.usd_limit * warn:
+            found.append(("budget.warning", fig.period, details))
+        if (
+            not exhausted
+            and forecast is not None
+            and forecast["budget_exhausted_before_period_end"]
+        ):
+            found.append(
+                ("budget.forecast", fig.period, {**details, "forecast": forecast})
+            )
+    return found
+
+
+def evaluate(session: Session, license_ids: list[int], tz: Any, now: datetime) -> list[int]:
+    """Record the alerts these licenses now cross, and queue them for every webhook."""
+    if not license_ids:
+        return []
+    licenses = list(
+        session.scalars(select(License).where(License.id.in_(license_ids)).order_by(License.id))
+    )
+    figures = figures_for(session, licenses, tz, now)
+    rows = []
+    for lic in licenses:
+        fig = figures[lic.id]
+        forecast = burn_forecast(session, fig, tz, now) if fig.usd_limit is not None else None
+        for alert_type, period, details in crossings(fig, forecast):
+            rows.append(
+                {
+                    "organization_id": lic.organization_id,
+                    "license_id": lic.id,
+                    "type": alert_type,
+                    "period": period,
+                    "details": details,
+                    "created_at": now,
+                }
+            )
+    if not rows:
+        return []
+    table = Alert.__table__
+    insert = insert_for(session)
+    new_ids = [
+        row[0]
+        for row in session.execute(
+            insert(table)
+            .on_conflict_do_nothing(index_elements=["license_id", "type", "period"])
+            .returning(table.c.id),
+            rows,
+        )
+    ]
+    if new_ids:
+        queue_deliveries(session, new_ids, now)
+    return new_ids
+
+
+def alert_payload(alert: Alert, org: Organization) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "type": alert.type,
+        "organization_id": alert.organization_id,
+        "organization": org.slug,
+        "license_id": alert.license_id,
+        "period": alert.period,
+        "created_at": alert.created_at.isoformat(),
+        "details": alert.details,
+    }
+
+
+def queue_deliveries(session: Session, alert_ids: list[int], now: datetime) -> None:
+    """The outbox: one delivery per alert and active webhook, in the alert's transaction."""
+    hooks = list(session.scalars(select(Webhook.id).where(Webhook.active.is_(True))))
+    if not hooks:
+        return
+    pairs = session.execute(
+        select(Alert, Organization)
+        .join(Organization, Organization.id == Alert.organization_id)
+        .where(Alert.id.in_(alert_ids))
+    ).all()
+    deliveries = [
+        {
+            "webhook_id": hook_id,
+            "alert_id": alert.id,
+            "payload": json.dumps(alert_payload(alert, org), sort_keys=True),
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for alert, org in pairs
+        for hook_id in hooks
+    ]
+    session.execute(
+        insert_for(session)(WebhookDelivery.__table__).on_conflict_do_nothing(
+            index_elements=["webhook_id", "alert_id"]
+        ),
+        deliveries,
+    )
+
+
+def list_alerts(
+    session: Session, org_id: int | None, alert_type: str | None, limit: int, offset: int
+) -> tuple[list[Alert], int]:
+    query = select(Alert)
+    if org_id is not None:
+        query = query.where(Alert.organization_id == org_id)
+    if alert_type:
+        query = query.where(Alert.type == alert_type)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit).offset(offset)
+    )
+    return list(rows.all()), total

@@ -1,0 +1,199 @@
+"""Webhook endpoints: address checks, signatures, and the outbox worker with backoff."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import secrets
+import socket
+import threading
+import time
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from tokenledger.alerts.models import Webhook, WebhookDelivery
+from tokenledger.db import Database, utcnow
+from tokenledger.errors import DomainError
+
+log = logging.getLogger("tokenledger.webhooks")
+
+SIGNATURE_HEADER = "X-Tokenledger-Signature"
+RETRY_FOR = timedelta(hours=24)
+FIRST_RETRY_SECONDS = 30
+MAX_RETRY_SECONDS = 3600
+CLAIM_SECONDS = 60
+_METADATA_HOSTS = {"metadata.google.internal", "metadata"}
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """HMAC-SHA256 over "<timestamp>.<body>", sent as t=<timestamp>,v1=<hex>."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def _forbidden_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        or str(address) in {"169.254.169.254", "100.100.100.200", "fd00:ec2::254"}
+        or (isinstance(address, ipaddress.IPv4Address) and address in _CGNAT)
+    )
+
+
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+
+
+def check_target(url: str, allow_private: bool) -> None:
+    """Refuse URLs that are not http(s), or that reach internal addresses (unless allowed)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DomainError(422, "invalid_webhook_url", "the URL must be http(s)://host/...")
+    if parts.username or parts.password:
+        raise DomainError(422, "invalid_webhook_url", "credentials in the URL are not allowed")
+    if allow_private:
+        return
+    host = parts.hostname.lower().rstrip(".")
+    if host in _METADATA_HOSTS or host == "localhost" or host.endswith(".localhost"):
+        raise DomainError(422, "webhook_target_forbidden", f"{host} is an internal address")
+    try:
+        infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise DomainError(422, "webhook_host_unresolvable", f"cannot resolve {host}") from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if _forbidden_address(address):
+            raise DomainError(
+                422,
+                "webhook_target_forbidden",
+                f"{host} resolves to {address}, an internal address; set "
+                "TOKENLEDGER_WEBHOOKS_ALLOW_PRIVATE=true to allow it",
+            )
+
+
+def create_webhook(
+    session: Session, url: str, description: str, allow_private: bool
+) -> Webhook:
+    check_target(url, allow_private)
+    hook = Webhook(url=url, secret="whsec_" + secrets.token_urlsafe(32), description=description)
+    session.add(hook)
+    session.flush()
+    return hook
+
+
+def backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** (attempts - 1)))
+
+
+def _claim(database: Database, now: datetime, limit: int) -> list[int]:
+    with database.session(write=True) as session:
+        query = (
+            select(WebhookDelivery)
+            .where(
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.next_attempt_at <= now,
+                or_(WebhookDelivery.locked_until.is_(None), WebhookDelivery.locked_until < now),
+            )
+            .order_by(WebhookDelivery.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        claimed = list(session.scalars(query).all())
+        for delivery in claimed:
+            delivery.locked_until = now + timedelta(seconds=CLAIM_SECONDS)
+        return [delivery.id for delivery in claimed]
+
+
+def deliver_due(
+    database: Database, client: httpx.Client, allow_private: bool, limit: int = 20
+) -> int:
+    """Send every due delivery once; returns how many were attempted."""
+    now = utcnow()
+    ids = _claim(database, now, limit)
+    for delivery_id in ids:
+        with database.session(write=False) as session:
+            delivery = session.get(WebhookDelivery, delivery_id)
+            hook = session.get(Webhook, delivery.webhook_id) if delivery else None
+            if delivery is None or hook is None:
+                continue
+            url, secret, payload = hook.url, hook.secret, delivery.payload
+            attempts, created_at = delivery.attempts + 1, delivery.created_at
+        status_code, error = _post(client, url, secret, payload, allow_private)
+        with database.session(write=True) as session:
+            delivery = session.get(WebhookDelivery, delivery_id)
+            if delivery is None:
+                continue
+            done = utcnow()
+            delivery.attempts = attempts
+            delivery.last_status_code = status_code
+            delivery.last_error = error
+            delivery.locked_until = None
+            if status_code is not None and 200 <= status_code < 300:
+                delivery.status = "delivered"
+                delivery.delivered_at = done
+            elif done - created_at >= RETRY_FOR:
+                delivery.status = "failed"
+            else:
+                delivery.next_attempt_at = done + backoff(attempts)
+    return len(ids)
+
+
+def _post(
+    client: httpx.Client, url: str, secret: str, payload: str, allow_private: bool
+) -> tuple[int | None, str | None]:
+    try:
+        # Checked again at delivery: a name may resolve elsewhere than when it was saved.
+        check_target(url, allow_private)
+        body = payload.encode()
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(secret, int(time.time()), body),
+            "User-Agent": "tokenledger-webhooks",
+        }
+        response = client.post(url, content=body, headers=headers)
+        error = None if response.is_success else f"HTTP {response.status_code}"
+        return response.status_code, error
+    except DomainError as exc:
+        return None, exc.message[:500]
+    except httpx.HTTPError as exc:
+        return None, f"{type(exc).__name__}: {exc}"[:500]
+
+
+class WebhookWorker:
+    """A background thread that drains the outbox; every worker process may run one."""
+
+    def __init__(self, database: Database, allow_private: bool, interval: float = 2.0) -> None:
+        self.database = database
+        self.allow_private = allow_private
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="webhook-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10, follow_redirects=False) as client:
+            while not self._stop.is_set():
+                try:
+                    sent = deliver_due(self.database, client, self.allow_private)
+                except Exception:
+                    log.exception("webhook delivery round failed")
+                    sent = 0
+                if not sent:
+                    self._stop.wait(self.interval)

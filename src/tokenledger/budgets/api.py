@@ -1,0 +1,110 @@
+"""May an organization spend now, and holds before a run (ingest keys)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, Field, StrictInt, StrictStr, model_validator
+
+from tokenledger.budgets import service
+from tokenledger.db import utcnow
+from tokenledger.deps import AppSettings, IngestKey, Session
+from tokenledger.errors import DomainError
+from tokenledger.money import format_usd, usd_to_nano
+from tokenledger.pricing.engine import TokenUsage
+from tokenledger.pricing.overrides import price_book
+from tokenledger.schemas import InputModel
+from tokenledger.usage.api import organization_for_key
+from tokenledger.usage.schemas import BudgetStateRead, TokenCount, UsdInput
+
+router = APIRouter(prefix="/api/v1", tags=["budgets"])
+
+
+class ReservationCreate(InputModel):
+    organization: StrictStr | StrictInt | None = None
+    max_cost_usd: UsdInput | None = None
+    provider: StrictStr = Field(default="anthropic", min_length=1, max_length=64)
+    model: StrictStr | None = Field(default=None, min_length=1, max_length=128)
+    max_input_tokens: TokenCount | None = None
+    max_output_tokens: TokenCount | None = None
+    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=86_400)] | None = None
+
+    @model_validator(mode="after")
+    def _amount_given(self) -> ReservationCreate:
+        by_model = self.model is not None
+        if self.max_cost_usd is None and not by_model:
+            raise ValueError("give max_cost_usd, or model with max_input_tokens/max_output_tokens")
+        if self.max_cost_usd is not None and by_model:
+            raise ValueError("give either max_cost_usd or a model estimate, not both")
+        if by_model and self.max_input_tokens is None and self.max_output_tokens is None:
+            raise ValueError("a model estimate needs max_input_tokens or max_output_tokens")
+        return self
+
+
+class ReservationRead(BaseModel):
+    id: str
+    organization: str
+    status: str
+    amount_usd: str
+    expires_at: datetime
+    budget: BudgetStateRead
+
+
+@router.get("/budget")
+def get_budget(
+    session: Session,
+    key: IngestKey,
+    settings: AppSettings,
+    organization: Annotated[str | None, Query(max_length=64)] = None,
+) -> BudgetStateRead:
+    org = organization_for_key(session, key, organization)
+    state = service.budget_states(session, [org], settings.timezone, utcnow(), forecast=True)[0]
+    return BudgetStateRead.model_validate(state)
+
+
+def _estimate_nano(session: Session, data: ReservationCreate, now: datetime) -> int:
+    if data.max_cost_usd is not None:
+        return usd_to_nano(data.max_cost_usd)
+    assert data.model is not None
+    quote = price_book(session).quote(
+        data.provider.lower(),
+        data.model,
+        TokenUsage(
+            input_tokens=data.max_input_tokens or 0, output_tokens=data.max_output_tokens or 0
+        ),
+        now,
+    )
+    if quote is None:
+        raise DomainError(
+            422, "unpriced_model", f"cannot price {data.provider}/{data.model}: give max_cost_usd"
+        )
+    return quote.cost_nano
+
+
+@router.post("/reservations", status_code=201)
+def create_reservation(
+    data: ReservationCreate, session: Session, key: IngestKey, settings: AppSettings
+) -> ReservationRead:
+    now = utcnow()
+    org = organization_for_key(session, key, data.organization)
+    amount = _estimate_nano(session, data, now)
+    ttl = data.ttl_seconds or settings.reservation_ttl_seconds
+    reservation, state = service.create_reservation(
+        session, org, amount, ttl, settings.timezone, now
+    )
+    return ReservationRead(
+        id=reservation.id,
+        organization=org.slug,
+        status=reservation.status,
+        amount_usd=format_usd(reservation.amount_nano) or "0.00",
+        expires_at=reservation.expires_at,
+        budget=BudgetStateRead.model_validate(state),
+    )
+
+
+@router.delete("/reservations/{reservation_id}", status_code=204)
+def delete_reservation(reservation_id: str, session: Session, key: IngestKey) -> Response:
+    service.release_reservation(session, reservation_id, key.organization_id, utcnow())
+    return Response(status_code=204)

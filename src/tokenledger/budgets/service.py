@@ -1,0 +1,345 @@
+"""Budget state of organizations, and reservations (holds) against what remains.
+
+Every figure comes from maintained rows (license credits, per-license monthly spend,
+active holds), never from a scan of events.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from tokenledger.budgets.models import Reservation
+from tokenledger.errors import DomainError, not_found
+from tokenledger.licenses.models import License
+from tokenledger.money import credits_for_cost, format_credits, format_usd
+from tokenledger.organizations.models import Organization
+from tokenledger.usage.models import LicenseUsage, UsageDaily
+from tokenledger.usage.periods import current_month, day_of, month_bounds
+
+FORECAST_DAYS = 7
+
+
+@dataclass(slots=True)
+class Figures:
+    """What a license has used, spent and holds, in integer units."""
+
+    license: License
+    period: str
+    credits_used_micro: int
+    spent_nano: int
+    reserved_nano: int
+
+    @property
+    def credit_limit(self) -> int | None:
+        return self.license.credits_total_micro or None
+
+    @property
+    def usd_limit(self) -> int | None:
+        return self.license.token_budget_nano or None
+
+    @property
+    def reserved_credits_micro(self) -> int:
+        return credits_for_cost(self.reserved_nano, self.license.cost_per_credit_nano)
+
+    @property
+    def credits_committed(self) -> int:
+        return self.credits_used_micro + self.reserved_credits_micro
+
+    @property
+    def usd_committed(self) -> int:
+        return self.spent_nano + self.reserved_nano
+
+    def state(self) -> str:
+        warn = self.license.budget_warning_percent
+        state = "ok"
+        for committed, limit in (
+            (self.credits_committed, self.credit_limit),
+            (self.usd_committed, self.usd_limit),
+        ):
+            if limit is None:
+                continue
+            if committed >= limit:
+                return "exhausted"
+            if committed * 100 >= limit * warn:
+                state = "warning"
+        return state
+
+    def remaining_nano(self) -> int | None:
+        """USD that may still be committed: the tighter of the budget and the credits."""
+        candidates = []
+        if self.usd_limit is not None:
+            candidates.append(self.usd_limit - self.usd_committed)
+        if self.credit_limit is not None:
+            credits_left = self.credit_limit - self.credits_committed
+            candidates.append(credits_left * self.license.cost_per_credit_nano // 10**6)
+        return max(0, min(candidates)) if candidates else None
+
+
+def period_key(lic: License, tz: Any) -> str:
+    return current_month(tz) if lic.budget_period == "monthly" else "license"
+
+
+def figures_for(
+    session: Session, licenses: list[License], tz: Any, now: datetime
+) -> dict[int, Figures]:
+    """Figures for several licenses in three queries."""
+    if not licenses:
+        return {}
+    ids = [lic.id for lic in licenses]
+    month = current_month(tz)
+    spent: dict[int, int] = defaultdict(int)
+    monthly: dict[int, int] = defaultdict(int)
+    for license_id, year_month, cost in session.execute(
+        select(LicenseUsage.license_id, LicenseUsage.year_month, LicenseUsage.cost_nano).where(
+            LicenseUsage.license_id.in_(ids)
+        )
+    ):
+        spent[license_id] += cost
+        if year_month == month:
+            monthly[license_id] += cost
+    reserved = dict(
+        session.execute(
+            select(Reservation.license_id, func.sum(Reservation.amount_nano))
+            .where(
+                Reservation.license_id.in_(ids),
+                Reservation.status == "held",
+                Reservation.expires_at > now,
+            )
+            .group_by(Reservation.license_id)
+        ).all()
+    )
+    result = {}
+    for lic in licenses:
+        is_monthly = lic.budget_period == "monthly"
+        result[lic.id] = Figures(
+            license=lic,
+            period=month if is_monthly else "license",
+            credits_used_micro=lic.credits_used_micro,
+            spent_nano=monthly[lic.id] if is_monthly else spent[lic.id],
+            reserved_nano=int(reserved.get(lic.id) or 0),
+        )
+    return result
+
+
+def _governing(licenses: list[License], now: datetime) -> tuple[License | None, bool]:
+    """The active license in force now, or (None, suspended?) when there is none."""
+    for lic in licenses:
+        if lic.status != "active" or lic.valid_from > now:
+            continue
+        if lic.valid_until is None or now < lic.valid_until:
+            return lic, False
+    suspended = any(lic.status == "suspended" for lic in licenses)
+    return None, suspended
+
+
+def budget_states(
+    session: Session, orgs: list[Organization], tz: Any, now: datetime, forecast: bool = False
+) -> list[dict[str, Any]]:
+    """The budget state of each organization, as the API renders it."""
+    by_org: dict[int, list[License]] = defaultdict(list)
+    if orgs:
+        for lic in session.scalars(
+            select(License)
+            .where(
+                License.organization_id.in_([org.id for org in orgs]),
+                License.status.in_(("active", "suspended")),
+            )
+            .order_by(License.id.desc())
+        ):
+            by_org[lic.organization_id].append(lic)
+    governing = {org.id: _governing(by_org[org.id], now) for org in orgs}
+    figures = figures_for(
+        session, [lic for lic, _ in governing.values() if lic is not None], tz, now
+    )
+    states = []
+    for org in orgs:
+        lic, suspended = governing[org.id]
+        states.append(_render(org, figures.get(lic.id) if lic else None, suspended))
+        if forecast and lic is not None:
+            states[-1]["forecast"] = burn_forecast(session, figures[lic.id], tz, now)
+    return states
+
+
+def _render(org: Organization, fig: Figures | None, suspended: bool) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "organization": org.slug,
+        "organization_id": org.id,
+        "license_id": None,
+        "enforcement": None,
+        "budget_period": None,
+        "period": None,
+        "credits_total": None,
+        "credits_used": None,
+        "credits_reserved": None,
+        "credits_remaining": None,
+        "token_budget_usd": None,
+        "spent_usd": None,
+        "reserved_usd": None,
+        "remaining_usd": None,
+        "forecast": None,
+    }
+    if fig is None:
+        state = "suspended" if suspended else "no_license"
+        return {**base, "state": state, "allowed": state == "no_license"}
+    lic = fig.license
+    state = fig.state()
+    credits_remaining = (
+        max(0, fig.credit_limit - fig.credits_committed) if fig.credit_limit is not None else None
+    )
+    usd_remaining = (
+        max(0, fig.usd_limit - fig.usd_committed) if fig.usd_limit is not None else None
+    )
+    return {
+        **base,
+        "state": state,
+        "allowed": not (state == "exhausted" and lic.enforcement == "hard"),
+        "license_id": lic.id,
+        "enforcement": lic.enforcement,
+        "budget_period": lic.budget_period,
+        "period": fig.period,
+        "credits_total": format_credits(lic.credits_total_micro),
+        "credits_used": format_credits(fig.credits_used_micro),
+        "credits_reserved": format_credits(fig.reserved_credits_micro),
+        "credits_remaining": format_credits(credits_remaining),
+        "token_budget_usd": format_usd(lic.token_budget_nano),
+        "spent_usd": format_usd(fig.spent_nano),
+        "reserved_usd": format_usd(fig.reserved_nano),
+        "remaining_usd": format_usd(usd_remaining),
+    }
+
+
+def burn_forecast(session: Session, fig: Figures, tz: Any, now: datetime) -> dict[str, Any]:
+    """At the last 7 days' pace: USD per day, and when credits and budget run out."""
+    first_day = day_of(now - timedelta(days=FORECAST_DAYS - 1), tz)
+    cost = session.scalar(
+        select(func.coalesce(func.sum(UsageDaily.cost_nano), 0)).where(
+            UsageDaily.organization_id == fig.license.organization_id,
+            UsageDaily.day >= first_day,
+        )
+    )
+    per_day = Decimal(int(cost or 0)) / FORECAST_DAYS
+    result: dict[str, Any] = {
+        "window_days": FORECAST_DAYS,
+        "usd_per_day": format_usd(int(per_day)),
+        "credits_exhausted_at": None,
+        "budget_exhausted_at": None,
+        "budget_exhausted_before_period_end": False,
+    }
+    if per_day <= 0:
+        return result
+    if fig.credit_limit is not None:
+        left_nano = (fig.credit_limit - fig.credits_committed) * fig.license.cost_per_credit_nano
+        days = max(Decimal(0), Decimal(left_nano) / 10**6 / per_day)
+        result["credits_exhausted_at"] = _days_after(now, days)
+    if fig.usd_limit is not None:
+        days = max(Decimal(0), Decimal(fig.usd_limit - fig.usd_committed) / per_day)
+        at = now + timedelta(days=float(min(days, Decimal(36500))))
+        result["budget_exhausted_at"] = at.isoformat()
+        if fig.license.budget_period == "monthly":
+            _start, end = month_bounds(fig.period, tz)
+            result["budget_exhausted_before_period_end"] = at < end
+        elif fig.license.valid_until is not None:
+            result["budget_exhausted_before_period_end"] = at < fig.license.valid_until
+    return result
+
+
+def _days_after(now: datetime, days: Decimal) -> str:
+    return (now + timedelta(days=float(min(days, Decimal(36500))))).isoformat()
+
+
+def create_reservation(
+    session: Session, org: Organization, amount_nano: int, ttl_seconds: int, tz: Any, now: datetime
+) -> tuple[Reservation, dict[str, Any]]:
+    """Hold an amount; under hard enforcement only if it fits in what remains.
+
+    The governing license's row is locked first, so concurrent holds are checked one
+    after another and can never together exceed what remains.
+    """
+    licenses = list(
+        session.scalars(
+            select(License)
+            .where(
+                License.organization_id == org.id,
+                License.status.in_(("active", "suspended")),
+            )
+            .order_by(License.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).all()
+    )
+    lic, suspended = _governing(sorted(licenses, key=lambda x: -x.id), now)
+    if lic is None and suspended:
+        raise DomainError(402, "license_suspended", "the organization's license is suspended")
+    if lic is not None:
+        fig = figures_for(session, [lic], tz, now)[lic.id]
+        remaining = fig.remaining_nano()
+        if lic.enforcement == "hard" and remaining is not None and amount_nano > remaining:
+            raise DomainError(
+                402,
+                "insufficient_budget",
+                f"the hold of {format_usd(amount_nano)} USD exceeds what remains "
+                f"({format_usd(remaining)} USD)",
+                details={"remaining_usd": format_usd(remaining)},
+            )
+    reservation = Reservation(
+        id="res_" + uuid.uuid4().hex,
+        organization_id=org.id,
+        license_id=lic.id if lic else None,
+        amount_nano=amount_nano,
+        status="held",
+        created_at=now,
+        expires_at=now + timedelta(seconds=ttl_seconds),
+    )
+    session.add(reservation)
+    session.flush()
+    state = budget_states(session, [org], tz, now)[0]
+    return reservation, state
+
+
+def release_reservation(session: Session, reservation_id: str, org_id: int | None, now: datetime) -> Reservation:
+    query = select(Reservation).where(Reservation.id == reservation_id).with_for_update()
+    reservation = session.scalar(query)
+    if reservation is None or (org_id is not None and reservation.organization_id != org_id):
+        raise not_found("reservation", reservation_id)
+    if reservation.status == "held":
+        reservation.status = "expired" if reservation.expires_at <= now else "released"
+        reservation.closed_at = now
+    return reservation
+
+
+def settle_reservations(session: Session, rows: list[dict[str, Any]], now: datetime) -> None:
+    """Usage events that carry a reservation_id settle it: actual cost replaces the hold."""
+    costs: dict[tuple[str, int], int] = defaultdict(int)
+    for row in rows:
+        if row["reservation_id"]:
+            costs[(row["reservation_id"], row["organization_id"])] += row["cost_nano"] or 0
+    if not costs:
+        return
+    table = Reservation.__table__
+    from sqlalchemy import bindparam
+
+    session.execute(
+        update(table)
+        .where(
+            table.c.id == bindparam("rid"),
+            table.c.organization_id == bindparam("org"),
+            table.c.status.in_(("held", "settled")),
+        )
+        .values(
+            status="settled",
+            closed_at=now,
+            settled_cost_nano=func.coalesce(table.c.settled_cost_nano, 0) + bindparam("cost"),
+        ),
+        [
+            {"rid": rid, "org": org, "cost": cost}
+            for (rid, org), cost in sorted(costs.items())
+        ],
+    )

@@ -1,0 +1,391 @@
+"""Batch ingestion: validate, price, insert-or-skip, and roll up, in one transaction.
+
+Round trips per batch are constant: one query each for organizations, licenses (locked in
+id order), price overrides, the insert, the stored twins of duplicates, and one upsert per
+rollup table, however many events the batch holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, or_, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from tokenledger.config import Settings
+from tokenledger.db import insert_for
+from tokenledger.errors import DomainError
+from tokenledger.licenses import service as licenses
+from tokenledger.licenses.models import License
+from tokenledger.money import credits_for_cost, format_credits, format_usd, usd_to_nano
+from tokenledger.organizations.models import Organization
+from tokenledger.pricing.engine import TokenUsage
+from tokenledger.pricing.overrides import price_book
+from tokenledger.usage.models import LicenseUsage, TokenUsageMonthly, UsageDaily, UsageEvent
+from tokenledger.usage.periods import day_of, month_of
+from tokenledger.usage.schemas import EventResult, UsageBatch, UsageEventIn
+
+MAX_FUTURE = timedelta(minutes=5)
+_EVENTS = UsageEvent.__table__
+
+
+@dataclass(slots=True)
+class Prepared:
+    index: int
+    event: UsageEventIn
+    org: Organization
+    row: dict[str, Any]
+
+
+@dataclass(slots=True)
+class IngestOutcome:
+    results: list[EventResult]
+    organization_ids: list[int]
+    created: int
+    duplicates: int
+    license_ids: list[int] = field(default_factory=list)
+    created_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _invalid(index: int, field_name: str, message: str) -> DomainError:
+    return DomainError(
+        422,
+        "invalid_event",
+        f"events[{index}].{field_name}: {message}",
+        details={"index": index, "field": field_name},
+    )
+
+
+def _resolve_organizations(
+    session: Session, batch: UsageBatch, key_org_id: int | None
+) -> list[Organization]:
+    refs = {str(e.organization) for e in batch.events if e.organization is not None}
+    ids = {int(ref) for ref in refs if ref.isdigit()}
+    if key_org_id is not None:
+        ids.add(key_org_id)
+    conditions = []
+    if refs:
+        conditions.append(Organization.slug.in_(refs))
+    if ids:
+        conditions.append(Organization.id.in_(ids))
+    found = list(session.scalars(select(Organization).where(or_(*conditions))).all())
+    by_slug = {org.slug: org for org in found}
+    by_id = {org.id: org for org in found}
+    result = []
+    for index, event in enumerate(batch.events):
+        if event.organization is None:
+            if key_org_id is None:
+                raise _invalid(index, "organization", "required with a service key")
+            result.append(by_id[key_org_id])
+            continue
+        ref = str(event.organization)
+        org = by_slug.get(ref)
+        if org is None and ref.isdigit():
+            org = by_id.get(int(ref))
+        if org is None:
+            raise _invalid(index, "organization", f"unknown organization {ref!r}")
+        if key_org_id is not None and org.id != key_org_id:
+            raise DomainError(
+                403,
+                "organization_mismatch",
+                f"events[{index}]: this key may only write usage of its own organization",
+            )
+        result.append(org)
+    return result
+
+
+def content_hash(event: UsageEventIn, org_id: int) -> str:
+    """A digest of what the event says; a reused id with another digest is a conflict.
+
+    The timestamp counts only when the caller gave it: a retry of an event stamped at
+    receipt is still the same event.
+    """
+    content = event.model_dump(mode="json", exclude={"organization", "timestamp"})
+    content["organization_id"] = org_id
+    content["cache_creation_input_tokens"] = event.cache_write_tokens
+    if event.timestamp is not None:
+        # The instant, whatever offset it was written with.
+        content["timestamp"] = event.timestamp.astimezone(UTC).isoformat()
+    if event.cost_usd is not None:
+        content["cost_usd"] = str(event.cost_usd.normalize())
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def ingest(
+    session: Session,
+    batch: UsageBatch,
+    *,
+    key_org_id: int | None,
+    settings: Settings,
+    now: datetime,
+) -> IngestOutcome:
+    tz = settings.timezone
+    orgs = _resolve_organizations(session, batch, key_org_id)
+    oldest = now - timedelta(days=settings.backfill_max_age_days)
+
+    # Lock every license these events may belong to, in id order (no deadlocks between
+    # batches), before reading their rates: credits use the rate that is committed.
+    org_ids = sorted({org.id for org in orgs})
+    candidates = licenses.candidates_for(session, org_ids, lock=True)
+    book = price_book(session)
+
+    prepared: list[Prepared] = []
+    seen: dict[tuple[int, str], Prepared] = {}
+    in_batch_duplicates: list[tuple[int, Prepared]] = []
+    for index, (event, org) in enumerate(zip(batch.events, orgs, strict=True)):
+        at = event.timestamp or now
+        if at > now + MAX_FUTURE:
+            raise _invalid(index, "timestamp", "more than 5 minutes in the future")
+        if at < oldest:
+            raise _invalid(
+                index, "timestamp", f"older than {settings.backfill_max_age_days} days"
+            )
+        digest = content_hash(event, org.id)
+        key = (org.id, event.id)
+        twin = seen.get(key)
+        if twin is not None:
+            if twin.row["content_hash"] != digest:
+                raise DomainError(
+                    409,
+                    "idempotency_conflict",
+                    f"events[{index}]: id {event.id!r} appears twice with different content",
+                )
+            in_batch_duplicates.append((index, twin))
+            continue
+        row = _priced_row(event, org, at, now, digest, tz, candidates[org.id], book)
+        item = Prepared(index=index, event=event, org=org, row=row)
+        seen[key] = item
+        prepared.append(item)
+
+    created_keys = _insert(session, [item.row for item in prepared])
+    stored = _stored_twins(session, [item for item in prepared if _key(item) not in created_keys])
+
+    results: list[EventResult | None] = [None] * len(batch.events)
+    created_rows: list[dict[str, Any]] = []
+    for item in prepared:
+        if _key(item) in created_keys:
+            created_rows.append(item.row)
+            results[item.index] = _result(item, "created", item.row)
+            continue
+        previous = stored[_key(item)]
+        if previous["content_hash"] != item.row["content_hash"]:
+            raise DomainError(
+                409,
+                "idempotency_conflict",
+                f"events[{item.index}]: id {item.event.id!r} was already used for "
+                "different content",
+                details={"index": item.index, "id": item.event.id},
+            )
+        results[item.index] = _result(item, "duplicate", previous)
+    for index, twin in in_batch_duplicates:
+        original = results[twin.index]
+        assert original is not None
+        results[index] = original.model_copy(update={"status": "duplicate"})
+
+    _roll_up(session, created_rows)
+    final = [result for result in results if result is not None]
+    return IngestOutcome(
+        results=final,
+        organization_ids=org_ids,
+        created=len(created_rows),
+        duplicates=len(final) - len(created_rows),
+        license_ids=sorted({r["license_id"] for r in created_rows if r["license_id"]}),
+        created_rows=created_rows,
+    )
+
+
+def _key(item: Prepared) -> tuple[int, str]:
+    return (item.org.id, item.event.id)
+
+
+def _priced_row(
+    event: UsageEventIn,
+    org: Organization,
+    at: datetime,
+    now: datetime,
+    digest: str,
+    tz: Any,
+    candidates: list[License],
+    book: Any,
+) -> dict[str, Any]:
+    lic = licenses.in_force_at(candidates, at)
+    row: dict[str, Any] = {
+        "organization_id": org.id,
+        "external_id": event.id,
+        "content_hash": digest,
+        "timestamp": at,
+        "received_at": now,
+        "year_month": month_of(at, tz),
+        "day": day_of(at, tz),
+        "provider": event.provider,
+        "model": event.model,
+        "input_tokens": event.input_tokens,
+        "output_tokens": event.output_tokens,
+        "cache_creation_input_tokens": event.cache_write_tokens,
+        "cache_read_input_tokens": event.cache_read_input_tokens,
+        "cache_write_1h_tokens": event.cache_write_1h_tokens,
+        "api_calls": event.api_calls,
+        "refresh_id": event.refresh_id,
+        "reservation_id": event.reservation_id,
+        "license_id": lic.id if lic else None,
+        "cost_nano": None,
+        "credits_micro": None,
+        "pricing": "unpriced",
+        "price_source": None,
+        "price_version": None,
+        "priced_model": None,
+        "rates": None,
+        "metadata": event.metadata,
+    }
+    if event.cost_usd is not None:
+        row["cost_nano"] = usd_to_nano(event.cost_usd)
+        row["pricing"] = "provided"
+        row["price_source"] = "caller"
+    else:
+        quote = book.quote(
+            event.provider,
+            event.model,
+            TokenUsage(
+                input_tokens=event.input_tokens,
+                output_tokens=event.output_tokens,
+                cache_creation_input_tokens=event.cache_write_tokens,
+                cache_read_input_tokens=event.cache_read_input_tokens,
+                cache_write_1h_tokens=event.cache_write_1h_tokens,
+            ),
+            at,
+        )
+        if quote is not None:
+            row.update(
+                cost_nano=quote.cost_nano,
+                pricing="priced",
+                price_source=quote.source,
+                price_version=quote.version,
+                priced_model=quote.priced_model,
+                rates=quote.rates,
+            )
+    if lic is not None and row["cost_nano"] is not None:
+        row["credits_micro"] = credits_for_cost(row["cost_nano"], lic.cost_per_credit_nano)
+    return row
+
+
+def _insert(session: Session, rows: list[dict[str, Any]]) -> set[tuple[int, str]]:
+    """Insert-or-skip; the keys of the rows that were new."""
+    if not rows:
+        return set()
+    insert = insert_for(session)
+    statement = (
+        insert(_EVENTS)
+        .on_conflict_do_nothing(index_elements=["organization_id", "external_id"])
+        .returning(_EVENTS.c.organization_id, _EVENTS.c.external_id)
+    )
+    returned = session.execute(statement, rows).all()
+    return {(org_id, external_id) for org_id, external_id in returned}
+
+
+def _stored_twins(session: Session, items: list[Prepared]) -> dict[tuple[int, str], dict[str, Any]]:
+    if not items:
+        return {}
+    keys = [_key(item) for item in items]
+    rows = session.execute(
+        select(
+            _EVENTS.c.organization_id,
+            _EVENTS.c.external_id,
+            _EVENTS.c.content_hash,
+            _EVENTS.c.cost_nano,
+            _EVENTS.c.credits_micro,
+            _EVENTS.c.pricing,
+        ).where(tuple_(_EVENTS.c.organization_id, _EVENTS.c.external_id).in_(keys))
+    ).mappings()
+    return {(row["organization_id"], row["external_id"]): dict(row) for row in rows}
+
+
+def _result(item: Prepared, status: str, row: dict[str, Any]) -> EventResult:
+    return EventResult(
+        id=item.event.id,
+        organization=item.org.slug,
+        status=status,  # type: ignore[arg-type]
+        cost_usd=format_usd(row["cost_nano"]),
+        credits=format_credits(row["credits_micro"]),
+        pricing=row["pricing"],
+    )
+
+
+_SUMMED = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens")
+
+
+def _roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Add the new events to every rollup: aggregated in memory, one upsert per table."""
+    if not rows:
+        return
+    monthly: dict[tuple[int, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    daily: dict[tuple[int, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    by_license: dict[tuple[int, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in rows:
+        sums = {
+            "input_tokens": row["input_tokens"],
+            "output_tokens": row["output_tokens"],
+            "cache_creation_tokens": row["cache_creation_input_tokens"],
+            "cache_read_tokens": row["cache_read_input_tokens"],
+            "cost_nano": row["cost_nano"] or 0,
+            "api_calls": row["api_calls"],
+            "event_count": 1,
+            "unpriced_events": int(row["cost_nano"] is None),
+        }
+        for target in (
+            monthly[(row["organization_id"], row["year_month"])],
+            daily[(row["organization_id"], row["day"], row["provider"], row["model"])],
+        ):
+            for name, value in sums.items():
+                target[name] += value
+        if row["license_id"] is not None:
+            entry = by_license[(row["license_id"], row["year_month"])]
+            entry["cost_nano"] += row["cost_nano"] or 0
+            entry["credits_micro"] += row["credits_micro"] or 0
+            entry["event_count"] += 1
+
+    _upsert(session, TokenUsageMonthly, ("organization_id", "year_month"), monthly)
+    _upsert(session, UsageDaily, ("organization_id", "day", "provider", "model"), daily)
+    _upsert(session, LicenseUsage, ("license_id", "year_month"), by_license)
+
+    credits: dict[int, int] = defaultdict(int)
+    for (license_id, _month), sums in by_license.items():
+        credits[license_id] += sums["credits_micro"]
+    deltas = [{"license_key": lid, "delta": delta} for lid, delta in sorted(credits.items()) if delta]
+    if deltas:
+        table = License.__table__
+        session.execute(
+            update(table)
+            .where(table.c.id == bindparam("license_key"))
+            .values(credits_used_micro=table.c.credits_used_micro + bindparam("delta")),
+            deltas,
+        )
+
+
+def _upsert(
+    session: Session,
+    model: Any,
+    key_columns: tuple[str, ...],
+    groups: dict[Any, dict[str, int]],
+) -> None:
+    """INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x, rows sorted by key."""
+    if not groups:
+        return
+    table = model.__table__
+    rows = [
+        {**dict(zip(key_columns, key, strict=True)), **sums}
+        for key, sums in sorted(groups.items())
+    ]
+    summed = [name for name in rows[0] if name not in key_columns]
+    insert = insert_for(session)
+    statement = insert(table).values(rows)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(key_columns),
+        set_={name: table.c[name] + statement.excluded[name] for name in summed},
+    )
+    session.execute(statement)

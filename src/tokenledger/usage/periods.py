@@ -1,0 +1,28 @@
+"""Billing months and days: calendar periods in the billing time zone, one rule for all."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from tokenledger.db import utcnow
+
+
+def month_of(at: datetime, tz: ZoneInfo) -> str:
+    return at.astimezone(tz).strftime("%Y-%m")
+
+
+def day_of(at: datetime, tz: ZoneInfo) -> str:
+    return at.astimezone(tz).strftime("%Y-%m-%d")
+
+
+def current_month(tz: ZoneInfo) -> str:
+    return month_of(utcnow(), tz)
+
+
+def month_bounds(year_month: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """The first instant of the month and of the next, in the billing time zone."""
+    year, month = (int(part) for part in year_month.split("-"))
+    start = datetime(year, month, 1, tzinfo=tz)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=tz)
+    return start, end

@@ -1,0 +1,185 @@
+"""Recompute every rollup and balance from the events, report drift, optionally fix it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.orm import Session
+
+from tokenledger.licenses.models import CreditAdjustment, License
+from tokenledger.usage.models import (
+    LicenseUsage,
+    Refresh,
+    TokenUsageMonthly,
+    UsageDaily,
+    UsageEvent,
+)
+
+E = UsageEvent
+ROLLUP_FIELDS = [
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_tokens",
+    "cache_read_tokens",
+    "cost_nano",
+    "api_calls",
+    "event_count",
+    "unpriced_events",
+]
+
+
+def _event_sums() -> dict[str, Any]:
+    """What each rollup field is, as an aggregate over events."""
+    return {
+        "input_tokens": func.sum(E.input_tokens),
+        "output_tokens": func.sum(E.output_tokens),
+        "cache_creation_tokens": func.sum(E.cache_creation_input_tokens),
+        "cache_read_tokens": func.sum(E.cache_read_input_tokens),
+        "cost_nano": func.sum(func.coalesce(E.cost_nano, 0)),
+        "api_calls": func.sum(E.api_calls),
+        "event_count": func.count(),
+        "unpriced_events": func.sum(case((E.cost_nano.is_(None), 1), else_=0)),
+    }
+
+
+def _expected_rollup(session: Session, keys: list[Any]) -> dict[tuple[Any, ...], dict[str, int]]:
+    sums = _event_sums()
+    rows = session.execute(
+        select(*keys, *(expr.label(name) for name, expr in sums.items())).group_by(*keys)
+    ).all()
+    width = len(keys)
+    return {
+        tuple(row[:width]): {
+            name: int(value or 0) for name, value in zip(sums, row[width:], strict=True)
+        }
+        for row in rows
+    }
+
+
+def _compare(
+    label: str,
+    expected: dict[tuple[Any, ...], dict[str, int]],
+    stored: dict[tuple[Any, ...], dict[str, int]],
+    fields: Iterable[str],
+) -> list[tuple[tuple[Any, ...], dict[str, int], str]]:
+    drift = []
+    for key in sorted(set(expected) | set(stored), key=str):
+        want = expected.get(key, {})
+        have = stored.get(key, {})
+        for name in fields:
+            if int(want.get(name, 0)) != int(have.get(name, 0)):
+                drift.append(
+                    (key, want, f"{label} {key}: {name} is {have.get(name, 0)}, events say "
+                     f"{want.get(name, 0)}")
+                )
+    return drift
+
+
+def reconcile(session: Session, *, fix: bool) -> list[str]:
+    lines: list[str] = []
+    monthly_fields = ROLLUP_FIELDS
+    # token_usage_monthly, including refresh_count from completed refreshes
+    expected = _expected_rollup(session, [E.organization_id, E.year_month])
+    for org_id, month, count in session.execute(
+        select(Refresh.organization_id, Refresh.counted_month, func.count())
+        .where(Refresh.counted_month.is_not(None))
+        .group_by(Refresh.organization_id, Refresh.counted_month)
+    ):
+        expected.setdefault((org_id, month), {})["refresh_count"] = count
+    stored = {
+        (row.organization_id, row.year_month): {
+            name: getattr(row, name) for name in [*monthly_fields, "refresh_count"]
+        }
+        for row in session.scalars(select(TokenUsageMonthly))
+    }
+    drift = _compare("token_usage_monthly", expected, stored, [*monthly_fields, "refresh_count"])
+    lines += [line for _, _, line in drift]
+    if fix and drift:
+        _rewrite(session, TokenUsageMonthly, ("organization_id", "year_month"), expected,
+                 [*monthly_fields, "refresh_count"], {key for key, _, _ in drift})
+
+    expected = _expected_rollup(session, [E.organization_id, E.day, E.provider, E.model])
+    stored = {
+        (row.organization_id, row.day, row.provider, row.model): {
+            name: getattr(row, name) for name in monthly_fields
+        }
+        for row in session.scalars(select(UsageDaily))
+    }
+    drift = _compare("usage_daily", expected, stored, monthly_fields)
+    lines += [line for _, _, line in drift]
+    if fix and drift:
+        _rewrite(session, UsageDaily, ("organization_id", "day", "provider", "model"), expected,
+                 monthly_fields, {key for key, _, _ in drift})
+
+    license_fields = ["cost_nano", "credits_micro", "event_count"]
+    expected = {
+        (lid, month): {"cost_nano": int(cost or 0), "credits_micro": int(credits or 0),
+                       "event_count": int(count)}
+        for lid, month, cost, credits, count in session.execute(
+            select(
+                E.license_id, E.year_month, func.sum(func.coalesce(E.cost_nano, 0)),
+                func.sum(func.coalesce(E.credits_micro, 0)), func.count(),
+            )
+            .where(E.license_id.is_not(None))
+            .group_by(E.license_id, E.year_month)
+        )
+    }
+    stored = {
+        (row.license_id, row.year_month): {name: getattr(row, name) for name in license_fields}
+        for row in session.scalars(select(LicenseUsage))
+    }
+    drift = _compare("license_usage", expected, stored, license_fields)
+    lines += [line for _, _, line in drift]
+    if fix and drift:
+        _rewrite(session, LicenseUsage, ("license_id", "year_month"), expected, license_fields,
+                 {key for key, _, _ in drift})
+
+    # credits_used = sum of event credits + sum of adjustments
+    event_credits = dict(
+        session.execute(
+            select(E.license_id, func.sum(func.coalesce(E.credits_micro, 0)))
+            .where(E.license_id.is_not(None))
+            .group_by(E.license_id)
+        ).all()
+    )
+    adjustments = dict(
+        session.execute(
+            select(CreditAdjustment.license_id, func.sum(CreditAdjustment.delta_micro)).group_by(
+                CreditAdjustment.license_id
+            )
+        ).all()
+    )
+    for lic in session.scalars(select(License).order_by(License.id).with_for_update()):
+        want = int(event_credits.get(lic.id) or 0) + int(adjustments.get(lic.id) or 0)
+        if lic.credits_used_micro != want:
+            lines.append(
+                f"license {lic.id}: credits_used_micro is {lic.credits_used_micro}, "
+                f"events and adjustments say {want}"
+            )
+            if fix:
+                session.execute(
+                    update(License).where(License.id == lic.id).values(credits_used_micro=want)
+                )
+    return lines
+
+
+def _rewrite(
+    session: Session,
+    model: Any,
+    key_names: tuple[str, ...],
+    expected: dict[tuple[Any, ...], dict[str, int]],
+    fields: list[str],
+    keys: set[tuple[Any, ...]],
+) -> None:
+    for key in keys:
+        where = [getattr(model, name) == value for name, value in zip(key_names, key, strict=True)]
+        want = {name: int(expected.get(key, {}).get(name, 0)) for name in fields}
+        existing = session.scalar(select(model).where(*where))
+        if existing is None:
+            session.add(model(**dict(zip(key_names, key, strict=True)), **want))
+        else:
+            for name, value in want.items():
+                setattr(existing, name, value)
+    session.flush()
