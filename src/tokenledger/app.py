@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from tokenledger.alerts.api import router as alerts_router
 from tokenledger.alerts.webhooks import WebhookWorker
 from tokenledger.audit.api import router as audit_router
-from tokenledger.budgets.api import router as budgets_router
 from tokenledger.auth.api import router as auth_router
+from tokenledger.budgets.api import router as budgets_router
 from tokenledger.config import Settings, get_settings
 from tokenledger.db import Database
 from tokenledger.errors import install_error_handlers
@@ -21,6 +21,7 @@ from tokenledger.ops import BodyLimit, Metrics, install_metrics
 from tokenledger.ops import router as ops_router
 from tokenledger.organizations.api import router as organizations_router
 from tokenledger.pricing.api import router as pricing_router
+from tokenledger.usage.admin_api import router as token_usage_router
 from tokenledger.usage.api import router as usage_router
 
 log = logging.getLogger("tokenledger")
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         budgets_router,
         alerts_router,
         pricing_router,
+        token_usage_router,
     ):
         app.include_router(router)
     return app

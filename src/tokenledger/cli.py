@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 
 from tokenledger.config import Settings, get_settings
 from tokenledger.db import Database
@@ -97,8 +98,10 @@ def cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
         key, secret = service.create_api_key(session, args.name, args.org)
         scope = f"organization {args.org}" if args.org else "all organizations (service key)"
         print(secret)
-        print(f"key {key.id} '{key.name}' for {scope}; store it now, it is not shown again",
-              file=sys.stderr)
+        print(
+            f"key {key.id} '{key.name}' for {scope}; store it now, it is not shown again",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -311,11 +314,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
     try:
         settings = get_settings()
-        return handler(args, settings)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        print(f"tokenledger: configuration {where}: {first['msg']}", file=sys.stderr)
+        print(f"tokenledger: configuration TOKENLEDGER_{where.upper()}: {first['msg']}",
+              file=sys.stderr)
+        return 1
+    try:
+        return handler(args, settings)
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        print(f"tokenledger: database unreachable: {reason}", file=sys.stderr)
     except (CliError, DomainError) as exc:
         print(f"tokenledger: {exc}", file=sys.stderr)
     except KeyboardInterrupt:

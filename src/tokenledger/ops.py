@@ -68,9 +68,7 @@ def install_metrics(app: FastAPI, metrics: Metrics) -> None:
             route = request.scope.get("route")
             template = getattr(route, "path", "unmatched")
             metrics.requests.labels(request.method, template, str(status)).inc()
-            metrics.latency.labels(request.method, template).observe(
-                time.perf_counter() - started
-            )
+            metrics.latency.labels(request.method, template).observe(time.perf_counter() - started)
 
 
 @router.get("/healthz", include_in_schema=False)

@@ -17,7 +17,9 @@ from tokenledger.money import format_credits, format_usd
 from tokenledger.organizations.models import Organization
 
 
-def crossings(fig: Figures, forecast: dict[str, Any] | None) -> list[tuple[str, str, dict[str, Any]]]:
+def crossings(
+    fig: Figures, forecast: dict[str, Any] | None
+) -> list[tuple[str, str, dict[str, Any]]]:
     """(type, period, details) of every threshold the license's consumption has reached."""
     lic = fig.license
     warn = lic.budget_warning_percent
@@ -49,9 +51,7 @@ def crossings(fig: Figures, forecast: dict[str, Any] | None) -> list[tuple[str, 
             and forecast is not None
             and forecast["budget_exhausted_before_period_end"]
         ):
-            found.append(
-                ("budget.forecast", fig.period, {**details, "forecast": forecast})
-            )
+            found.append(("budget.forecast", fig.period, {**details, "forecast": forecast}))
     return found
 
 

@@ -82,9 +82,7 @@ def check_target(url: str, allow_private: bool) -> None:
             )
 
 
-def create_webhook(
-    session: Session, url: str, description: str, allow_private: bool
-) -> Webhook:
+def create_webhook(session: Session, url: str, description: str, allow_private: bool) -> Webhook:
     check_target(url, allow_private)
     hook = Webhook(url=url, secret="whsec_" + secrets.token_urlsafe(32), description=description)
     session.add(hook)

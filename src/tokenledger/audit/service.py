@@ -48,7 +48,5 @@ def list_entries(
     if entity_id:
         query = query.where(AuditEntry.entity_id == entity_id)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(AuditEntry.id.desc()).limit(limit).offset(offset)
-    ).all()
+    rows = session.scalars(query.order_by(AuditEntry.id.desc()).limit(limit).offset(offset)).all()
     return list(rows), total

@@ -77,7 +77,9 @@ def check_login_throttle(
             )
 
 
-def authenticate(session: Session, email: str, password: str, client_address: str) -> AdminUser | None:
+def authenticate(
+    session: Session, email: str, password: str, client_address: str
+) -> AdminUser | None:
     """The active user with these credentials; a failure is recorded for throttling."""
     email = normalize_email(email)
     user = session.scalar(select(AdminUser).where(AdminUser.email == email))
@@ -103,7 +105,9 @@ def create_api_key(session: Session, name: str, org_slug: str | None) -> tuple[A
             select(Organization.id).where(Organization.slug == org_slug)
         )
         if organization_id is None:
-            raise DomainError(404, "organization_not_found", f"no organization with slug {org_slug!r}")
+            raise DomainError(
+                404, "organization_not_found", f"no organization with slug {org_slug!r}"
+            )
     secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
         name=name, prefix=secret[:10], key_hash=_hash_key(secret), organization_id=organization_id

@@ -194,9 +194,7 @@ def _render(org: Organization, fig: Figures | None, suspended: bool) -> dict[str
     credits_remaining = (
         max(0, fig.credit_limit - fig.credits_committed) if fig.credit_limit is not None else None
     )
-    usd_remaining = (
-        max(0, fig.usd_limit - fig.usd_committed) if fig.usd_limit is not None else None
-    )
+    usd_remaining = max(0, fig.usd_limit - fig.usd_committed) if fig.usd_limit is not None else None
     return {
         **base,
         "state": state,
@@ -304,7 +302,9 @@ def create_reservation(
     return reservation, state
 
 
-def release_reservation(session: Session, reservation_id: str, org_id: int | None, now: datetime) -> Reservation:
+def release_reservation(
+    session: Session, reservation_id: str, org_id: int | None, now: datetime
+) -> Reservation:
     query = select(Reservation).where(Reservation.id == reservation_id).with_for_update()
     reservation = session.scalar(query)
     if reservation is None or (org_id is not None and reservation.organization_id != org_id):
@@ -338,8 +338,5 @@ def settle_reservations(session: Session, rows: list[dict[str, Any]], now: datet
             closed_at=now,
             settled_cost_nano=func.coalesce(table.c.settled_cost_nano, 0) + bindparam("cost"),
         ),
-        [
-            {"rid": rid, "org": org, "cost": cost}
-            for (rid, org), cost in sorted(costs.items())
-        ],
+        [{"rid": rid, "org": org, "cost": cost} for (rid, org), cost in sorted(costs.items())],
     )

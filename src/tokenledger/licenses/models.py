@@ -38,12 +38,8 @@ class License(Base):
         CheckConstraint("enforcement IN ('soft','hard')", name="enforcement"),
         CheckConstraint("credits_total_micro >= 0", name="credits_total"),
         CheckConstraint("cost_per_credit_nano > 0", name="cost_per_credit"),
-        CheckConstraint(
-            "token_budget_nano IS NULL OR token_budget_nano >= 0", name="token_budget"
-        ),
-        CheckConstraint(
-            "budget_warning_percent BETWEEN 1 AND 100", name="budget_warning_percent"
-        ),
+        CheckConstraint("token_budget_nano IS NULL OR token_budget_nano >= 0", name="token_budget"),
+        CheckConstraint("budget_warning_percent BETWEEN 1 AND 100", name="budget_warning_percent"),
         CheckConstraint("valid_until IS NULL OR valid_until > valid_from", name="validity"),
     )
 

@@ -227,4 +227,3 @@ def adjust_credits_used(
     )
     session.refresh(lic)
     return adjustment
-

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tokenledger.schemas import InputModel
 
 SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+# Stripped before the length check, so that a blank name is refused, not stored empty.
+OrganizationName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+]
 
 
 class OrganizationCreate(InputModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: OrganizationName
     slug: str | None = Field(default=None, min_length=1, max_length=64, pattern=SLUG_PATTERN)
 
 
 class OrganizationUpdate(InputModel):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: OrganizationName | None = None
     slug: str | None = Field(default=None, min_length=1, max_length=64, pattern=SLUG_PATTERN)
     archived: bool | None = None
 

@@ -92,14 +92,20 @@ def search(
 ) -> tuple[list[Organization], int]:
     stmt = select(Organization)
     if query:
-        pattern = f"%{query.lower()}%"
+        # The query is plain text: its LIKE wildcards match only themselves.
+        escaped = re.sub(r"([\\%_])", r"\\\1", query.lower())
+        pattern = f"%{escaped}%"
         stmt = stmt.where(
-            or_(func.lower(Organization.name).like(pattern), Organization.slug.like(pattern))
+            or_(
+                func.lower(Organization.name).like(pattern, escape="\\"),
+                Organization.slug.like(pattern, escape="\\"),
+            )
         )
     if not include_archived:
         stmt = stmt.where(Organization.archived_at.is_(None))
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    rows = session.scalars(stmt.order_by(Organization.name, Organization.id).limit(limit).offset(offset))
+    order = (func.lower(Organization.name), Organization.id)
+    rows = session.scalars(stmt.order_by(*order).limit(limit).offset(offset))
     return list(rows.all()), total
 
 

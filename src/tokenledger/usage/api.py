@@ -18,13 +18,13 @@ from tokenledger.usage.schemas import RefreshIn, RefreshRead, UsageBatch, UsageR
 router = APIRouter(prefix="/api/v1", tags=["ingestion"])
 
 
-def organization_for_key(
-    session: Session, key: IngestKey, ref: str | int | None
-) -> Organization:
+def organization_for_key(session: Session, key: IngestKey, ref: str | int | None) -> Organization:
     """The organization a key may act for: its own, or the one a service key names."""
     if ref is None:
         if key.organization_id is None:
-            raise DomainError(422, "organization_required", "a service key must name the organization")
+            raise DomainError(
+                422, "organization_required", "a service key must name the organization"
+            )
         return organizations.get(session, key.organization_id)
     org = organizations.by_slug_or_id(session, str(ref))
     if org is None:

@@ -143,9 +143,7 @@ def ingest(
         if at > now + MAX_FUTURE:
             raise _invalid(index, "timestamp", "more than 5 minutes in the future")
         if at < oldest:
-            raise _invalid(
-                index, "timestamp", f"older than {settings.backfill_max_age_days} days"
-            )
+            raise _invalid(index, "timestamp", f"older than {settings.backfill_max_age_days} days")
         digest = content_hash(event, org.id)
         key = (org.id, event.id)
         twin = seen.get(key)
@@ -356,7 +354,9 @@ def _roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
     credits: dict[int, int] = defaultdict(int)
     for (license_id, _month), sums in by_license.items():
         credits[license_id] += sums["credits_micro"]
-    deltas = [{"license_key": lid, "delta": delta} for lid, delta in sorted(credits.items()) if delta]
+    deltas = [
+        {"license_key": lid, "delta": delta} for lid, delta in sorted(credits.items()) if delta
+    ]
     if deltas:
         table = License.__table__
         session.execute(
@@ -378,8 +378,7 @@ def _upsert(
         return
     table = model.__table__
     rows = [
-        {**dict(zip(key_columns, key, strict=True)), **sums}
-        for key, sums in sorted(groups.items())
+        {**dict(zip(key_columns, key, strict=True)), **sums} for key, sums in sorted(groups.items())
     ]
     summed = [name for name in rows[0] if name not in key_columns]
     insert = insert_for(session)

@@ -71,9 +71,7 @@ class TokenUsageMonthly(Base):
 
     __tablename__ = "token_usage_monthly"
 
-    organization_id: Mapped[int] = mapped_column(
-        ForeignKey("organizations.id"), primary_key=True
-    )
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), primary_key=True)
     year_month: Mapped[str] = mapped_column(String(7), primary_key=True)
     input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -91,9 +89,7 @@ class UsageDaily(Base):
 
     __tablename__ = "usage_daily"
 
-    organization_id: Mapped[int] = mapped_column(
-        ForeignKey("organizations.id"), primary_key=True
-    )
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), primary_key=True)
     day: Mapped[str] = mapped_column(String(10), primary_key=True)
     provider: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(128), primary_key=True)

@@ -71,8 +71,12 @@ def _compare(
         for name in fields:
             if int(want.get(name, 0)) != int(have.get(name, 0)):
                 drift.append(
-                    (key, want, f"{label} {key}: {name} is {have.get(name, 0)}, events say "
-                     f"{want.get(name, 0)}")
+                    (
+                        key,
+                        want,
+                        f"{label} {key}: {name} is {have.get(name, 0)}, events say "
+                        f"{want.get(name, 0)}",
+                    )
                 )
     return drift
 
@@ -97,8 +101,14 @@ def reconcile(session: Session, *, fix: bool) -> list[str]:
     drift = _compare("token_usage_monthly", expected, stored, [*monthly_fields, "refresh_count"])
     lines += [line for _, _, line in drift]
     if fix and drift:
-        _rewrite(session, TokenUsageMonthly, ("organization_id", "year_month"), expected,
-                 [*monthly_fields, "refresh_count"], {key for key, _, _ in drift})
+        _rewrite(
+            session,
+            TokenUsageMonthly,
+            ("organization_id", "year_month"),
+            expected,
+            [*monthly_fields, "refresh_count"],
+            {key for key, _, _ in drift},
+        )
 
     expected = _expected_rollup(session, [E.organization_id, E.day, E.provider, E.model])
     stored = {
@@ -110,17 +120,29 @@ def reconcile(session: Session, *, fix: bool) -> list[str]:
     drift = _compare("usage_daily", expected, stored, monthly_fields)
     lines += [line for _, _, line in drift]
     if fix and drift:
-        _rewrite(session, UsageDaily, ("organization_id", "day", "provider", "model"), expected,
-                 monthly_fields, {key for key, _, _ in drift})
+        _rewrite(
+            session,
+            UsageDaily,
+            ("organization_id", "day", "provider", "model"),
+            expected,
+            monthly_fields,
+            {key for key, _, _ in drift},
+        )
 
     license_fields = ["cost_nano", "credits_micro", "event_count"]
     expected = {
-        (lid, month): {"cost_nano": int(cost or 0), "credits_micro": int(credits or 0),
-                       "event_count": int(count)}
+        (lid, month): {
+            "cost_nano": int(cost or 0),
+            "credits_micro": int(credits or 0),
+            "event_count": int(count),
+        }
         for lid, month, cost, credits, count in session.execute(
             select(
-                E.license_id, E.year_month, func.sum(func.coalesce(E.cost_nano, 0)),
-                func.sum(func.coalesce(E.credits_micro, 0)), func.count(),
+                E.license_id,
+                E.year_month,
+                func.sum(func.coalesce(E.cost_nano, 0)),
+                func.sum(func.coalesce(E.credits_micro, 0)),
+                func.count(),
             )
             .where(E.license_id.is_not(None))
             .group_by(E.license_id, E.year_month)
@@ -133,8 +155,14 @@ def reconcile(session: Session, *, fix: bool) -> list[str]:
     drift = _compare("license_usage", expected, stored, license_fields)
     lines += [line for _, _, line in drift]
     if fix and drift:
-        _rewrite(session, LicenseUsage, ("license_id", "year_month"), expected, license_fields,
-                 {key for key, _, _ in drift})
+        _rewrite(
+            session,
+            LicenseUsage,
+            ("license_id", "year_month"),
+            expected,
+            license_fields,
+            {key for key, _, _ in drift},
+        )
 
     # credits_used = sum of event credits + sum of adjustments
     event_credits = dict(

@@ -21,9 +21,17 @@ _MONTHLY = TokenUsageMonthly.__table__
 def _count(session: Session, org_id: int, year_month: str, delta: int) -> None:
     insert = insert_for(session)
     statement = insert(_MONTHLY).values(
-        organization_id=org_id, year_month=year_month, refresh_count=delta,
-        input_tokens=0, output_tokens=0, cache_creation_tokens=0, cache_read_tokens=0,
-        cost_nano=0, api_calls=0, event_count=0, unpriced_events=0,
+        organization_id=org_id,
+        year_month=year_month,
+        refresh_count=delta,
+        input_tokens=0,
+        output_tokens=0,
+        cache_creation_tokens=0,
+        cache_read_tokens=0,
+        cost_nano=0,
+        api_calls=0,
+        event_count=0,
+        unpriced_events=0,
     )
     session.execute(
         statement.on_conflict_do_update(
@@ -43,8 +51,11 @@ def record_refresh(
     session.execute(
         insert(Refresh.__table__)
         .values(
-            organization_id=org.id, refresh_id=refresh_id, status=data.status,
-            created_at=now, updated_at=now,
+            organization_id=org.id,
+            refresh_id=refresh_id,
+            status=data.status,
+            created_at=now,
+            updated_at=now,
         )
         .on_conflict_do_nothing(index_elements=["organization_id", "refresh_id"])
     )

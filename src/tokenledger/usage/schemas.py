@@ -28,12 +28,15 @@ TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
 
 def parse_timestamp(value: Any) -> datetime:
     """RFC 3339 text with an offset; naive times and numbers are refused."""
-    if not isinstance(value, str):
+    if isinstance(value, datetime):  # built in Python (demo data, tests), not from JSON
+        parsed = value
+    elif not isinstance(value, str):
         raise ValueError("must be an RFC 3339 timestamp string")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ValueError("must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z") from exc
+    else:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError("must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z") from exc
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ValueError("timestamp needs an offset (Z or +01:00)")
     return parsed
