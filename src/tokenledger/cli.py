@@ -142,6 +142,7 @@ def _initial_admin_file(settings: Settings) -> Path | None:
 def ensure_first_admin(database: Database, settings: Settings) -> None:
     """Create the first admin when there is none, and print its login."""
     from tokenledger.auth import service
+    from tokenledger.auth.models import AdminUser
     from tokenledger.auth.passwords import verify_password
 
     login_file = _initial_admin_file(settings)
@@ -156,7 +157,7 @@ def ensure_first_admin(database: Database, settings: Settings) -> None:
             return
         if login_file and login_file.exists():
             email, password = login_file.read_text().split("\n")[:2]
-            user = session.query(service.AdminUser).filter_by(email=email).one_or_none()
+            user = session.query(AdminUser).filter_by(email=email).one_or_none()
             if user and verify_password(user.password_hash, password):
                 print(f"admin login: {email} / {password}")
                 return

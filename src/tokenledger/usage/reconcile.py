@@ -92,7 +92,7 @@ def reconcile(session: Session, *, fix: bool) -> list[str]:
         .group_by(Refresh.organization_id, Refresh.counted_month)
     ):
         expected.setdefault((org_id, month), {})["refresh_count"] = count
-    stored = {
+    stored: dict[tuple[Any, ...], dict[str, int]] = {
         (row.organization_id, row.year_month): {
             name: getattr(row, name) for name in [*monthly_fields, "refresh_count"]
         }
