@@ -21,5 +21,8 @@ check: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests
 	$(VENV)/bin/mypy
 
+bench: $(STAMP)
+	$(PY) bench/ingest.py
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info

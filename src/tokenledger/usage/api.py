@@ -52,7 +52,7 @@ def post_usage(
     return UsageResponse.model_validate({"results": outcome.results, "budgets": states})
 
 
-@router.put("/refreshes/{refresh_id}")
+@router.put("/refreshes/{refresh_id:path}")
 def put_refresh(
     refresh_id: str, data: RefreshIn, session: Session, key: IngestKey, settings: AppSettings
 ) -> RefreshRead:

@@ -62,8 +62,8 @@ class UsageEvent(Base):
     price_source: Mapped[str | None] = mapped_column(String(64))
     price_version: Mapped[str | None] = mapped_column(String(128))
     priced_model: Mapped[str | None] = mapped_column(String(128))
-    rates: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    rates: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON(none_as_null=True))
 
 
 class TokenUsageMonthly(Base):
