@@ -7,15 +7,20 @@ PostgreSQL tests share one database migrated once, emptied before each test.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from tokenledger.app import create_app
+from tokenledger.auth.models import AdminUser
+from tokenledger.auth.passwords import hash_password
+from tokenledger.auth.tokens import issue_token
 from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.migrations import runner
@@ -50,18 +55,27 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_migrated() -> str:
+def postgres_migrated() -> Iterator[str]:
+    """A database of this test run's own on the server, migrated once, dropped at the end."""
     if not POSTGRES_URL:
         if REQUIRE_POSTGRES:
             pytest.fail("TOKENLEDGER_TEST_POSTGRES_URL is required here but not set")
         pytest.skip("no PostgreSQL: set TOKENLEDGER_TEST_POSTGRES_URL (scripts/with-postgres.sh)")
-    database = Database(make_settings(POSTGRES_URL))
-    with database.engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
+    name = f"tokenledger_run_{secrets.token_hex(4)}"
+    server = Database(make_settings(POSTGRES_URL))
+    autocommit = server.engine.execution_options(isolation_level="AUTOCOMMIT")
+    with autocommit.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    database = Database(make_settings(url))
     runner.upgrade(database.engine)
     database.dispose()
-    return POSTGRES_URL
+    try:
+        yield url
+    finally:
+        with autocommit.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        server.dispose()
 
 
 def _empty_postgres(url: str) -> None:
@@ -107,27 +121,32 @@ def client(app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
         yield test_client
 
 
-def _token(client: TestClient, email: str, password: str) -> str:
-    response = client.post("/api/auth/token", data={"username": email, "password": password})
-    assert response.status_code == 200, response.text
-    token: str = response.json()["access_token"]
-    client.cookies.clear()
-    return token
+@cache
+def password_hash() -> str:
+    # argon2id is slow on purpose (~0.1 s a hash); one real hash serves the whole run.
+    return hash_password(ADMIN_PASSWORD)
+
+
+def add_admin(database: Database, email: str, role: str = "admin") -> int:
+    """An account with ADMIN_PASSWORD, without paying for a new argon2id hash each time."""
+    with database.session(write=True) as session:
+        user = AdminUser(email=email, password_hash=password_hash(), role=role)
+        session.add(user)
+        session.flush()
+        return user.id
+
+
+def bearer(user_id: int) -> dict[str, str]:
+    """Headers with a real signed token, as POST /api/auth/token issues (tested there)."""
+    token, _ = issue_token(SECRET, user_id, 60)
+    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture
-def admin_headers(client: TestClient, database: Database) -> dict[str, str]:
-    from tokenledger.auth.service import create_admin
-
-    with database.session(write=True) as session:
-        create_admin(session, "admin@example.com", ADMIN_PASSWORD, "admin")
-    return {"Authorization": f"Bearer {_token(client, 'admin@example.com', ADMIN_PASSWORD)}"}
+def admin_headers(database: Database) -> dict[str, str]:
+    return bearer(add_admin(database, "admin@example.com", "admin"))
 
 
 @pytest.fixture
-def viewer_headers(client: TestClient, database: Database) -> dict[str, str]:
-    from tokenledger.auth.service import create_admin
-
-    with database.session(write=True) as session:
-        create_admin(session, "viewer@example.com", ADMIN_PASSWORD, "viewer")
-    return {"Authorization": f"Bearer {_token(client, 'viewer@example.com', ADMIN_PASSWORD)}"}
+def viewer_headers(database: Database) -> dict[str, str]:
+    return bearer(add_admin(database, "viewer@example.com", "viewer"))

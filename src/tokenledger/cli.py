@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from tokenledger.config import Settings, get_settings
 from tokenledger.db import Database
@@ -34,6 +35,23 @@ def _require_migrated(database: Database) -> None:
         )
 
 
+def _audit_cli(
+    session: Session, action: str, entity_type: str, entity_id: object, after: dict[str, object]
+) -> None:
+    from tokenledger.audit import service as audit
+
+    audit.record(
+        session,
+        actor="cli",
+        action=action,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        before=None,
+        after=after,
+        client_address=None,
+    )
+
+
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     database = _database(settings)
     before = runner.current_revision(database.engine)
@@ -51,7 +69,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     database = _database(settings)
     _require_migrated(database)
-    settings.signing_key()  # create the embedded key before workers race to
+    try:
+        settings.signing_key()  # create the embedded key before workers race to
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from exc
     database.dispose()
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
@@ -85,7 +106,9 @@ def cmd_create_admin(args: argparse.Namespace, settings: Settings) -> int:
     password = _read_password(args)
     with database.session(write=True) as session:
         user = service.create_admin(session, args.email, password, args.role)
-        print(f"created {user.role} {user.email}")
+        role, email = user.role, user.email
+        _audit_cli(session, "admin.create", "admin_user", user.id, {"email": email, "role": role})
+    print(f"created {role} {email}")
     return 0
 
 
@@ -130,7 +153,9 @@ def cmd_api_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
     _require_migrated(database)
     with database.session(write=True) as session:
         key = service.revoke_api_key(session, args.id)
-        print(f"revoked key {key.id} '{key.name}'")
+        key_id, name = key.id, key.name
+        _audit_cli(session, "api_key.revoke", "api_key", key_id, {"name": name, "revoked": True})
+    print(f"revoked key {key_id} '{name}'")
     return 0
 
 
@@ -267,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin = sub.add_parser("create-admin", help="create an admin user")
     admin.add_argument("--email", required=True)
-    admin.add_argument("--password")
-    admin.add_argument("--password-stdin", action="store_true")
+    password = admin.add_mutually_exclusive_group(required=True)
+    password.add_argument("--password")
+    password.add_argument("--password-stdin", action="store_true")
     admin.add_argument("--role", choices=["admin", "viewer"], default="admin")
     admin.set_defaults(handler=cmd_create_admin)
 
@@ -318,14 +344,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        print(f"tokenledger: configuration TOKENLEDGER_{where.upper()}: {first['msg']}",
-              file=sys.stderr)
+        print(
+            f"tokenledger: configuration TOKENLEDGER_{where.upper()}: {first['msg']}",
+            file=sys.stderr,
+        )
         return 1
     try:
         return handler(args, settings)
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         print(f"tokenledger: database unreachable: {reason}", file=sys.stderr)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(f"tokenledger: database error: {reason}", file=sys.stderr)
     except (CliError, DomainError) as exc:
         print(f"tokenledger: {exc}", file=sys.stderr)
     except KeyboardInterrupt:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -69,8 +72,16 @@ class Settings(BaseSettings):
         key_file = path.parent / ".secret_key"
         if not key_file.exists():
             key_file.parent.mkdir(parents=True, exist_ok=True)
-            key_file.write_text(secrets.token_urlsafe(48))
-            key_file.chmod(0o600)
+            # Written whole, private from the start (mkstemp: 0600), then linked into place:
+            # a racing process never reads an empty or half-written key, and the first wins.
+            fd, temporary = tempfile.mkstemp(dir=key_file.parent, prefix=".secret_key.")
+            try:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_urlsafe(48))
+                with contextlib.suppress(FileExistsError):
+                    os.link(temporary, key_file)
+            finally:
+                os.unlink(temporary)
         return key_file.read_text().strip()
 
     def sqlite_path(self) -> Path | None:

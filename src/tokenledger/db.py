@@ -31,6 +31,9 @@ NAMING_CONVENTION = {
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; BIGINT elsewhere.
 BigId = BigInteger().with_variant(sqlite.INTEGER(), "sqlite")
+# The largest id of an Integer key: INTEGER is 32 bits on PostgreSQL, and a larger number
+# given to the database fails there (and past 64 bits on SQLite) instead of matching nothing.
+MAX_ROW_ID = 2**31 - 1
 
 
 class Base(DeclarativeBase):

@@ -128,7 +128,11 @@ def _flush(session: Session, batch: list[UsageEventIn], settings: Settings, now:
     from tokenledger.alerts import service as alerts
 
     outcome = ingest(
-        session, UsageBatch(events=batch), key_org_id=None, settings=settings, now=now  # type: ignore[arg-type]
+        session,
+        UsageBatch(events=batch),
+        key_org_id=None,
+        settings=settings,
+        now=now,  # type: ignore[arg-type]
     )
     alerts.evaluate(session, outcome.license_ids, settings.timezone, now)  # type: ignore[arg-type]
     batch.clear()

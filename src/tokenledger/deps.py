@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session as OrmSession
 
 from tokenledger.auth import service as auth_service
 from tokenledger.auth.models import AdminUser
 from tokenledger.auth.tokens import decode_token
 from tokenledger.config import Settings
-from tokenledger.db import Database, utcnow
+from tokenledger.db import MAX_ROW_ID, Database, utcnow
 from tokenledger.errors import DomainError
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -41,10 +42,19 @@ def get_session(request: Request) -> Iterator[OrmSession]:
 
 Session = Annotated[OrmSession, Depends(get_session, scope="function")]
 AppSettings = Annotated[Settings, Depends(get_settings)]
+# An id in a path: one that no row can have is a 422, not a database error.
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+
+
+# The width of the address columns of login_attempts and audit_log.
+CLIENT_ADDRESS_MAX = 64
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    # Cut to the column: a proxy may hand over a longer host (an IPv6 zone, a name), and on
+    # PostgreSQL a longer value would fail the login or the audited write with a 500.
+    host = request.client.host if request.client else "unknown"
+    return host[:CLIENT_ADDRESS_MAX]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +87,11 @@ def _unauthenticated() -> DomainError:
     )
 
 
+def _same_secret(given: str, expected: str) -> bool:
+    # Constant time; as bytes, because compare_digest refuses non-ASCII text.
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
 def current_principal(request: Request, session: Session, settings: AppSettings) -> Principal:
     token = _bearer(request)
     via_cookie = False
@@ -93,9 +108,12 @@ def current_principal(request: Request, session: Session, settings: AppSettings)
     user = session.get(AdminUser, claims.user_id)
     if user is None or user.disabled_at is not None:
         raise _unauthenticated()
-    if via_cookie and request.method not in SAFE_METHODS:
-        if request.headers.get(CSRF_HEADER) != claims.csrf:
-            raise DomainError(403, "csrf_failed", "missing or wrong CSRF token")
+    if (
+        via_cookie
+        and request.method not in SAFE_METHODS
+        and not _same_secret(request.headers.get(CSRF_HEADER, ""), claims.csrf)
+    ):
+        raise DomainError(403, "csrf_failed", "missing or wrong CSRF token")
     return Principal(
         user_id=user.id,
         email=user.email,

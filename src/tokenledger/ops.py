@@ -114,20 +114,36 @@ class BodyLimit:
             return
         seen = 0
         too_large = False
+        rejected = False
 
+        # Past the limit the app reads a disconnect, and whatever it answers (FastAPI: a
+        # 400) is replaced by the 413. Raising from receive() instead would not work: a
+        # BaseHTTPMiddleware in between wraps the error in an ExceptionGroup.
         async def limited() -> Message:
             nonlocal seen, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     too_large = True
-                    raise _BodyTooLarge
+                    return {"type": "http.disconnect"}
             return message
 
+        async def replaced(message: Message) -> None:
+            nonlocal rejected
+            if not too_large:
+                await send(message)
+            elif message["type"] == "http.response.start" and not rejected:
+                rejected = True
+                await self._reject(send)
+
         try:
-            await self.app(scope, limited, send)
-        except _BodyTooLarge:
+            await self.app(scope, limited, replaced)
+        except Exception:
+            if not too_large or rejected:
+                raise
             await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
@@ -135,10 +151,6 @@ class BodyLimit:
             error_body("body_too_large", f"request body over {self.max_bytes} bytes"), 413
         )
         await response({"type": "http"}, _no_receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 async def _no_receive() -> Message:

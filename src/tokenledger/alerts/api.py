@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenledger.alerts import service, webhooks
 from tokenledger.alerts.models import Webhook
 from tokenledger.audit import service as audit
-from tokenledger.deps import Admin, AppSettings, Session, Viewer
+from tokenledger.db import MAX_ROW_ID
+from tokenledger.deps import Admin, AppSettings, RowId, Session, Viewer
 from tokenledger.errors import not_found
 from tokenledger.schemas import InputModel, Limit, Offset, Page
 
@@ -53,7 +54,7 @@ class WebhookCreated(WebhookRead):
 def list_alerts(
     session: Session,
     _viewer: Viewer,
-    organization_id: int | None = None,
+    organization_id: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
     type: str | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
@@ -94,7 +95,7 @@ def create_webhook(
 
 
 @router.delete("/api/webhooks/{webhook_id}", status_code=204)
-def delete_webhook(webhook_id: int, session: Session, admin: Admin) -> Response:
+def delete_webhook(webhook_id: RowId, session: Session, admin: Admin) -> Response:
     hook = session.get(Webhook, webhook_id)
     if hook is None:
         raise not_found("webhook", webhook_id)

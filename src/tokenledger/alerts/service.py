@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tokenledger.alerts.models import Alert, Webhook, WebhookDelivery
-from tokenledger.budgets.service import Figures, burn_forecast, figures_for
+from tokenledger.budgets.service import Figures, burn_forecast, figures_for, recent_cost
 from tokenledger.db import insert_for
 from tokenledger.licenses.models import License
 from tokenledger.money import format_credits, format_usd
@@ -63,10 +63,13 @@ def evaluate(session: Session, license_ids: list[int], tz: Any, now: datetime) -
         session.scalars(select(License).where(License.id.in_(license_ids)).order_by(License.id))
     )
     figures = figures_for(session, licenses, tz, now)
+    budgeted = sorted({lic.organization_id for lic in licenses if lic.token_budget_nano})
+    windows = recent_cost(session, budgeted, tz, now)
     rows = []
     for lic in licenses:
         fig = figures[lic.id]
-        forecast = burn_forecast(session, fig, tz, now) if fig.usd_limit is not None else None
+        window = windows.get(lic.organization_id, 0)
+        forecast = burn_forecast(fig, window, tz, now) if fig.usd_limit is not None else None
         for alert_type, period, details in crossings(fig, forecast):
             rows.append(
                 {

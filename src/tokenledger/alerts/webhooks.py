@@ -27,7 +27,11 @@ SIGNATURE_HEADER = "X-Tokenledger-Signature"
 RETRY_FOR = timedelta(hours=24)
 FIRST_RETRY_SECONDS = 30
 MAX_RETRY_SECONDS = 3600
-CLAIM_SECONDS = 60
+REQUEST_TIMEOUT_SECONDS = 10
+CLAIM_BATCH = 20
+# A claim outlives the slowest round (every delivery timing out), so that no other
+# worker takes the same deliveries while this one still sends them.
+CLAIM_SECONDS = CLAIM_BATCH * REQUEST_TIMEOUT_SECONDS + 60
 _METADATA_HOSTS = {"metadata.google.internal", "metadata"}
 
 
@@ -38,8 +42,9 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def _forbidden_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        # An IPv4 address inside an IPv6 one (mapped, or 6to4) is judged as IPv4.
+        address = address.ipv4_mapped or address.sixtofour or address
     return (
         address.is_private
         or address.is_loopback
@@ -57,7 +62,11 @@ _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
 def check_target(url: str, allow_private: bool) -> None:
     """Refuse URLs that are not http(s), or that reach internal addresses (unless allowed)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a port out of range
+    except ValueError as exc:
+        raise DomainError(422, "invalid_webhook_url", f"not a valid URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DomainError(422, "invalid_webhook_url", "the URL must be http(s)://host/...")
     if parts.username or parts.password:
@@ -68,7 +77,7 @@ def check_target(url: str, allow_private: bool) -> None:
     if host in _METADATA_HOSTS or host == "localhost" or host.endswith(".localhost"):
         raise DomainError(422, "webhook_target_forbidden", f"{host} is an internal address")
     try:
-        infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
         raise DomainError(422, "webhook_host_unresolvable", f"cannot resolve {host}") from exc
     for info in infos:
@@ -114,7 +123,7 @@ def _claim(database: Database, now: datetime, limit: int) -> list[int]:
 
 
 def deliver_due(
-    database: Database, client: httpx.Client, allow_private: bool, limit: int = 20
+    database: Database, client: httpx.Client, allow_private: bool, limit: int = CLAIM_BATCH
 ) -> int:
     """Send every due delivery once; returns how many were attempted."""
     now = utcnow()
@@ -164,7 +173,9 @@ def _post(
         return response.status_code, error
     except DomainError as exc:
         return None, exc.message[:500]
-    except httpx.HTTPError as exc:
+    except Exception as exc:
+        # Whatever one endpoint does (an HTTP error, a host name httpx cannot encode), it is
+        # a failed attempt of that delivery: it must not stall the deliveries behind it.
         return None, f"{type(exc).__name__}: {exc}"[:500]
 
 
@@ -186,7 +197,7 @@ class WebhookWorker:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        with httpx.Client(timeout=10, follow_redirects=False) as client:
+        with httpx.Client(timeout=REQUEST_TIMEOUT_SECONDS, follow_redirects=False) as client:
             while not self._stop.is_set():
                 try:
                     sent = deliver_due(self.database, client, self.allow_private)

@@ -11,13 +11,14 @@ from pydantic import BaseModel
 from tokenledger.auth import service
 from tokenledger.auth.tokens import issue_token
 from tokenledger.config import Settings
+from tokenledger.db import Database
 from tokenledger.deps import (
     CSRF_COOKIE,
     SESSION_COOKIE,
     AppSettings,
-    Session,
     Viewer,
     client_address,
+    get_database,
 )
 from tokenledger.errors import DomainError
 
@@ -37,20 +38,27 @@ class Me(BaseModel):
 
 
 def login(
-    request: Request, session: Session, settings: Settings, email: str, password: str
+    request: Request, database: Database, settings: Settings, email: str, password: str
 ) -> tuple[str, str, int]:
-    """Check credentials with throttling; (token, csrf, expires_in) or a DomainError."""
+    """Check credentials with throttling; (token, csrf, expires_in) or a DomainError.
+
+    The slow password check runs in a read transaction: on SQLite a write transaction
+    would hold the one write lock, and every login attempt would stall ingestion.
+    """
     address = client_address(request)
-    email = service.normalize_email(email)
+    # No account has a longer email; cut, the failure still fits the throttling table.
+    email = service.normalize_email(email)[: service.EMAIL_MAX_LENGTH]
     throttle = service.Throttle(settings.login_max_failures, settings.login_window_seconds)
-    service.check_login_throttle(session, email, address, throttle)
-    user = service.authenticate(session, email, password, address)
-    if user is None:
-        # Keep the failure for throttling even though the request fails.
-        session.commit()
+    with database.session(write=False) as session:
+        service.check_login_throttle(session, email, address, throttle)
+        user = service.authenticate(session, email, password)
+        user_id = user.id if user else None
+    if user_id is None:
+        with database.session(write=True) as session:
+            service.record_login_failure(session, email, address)
         raise DomainError(401, "invalid_credentials", "wrong email or password")
     minutes = settings.access_token_minutes
-    token, claims = issue_token(settings.signing_key(), user.id, minutes)
+    token, claims = issue_token(settings.signing_key(), user_id, minutes)
     return token, claims.csrf, minutes * 60
 
 
@@ -74,10 +82,11 @@ def token(
     request: Request,
     response: Response,
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
-    session: Session,
     settings: AppSettings,
 ) -> TokenResponse:
-    access_token, csrf, expires_in = login(request, session, settings, form.username, form.password)
+    access_token, csrf, expires_in = login(
+        request, get_database(request), settings, form.username, form.password
+    )
     set_session_cookies(response, request, settings, access_token, csrf, expires_in)
     return TokenResponse(access_token=access_token, expires_in=expires_in)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
@@ -9,9 +11,12 @@ _hasher = PasswordHasher()  # argon2id with the library's current recommended pa
 MIN_PASSWORD_LENGTH = 10
 _COMMON = {"password", "password1", "password123", "1234567890", "qwertyuiop", "letmein123"}
 
-# A hash to verify against when the account does not exist, so that an unknown user and a
-# wrong password take the same time.
-_DUMMY_HASH = _hasher.hash("not-a-real-password-for-timing")
+
+# Made on first use, not at import: each CLI command and server worker would pay ~0.1 s for it.
+@cache
+def _dummy_hash() -> str:
+    """A hash to check when the account does not exist, so both failures take as long."""
+    return _hasher.hash("not-a-real-password-for-timing")
 
 
 def hash_password(password: str) -> str:
@@ -20,7 +25,8 @@ def hash_password(password: str) -> str:
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        matched = _hasher.verify(password_hash or _dummy_hash(), password)
+        return matched and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
 

@@ -12,11 +12,12 @@ from sqlalchemy.orm import Session
 
 from tokenledger.auth.models import ROLES, AdminUser, ApiKey, LoginAttempt
 from tokenledger.auth.passwords import hash_password, password_problem, verify_password
-from tokenledger.db import utcnow
+from tokenledger.db import MAX_ROW_ID, utcnow
 from tokenledger.errors import DomainError
 from tokenledger.organizations.models import Organization
 
 API_KEY_PREFIX = "tl_"
+EMAIL_MAX_LENGTH = 320  # the width of the email columns
 
 
 def normalize_email(email: str) -> str:
@@ -25,7 +26,7 @@ def normalize_email(email: str) -> str:
 
 def create_admin(session: Session, email: str, password: str, role: str = "admin") -> AdminUser:
     email = normalize_email(email)
-    if "@" not in email or len(email) > 320:
+    if "@" not in email or len(email) > EMAIL_MAX_LENGTH:
         raise DomainError(422, "invalid_email", f"not an email address: {email!r}")
     if role not in ROLES:
         raise DomainError(422, "invalid_role", f"role must be one of {', '.join(ROLES)}")
@@ -77,17 +78,18 @@ def check_login_throttle(
             )
 
 
-def authenticate(
-    session: Session, email: str, password: str, client_address: str
-) -> AdminUser | None:
-    """The active user with these credentials; a failure is recorded for throttling."""
+def authenticate(session: Session, email: str, password: str) -> AdminUser | None:
+    """The active user with these credentials, or None (in the same time either way)."""
     email = normalize_email(email)
     user = session.scalar(select(AdminUser).where(AdminUser.email == email))
     ok = verify_password(user.password_hash if user else None, password)
     if not ok or user is None or user.disabled_at is not None:
-        session.add(LoginAttempt(email=email, client_address=client_address, succeeded=False))
         return None
     return user
+
+
+def record_login_failure(session: Session, email: str, client_address: str) -> None:
+    session.add(LoginAttempt(email=email, client_address=client_address, succeeded=False))
 
 
 def _hash_key(secret: str) -> str:
@@ -97,8 +99,8 @@ def _hash_key(secret: str) -> str:
 def create_api_key(session: Session, name: str, org_slug: str | None) -> tuple[ApiKey, str]:
     """A new ingest key; the secret is returned once and only its hash is stored."""
     name = name.strip()
-    if not name:
-        raise DomainError(422, "invalid_name", "an API key needs a name")
+    if not name or len(name) > 200:
+        raise DomainError(422, "invalid_name", "an API key needs a name of at most 200 characters")
     organization_id = None
     if org_slug is not None:
         organization_id = session.scalar(
@@ -122,7 +124,7 @@ def list_api_keys(session: Session) -> list[ApiKey]:
 
 
 def revoke_api_key(session: Session, key_id: int) -> ApiKey:
-    key = session.get(ApiKey, key_id)
+    key = session.get(ApiKey, key_id) if 1 <= key_id <= MAX_ROW_ID else None
     if key is None:
         raise DomainError(404, "api_key_not_found", f"no API key with id {key_id}")
     if key.revoked_at is None:

@@ -11,9 +11,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from tokenledger.budgets.models import Reservation
@@ -22,7 +22,7 @@ from tokenledger.licenses.models import License
 from tokenledger.money import credits_for_cost, format_credits, format_usd
 from tokenledger.organizations.models import Organization
 from tokenledger.usage.models import LicenseUsage, UsageDaily
-from tokenledger.usage.periods import current_month, day_of, month_bounds
+from tokenledger.usage.periods import current_month, month_bounds, month_of
 
 FORECAST_DAYS = 7
 
@@ -94,7 +94,7 @@ def figures_for(
     if not licenses:
         return {}
     ids = [lic.id for lic in licenses]
-    month = current_month(tz)
+    month = month_of(now, tz)
     spent: dict[int, int] = defaultdict(int)
     monthly: dict[int, int] = defaultdict(int)
     for license_id, year_month, cost in session.execute(
@@ -146,7 +146,7 @@ def budget_states(
     """The budget state of each organization, as the API renders it."""
     by_org: dict[int, list[License]] = defaultdict(list)
     if orgs:
-        for lic in session.scalars(
+        for row in session.scalars(
             select(License)
             .where(
                 License.organization_id.in_([org.id for org in orgs]),
@@ -154,7 +154,7 @@ def budget_states(
             )
             .order_by(License.id.desc())
         ):
-            by_org[lic.organization_id].append(lic)
+            by_org[row.organization_id].append(row)
     governing = {org.id: _governing(by_org[org.id], now) for org in orgs}
     figures = figures_for(
         session, [lic for lic, _ in governing.values() if lic is not None], tz, now
@@ -164,7 +164,8 @@ def budget_states(
         lic, suspended = governing[org.id]
         states.append(_render(org, figures.get(lic.id) if lic else None, suspended))
         if forecast and lic is not None:
-            states[-1]["forecast"] = burn_forecast(session, figures[lic.id], tz, now)
+            window = recent_cost(session, [org.id], tz, now).get(org.id, 0)
+            states[-1]["forecast"] = burn_forecast(figures[lic.id], window, tz, now)
     return states
 
 
@@ -214,15 +215,23 @@ def _render(org: Organization, fig: Figures | None, suspended: bool) -> dict[str
     }
 
 
-def burn_forecast(session: Session, fig: Figures, tz: Any, now: datetime) -> dict[str, Any]:
+def recent_cost(session: Session, org_ids: list[int], tz: Any, now: datetime) -> dict[int, int]:
+    """Each organization's cost over the forecast window, in one grouped query."""
+    if not org_ids:
+        return {}
+    # Calendar days, not 24-hour steps, which miscount around a daylight-saving change.
+    first_day = (now.astimezone(tz).date() - timedelta(days=FORECAST_DAYS - 1)).isoformat()
+    rows = session.execute(
+        select(UsageDaily.organization_id, func.sum(UsageDaily.cost_nano))
+        .where(UsageDaily.organization_id.in_(org_ids), UsageDaily.day >= first_day)
+        .group_by(UsageDaily.organization_id)
+    ).all()
+    return {org_id: int(cost or 0) for org_id, cost in rows}
+
+
+def burn_forecast(fig: Figures, window_cost_nano: int, tz: Any, now: datetime) -> dict[str, Any]:
     """At the last 7 days' pace: USD per day, and when credits and budget run out."""
-    first_day = day_of(now - timedelta(days=FORECAST_DAYS - 1), tz)
-    cost = session.scalar(
-        select(func.coalesce(func.sum(UsageDaily.cost_nano), 0)).where(
-            UsageDaily.organization_id == fig.license.organization_id,
-            UsageDaily.day >= first_day,
-        )
-    )
+    cost = window_cost_nano
     per_day = Decimal(int(cost or 0)) / FORECAST_DAYS
     result: dict[str, Any] = {
         "window_days": FORECAST_DAYS,
@@ -279,7 +288,13 @@ def create_reservation(
     if lic is not None:
         fig = figures_for(session, [lic], tz, now)[lic.id]
         remaining = fig.remaining_nano()
-        if lic.enforcement == "hard" and remaining is not None and amount_nano > remaining:
+        # Once exhausted nothing more is held, not even an empty hold.
+        exhausted = fig.state() == "exhausted"
+        if (
+            lic.enforcement == "hard"
+            and remaining is not None
+            and (exhausted or amount_nano > remaining)
+        ):
             raise DomainError(
                 402,
                 "insufficient_budget",
@@ -323,8 +338,7 @@ def settle_reservations(session: Session, rows: list[dict[str, Any]], now: datet
             costs[(row["reservation_id"], row["organization_id"])] += row["cost_nano"] or 0
     if not costs:
         return
-    table = Reservation.__table__
-    from sqlalchemy import bindparam
+    table = cast(Table, Reservation.__table__)
 
     session.execute(
         update(table)

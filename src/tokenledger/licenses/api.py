@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tokenledger.audit import service as audit
-from tokenledger.deps import Admin, Session, Viewer
+from tokenledger.deps import Admin, RowId, Session, Viewer
 from tokenledger.licenses import service
 from tokenledger.licenses.schemas import LicenseCreate, LicenseRead, LicenseUpdate
 
@@ -29,13 +29,13 @@ def create_license(data: LicenseCreate, session: Session, admin: Admin) -> Licen
 
 
 @router.get("/api/licenses/{license_id}")
-def get_license(license_id: int, session: Session, _viewer: Viewer) -> LicenseRead:
+def get_license(license_id: RowId, session: Session, _viewer: Viewer) -> LicenseRead:
     return service.to_read(service.get(session, license_id))
 
 
 @router.patch("/api/licenses/{license_id}")
 def update_license(
-    license_id: int, data: LicenseUpdate, session: Session, admin: Admin
+    license_id: RowId, data: LicenseUpdate, session: Session, admin: Admin
 ) -> LicenseRead:
     lic = service.get(session, license_id, for_update=True)
     before = service.snapshot(lic)
@@ -54,5 +54,5 @@ def update_license(
 
 
 @router.get("/api/organizations/{org_id}/licenses")
-def organization_licenses(org_id: int, session: Session, _viewer: Viewer) -> list[LicenseRead]:
+def organization_licenses(org_id: RowId, session: Session, _viewer: Viewer) -> list[LicenseRead]:
     return [service.to_read(lic) for lic in service.for_organization(session, org_id)]

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
+from tokenledger.db import MAX_ROW_ID
 from tokenledger.money import MAX_CREDITS, MAX_USD
 from tokenledger.schemas import InputModel
 
@@ -26,7 +27,7 @@ WarningPercent = Annotated[int, Field(ge=1, le=100, strict=True)]
 
 
 class LicenseCreate(InputModel):
-    organization_id: int
+    organization_id: Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
     status: LicenseStatus = "active"
     valid_from: AwareDatetime | None = None
     valid_until: AwareDatetime | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -27,8 +27,9 @@ def to_read(lic: License) -> LicenseRead:
         id=lic.id,
         organization_id=lic.organization_id,
         status=lic.status,
-        valid_from=lic.valid_from,
-        valid_until=lic.valid_until,
+        # In UTC, as read back from the database, also right after a write with an offset.
+        valid_from=lic.valid_from.astimezone(UTC),
+        valid_until=lic.valid_until.astimezone(UTC) if lic.valid_until else None,
         credits_total=micro_to_credits(lic.credits_total_micro),
         credits_used=micro_to_credits(lic.credits_used_micro),
         credits_remaining=micro_to_credits(lic.credits_total_micro - lic.credits_used_micro),
@@ -122,12 +123,18 @@ def _one_active_conflict() -> DomainError:
     )
 
 
+def _organization_archived() -> DomainError:
+    return DomainError(409, "organization_archived", "the organization is archived")
+
+
 def _flush(session: Session) -> None:
     try:
         with session.begin_nested():
             session.flush()
     except IntegrityError as exc:
-        if "one_active" in str(exc.orig) or "uq_licenses" in str(exc.orig):
+        # PostgreSQL names the index; SQLite names only the column of a unique index.
+        message = str(exc.orig)
+        if "one_active" in message or "UNIQUE constraint failed: licenses." in message:
             raise _one_active_conflict() from exc
         raise DomainError(422, "invalid_license", "the license violates a constraint") from exc
 
@@ -135,7 +142,7 @@ def _flush(session: Session) -> None:
 def create(session: Session, data: LicenseCreate) -> License:
     org = organizations.get(session, data.organization_id)
     if org.archived_at is not None:
-        raise DomainError(409, "organization_archived", "the organization is archived")
+        raise _organization_archived()
     if data.status == "active" and active_for(session, org.id) is not None:
         raise _one_active_conflict()
     lic = License(
@@ -164,6 +171,9 @@ def update_license(session: Session, lic: License, data: LicenseUpdate) -> Licen
     fields = data.model_fields_set
     if "status" in fields and data.status is not None:
         if data.status == "active" and lic.status != "active":
+            # As at creation: an archived organization gets no active license.
+            if organizations.get(session, lic.organization_id).archived_at is not None:
+                raise _organization_archived()
             other = active_for(session, lic.organization_id)
             if other is not None and other.id != lic.id:
                 raise _one_active_conflict()

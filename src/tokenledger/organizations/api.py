@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from tokenledger.audit import service as audit
-from tokenledger.deps import Admin, Session, Viewer
+from tokenledger.deps import Admin, RowId, Session, Viewer
 from tokenledger.organizations import service
 from tokenledger.organizations.schemas import (
     OrganizationCreate,
@@ -49,13 +49,13 @@ def create_organization(
 
 
 @router.get("/{org_id}")
-def get_organization(org_id: int, session: Session, _viewer: Viewer) -> OrganizationRead:
+def get_organization(org_id: RowId, session: Session, _viewer: Viewer) -> OrganizationRead:
     return OrganizationRead.model_validate(service.get(session, org_id))
 
 
 @router.patch("/{org_id}")
 def update_organization(
-    org_id: int, data: OrganizationUpdate, session: Session, admin: Admin
+    org_id: RowId, data: OrganizationUpdate, session: Session, admin: Admin
 ) -> OrganizationRead:
     org = service.get(session, org_id)
     before = service.snapshot(org)
@@ -74,7 +74,7 @@ def update_organization(
 
 
 @router.delete("/{org_id}", status_code=204)
-def delete_organization(org_id: int, session: Session, admin: Admin) -> Response:
+def delete_organization(org_id: RowId, session: Session, admin: Admin) -> Response:
     org = service.get(session, org_id)
     before = service.snapshot(org)
     service.delete(session, org)

@@ -10,7 +10,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tokenledger.db import utcnow
+from tokenledger.db import MAX_ROW_ID, utcnow
 from tokenledger.errors import DomainError, not_found
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.schemas import OrganizationCreate, OrganizationUpdate
@@ -38,8 +38,11 @@ def get(session: Session, org_id: int) -> Organization:
 
 
 def by_slug_or_id(session: Session, ref: str) -> Organization | None:
+    if not ref.isprintable():  # no slug has control characters; PostgreSQL refuses NUL
+        return None
     org = session.scalar(select(Organization).where(Organization.slug == ref))
-    if org is None and ref.isdigit():
+    # ASCII digits only ("²".isdigit() is true), and only ids a row can have.
+    if org is None and ref.isascii() and ref.isdigit() and 1 <= int(ref) <= MAX_ROW_ID:
         org = session.get(Organization, int(ref))
     return org
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt, StrictStr
 from sqlalchemy import func, select
 
 from tokenledger.deps import Admin, Session, Viewer
@@ -15,12 +16,13 @@ from tokenledger.usage.models import UsageEvent
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
 
-RateText = str | int | None
+# Decimal text or a whole number; strict, so that true is not taken for 1.
+RateText = StrictStr | StrictInt | None
 
 
 class OverrideSet(InputModel):
-    input: str | int = Field(description="USD per million input tokens")
-    output: str | int
+    input: StrictStr | StrictInt = Field(description="USD per million input tokens")
+    output: StrictStr | StrictInt
     cache_write_5m: RateText = None
     cache_write_1h: RateText = None
     cache_read: RateText = None
@@ -30,8 +32,8 @@ class UnpricedModel(BaseModel):
     provider: str
     model: str
     events: int
-    first_seen: str
-    last_seen: str
+    first_seen: datetime
+    last_seen: datetime
 
 
 @router.get("/overrides")
@@ -39,7 +41,8 @@ def list_overrides(session: Session, _viewer: Viewer) -> list[dict[str, Any]]:
     return [overrides.rates_json(row) for row in overrides.list_overrides(session)]
 
 
-@router.put("/overrides/{provider}/{model}")
+# {model:path}: model ids may hold slashes (e.g. "meta-llama/llama-3.1-70b-instruct").
+@router.put("/overrides/{provider}/{model:path}")
 def set_override(
     provider: str, model: str, data: OverrideSet, session: Session, admin: Admin
 ) -> dict[str, Any]:
@@ -54,7 +57,7 @@ def set_override(
     return overrides.rates_json(row)
 
 
-@router.delete("/overrides/{provider}/{model}", status_code=204)
+@router.delete("/overrides/{provider}/{model:path}", status_code=204)
 def unset_override(provider: str, model: str, session: Session, admin: Admin) -> Response:
     overrides.unset_override(
         session, provider=provider, model=model, actor=admin.email, client_address=admin.address
@@ -81,8 +84,8 @@ def unpriced(session: Session, _viewer: Viewer) -> list[UnpricedModel]:
             provider=provider,
             model=model,
             events=count,
-            first_seen=str(first),
-            last_seen=str(last),
+            first_seen=first,
+            last_seen=last,
         )
         for provider, model, count, first, last in rows
     ]

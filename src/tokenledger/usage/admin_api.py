@@ -6,7 +6,6 @@ import csv
 import io
 from collections.abc import Iterator
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -17,11 +16,11 @@ from sqlalchemy import select
 from tokenledger.alerts import service as alerts
 from tokenledger.audit import service as audit
 from tokenledger.db import Database, utcnow
-from tokenledger.deps import Admin, AppSettings, Session, Viewer, get_database
+from tokenledger.deps import Admin, AppSettings, RowId, Session, Viewer, get_database
 from tokenledger.errors import DomainError
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.schemas import Credits, PricePerCredit, UsdAmount, WarningPercent
-from tokenledger.money import credits_to_micro, format_credits
+from tokenledger.money import credits_to_micro, format_credits, format_usd
 from tokenledger.organizations import service as organizations
 from tokenledger.schemas import InputModel
 from tokenledger.usage import queries
@@ -48,14 +47,14 @@ def usage_overview(
 
 
 @router.get("/api/token-usage/{org_id}")
-def organization_usage(org_id: int, session: Session, _viewer: Viewer) -> list[dict[str, Any]]:
+def organization_usage(org_id: RowId, session: Session, _viewer: Viewer) -> list[dict[str, Any]]:
     organizations.get(session, org_id)
     return queries.monthly(session, org_id)
 
 
 @router.get("/api/token-usage/{org_id}/current")
 def organization_current(
-    org_id: int, session: Session, _viewer: Viewer, settings: AppSettings
+    org_id: RowId, session: Session, _viewer: Viewer, settings: AppSettings
 ) -> dict[str, Any]:
     org = organizations.get(session, org_id)
     return queries.current(session, org, settings.timezone, utcnow())
@@ -63,7 +62,7 @@ def organization_current(
 
 @router.get("/api/token-usage/{org_id}/models")
 def organization_models(
-    org_id: int,
+    org_id: RowId,
     session: Session,
     _viewer: Viewer,
     settings: AppSettings,
@@ -81,7 +80,7 @@ def organization_models(
 
 @router.get("/api/token-usage/{org_id}/daily")
 def organization_daily(
-    org_id: int,
+    org_id: RowId,
     session: Session,
     _viewer: Viewer,
     settings: AppSettings,
@@ -136,23 +135,23 @@ def _csv_rows(database: Database, org_id: int, start: datetime, end: datetime) -
             for e in partition:
                 writer.writerow(
                     (
-                        e.external_id,
+                        _cell(e.external_id),
                         e.timestamp.isoformat(),
                         e.received_at.isoformat(),
-                        e.provider,
-                        e.model,
+                        _cell(e.provider),
+                        _cell(e.model),
                         e.input_tokens,
                         e.output_tokens,
                         e.cache_creation_input_tokens,
                         e.cache_read_input_tokens,
                         e.cache_write_1h_tokens,
                         e.api_calls,
-                        e.refresh_id or "",
-                        e.reservation_id or "",
+                        _cell(e.refresh_id or ""),
+                        _cell(e.reservation_id or ""),
                         e.license_id or "",
                         e.pricing,
-                        _exact(e.cost_nano, 10**9),
-                        _exact(e.credits_micro, 10**6),
+                        format_usd(e.cost_nano) or "",
+                        format_credits(e.credits_micro) or "",
                         e.price_source or "",
                         e.price_version or "",
                         e.priced_model or "",
@@ -163,13 +162,17 @@ def _csv_rows(database: Database, org_id: int, start: datetime, end: datetime) -
             yield buffer.getvalue()
 
 
-def _exact(value: int | None, unit: int) -> str:
-    return "" if value is None else str(Decimal(value) / unit)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    """Caller-supplied text, defused so that a spreadsheet does not run it as a formula."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 @router.get("/api/token-usage/{org_id}/events.csv")
 def export_events(
-    org_id: int,
+    org_id: RowId,
     request: Request,
     session: Session,
     _viewer: Viewer,
@@ -189,7 +192,7 @@ def export_events(
 
 @router.put("/api/token-usage/budget/{license_id}")
 def update_budget(
-    license_id: int, data: BudgetUpdate, session: Session, admin: Admin, settings: AppSettings
+    license_id: RowId, data: BudgetUpdate, session: Session, admin: Admin, settings: AppSettings
 ) -> dict[str, bool]:
     given = data.model_fields_set
     if not given:

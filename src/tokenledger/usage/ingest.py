@@ -12,13 +12,13 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, or_, select, tuple_, update
+from sqlalchemy import Table, bindparam, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from tokenledger.config import Settings
-from tokenledger.db import insert_for
+from tokenledger.db import MAX_ROW_ID, insert_for
 from tokenledger.errors import DomainError
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import License
@@ -61,11 +61,19 @@ def _invalid(index: int, field_name: str, message: str) -> DomainError:
     )
 
 
+def _as_org_id(ref: str) -> int | None:
+    """The id a reference may mean; None for text (or numbers) no organization id can be."""
+    if not (ref.isascii() and ref.isdigit()):
+        return None
+    value = int(ref)
+    return value if 1 <= value <= MAX_ROW_ID else None
+
+
 def _resolve_organizations(
     session: Session, batch: UsageBatch, key_org_id: int | None
 ) -> list[Organization]:
     refs = {str(e.organization) for e in batch.events if e.organization is not None}
-    ids = {int(ref) for ref in refs if ref.isdigit()}
+    ids = {org_id for org_id in map(_as_org_id, refs) if org_id is not None}
     if key_org_id is not None:
         ids.add(key_org_id)
     conditions = []
@@ -73,7 +81,11 @@ def _resolve_organizations(
         conditions.append(Organization.slug.in_(refs))
     if ids:
         conditions.append(Organization.id.in_(ids))
-    found = list(session.scalars(select(Organization).where(or_(*conditions))).all())
+    found = (
+        list(session.scalars(select(Organization).where(or_(*conditions))).all())
+        if conditions
+        else []
+    )
     by_slug = {org.slug: org for org in found}
     by_id = {org.id: org for org in found}
     result = []
@@ -85,8 +97,8 @@ def _resolve_organizations(
             continue
         ref = str(event.organization)
         org = by_slug.get(ref)
-        if org is None and ref.isdigit():
-            org = by_id.get(int(ref))
+        if org is None and (org_id := _as_org_id(ref)) is not None:
+            org = by_id.get(org_id)
         if org is None:
             raise _invalid(index, "organization", f"unknown organization {ref!r}")
         if key_org_id is not None and org.id != key_org_id:
@@ -273,9 +285,14 @@ def _priced_row(
 
 
 def _insert(session: Session, rows: list[dict[str, Any]]) -> set[tuple[int, str]]:
-    """Insert-or-skip; the keys of the rows that were new."""
+    """Insert-or-skip; the keys of the rows that were new.
+
+    Rows go in key order: a batch waits on the unique keys another uncommitted batch has
+    inserted, so two batches with the same ids in different orders would deadlock.
+    """
     if not rows:
         return set()
+    rows = sorted(rows, key=lambda row: (row["organization_id"], row["external_id"]))
     insert = insert_for(session)
     statement = (
         insert(_EVENTS)
@@ -307,7 +324,7 @@ def _result(item: Prepared, status: str, row: dict[str, Any]) -> EventResult:
     return EventResult(
         id=item.event.id,
         organization=item.org.slug,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         cost_usd=format_usd(row["cost_nano"]),
         credits=format_credits(row["credits_micro"]),
         pricing=row["pricing"],
@@ -358,7 +375,7 @@ def _roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
         {"license_key": lid, "delta": delta} for lid, delta in sorted(credits.items()) if delta
     ]
     if deltas:
-        table = License.__table__
+        table = cast(Table, License.__table__)
         session.execute(
             update(table)
             .where(table.c.id == bindparam("license_key"))

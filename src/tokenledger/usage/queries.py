@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 
 from tokenledger.budgets.service import budget_states, figures_for
 from tokenledger.licenses.models import License
-from tokenledger.money import percent, round_credits, round_usd
+from tokenledger.money import format_usd, percent, round_credits, round_usd
 from tokenledger.organizations.models import Organization
 from tokenledger.usage.models import LicenseUsage, TokenUsageMonthly, UsageDaily
-from tokenledger.usage.periods import current_month, day_of
+from tokenledger.usage.periods import month_of
 
 M = TokenUsageMonthly
 
@@ -88,12 +88,14 @@ def license_columns(lic: License | None, spent_nano: int) -> dict[str, Any]:
 
 
 def overview(session: Session, tz: Any, now: datetime) -> list[dict[str, Any]]:
-    """One row per organization (with or without a license), in four queries."""
+    """One row per organization (with or without a license), from rollups only."""
     orgs = list(session.scalars(select(Organization).order_by(Organization.name, Organization.id)))
     totals = _totals_by_org(session)
     active = _active_licenses(session)
     figures = figures_for(session, list(active.values()), tz, now)
-    month = current_month(tz)
+    # The state is the one /api/v1/budget gives: of the license in force, or suspended.
+    states = {s["organization_id"]: s["state"] for s in budget_states(session, orgs, tz, now)}
+    month = month_of(now, tz)
     this_month = dict(
         session.execute(select(M.organization_id, M.cost_nano).where(M.year_month == month)).all()
     )
@@ -120,7 +122,7 @@ def overview(session: Session, tz: Any, now: datetime) -> list[dict[str, Any]]:
                 "unpriced_events": sums["unpriced"],
                 "license_id": lic.id if lic else None,
                 "budget_period": lic.budget_period if lic else None,
-                "state": (fig.state() if fig else "no_license"),
+                "state": states[org.id],
                 "archived": org.archived_at is not None,
             }
         )
@@ -148,7 +150,7 @@ def monthly(session: Session, org_id: int) -> list[dict[str, Any]]:
 
 
 def current(session: Session, org: Organization, tz: Any, now: datetime) -> dict[str, Any]:
-    month = current_month(tz)
+    month = month_of(now, tz)
     usage = session.get(M, (org.id, month))
     lic = _active_licenses(session, [org.id]).get(org.id)
     state = budget_states(session, [org], tz, now)[0]
@@ -211,7 +213,7 @@ def models_of_month(session: Session, org_id: int, year_month: str) -> list[dict
             "cache_creation_tokens": int(cc),
             "cache_read_tokens": int(cr),
             "total_cost_usd": round_usd(int(cost)),
-            "cost_usd": str(Decimal(int(cost)) / 10**9),
+            "cost_usd": format_usd(int(cost)),
             "api_calls": int(calls),
             "events": int(events),
             "unpriced_events": int(unpriced),
@@ -225,7 +227,11 @@ def daily_series(
 ) -> list[dict[str, Any]]:
     """The last `days` billing days, oldest first, with zeros for days without usage."""
     D = UsageDaily
-    first = day_of(now - timedelta(days=days - 1), tz)
+    # Calendar days counted back from today's date: 24-hour steps skip or repeat a day
+    # around a daylight-saving change.
+    today = now.astimezone(tz).date()
+    series_days = [(today - timedelta(days=offset)).isoformat() for offset in range(days)][::-1]
+    first = series_days[0]
     sums = {
         day: (int(cost), int(calls), int(inp), int(out))
         for day, cost, calls, inp, out in session.execute(
@@ -241,8 +247,7 @@ def daily_series(
         )
     }
     series = []
-    for offset in range(days - 1, -1, -1):
-        day = day_of(now - timedelta(days=offset), tz)
+    for day in series_days:
         cost, calls, inp, out = sums.get(day, (0, 0, 0, 0))
         series.append(
             {
@@ -257,7 +262,7 @@ def daily_series(
 
 
 def dashboard(session: Session, tz: Any, now: datetime) -> dict[str, Any]:
-    month = current_month(tz)
+    month = month_of(now, tz)
     total_cost, unpriced = session.execute(
         select(
             func.coalesce(func.sum(M.cost_nano), 0), func.coalesce(func.sum(M.unpriced_events), 0)

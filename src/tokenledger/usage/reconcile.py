@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, select, text, update
 from sqlalchemy.orm import Session
 
+import tokenledger.models  # noqa: F401  (every table: rows written here have foreign keys)
 from tokenledger.licenses.models import CreditAdjustment, License
 from tokenledger.usage.models import (
     LicenseUsage,
@@ -81,7 +82,29 @@ def _compare(
     return drift
 
 
+# What reconcile reads and writes, licenses first: ingestion locks its licenses before it
+# writes events, so taking them in the same order cannot deadlock with a batch.
+_LOCKED_TABLES = (
+    "licenses",
+    "usage_events",
+    "refreshes",
+    "credit_adjustments",
+    "token_usage_monthly",
+    "usage_daily",
+    "license_usage",
+)
+
+
 def reconcile(session: Session, *, fix: bool) -> list[str]:
+    """Drift between the events and what is maintained from them; with fix, repaired.
+
+    On PostgreSQL the tables are locked against writers first: otherwise a batch that
+    commits between summing the events and reading (or rewriting) a rollup would show up
+    as drift, and --fix would overwrite its increments with the older sums.
+    SQLite's write transaction already excludes every other writer.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"LOCK TABLE {', '.join(_LOCKED_TABLES)} IN EXCLUSIVE MODE"))
     lines: list[str] = []
     monthly_fields = ROLLUP_FIELDS
     # token_usage_monthly, including refresh_count from completed refreshes

@@ -13,7 +13,7 @@ from tokenledger.errors import DomainError
 from tokenledger.organizations.models import Organization
 from tokenledger.usage.models import Refresh, TokenUsageMonthly
 from tokenledger.usage.periods import month_of
-from tokenledger.usage.schemas import RefreshIn
+from tokenledger.usage.schemas import PRINTABLE, RefreshIn
 
 _MONTHLY = TokenUsageMonthly.__table__
 
@@ -45,8 +45,12 @@ def record_refresh(
     session: Session, org: Organization, refresh_id: str, data: RefreshIn, tz: Any, now: datetime
 ) -> Refresh:
     """Create or update a run; a run counts once, in the month its completion falls in."""
-    if not refresh_id or len(refresh_id) > 128:
-        raise DomainError(422, "invalid_refresh_id", "refresh_id must have 1 to 128 characters")
+    if not refresh_id or len(refresh_id) > 128 or not PRINTABLE.match(refresh_id):
+        raise DomainError(
+            422,
+            "invalid_refresh_id",
+            "refresh_id must have 1 to 128 characters, none of them a control character",
+        )
     insert = insert_for(session)
     session.execute(
         insert(Refresh.__table__)
@@ -85,10 +89,10 @@ def record_refresh(
         else None
     )
     if counted != refresh.counted_month:
-        if refresh.counted_month is not None:
-            _count(session, org.id, refresh.counted_month, -1)
-        if counted is not None:
-            _count(session, org.id, counted, 1)
+        changes = {refresh.counted_month: -1, counted: 1}
+        # Months in order, as a usage batch takes them, so that the two cannot deadlock.
+        for month, delta in sorted((m, d) for m, d in changes.items() if m is not None):
+            _count(session, org.id, month, delta)
         refresh.counted_month = counted
     refresh.updated_at = now
     session.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -13,9 +14,12 @@ from pydantic import (
     Field,
     StrictInt,
     StrictStr,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from tokenledger.money import MAX_USD, MoneyError, to_decimal
 from tokenledger.schemas import InputModel
@@ -24,6 +28,15 @@ MAX_TOKENS = 10**9
 MAX_METADATA_BYTES = 4096
 
 TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
+# Identifiers are stored as text: PostgreSQL cannot hold NUL, and no control character
+# belongs in an id or a model name.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+PRINTABLE = re.compile(_PRINTABLE)
+# RFC 3339's date-time (T or space, Z or a numeric offset with a colon); the ISO 8601
+# variants that datetime.fromisoformat also takes (week dates, basic format) are refused.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+OrganizationRef = Annotated[StrictStr, Field(pattern=_PRINTABLE)] | StrictInt
 
 
 def parse_timestamp(value: Any) -> datetime:
@@ -34,7 +47,9 @@ def parse_timestamp(value: Any) -> datetime:
         raise ValueError("must be an RFC 3339 timestamp string")
     else:
         try:
-            parsed = datetime.fromisoformat(value)
+            if not _RFC3339.fullmatch(value):
+                raise ValueError(value)
+            parsed = datetime.fromisoformat(value.upper())
         except ValueError as exc:
             raise ValueError("must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z") from exc
     if parsed.tzinfo is None or parsed.utcoffset() is None:
@@ -51,7 +66,7 @@ def parse_usd(value: Any) -> Decimal:
         raise ValueError("must not be negative")
     if amount > MAX_USD:
         raise ValueError(f"must be at most {MAX_USD}")
-    if amount.as_tuple().exponent < -9:  # type: ignore[operator]
+    if amount.normalize().as_tuple().exponent < -9:  # type: ignore[operator]
         raise ValueError("at most 9 decimal places")
     return amount
 
@@ -66,20 +81,26 @@ class CacheCreation(InputModel):
 
 
 class UsageEventIn(InputModel):
-    id: StrictStr = Field(min_length=1, max_length=128)
-    organization: StrictStr | StrictInt | None = None
+    id: StrictStr = Field(min_length=1, max_length=128, pattern=_PRINTABLE)
+    organization: OrganizationRef | None = None
     timestamp: Timestamp | None = None
-    provider: StrictStr = Field(default="anthropic", min_length=1, max_length=64)
-    model: StrictStr = Field(min_length=1, max_length=128)
+    provider: StrictStr = Field(
+        default="anthropic", min_length=1, max_length=64, pattern=_PRINTABLE
+    )
+    model: StrictStr = Field(min_length=1, max_length=128, pattern=_PRINTABLE)
     input_tokens: TokenCount = 0
     output_tokens: TokenCount = 0
     cache_creation_input_tokens: TokenCount | None = None
     cache_read_input_tokens: TokenCount = 0
     cache_creation: CacheCreation | None = None
-    refresh_id: StrictStr | None = Field(default=None, min_length=1, max_length=128)
+    refresh_id: StrictStr | None = Field(
+        default=None, min_length=1, max_length=128, pattern=_PRINTABLE
+    )
     api_calls: Annotated[StrictInt, Field(ge=0, le=1_000_000)] = 1
     cost_usd: UsdInput | None = None
-    reservation_id: StrictStr | None = Field(default=None, min_length=1, max_length=64)
+    reservation_id: StrictStr | None = Field(
+        default=None, min_length=1, max_length=64, pattern=_PRINTABLE
+    )
     metadata: dict[str, Any] | None = None
 
     @field_validator("provider")
@@ -122,6 +143,34 @@ class UsageEventIn(InputModel):
 class UsageBatch(InputModel):
     events: list[UsageEventIn] = Field(min_length=1, max_length=1000)
 
+    @field_validator("events", mode="wrap")
+    @classmethod
+    def _name_the_event(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Each error names its event by position and id, so the caller knows which to fix."""
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            errors = []
+            for error in exc.errors():
+                loc = error["loc"]
+                if not loc or not isinstance(loc[0], int):
+                    raise
+                raw = value[loc[0]] if isinstance(value, list) else None
+                event_id = raw.get("id") if isinstance(raw, dict) else None
+                named = f"events[{loc[0]}]"
+                if isinstance(event_id, str) and 0 < len(event_id) <= 128:
+                    named += f" (id {event_id!r})"
+                errors.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            error["type"], "{event}: {msg}", {"event": named, "msg": error["msg"]}
+                        ),
+                        loc=loc,
+                        input=error["input"],
+                    )
+                )
+            raise ValidationError.from_exception_data(cls.__name__, errors) from None
+
 
 Pricing = Literal["priced", "unpriced", "provided"]
 
@@ -161,7 +210,7 @@ class UsageResponse(BaseModel):
 
 
 class RefreshIn(InputModel):
-    organization: StrictStr | StrictInt | None = None
+    organization: OrganizationRef | None = None
     status: Literal["running", "completed", "failed"]
     started_at: Timestamp | None = None
     finished_at: Timestamp | None = None

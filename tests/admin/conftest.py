@@ -1,0 +1,211 @@
+"""Fixtures of the admin, budget and alert tests: ingest keys, a live server, a receiver."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from tests.factories import make_license, make_org
+from tokenledger.app import create_app
+from tokenledger.auth.service import create_api_key
+from tokenledger.config import Settings
+from tokenledger.db import Database
+from tokenledger.licenses.models import License
+from tokenledger.organizations.models import Organization
+
+
+@contextmanager
+def write(database: Database) -> Iterator[Session]:
+    with database.session(write=True) as session:
+        yield session
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """An organization, its active license (or None) and an ingest key of its own."""
+
+    org_id: int
+    slug: str
+    license_id: int | None
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+@pytest.fixture
+def make_tenant(database: Database) -> Callable[..., Tenant]:
+    """make_tenant(license=None | {...overrides}, **org_overrides)."""
+
+    def _make(license: dict[str, Any] | None = None, **org: Any) -> Tenant:
+        with write(database) as session:
+            organization: Organization = make_org(session, **org)
+            lic: License | None = (
+                make_license(session, organization, **license) if license is not None else None
+            )
+            _key, secret = create_api_key(session, "tests", organization.slug)
+            return Tenant(organization.id, organization.slug, lic.id if lic else None, secret)
+
+    return _make
+
+
+@pytest.fixture
+def service_key(database: Database) -> dict[str, str]:
+    with write(database) as session:
+        _key, secret = create_api_key(session, "service", None)
+    return {"Authorization": f"Bearer {secret}"}
+
+
+_counter = iter(range(1, 10**9))
+
+
+def event(
+    cost: str | None = "0.01",
+    *,
+    at: datetime | None = None,
+    id: str | None = None,
+    model: str = "claude-sonnet-4-5",
+    **fields: Any,
+) -> dict[str, Any]:
+    """A usage event; with cost_usd given unless cost is None (then priced from tokens)."""
+    body: dict[str, Any] = {
+        "id": id or f"evt-{next(_counter)}",
+        "model": model,
+        "input_tokens": 1000,
+        "output_tokens": 100,
+    }
+    if cost is not None:
+        body["cost_usd"] = cost
+    if at is not None:
+        body["timestamp"] = at.isoformat()
+    body.update(fields)
+    return body
+
+
+def ingest(client: Any, tenant: Tenant, *events: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/api/v1/usage", json={"events": list(events)}, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def budget(client: Any, tenant: Tenant) -> dict[str, Any]:
+    response = client.get("/api/v1/budget", headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def usd(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[str]:
+    """A real uvicorn server with the app on 127.0.0.1, stopped and joined on exit."""
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive(), "the server thread ended"
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+@pytest.fixture
+def live_server(settings: Settings) -> Iterator[str]:
+    with serve(settings) as url:
+        yield url
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on 127.0.0.1: records every request, answers with `statuses`."""
+
+    url: str = ""
+    requests: list[Received] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            body = self.rfile.read(length)
+            state.requests.append(Received(self.path, dict(self.headers.items()), body))
+            status = state.statuses.pop(0) if state.statuses else 200
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/tokenledger"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=5) as client:
+        yield client
+
+
+def own_client(app: Any) -> TestClient:
+    """A TestClient without lifespan, for one thread of a parallel test."""
+    return TestClient(app)

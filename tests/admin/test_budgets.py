@@ -1,0 +1,261 @@
+"""Budget states through GET /api/v1/budget: from credits, from the USD budget, with holds."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from fastapi.testclient import TestClient
+
+from tests.admin.conftest import budget, event, ingest, usd
+from tests.conftest import make_settings
+from tokenledger.app import create_app
+from tokenledger.budgets.service import budget_states
+from tokenledger.db import utcnow
+from tokenledger.organizations.models import Organization
+
+
+def _hold(client, tenant, amount: str, **extra):  # type: ignore[no-untyped-def]
+    return client.post(
+        "/api/v1/reservations", json={"max_cost_usd": amount, **extra}, headers=tenant.headers
+    )
+
+
+def test_no_license_and_suspended(client, make_tenant, service_key):
+    bare = make_tenant()
+    state = budget(client, bare)
+    assert state["state"] == "no_license"
+    assert state["allowed"] is True
+    assert state["license_id"] is None
+    assert state["organization"] == bare.slug
+
+    suspended = make_tenant(license={"status": "suspended"})
+    state = budget(client, suspended)
+    assert state["state"] == "suspended"
+    assert state["allowed"] is False
+    assert _hold(client, suspended, "1").status_code == 402
+
+    # A service key names the organization, by slug or id; unknown is 404.
+    response = client.get(
+        "/api/v1/budget", params={"organization": suspended.slug}, headers=service_key
+    )
+    assert response.json()["state"] == "suspended"
+    response = client.get(
+        "/api/v1/budget", params={"organization": str(bare.org_id)}, headers=service_key
+    )
+    assert response.json()["state"] == "no_license"
+    response = client.get("/api/v1/budget", params={"organization": "nope"}, headers=service_key)
+    assert response.status_code == 404
+    assert client.get("/api/v1/budget", headers=service_key).status_code == 422
+    # An organization's key cannot look at another organization.
+    response = client.get(
+        "/api/v1/budget", params={"organization": suspended.slug}, headers=bare.headers
+    )
+    assert response.status_code == 403
+    assert client.get("/api/v1/budget").status_code == 401
+
+
+def test_states_from_credits_soft_and_hard(client, make_tenant):
+    # 100 credits at 0.01 USD: 1 USD of credits; no USD budget.
+    limits = {"credits_total": Decimal(100), "token_budget_usd": None}
+    soft = make_tenant(license=limits)
+    hard = make_tenant(license={**limits, "enforcement": "hard"})
+    for tenant in (soft, hard):
+        ingest(client, tenant, event("0.79"))
+        state = budget(client, tenant)
+        assert (state["state"], state["allowed"]) == ("ok", True)
+        assert state["credits_used"] == "79.0"
+        assert state["credits_remaining"] == "21.0"
+        assert state["credits_total"] == "100.0"
+        assert state["token_budget_usd"] is None
+        ingest(client, tenant, event("0.01"))
+        state = budget(client, tenant)
+        assert (state["state"], state["allowed"]) == ("warning", True)
+        ingest(client, tenant, event("0.2"))
+        state = budget(client, tenant)
+        assert state["state"] == "exhausted"
+        assert state["credits_remaining"] == "0.0"
+    assert budget(client, soft)["allowed"] is True
+    assert budget(client, hard)["allowed"] is False
+    # Usage of calls already made is recorded even past the limit.
+    body = ingest(client, hard, event("0.5"))
+    assert body["results"][0]["status"] == "created"
+    assert budget(client, hard)["credits_used"] == "150.0"
+
+
+def test_states_from_monthly_usd_budget(client, make_tenant):
+    now = utcnow()
+    tenant = make_tenant(
+        license={
+            "credits_total": Decimal(0),  # no credit limit
+            "token_budget_usd": Decimal(10),
+            "valid_from": now - timedelta(days=90),
+            "enforcement": "hard",
+        }
+    )
+    last_month = now.replace(day=1) - timedelta(days=2)
+    ingest(client, tenant, event("9.5", at=last_month), event("7"))
+    state = budget(client, tenant)
+    assert (state["state"], state["allowed"]) == ("ok", True)
+    assert state["budget_period"] == "monthly"
+    assert state["period"] == now.strftime("%Y-%m")
+    assert state["spent_usd"] == "7.00"
+    assert state["remaining_usd"] == "3.00"
+    assert state["credits_total"] == "0.0"
+    assert state["credits_remaining"] is None
+    ingest(client, tenant, event("1"))
+    assert budget(client, tenant)["state"] == "warning"
+    ingest(client, tenant, event("2"))
+    state = budget(client, tenant)
+    assert (state["state"], state["allowed"]) == ("exhausted", False)
+    assert state["remaining_usd"] == "0.00"
+
+
+def test_states_from_usd_budget_over_the_license(client, make_tenant):
+    now = utcnow()
+    tenant = make_tenant(
+        license={
+            "credits_total": Decimal(0),
+            "token_budget_usd": Decimal(10),
+            "budget_period": "license",
+            "valid_from": now - timedelta(days=90),
+        }
+    )
+    ingest(client, tenant, event("8.5", at=now - timedelta(days=60)))
+    state = budget(client, tenant)
+    assert state["state"] == "warning"
+    assert state["period"] == "license"
+    assert state["spent_usd"] == "8.50"
+    ingest(client, tenant, event("1.5"))
+    state = budget(client, tenant)
+    assert (state["state"], state["allowed"]) == ("exhausted", True)  # soft
+
+
+def test_holds_count_toward_the_state(client, make_tenant):
+    tenant = make_tenant(license={"credits_total": Decimal(0), "token_budget_usd": Decimal(10)})
+    ingest(client, tenant, event("7"))
+    assert budget(client, tenant)["state"] == "ok"
+    response = _hold(client, tenant, "1.5")
+    assert response.status_code == 201, response.text
+    state = budget(client, tenant)
+    assert state["state"] == "warning"
+    assert state["reserved_usd"] == "1.50"
+    assert state["remaining_usd"] == "1.50"
+    assert state["spent_usd"] == "7.00"
+    assert _hold(client, tenant, "1.5").status_code == 201
+    assert budget(client, tenant)["state"] == "exhausted"
+
+    credits = make_tenant(license={"credits_total": Decimal(100), "token_budget_usd": None})
+    assert _hold(client, credits, "0.85").status_code == 201
+    state = budget(client, credits)
+    assert state["state"] == "warning"
+    assert state["credits_reserved"] == "85.0"
+    assert state["credits_remaining"] == "15.0"
+    assert state["credits_used"] == "0.0"
+
+
+def test_state_follows_the_license_in_force(client, make_tenant, database):
+    now = utcnow()
+    later = make_tenant(license={"valid_from": now + timedelta(days=3)})
+    assert budget(client, later)["state"] == "no_license"
+    ended = make_tenant(
+        license={"valid_from": now - timedelta(days=10), "valid_until": now - timedelta(days=1)}
+    )
+    assert budget(client, ended)["state"] == "no_license"
+
+
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def test_forecast_from_the_last_seven_days(client, make_tenant):
+    now = utcnow()
+    tenant = make_tenant(
+        license={
+            "credits_total": Decimal(2000),  # 20 USD of credits
+            "token_budget_usd": Decimal(100),
+            "budget_period": "license",
+            "valid_from": now - timedelta(days=30),
+            "valid_until": now + timedelta(days=10),
+        }
+    )
+    ingest(
+        client,
+        tenant,
+        event("50", at=now - timedelta(days=20)),  # outside the window
+        event("3", at=now - timedelta(days=5)),
+        event("4", at=now - timedelta(hours=2)),
+    )
+    before = utcnow()
+    forecast = budget(client, tenant)["forecast"]
+    after = utcnow()
+    assert forecast["window_days"] == 7
+    assert forecast["usd_per_day"] == "1.00"
+    # 43 USD of budget left at 1 USD a day; 20 - 57 credits' worth is already gone.
+    budget_at = _at(forecast["budget_exhausted_at"])
+    assert before + timedelta(days=43) - timedelta(seconds=1) <= budget_at
+    assert budget_at <= after + timedelta(days=43)
+    assert forecast["budget_exhausted_before_period_end"] is False
+    credits_at = _at(forecast["credits_exhausted_at"])
+    assert before - timedelta(seconds=1) <= credits_at <= after
+
+    idle = make_tenant(license={})
+    forecast = budget(client, idle)["forecast"]
+    assert forecast["usd_per_day"] == "0.00"
+    assert forecast["budget_exhausted_at"] is None
+    assert forecast["credits_exhausted_at"] is None
+    assert budget(client, make_tenant())["forecast"] is None
+
+
+def test_forecast_before_the_period_ends(client, make_tenant):
+    now = utcnow()
+    tenant = make_tenant(
+        license={
+            "credits_total": Decimal(0),
+            "token_budget_usd": Decimal(10),
+            "budget_period": "license",
+            "valid_from": now - timedelta(days=30),
+            "valid_until": now + timedelta(days=5),
+        }
+    )
+    ingest(client, tenant, event("3.5", at=now - timedelta(days=1)))
+    forecast = budget(client, tenant)["forecast"]
+    assert forecast["usd_per_day"] == "0.50"
+    assert forecast["budget_exhausted_before_period_end"] is False  # 13 days at that pace
+    ingest(client, tenant, event("3.5"))
+    forecast = budget(client, tenant)["forecast"]
+    assert usd(forecast["usd_per_day"]) == Decimal(1)
+    assert forecast["budget_exhausted_before_period_end"] is True  # 3 days, 5 left
+
+
+def _spring_forward(now: datetime) -> datetime:
+    """The last Sunday of March (the EU's change to summer time) at least ten days ago."""
+    for year in (now.year, now.year - 1):
+        day = datetime(year, 3, 31, 12, tzinfo=ZoneInfo("Europe/Berlin"))
+        day -= timedelta(days=(day.weekday() + 1) % 7)
+        if day < now - timedelta(days=10):
+            return day
+    raise AssertionError("unreachable")
+
+
+def test_forecast_window_is_seven_calendar_days_across_daylight_saving(
+    database_url, database, make_tenant
+):
+    berlin = ZoneInfo("Europe/Berlin")
+    sunday = _spring_forward(utcnow())
+    # 00:30 the day after the change; the window is the 7 days ending today.
+    now = (sunday + timedelta(days=1)).replace(hour=0, minute=30).astimezone(UTC)
+    tenant = make_tenant(license={"valid_from": sunday - timedelta(days=30)})
+    app = create_app(make_settings(database_url, billing_timezone="Europe/Berlin"))
+    with TestClient(app) as client:
+        ingest(
+            client,
+            tenant,
+            event("7", at=sunday - timedelta(days=6)),  # 8 calendar days before today
+            event("7", at=sunday - timedelta(days=4)),
+        )
+    with database.session(write=False) as session:
+        org = session.get(Organization, tenant.org_id)
+        (state,) = budget_states(session, [org], berlin, now, forecast=True)
+    assert state["forecast"]["usd_per_day"] == "1.00"

@@ -1,0 +1,222 @@
+"""Fixtures of the ledger tests: ingest keys, tenants, and readers of what the database holds.
+
+Fixed dates are used throughout (costs and months are worked out by hand for them), so
+the ledger's settings accept back-dated events of any age; the age limit has its own test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from tests.conftest import make_settings
+from tests.factories import make_license, make_org
+from tokenledger.auth.service import create_api_key
+from tokenledger.config import Settings
+from tokenledger.db import Database
+from tokenledger.licenses.models import License
+from tokenledger.usage.models import LicenseUsage, TokenUsageMonthly, UsageDaily, UsageEvent
+
+# Old enough for every fixed date below, whatever day the suite runs on.
+LONG_BACKFILL_DAYS = 100 * 365
+MONTHLY_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_tokens",
+    "cache_read_tokens",
+    "cost_nano",
+    "api_calls",
+    "refresh_count",
+    "event_count",
+    "unpriced_events",
+)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url, backfill_max_age_days=LONG_BACKFILL_DAYS)
+
+
+@contextmanager
+def write(database: Database) -> Iterator[Session]:
+    with database.session(write=True) as session:
+        yield session
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """An organization with a key of its own, and the licenses made for it."""
+
+    org_id: int
+    slug: str
+    key: str
+    license_ids: tuple[int, ...]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.key)
+
+    @property
+    def license_id(self) -> int:
+        (license_id,) = self.license_ids
+        return license_id
+
+
+@pytest.fixture
+def service_headers(database: Database) -> dict[str, str]:
+    """A service key: writes usage of any organization, which each event names."""
+    with write(database) as session:
+        _key, secret = create_api_key(session, "ledger service", None)
+    return bearer(secret)
+
+
+_slugs = itertools.count(1)
+
+
+def new_tenant(database: Database, *licenses: dict[str, Any], **org: Any) -> Tenant:
+    """An organization, one license per dict of overrides given, and an org key."""
+    org.setdefault("slug", f"ledger-{next(_slugs)}")
+    with write(database) as session:
+        organization = make_org(session, **org)
+        made = [make_license(session, organization, **overrides) for overrides in licenses]
+        _key, secret = create_api_key(session, "ledger org", organization.slug)
+        return Tenant(organization.id, organization.slug, secret, tuple(lic.id for lic in made))
+
+
+@pytest.fixture
+def make_tenant(database: Database) -> Callable[..., Tenant]:
+    def _make(*licenses: dict[str, Any], **org: Any) -> Tenant:
+        return new_tenant(database, *licenses, **org)
+
+    return _make
+
+
+def post(client: TestClient, headers: dict[str, str], *events: dict[str, Any]) -> Any:
+    return client.post("/api/v1/usage", json={"events": list(events)}, headers=headers)
+
+
+def ok(client: TestClient, headers: dict[str, str], *events: dict[str, Any]) -> dict[str, Any]:
+    response = post(client, headers, *events)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def rfc3339(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+# --- what the database holds -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a batch may change, to prove that a refused batch changed nothing."""
+
+    events: int
+    monthly: tuple[tuple[Any, ...], ...]
+    daily: tuple[tuple[Any, ...], ...]
+    license_usage: tuple[tuple[Any, ...], ...]
+    credits_used: tuple[tuple[int, int], ...]
+
+
+def snapshot(database: Database) -> Snapshot:
+    with database.session(write=False) as session:
+        return Snapshot(
+            events=session.scalar(select(func.count()).select_from(UsageEvent)) or 0,
+            monthly=tuple(
+                tuple(row)
+                for row in session.execute(
+                    select(TokenUsageMonthly.__table__).order_by(
+                        TokenUsageMonthly.organization_id, TokenUsageMonthly.year_month
+                    )
+                )
+            ),
+            daily=tuple(
+                tuple(row)
+                for row in session.execute(
+                    select(UsageDaily.__table__).order_by(
+                        UsageDaily.organization_id,
+                        UsageDaily.day,
+                        UsageDaily.provider,
+                        UsageDaily.model,
+                    )
+                )
+            ),
+            license_usage=tuple(
+                tuple(row)
+                for row in session.execute(
+                    select(LicenseUsage.__table__).order_by(
+                        LicenseUsage.license_id, LicenseUsage.year_month
+                    )
+                )
+            ),
+            credits_used=tuple(
+                (row.id, row.credits_used_micro)
+                for row in session.execute(
+                    select(License.id, License.credits_used_micro).order_by(License.id)
+                )
+            ),
+        )
+
+
+def monthly_rows(database: Database, org_id: int) -> dict[str, dict[str, int]]:
+    """token_usage_monthly of one organization: {year_month: {field: value}}."""
+    with database.session(write=False) as session:
+        rows = session.scalars(
+            select(TokenUsageMonthly).where(TokenUsageMonthly.organization_id == org_id)
+        ).all()
+        return {
+            row.year_month: {name: getattr(row, name) for name in MONTHLY_FIELDS} for row in rows
+        }
+
+
+def stored_events(database: Database, org_id: int | None = None) -> dict[str, UsageEvent]:
+    """Stored events by external id."""
+    with database.session(write=False) as session:
+        query = select(UsageEvent)
+        if org_id is not None:
+            query = query.where(UsageEvent.organization_id == org_id)
+        return {row.external_id: row for row in session.scalars(query).all()}
+
+
+def credits_used_micro(database: Database, license_id: int) -> int:
+    with database.session(write=False) as session:
+        value = session.scalar(select(License.credits_used_micro).where(License.id == license_id))
+        assert value is not None
+        return value
+
+
+def wait_until_blocked(database: Database, seconds: float = 10) -> None:
+    """Until another transaction waits for a lock (PostgreSQL); SQLite's writer just queues."""
+    if database.dialect_name != "postgresql":
+        time.sleep(0.3)
+        return
+    deadline = time.monotonic() + seconds
+    with database.engine.connect() as connection:
+        while time.monotonic() < deadline:
+            waiting = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            ).scalar()
+            if waiting:
+                return
+            connection.rollback()  # pg_stat_activity is a snapshot per transaction
+            time.sleep(0.02)
+    raise AssertionError("the second batch never waited for the first")

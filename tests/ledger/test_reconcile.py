@@ -1,0 +1,154 @@
+"""`tokenledger reconcile [--fix]`: rollups and balances recomputed from the events."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import event as sa_event
+from sqlalchemy import text
+
+from tests.ledger.conftest import Tenant, ok, post, snapshot, write
+from tokenledger.db import Database
+from tokenledger.licenses import service as licenses
+from tokenledger.usage.reconcile import reconcile
+
+
+def cli(database_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed command in a subprocess, configured only by TOKENLEDGER_DATABASE_URL."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENLEDGER_")}
+    env["TOKENLEDGER_DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-m", "tokenledger.cli", *args],
+        cwd=cwd,  # away from any .env of the working tree
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def usage(id: str, at: str, **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": id,
+        "timestamp": at,
+        "model": "claude-sonnet-4-5",
+        "input_tokens": 1000,
+        "output_tokens": 100,
+    }
+    body.update(fields)
+    return body
+
+
+def populate(client: TestClient, database: Database, tenant: Tenant) -> None:
+    ok(
+        client,
+        tenant.headers,
+        usage("a", "2026-05-31T23:00:00Z"),
+        usage("b", "2026-06-01T00:00:00Z", cost_usd="0.5"),
+        usage("c", "2026-06-02T00:00:00Z", model="unknown-model"),
+        usage("d", "2025-12-01T00:00:00Z"),  # before the license
+    )
+    response = client.put(
+        "/api/v1/refreshes/run-1",
+        json={"status": "completed", "finished_at": "2026-06-03T00:00:00Z"},
+        headers=tenant.headers,
+    )
+    assert response.status_code == 200, response.text
+    with write(database) as session:
+        lic = licenses.get(session, tenant.license_id)
+        licenses.adjust_credits_used(session, lic, lic.credits_used_micro + 5_000_000, "t", "")
+
+
+def test_reconcile_reports_drift_and_fixes_it(
+    database_url: str,
+    client: TestClient,
+    database: Database,
+    make_tenant: Callable[..., Tenant],
+    tmp_path: Path,
+) -> None:
+    tenant = make_tenant({"valid_from": "2026-01-01T00:00:00Z", "cost_per_credit": "0.01"})
+    populate(client, database, tenant)
+    done = cli(database_url, tmp_path, "reconcile")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no drift" in done.stdout
+    clean = snapshot(database)
+
+    org, lic = tenant.org_id, tenant.license_id
+    with database.engine.begin() as connection:
+        for statement in (
+            "UPDATE token_usage_monthly SET cost_nano = cost_nano + 1 "
+            f"WHERE organization_id = {org} AND year_month = '2026-06'",
+            "UPDATE token_usage_monthly SET refresh_count = 7 "
+            f"WHERE organization_id = {org} AND year_month = '2026-06'",
+            "DELETE FROM token_usage_monthly "
+            f"WHERE organization_id = {org} AND year_month = '2026-05'",
+            f"UPDATE licenses SET credits_used_micro = 0 WHERE id = {lic}",
+            f"UPDATE license_usage SET credits_micro = credits_micro * 2 WHERE license_id = {lic}",
+            f"UPDATE usage_daily SET input_tokens = 1 WHERE organization_id = {org}",
+        ):
+            connection.execute(text(statement))
+
+    done = cli(database_url, tmp_path, "reconcile")
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = done.stdout
+    assert f"token_usage_monthly ({org}, '2026-06'): cost_nano is" in report
+    assert f"token_usage_monthly ({org}, '2026-06'): refresh_count is 7, events say 1" in report
+    assert f"token_usage_monthly ({org}, '2026-05'): input_tokens is 0, events say 1000" in report
+    assert f"license {lic}: credits_used_micro is 0, events and adjustments say" in report
+    assert "license_usage" in report
+    assert "usage_daily" in report
+    assert snapshot(database) != clean  # reporting alone changes nothing
+
+    done = cli(database_url, tmp_path, "reconcile", "--fix")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "fixed" in done.stdout
+    assert snapshot(database) == clean
+    with database.session(write=False) as session:
+        assert reconcile(session, fix=False) == []
+
+
+def test_reconcile_is_consistent_while_usage_arrives(
+    client: TestClient, database: Database, make_tenant: Callable[..., Tenant]
+) -> None:
+    """A batch committed while reconcile runs is neither reported as drift nor overwritten.
+
+    The batch is sent when reconcile, having summed the events, is about to read the
+    rollups; reconcile gives it a moment to commit before it goes on.
+    """
+    tenant = make_tenant({"valid_from": "2026-01-01T00:00:00Z", "cost_per_credit": "0.01"})
+    populate(client, database, tenant)
+    sent = threading.Event()
+    statuses: list[int] = []
+
+    def send() -> None:
+        statuses.append(
+            post(client, tenant.headers, usage("late", "2026-06-05T00:00:00Z")).status_code
+        )
+
+    thread = threading.Thread(target=send)
+
+    def before_execute(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not sent.is_set() and "FROM token_usage_monthly" in statement:
+            sent.set()
+            thread.start()
+            thread.join(timeout=1.5)
+
+    with write(database) as session:
+        sa_event.listen(database.engine, "before_cursor_execute", before_execute)
+        try:
+            drift = reconcile(session, fix=True)
+        finally:
+            sa_event.remove(database.engine, "before_cursor_execute", before_execute)
+    thread.join(timeout=30)
+    assert statuses == [200]
+    assert drift == []
+    with database.session(write=False) as session:
+        assert reconcile(session, fix=False) == []

@@ -1,0 +1,132 @@
+"""token_usage_monthly: per organization and billing month, exactly the sums of its events."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from tests.conftest import make_settings
+from tests.ledger.conftest import LONG_BACKFILL_DAYS, MONTHLY_FIELDS, Tenant, monthly_rows, ok
+from tokenledger.app import create_app
+from tokenledger.db import Database
+from tokenledger.usage.models import UsageDaily
+from tokenledger.usage.reconcile import reconcile
+
+# (timestamp, month in Europe/Berlin, month in UTC)
+INSTANTS = [
+    ("2025-12-31T22:59:59Z", "2025-12", "2025-12"),  # 23:59:59 CET
+    ("2025-12-31T23:00:00Z", "2026-01", "2025-12"),  # New Year in Berlin
+    ("2026-02-28T22:59:59Z", "2026-02", "2026-02"),
+    ("2026-02-28T23:00:00Z", "2026-03", "2026-02"),  # 1 March 00:00 CET
+    ("2026-03-29T00:59:59Z", "2026-03", "2026-03"),  # 01:59:59 CET, before the switch
+    ("2026-03-29T01:00:00Z", "2026-03", "2026-03"),  # 03:00 CEST, after it
+    ("2026-03-31T21:59:59Z", "2026-03", "2026-03"),  # 23:59:59 CEST
+    ("2026-03-31T22:30:00Z", "2026-04", "2026-03"),  # 00:30 CEST on 1 April
+    ("2026-04-01T00:30:00+02:00", "2026-04", "2026-03"),  # the same instant, other offset
+    ("2026-10-25T00:30:00Z", "2026-10", "2026-10"),  # 02:30 CEST
+    ("2026-10-25T01:30:00Z", "2026-10", "2026-10"),  # 02:30 CET, an hour later
+    ("2026-10-31T22:59:59Z", "2026-10", "2026-10"),  # 23:59:59 CET (UTC+1 again)
+    ("2026-10-31T23:30:00Z", "2026-11", "2026-10"),  # 00:30 CET on 1 November
+]
+
+
+@pytest.fixture
+def berlin_client(database_url: str) -> Iterator[TestClient]:
+    settings = make_settings(
+        database_url, billing_timezone="Europe/Berlin", backfill_max_age_days=LONG_BACKFILL_DAYS
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def events_for(instants: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+    events = []
+    for n, (at, _berlin, _utc) in enumerate(instants):
+        body: dict[str, Any] = {
+            "id": f"e{n}",
+            "timestamp": at,
+            "model": "claude-sonnet-4-5" if n % 4 else "unknown-model",
+            "input_tokens": 1000 + n,
+            "output_tokens": 10 * n,
+            "cache_creation_input_tokens": 7 * n,
+            "cache_read_input_tokens": 100 * n,
+            "api_calls": n % 3,
+        }
+        if n % 5 == 1:
+            body["cost_usd"] = f"0.{n:03d}000001"
+        events.append(body)
+    return events
+
+
+def expected_months(
+    body: dict[str, Any], events: list[dict[str, Any]], months: list[str]
+) -> dict[str, dict[str, int]]:
+    """The monthly sums worked out from the events sent and the costs answered."""
+    expected: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(MONTHLY_FIELDS, 0))
+    for sent, result, month in zip(events, body["results"], months, strict=True):
+        row = expected[month]
+        row["input_tokens"] += sent["input_tokens"]
+        row["output_tokens"] += sent["output_tokens"]
+        row["cache_creation_tokens"] += sent["cache_creation_input_tokens"]
+        row["cache_read_tokens"] += sent["cache_read_input_tokens"]
+        row["api_calls"] += sent["api_calls"]
+        row["event_count"] += 1
+        if result["cost_usd"] is None:
+            row["unpriced_events"] += 1
+        else:
+            whole, _, frac = result["cost_usd"].partition(".")
+            row["cost_nano"] += int(whole) * 10**9 + int(frac.ljust(9, "0"))
+    return dict(expected)
+
+
+def test_months_are_calendar_months_in_the_billing_time_zone(
+    berlin_client: TestClient,
+    client: TestClient,
+    database: Database,
+    make_tenant: Callable[..., Tenant],
+) -> None:
+    in_berlin, in_utc = make_tenant(), make_tenant()
+    # The same instant twice would be two events; e8 repeats e7's instant on purpose.
+    events = events_for(INSTANTS)
+    berlin = ok(berlin_client, in_berlin.headers, *events[:7])
+    berlin_rest = ok(berlin_client, in_berlin.headers, *events[7:])
+    berlin["results"] += berlin_rest["results"]
+    utc = ok(client, in_utc.headers, *events)
+
+    assert [r["status"] for r in berlin["results"]] == ["created"] * len(events)
+    assert berlin["results"][0]["pricing"] == "unpriced"
+    assert berlin["results"][1]["pricing"] == "provided"
+    assert berlin["results"][2]["pricing"] == "priced"
+
+    berlin_months = [month for _at, month, _utc in INSTANTS]
+    utc_months = [month for _at, _berlin, month in INSTANTS]
+    assert monthly_rows(database, in_berlin.org_id) == expected_months(
+        berlin, events, berlin_months
+    )
+    assert monthly_rows(database, in_utc.org_id) == expected_months(utc, events, utc_months)
+    assert set(monthly_rows(database, in_berlin.org_id)) == {
+        "2025-12",
+        "2026-01",
+        "2026-02",
+        "2026-03",
+        "2026-04",
+        "2026-10",
+        "2026-11",
+    }
+
+    with database.session(write=False) as session:
+        days: dict[str, int] = defaultdict(int)
+        for row in session.scalars(
+            select(UsageDaily).where(UsageDaily.organization_id == in_berlin.org_id)
+        ):
+            days[row.day] += row.event_count
+        # 2026-03-29 has 23 hours in Berlin, 2026-10-25 has 25: each is one day
+        assert days["2026-03-29"] == 2
+        assert days["2026-10-25"] == 2
+        assert days["2026-04-01"] == 2
+        assert reconcile(session, fix=False) == []
