@@ -254,3 +254,27 @@ def test_csv_export_refuses_bad_ranges(client, admin_headers, make_tenant):
     assert response.status_code == 422
     assert _csv(client, 999999, "2026-01-01T00:00:00Z", at, admin_headers).status_code == 404
     assert _csv(client, tenant.org_id, "2026-01-01T00:00:00Z", at, {}).status_code == 401
+
+
+def test_csv_export_defuses_spreadsheet_formulas(client, admin_headers, make_tenant):
+    tenant = make_tenant()
+    now = utcnow()
+    ingest(
+        client,
+        tenant,
+        event(
+            "1",
+            at=now - timedelta(minutes=5),
+            id='=HYPERLINK("http://x")',
+            model="@SUM(A1)",
+            refresh_id="+cmd",
+        ),
+    )
+    start = (now - timedelta(hours=1)).isoformat()
+    end = (now + timedelta(hours=1)).isoformat()
+    rows = list(
+        csv.DictReader(io.StringIO(_csv(client, tenant.org_id, start, end, admin_headers).text))
+    )
+    assert rows[0]["id"] == '\'=HYPERLINK("http://x")'
+    assert rows[0]["model"] == "'@SUM(A1)"
+    assert rows[0]["refresh_id"] == "'+cmd"
