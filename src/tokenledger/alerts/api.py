@@ -79,15 +79,14 @@ def create_webhook(
     hook = webhooks.create_webhook(
         session, data.url, data.description, settings.webhooks_allow_private
     )
-    audit.record(
+    audit.record_change(
         session,
-        actor=admin.email,
-        action="webhook.create",
-        entity_type="webhook",
-        entity_id=hook.id,
+        admin,
+        "webhook.create",
+        "webhook",
+        hook.id,
         before=None,
         after={"url": hook.url, "description": hook.description},
-        client_address=admin.address,
     )
     return WebhookCreated.model_validate(
         {**WebhookRead.model_validate(hook).model_dump(), "secret": hook.secret}
@@ -102,14 +101,13 @@ def delete_webhook(webhook_id: RowId, session: Session, admin: Admin) -> Respons
     before = {"url": hook.url, "description": hook.description}
     session.delete(hook)
     session.flush()
-    audit.record(
+    audit.record_change(
         session,
-        actor=admin.email,
-        action="webhook.delete",
-        entity_type="webhook",
-        entity_id=webhook_id,
+        admin,
+        "webhook.delete",
+        "webhook",
+        webhook_id,
         before=before,
         after=None,
-        client_address=admin.address,
     )
     return Response(status_code=204)

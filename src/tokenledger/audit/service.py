@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -50,3 +50,36 @@ def list_entries(
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(AuditEntry.id.desc()).limit(limit).offset(offset)).all()
     return list(rows), total
+
+
+class Actor(Protocol):
+    """Whoever made a change through the API: an admin principal."""
+
+    @property
+    def email(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+
+def record_change(
+    session: Session,
+    by: Actor,
+    action: str,
+    entity_type: str,
+    entity_id: object,
+    *,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> None:
+    """record() for a change made by an admin through the API."""
+    record(
+        session,
+        actor=by.email,
+        action=action,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        before=before,
+        after=after,
+        client_address=by.address,
+    )

@@ -15,15 +15,14 @@ router = APIRouter(tags=["licenses"])
 @router.post("/api/licenses", status_code=201)
 def create_license(data: LicenseCreate, session: Session, admin: Admin) -> LicenseRead:
     lic = service.create(session, data)
-    audit.record(
+    audit.record_change(
         session,
-        actor=admin.email,
-        action="license.create",
-        entity_type="license",
-        entity_id=lic.id,
+        admin,
+        "license.create",
+        "license",
+        lic.id,
         before=None,
         after=service.snapshot(lic),
-        client_address=admin.address,
     )
     return service.to_read(lic)
 
@@ -40,15 +39,14 @@ def update_license(
     lic = service.get(session, license_id, for_update=True)
     before = service.snapshot(lic)
     service.update_license(session, lic, data)
-    audit.record(
+    audit.record_change(
         session,
-        actor=admin.email,
-        action="license.update",
-        entity_type="license",
-        entity_id=lic.id,
+        admin,
+        "license.update",
+        "license",
+        lic.id,
         before=before,
         after=service.snapshot(lic),
-        client_address=admin.address,
     )
     return service.to_read(lic)
 

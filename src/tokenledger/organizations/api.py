@@ -35,15 +35,14 @@ def create_organization(
     data: OrganizationCreate, session: Session, admin: Admin
 ) -> OrganizationRead:
     org = service.create(session, data)
-    audit.record(
+    audit.record_change(
         session,
-        actor=admin.email,
-        action="organization.create",
-        entity_type="organization",
-        entity_id=org.id,
+        admin,
+        "organization.create",
+        "organization",
+        org.id,
         before=None,
         after=service.snapshot(org),
-        client_address=admin.address,
     )
     return OrganizationRead.model_validate(org)
 
@@ -60,15 +59,14 @@ def update_organization(
     org = service.get(session, org_id)
     before = service.snapshot(org)
     service.update(session, org, data)
-    audit.record(
+    audit.record_change(
         session,
-        actor=admin.email,
-        action="organization.update",
-        entity_type="organization",
-        entity_id=org.id,
+        admin,
+        "organization.update",
+        "organization",
+        org.id,
         before=before,
         after=service.snapshot(org),
-        client_address=admin.address,
     )
     return OrganizationRead.model_validate(org)
 
@@ -78,14 +76,13 @@ def delete_organization(org_id: RowId, session: Session, admin: Admin) -> Respon
     org = service.get(session, org_id)
     before = service.snapshot(org)
     service.delete(session, org)
-    audit.record(
+    audit.record_change(
         session,
-        actor=admin.email,
-        action="organization.delete",
-        entity_type="organization",
-        entity_id=org_id,
+        admin,
+        "organization.delete",
+        "organization",
+        org_id,
         before=before,
         after=None,
-        client_address=admin.address,
     )
     return Response(status_code=204)

@@ -220,12 +220,12 @@ def update_budget(
             actor=admin.email,
             reason="credits_used set through PUT /api/token-usage/budget",
         )
-        audit.record(
+        audit.record_change(
             session,
-            actor=admin.email,
-            action="license.credits_adjustment",
-            entity_type="license",
-            entity_id=lic.id,
+            admin,
+            "license.credits_adjustment",
+            "license",
+            lic.id,
             before={
                 "credits_used": format_credits(lic.credits_used_micro - adjustment.delta_micro)
             },
@@ -233,17 +233,15 @@ def update_budget(
                 "credits_used": format_credits(lic.credits_used_micro),
                 "delta": format_credits(adjustment.delta_micro),
             },
-            client_address=admin.address,
         )
-    audit.record(
+    audit.record_change(
         session,
-        actor=admin.email,
-        action="license.budget_update",
-        entity_type="license",
-        entity_id=lic.id,
+        admin,
+        "license.budget_update",
+        "license",
+        lic.id,
         before=before,
         after=licenses.snapshot(lic),
-        client_address=admin.address,
     )
     # A lower limit can put present consumption over a threshold.
     alerts.evaluate(session, [lic.id], settings.timezone, utcnow())
