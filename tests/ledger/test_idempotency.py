@@ -312,7 +312,7 @@ def test_batches_take_their_ids_in_key_order(
                 outcome = ingest(
                     session, batch("k2", "k1"), key_org_id=None, settings=settings, now=utcnow()
                 )
-                results.append([r.status for r in outcome.results])
+                results.append([r["status"] for r in outcome.results])
         except BaseException as exc:
             failures.append(exc)
 

@@ -28,7 +28,7 @@ from tokenledger.pricing.engine import TokenUsage
 from tokenledger.pricing.overrides import price_book
 from tokenledger.usage.models import LicenseUsage, TokenUsageMonthly, UsageDaily, UsageEvent
 from tokenledger.usage.periods import day_of, month_of
-from tokenledger.usage.schemas import EventResult, UsageBatch, UsageEventIn
+from tokenledger.usage.schemas import UsageBatch, UsageEventIn
 
 MAX_FUTURE = timedelta(minutes=5)
 _EVENTS = UsageEvent.__table__
@@ -44,7 +44,7 @@ class Prepared:
 
 @dataclass(slots=True)
 class IngestOutcome:
-    results: list[EventResult]
+    results: list[dict[str, Any]]  # the shape of schemas.EventResult
     organization_ids: list[int]
     created: int
     duplicates: int
@@ -115,16 +115,27 @@ def content_hash(event: UsageEventIn, org_id: int) -> str:
     """A digest of what the event says; a reused id with another digest is a conflict.
 
     The timestamp counts only when the caller gave it: a retry of an event stamped at
-    receipt is still the same event.
+    receipt is still the same event. Fields are read in a fixed order (the list is the
+    format: append new fields at the end so that stored digests stay valid).
     """
-    content = event.model_dump(mode="json", exclude={"organization", "timestamp"})
-    content["organization_id"] = org_id
-    content["cache_creation_input_tokens"] = event.cache_write_tokens
-    if event.timestamp is not None:
+    content = [
+        org_id,
+        event.id,
         # The instant, whatever offset it was written with.
-        content["timestamp"] = event.timestamp.astimezone(UTC).isoformat()
-    if event.cost_usd is not None:
-        content["cost_usd"] = str(event.cost_usd.normalize())
+        event.timestamp.astimezone(UTC).isoformat() if event.timestamp is not None else None,
+        event.provider,
+        event.model,
+        event.input_tokens,
+        event.output_tokens,
+        event.cache_write_tokens,
+        event.cache_write_1h_tokens,
+        event.cache_read_input_tokens,
+        event.api_calls,
+        event.refresh_id,
+        str(event.cost_usd.normalize()) if event.cost_usd is not None else None,
+        event.reservation_id,
+        event.metadata,
+    ]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -147,6 +158,7 @@ def ingest(
     candidates = licenses.candidates_for(session, org_ids, lock=True)
     book = price_book(session)
 
+    periods = _PeriodCache(tz)
     prepared: list[Prepared] = []
     seen: dict[tuple[int, str], Prepared] = {}
     in_batch_duplicates: list[tuple[int, Prepared]] = []
@@ -168,15 +180,14 @@ def ingest(
                 )
             in_batch_duplicates.append((index, twin))
             continue
-        row = _priced_row(event, org, at, now, digest, tz, candidates[org.id], book)
+        row = _priced_row(event, org, at, now, digest, periods, candidates[org.id], book)
         item = Prepared(index=index, event=event, org=org, row=row)
         seen[key] = item
         prepared.append(item)
 
-    created_keys = _insert(session, [item.row for item in prepared])
-    stored = _stored_twins(session, [item for item in prepared if _key(item) not in created_keys])
+    created_keys, stored = _write_events(session, prepared)
 
-    results: list[EventResult | None] = [None] * len(batch.events)
+    results: list[dict[str, Any] | None] = [None] * len(batch.events)
     created_rows: list[dict[str, Any]] = []
     for item in prepared:
         if _key(item) in created_keys:
@@ -196,7 +207,7 @@ def ingest(
     for index, twin in in_batch_duplicates:
         original = results[twin.index]
         assert original is not None
-        results[index] = original.model_copy(update={"status": "duplicate"})
+        results[index] = {**original, "status": "duplicate"}
 
     _roll_up(session, created_rows)
     final = [result for result in results if result is not None]
@@ -220,19 +231,20 @@ def _priced_row(
     at: datetime,
     now: datetime,
     digest: str,
-    tz: Any,
+    periods: _PeriodCache,
     candidates: list[License],
     book: Any,
 ) -> dict[str, Any]:
     lic = licenses.in_force_at(candidates, at)
+    year_month, day = periods.of(at)
     row: dict[str, Any] = {
         "organization_id": org.id,
         "external_id": event.id,
         "content_hash": digest,
         "timestamp": at,
         "received_at": now,
-        "year_month": month_of(at, tz),
-        "day": day_of(at, tz),
+        "year_month": year_month,
+        "day": day,
         "provider": event.provider,
         "model": event.model,
         "input_tokens": event.input_tokens,
@@ -284,23 +296,61 @@ def _priced_row(
     return row
 
 
-def _insert(session: Session, rows: list[dict[str, Any]]) -> set[tuple[int, str]]:
-    """Insert-or-skip; the keys of the rows that were new.
+def _write_events(
+    session: Session, items: list[Prepared]
+) -> tuple[set[tuple[int, str]], dict[tuple[int, str], dict[str, Any]]]:
+    """Insert-or-skip: the keys that were new, and the stored rows of those that were not.
 
     Rows go in key order: a batch waits on the unique keys another uncommitted batch has
     inserted, so two batches with the same ids in different orders would deadlock.
     """
-    if not rows:
-        return set()
-    rows = sorted(rows, key=lambda row: (row["organization_id"], row["external_id"]))
-    insert = insert_for(session)
+    if not items:
+        return set(), {}
+    items = sorted(items, key=_key)
+    if session.get_bind().dialect.name == "sqlite":
+        # The transaction began with BEGIN IMMEDIATE and holds SQLite's one write lock, so
+        # no key can appear between this read and the insert: read the twins, then insert
+        # the rest with the driver's own executemany, which runs in C.
+        stored = _stored_twins(session, items)
+        new_rows = [item.row for item in items if _key(item) not in stored]
+        _insert_sqlite(session, new_rows)
+        return {(row["organization_id"], row["external_id"]) for row in new_rows}, stored
     statement = (
-        insert(_EVENTS)
+        insert_for(session)(_EVENTS)
         .on_conflict_do_nothing(index_elements=["organization_id", "external_id"])
         .returning(_EVENTS.c.organization_id, _EVENTS.c.external_id)
     )
-    returned = session.execute(statement, rows).all()
-    return {(org_id, external_id) for org_id, external_id in returned}
+    returned = session.execute(statement, [item.row for item in items]).all()
+    created = {(org_id, external_id) for org_id, external_id in returned}
+    return created, _stored_twins(session, [item for item in items if _key(item) not in created])
+
+
+_COLUMNS = [column.name for column in _EVENTS.columns if column.name != "id"]
+_JSON_COLUMNS = {"rates", "metadata"}
+_TIME_COLUMNS = {"timestamp", "received_at"}
+_SQLITE_INSERT = (
+    f"INSERT INTO usage_events ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+
+
+def _sqlite_value(name: str, value: Any) -> Any:
+    """A value as SQLAlchemy would bind it on SQLite (same text for times and JSON)."""
+    if value is None:
+        return None
+    if name in _TIME_COLUMNS:
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if name in _JSON_COLUMNS:
+        return json.dumps(value)
+    return value
+
+
+def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        session.connection().exec_driver_sql(
+            _SQLITE_INSERT,
+            [tuple(_sqlite_value(name, row[name]) for name in _COLUMNS) for row in rows],
+        )
 
 
 def _stored_twins(session: Session, items: list[Prepared]) -> dict[tuple[int, str], dict[str, Any]]:
@@ -320,15 +370,34 @@ def _stored_twins(session: Session, items: list[Prepared]) -> dict[tuple[int, st
     return {(row["organization_id"], row["external_id"]): dict(row) for row in rows}
 
 
-def _result(item: Prepared, status: str, row: dict[str, Any]) -> EventResult:
-    return EventResult(
-        id=item.event.id,
-        organization=item.org.slug,
-        status=status,
-        cost_usd=format_usd(row["cost_nano"]),
-        credits=format_credits(row["credits_micro"]),
-        pricing=row["pricing"],
-    )
+def _result(item: Prepared, status: str, row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": item.event.id,
+        "organization": item.org.slug,
+        "status": status,
+        "cost_usd": format_usd(row["cost_nano"]),
+        "credits": format_credits(row["credits_micro"]),
+        "pricing": row["pricing"],
+    }
+
+
+class _PeriodCache:
+    """Billing month and day of instants, computed once per quarter hour.
+
+    Every time zone's offset is a whole number of quarter hours (for the dates a backfill
+    can reach), so all instants of one UTC quarter hour share their local date.
+    """
+
+    def __init__(self, tz: Any) -> None:
+        self.tz = tz
+        self._cache: dict[int, tuple[str, str]] = {}
+
+    def of(self, at: datetime) -> tuple[str, str]:
+        bucket = int(at.timestamp()) // 900
+        found = self._cache.get(bucket)
+        if found is None:
+            found = self._cache[bucket] = (month_of(at, self.tz), day_of(at, self.tz))
+        return found
 
 
 _SUMMED = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens")
