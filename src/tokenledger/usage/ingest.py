@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, or_, select, tuple_, update
+from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from tokenledger.config import Settings
@@ -328,44 +328,62 @@ def _write_events(
 _COLUMNS = [column.name for column in _EVENTS.columns if column.name != "id"]
 _JSON_COLUMNS = {"rates", "metadata"}
 _TIME_COLUMNS = {"timestamp", "received_at"}
+_CONVERTED = _JSON_COLUMNS | _TIME_COLUMNS
 _SQLITE_INSERT = (
-    f"INSERT INTO usage_events ({', '.join(_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+    f"INSERT INTO usage_events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
 
 
-def _sqlite_value(name: str, value: Any) -> Any:
-    """A value as SQLAlchemy would bind it on SQLite (same text for times and JSON)."""
-    if value is None:
-        return None
-    if name in _TIME_COLUMNS:
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    if name in _JSON_COLUMNS:
-        return json.dumps(value)
-    return value
-
-
 def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        session.connection().exec_driver_sql(
-            _SQLITE_INSERT,
-            [tuple(_sqlite_value(name, row[name]) for name in _COLUMNS) for row in rows],
-        )
+    """Bind values as SQLAlchemy would on SQLite (the same text for times and JSON).
+
+    Many rows share a value (the receipt time, the rates of one price): each distinct
+    object is converted once.
+    """
+    if not rows:
+        return
+    converted: dict[tuple[str, int], Any] = {}
+
+    def bind(name: str, value: Any) -> Any:
+        if value is None or name not in _CONVERTED:
+            return value
+        key = (name, id(value))
+        if key not in converted:
+            if name in _TIME_COLUMNS:
+                converted[key] = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            else:
+                converted[key] = json.dumps(value)
+        return converted[key]
+
+    session.connection().exec_driver_sql(
+        _SQLITE_INSERT, [tuple(bind(name, row[name]) for name in _COLUMNS) for row in rows]
+    )
 
 
 def _stored_twins(session: Session, items: list[Prepared]) -> dict[tuple[int, str], dict[str, Any]]:
     if not items:
         return {}
-    keys = [_key(item) for item in items]
+    ids_by_org: dict[int, list[str]] = defaultdict(list)
+    for item in items:
+        ids_by_org[item.org.id].append(item.event.id)
+    columns = _EVENTS.c
+    # Per organization an IN list over the unique index; cheaper than a row-value IN.
     rows = session.execute(
         select(
-            _EVENTS.c.organization_id,
-            _EVENTS.c.external_id,
-            _EVENTS.c.content_hash,
-            _EVENTS.c.cost_nano,
-            _EVENTS.c.credits_micro,
-            _EVENTS.c.pricing,
-        ).where(tuple_(_EVENTS.c.organization_id, _EVENTS.c.external_id).in_(keys))
+            columns.organization_id,
+            columns.external_id,
+            columns.content_hash,
+            columns.cost_nano,
+            columns.credits_micro,
+            columns.pricing,
+        ).where(
+            or_(
+                *(
+                    and_(columns.organization_id == org_id, columns.external_id.in_(ids))
+                    for org_id, ids in sorted(ids_by_org.items())
+                )
+            )
+        )
     ).mappings()
     return {(row["organization_id"], row["external_id"]): dict(row) for row in rows}
 
@@ -400,45 +418,68 @@ class _PeriodCache:
         return found
 
 
-_SUMMED = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens")
+_ROLLUP_SUMS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_tokens",
+    "cache_read_tokens",
+    "cost_nano",
+    "api_calls",
+    "event_count",
+    "unpriced_events",
+)
+_LICENSE_SUMS = ("cost_nano", "credits_micro", "event_count")
+
+
+def _sums(
+    groups: dict[Any, list[tuple[int, ...]]], names: tuple[str, ...]
+) -> dict[Any, dict[str, int]]:
+    return {
+        key: dict(zip(names, (sum(column) for column in zip(*values, strict=True)), strict=True))
+        for key, values in groups.items()
+    }
 
 
 def _roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
     """Add the new events to every rollup: aggregated in memory, one upsert per table."""
     if not rows:
         return
-    monthly: dict[tuple[int, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    daily: dict[tuple[int, str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    by_license: dict[tuple[int, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    monthly: dict[tuple[int, str], list[tuple[int, ...]]] = defaultdict(list)
+    daily: dict[tuple[int, str, str, str], list[tuple[int, ...]]] = defaultdict(list)
+    by_license: dict[tuple[int, str], list[tuple[int, ...]]] = defaultdict(list)
     for row in rows:
-        sums = {
-            "input_tokens": row["input_tokens"],
-            "output_tokens": row["output_tokens"],
-            "cache_creation_tokens": row["cache_creation_input_tokens"],
-            "cache_read_tokens": row["cache_read_input_tokens"],
-            "cost_nano": row["cost_nano"] or 0,
-            "api_calls": row["api_calls"],
-            "event_count": 1,
-            "unpriced_events": int(row["cost_nano"] is None),
-        }
-        for target in (
-            monthly[(row["organization_id"], row["year_month"])],
-            daily[(row["organization_id"], row["day"], row["provider"], row["model"])],
-        ):
-            for name, value in sums.items():
-                target[name] += value
+        cost = row["cost_nano"]
+        values = (
+            row["input_tokens"],
+            row["output_tokens"],
+            row["cache_creation_input_tokens"],
+            row["cache_read_input_tokens"],
+            cost or 0,
+            row["api_calls"],
+            1,
+            int(cost is None),
+        )
+        monthly[(row["organization_id"], row["year_month"])].append(values)
+        daily[(row["organization_id"], row["day"], row["provider"], row["model"])].append(values)
         if row["license_id"] is not None:
-            entry = by_license[(row["license_id"], row["year_month"])]
-            entry["cost_nano"] += row["cost_nano"] or 0
-            entry["credits_micro"] += row["credits_micro"] or 0
-            entry["event_count"] += 1
+            by_license[(row["license_id"], row["year_month"])].append(
+                (cost or 0, row["credits_micro"] or 0, 1)
+            )
 
-    _upsert(session, TokenUsageMonthly, ("organization_id", "year_month"), monthly)
-    _upsert(session, UsageDaily, ("organization_id", "day", "provider", "model"), daily)
-    _upsert(session, LicenseUsage, ("license_id", "year_month"), by_license)
+    license_sums = _sums(by_license, _LICENSE_SUMS)
+    _upsert(
+        session, TokenUsageMonthly, ("organization_id", "year_month"), _sums(monthly, _ROLLUP_SUMS)
+    )
+    _upsert(
+        session,
+        UsageDaily,
+        ("organization_id", "day", "provider", "model"),
+        _sums(daily, _ROLLUP_SUMS),
+    )
+    _upsert(session, LicenseUsage, ("license_id", "year_month"), license_sums)
 
     credits: dict[int, int] = defaultdict(int)
-    for (license_id, _month), sums in by_license.items():
+    for (license_id, _month), sums in license_sums.items():
         credits[license_id] += sums["credits_micro"]
     deltas = [
         {"license_key": lid, "delta": delta} for lid, delta in sorted(credits.items()) if delta
