@@ -106,7 +106,7 @@ def current_principal(request: Request, session: Session, settings: AppSettings)
     if claims is None:
         raise _unauthenticated()
     user = session.get(AdminUser, claims.user_id)
-    if user is None or user.disabled_at is not None:
+    if user is None or user.disabled_at is not None or user.token_version != claims.version:
         raise _unauthenticated()
     if (
         via_cookie

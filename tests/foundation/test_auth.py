@@ -353,3 +353,22 @@ def test_an_overlong_username_is_a_failed_login_not_a_server_error(app, database
         )
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_credentials"
+
+
+def test_logout_revokes_the_accounts_tokens(client, database):
+    add_admin(database, "ops@example.com", "admin")
+    first = login(client, "ops@example.com")["access_token"]
+    client.cookies.clear()
+    second = login(client, "ops@example.com")["access_token"]
+    client.cookies.clear()
+    headers = {"Authorization": f"Bearer {first}"}
+    assert client.get("/api/auth/me", headers=headers).status_code == 200
+    assert client.post("/api/auth/logout", headers=headers).status_code == 204
+    # Every token of the account stops working, not only the cookie of this browser.
+    assert client.get("/api/auth/me", headers=headers).status_code == 401
+    other = {"Authorization": f"Bearer {second}"}
+    assert client.get("/api/auth/me", headers=other).status_code == 401
+    fresh = login(client, "ops@example.com")["access_token"]
+    assert (
+        client.get("/api/auth/me", headers={"Authorization": f"Bearer {fresh}"}).status_code == 200
+    )

@@ -16,6 +16,7 @@ from tokenledger.deps import (
     CSRF_COOKIE,
     SESSION_COOKIE,
     AppSettings,
+    Session,
     Viewer,
     client_address,
     get_database,
@@ -53,12 +54,13 @@ def login(
         service.check_login_throttle(session, email, address, throttle)
         user = service.authenticate(session, email, password)
         user_id = user.id if user else None
+        version = user.token_version if user else 0
     if user_id is None:
         with database.session(write=True) as session:
             service.record_login_failure(session, email, address)
         raise DomainError(401, "invalid_credentials", "wrong email or password")
     minutes = settings.access_token_minutes
-    token, claims = issue_token(settings.signing_key(), user_id, minutes)
+    token, claims = issue_token(settings.signing_key(), user_id, minutes, version)
     return token, claims.csrf, minutes * 60
 
 
@@ -92,7 +94,9 @@ def token(
 
 
 @router.post("/logout", status_code=204)
-def logout(response: Response, _viewer: Viewer) -> Response:
+def logout(session: Session, viewer: Viewer) -> Response:
+    """End every session of this account: its tokens stop working, here and elsewhere."""
+    service.revoke_tokens(session, viewer.user_id)
     response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE)
     response.delete_cookie(CSRF_COOKIE)

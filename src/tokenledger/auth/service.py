@@ -88,6 +88,14 @@ def authenticate(session: Session, email: str, password: str) -> AdminUser | Non
     return user
 
 
+def revoke_tokens(session: Session, user_id: int) -> None:
+    session.execute(
+        update(AdminUser)
+        .where(AdminUser.id == user_id)
+        .values(token_version=AdminUser.token_version + 1)
+    )
+
+
 def record_login_failure(session: Session, email: str, client_address: str) -> None:
     session.add(LoginAttempt(email=email, client_address=client_address, succeeded=False))
 

@@ -18,17 +18,21 @@ _AUDIENCE = "tokenledger-admin"
 class TokenClaims:
     user_id: int
     csrf: str
+    version: int = 0
 
 
-def issue_token(secret: str, user_id: int, minutes: int) -> tuple[str, TokenClaims]:
+def issue_token(
+    secret: str, user_id: int, minutes: int, version: int = 0
+) -> tuple[str, TokenClaims]:
     now = utcnow()
-    claims = TokenClaims(user_id=user_id, csrf=secrets.token_urlsafe(24))
+    claims = TokenClaims(user_id=user_id, csrf=secrets.token_urlsafe(24), version=version)
     payload = {
         "sub": str(user_id),
         "aud": _AUDIENCE,
         "iat": now,
         "exp": now + timedelta(minutes=minutes),
         "csrf": claims.csrf,
+        "ver": version,
     }
     return jwt.encode(payload, secret, algorithm=_ALGORITHM), claims
 
@@ -36,6 +40,8 @@ def issue_token(secret: str, user_id: int, minutes: int) -> tuple[str, TokenClai
 def decode_token(secret: str, token: str) -> TokenClaims | None:
     try:
         payload = jwt.decode(token, secret, algorithms=[_ALGORITHM], audience=_AUDIENCE)
-        return TokenClaims(user_id=int(payload["sub"]), csrf=str(payload["csrf"]))
+        return TokenClaims(
+            user_id=int(payload["sub"]), csrf=str(payload["csrf"]), version=int(payload["ver"])
+        )
     except (jwt.PyJWTError, KeyError, ValueError):
         return None

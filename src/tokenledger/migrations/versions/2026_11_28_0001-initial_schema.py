@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("disabled_at", sa.DateTime(), nullable=True),
+        sa.Column("token_version", sa.Integer(), server_default="0", nullable=False),
         sa.CheckConstraint("role IN ('admin','viewer')", name=op.f("ck_admin_users_role")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_admin_users")),
         sa.UniqueConstraint("email", name=op.f("uq_admin_users_email")),
