@@ -231,8 +231,7 @@ def recent_cost(session: Session, org_ids: list[int], tz: Any, now: datetime) ->
 
 def burn_forecast(fig: Figures, window_cost_nano: int, tz: Any, now: datetime) -> dict[str, Any]:
     """At the last 7 days' pace: USD per day, and when credits and budget run out."""
-    cost = window_cost_nano
-    per_day = Decimal(int(cost or 0)) / FORECAST_DAYS
+    per_day = Decimal(window_cost_nano) / FORECAST_DAYS
     result: dict[str, Any] = {
         "window_days": FORECAST_DAYS,
         "usd_per_day": format_usd(int(per_day)),

@@ -106,6 +106,7 @@ def _resolve_organizations(
                 403,
                 "organization_mismatch",
                 f"events[{index}]: this key may only write usage of its own organization",
+                details={"index": index, "field": "organization"},
             )
         result.append(org)
     return result
@@ -177,6 +178,7 @@ def ingest(
                     409,
                     "idempotency_conflict",
                     f"events[{index}]: id {event.id!r} appears twice with different content",
+                    details={"index": index, "id": event.id},
                 )
             in_batch_duplicates.append((index, twin))
             continue
