@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -96,6 +96,26 @@ def event(
         body["timestamp"] = at.isoformat()
     body.update(fields)
     return body
+
+
+def usd_budget_license(
+    now: datetime,
+    *,
+    days_before: int,
+    days_after: int | None = None,
+    credits_total: int = 0,
+    token_budget_usd: int = 10,
+) -> dict[str, Any]:
+    """License overrides: a USD budget over the license's whole term, valid from days before."""
+    license: dict[str, Any] = {
+        "credits_total": Decimal(credits_total),
+        "token_budget_usd": Decimal(token_budget_usd),
+        "budget_period": "license",
+        "valid_from": now - timedelta(days=days_before),
+    }
+    if days_after is not None:
+        license["valid_until"] = now + timedelta(days=days_after)
+    return license
 
 
 def ingest(client: Any, tenant: Tenant, *events: dict[str, Any]) -> dict[str, Any]:

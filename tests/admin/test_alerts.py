@@ -10,7 +10,7 @@ from decimal import Decimal
 import httpx
 from sqlalchemy import select, update
 
-from tests.admin.conftest import event, ingest, serve
+from tests.admin.conftest import event, ingest, serve, usd_budget_license
 from tokenledger.alerts.models import Alert
 from tokenledger.db import utcnow
 
@@ -111,15 +111,7 @@ def test_lowering_the_limit_fires_the_alert(client, database, admin_headers, mak
 
 def test_budget_forecast_alert(client, database, make_tenant):
     now = utcnow()
-    tenant = make_tenant(
-        license={
-            "credits_total": Decimal(0),
-            "token_budget_usd": Decimal(10),
-            "budget_period": "license",
-            "valid_from": now - timedelta(days=30),
-            "valid_until": now + timedelta(days=5),
-        }
-    )
+    tenant = make_tenant(license=usd_budget_license(now, days_before=30, days_after=5))
     ingest(client, tenant, event("0.7", at=now - timedelta(days=3)))  # 0.10 a day: 93 days
     assert _alerts(database, tenant.license_id) == []
     ingest(client, tenant, event("6.3"))  # 1 USD a day, 3 USD left: 3 days, 5 left

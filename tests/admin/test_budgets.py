@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi.testclient import TestClient
 
-from tests.admin.conftest import budget, event, ingest, usd
+from tests.admin.conftest import budget, event, ingest, usd, usd_budget_license
 from tests.conftest import make_settings
 from tokenledger.app import create_app
 from tokenledger.budgets.service import budget_states
@@ -114,14 +114,7 @@ def test_states_from_monthly_usd_budget(client, make_tenant):
 
 def test_states_from_usd_budget_over_the_license(client, make_tenant):
     now = utcnow()
-    tenant = make_tenant(
-        license={
-            "credits_total": Decimal(0),
-            "token_budget_usd": Decimal(10),
-            "budget_period": "license",
-            "valid_from": now - timedelta(days=90),
-        }
-    )
+    tenant = make_tenant(license=usd_budget_license(now, days_before=90))
     ingest(client, tenant, event("8.5", at=now - timedelta(days=60)))
     state = budget(client, tenant)
     assert state["state"] == "warning"
@@ -172,13 +165,13 @@ def _at(text: str) -> datetime:
 def test_forecast_from_the_last_seven_days(client, make_tenant):
     now = utcnow()
     tenant = make_tenant(
-        license={
-            "credits_total": Decimal(2000),  # 20 USD of credits
-            "token_budget_usd": Decimal(100),
-            "budget_period": "license",
-            "valid_from": now - timedelta(days=30),
-            "valid_until": now + timedelta(days=10),
-        }
+        license=usd_budget_license(
+            now,
+            days_before=30,
+            days_after=10,
+            credits_total=2000,  # 20 USD of credits
+            token_budget_usd=100,
+        )
     )
     ingest(
         client,
@@ -210,15 +203,7 @@ def test_forecast_from_the_last_seven_days(client, make_tenant):
 
 def test_forecast_before_the_period_ends(client, make_tenant):
     now = utcnow()
-    tenant = make_tenant(
-        license={
-            "credits_total": Decimal(0),
-            "token_budget_usd": Decimal(10),
-            "budget_period": "license",
-            "valid_from": now - timedelta(days=30),
-            "valid_until": now + timedelta(days=5),
-        }
-    )
+    tenant = make_tenant(license=usd_budget_license(now, days_before=30, days_after=5))
     ingest(client, tenant, event("3.5", at=now - timedelta(days=1)))
     forecast = budget(client, tenant)["forecast"]
     assert forecast["usd_per_day"] == "0.50"

@@ -25,6 +25,8 @@ from tokenledger.config import Settings
 from tokenledger.db import Database
 
 SECRET = "client-test-secret-key-with-enough-entropy-0123456789"
+# Client options: no background flushes, and one quick retry before giving up.
+GIVE_UP_FAST: dict[str, Any] = {"flush_interval": None, "max_retries": 1, "backoff": 0.01}
 
 
 def _tokenledger_command() -> list[str]:
@@ -144,6 +146,11 @@ class LedgerServer:
             "SELECT count(*) FROM usage_events WHERE organization_id = ?", tenant.id
         )
         return int(count)
+
+    def external_ids(self, tenant: Tenant) -> set[str]:
+        """The ids of the organization's stored events."""
+        sql = "SELECT external_id FROM usage_events WHERE organization_id = ?"
+        return {row[0] for row in self.rows(sql, tenant.id)}
 
     def requests_stored(self, tenant: Tenant) -> int:
         """Batches that stored events: each POST has its own time of receipt."""

@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 from types import SimpleNamespace
 
-from tests.client.conftest import LedgerServer, Tenant
+from tests.client.conftest import GIVE_UP_FAST, LedgerServer, Tenant
 from tokenledger.client import AsyncTokenLedgerClient
 
 MODEL = "claude-sonnet-4-5"
@@ -84,9 +84,7 @@ def test_async_spool_survives_a_restart(
             ledger_server.base_url,
             tenant.key,
             spool_path=spool,
-            flush_interval=None,
-            max_retries=1,
-            backoff=0.01,
+            **GIVE_UP_FAST,
         )
         await client.record(tenant.slug, MODEL, {"input_tokens": 1}, event_id="a-1")
         await client.flush()

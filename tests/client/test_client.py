@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 from pydantic import BaseModel
 
-from tests.client.conftest import LedgerServer, LossyProxy, Tenant, free_port
+from tests.client.conftest import GIVE_UP_FAST, LedgerServer, LossyProxy, Tenant, free_port
 from tokenledger.client import (
     ClientClosedError,
     TokenLedgerClient,
@@ -217,9 +217,7 @@ def test_events_survive_a_server_killed_mid_run(
         ledger_server.base_url,
         tenant.key,
         spool_path=spool,
-        flush_interval=None,
-        max_retries=1,
-        backoff=0.01,
+        **GIVE_UP_FAST,
     )
     before = [client.record(tenant.slug, MODEL, usage(i)) for i in range(10)]
     assert client.flush().created == 10
@@ -241,12 +239,7 @@ def test_events_survive_a_server_killed_mid_run(
         assert restarted.flush().created == 15
 
     assert spool_lines(spool) == []
-    stored = {
-        row[0]
-        for row in ledger_server.rows(
-            "SELECT external_id FROM usage_events WHERE organization_id = ?", tenant.id
-        )
-    }
+    stored = ledger_server.external_ids(tenant)
     assert stored == set(before + during)
     assert ledger_server.event_count(tenant) == 25
 
@@ -265,12 +258,7 @@ def test_an_invalid_event_is_dead_lettered_and_the_rest_of_its_batch_stored(
 
     assert (report.created, report.rejected, report.pending) == (4, 1, 0)
     assert spool_lines(spool) == []
-    stored = {
-        row[0]
-        for row in ledger_server.rows(
-            "SELECT external_id FROM usage_events WHERE organization_id = ?", tenant.id
-        )
-    }
+    stored = ledger_server.external_ids(tenant)
     assert stored == set(good)
     [line] = spool_lines(tmp_path / "usage.spool.rejected.jsonl")
     rejected = json.loads(line)
@@ -348,9 +336,7 @@ def test_refresh_raises_unavailable_when_nothing_listens() -> None:
     client = TokenLedgerClient(
         f"http://127.0.0.1:{free_port()}",
         "tl_key",
-        flush_interval=None,
-        max_retries=1,
-        backoff=0.01,
+        **GIVE_UP_FAST,
     )
     with client, pytest.raises(TokenLedgerUnavailable):
         client.refresh("acme", "run-1", "completed")

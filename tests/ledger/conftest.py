@@ -7,11 +7,15 @@ the ledger's settings accept back-dated events of any age; the age limit has its
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,12 +25,15 @@ from sqlalchemy.orm import Session
 
 from tests.conftest import make_settings
 from tests.factories import make_license, make_org
+from tokenledger.app import create_app
 from tokenledger.auth.service import create_api_key
 from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.licenses.models import License
 from tokenledger.usage.models import LicenseUsage, TokenUsageMonthly, UsageDaily, UsageEvent
 
+AT = "2026-06-15T12:00:00Z"
+LICENSE = {"valid_from": "2026-01-01T00:00:00Z", "cost_per_credit": "0.01"}
 # Old enough for every fixed date below, whatever day the suite runs on.
 LONG_BACKFILL_DAYS = 100 * 365
 MONTHLY_FIELDS = (
@@ -45,6 +52,16 @@ MONTHLY_FIELDS = (
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return make_settings(database_url, backfill_max_age_days=LONG_BACKFILL_DAYS)
+
+
+@pytest.fixture
+def berlin_client(database_url: str) -> Iterator[TestClient]:
+    """A client of an app whose billing months are Europe/Berlin's."""
+    settings = make_settings(
+        database_url, billing_timezone="Europe/Berlin", backfill_max_age_days=LONG_BACKFILL_DAYS
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
 
 
 @contextmanager
@@ -114,6 +131,38 @@ def ok(client: TestClient, headers: dict[str, str], *events: dict[str, Any]) -> 
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def bare_event(id: str, at: str = AT, **fields: Any) -> dict[str, Any]:
+    """An event of claude-sonnet-4-5 with no tokens but what the fields give."""
+    body: dict[str, Any] = {"id": id, "timestamp": at, "model": "claude-sonnet-4-5"}
+    body.update(fields)
+    return body
+
+
+def usage_event(id: str, at: str = AT, **fields: Any) -> dict[str, Any]:
+    """An event of 1000 input and 100 output tokens, unless the fields say otherwise.
+
+    claude-sonnet-4-5: 1000 * $3/MTok + 100 * $15/MTok = 0.003 + 0.0015 = $0.0045
+    """
+    body = bare_event(id, at, input_tokens=1000, output_tokens=100)
+    body.update(fields)
+    return body
+
+
+def cli(database_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed command in a subprocess, configured only by TOKENLEDGER_DATABASE_URL."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENLEDGER_")}
+    env["TOKENLEDGER_DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-m", "tokenledger.cli", *args],
+        cwd=cwd,  # away from any .env of the working tree
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def rfc3339(at: datetime) -> str:

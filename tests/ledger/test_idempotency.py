@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from tests.admin.conftest import serve
 from tests.ledger.conftest import (
+    LICENSE,
     Tenant,
     ok,
     post,
@@ -21,27 +22,12 @@ from tests.ledger.conftest import (
     stored_events,
     wait_until_blocked,
 )
+from tests.ledger.conftest import usage_event as event
 from tokenledger.config import Settings
 from tokenledger.db import Database, utcnow
 from tokenledger.usage.ingest import ingest
 from tokenledger.usage.reconcile import reconcile
 from tokenledger.usage.schemas import UsageBatch
-
-AT = "2026-06-15T12:00:00Z"
-LICENSE = {"valid_from": "2026-01-01T00:00:00Z", "cost_per_credit": "0.01"}
-
-
-def event(id: str, **fields: Any) -> dict[str, Any]:
-    # claude-sonnet-4-5: 1000 * $3/MTok + 100 * $15/MTok = 0.003 + 0.0015 = $0.0045
-    body: dict[str, Any] = {
-        "id": id,
-        "timestamp": AT,
-        "model": "claude-sonnet-4-5",
-        "input_tokens": 1000,
-        "output_tokens": 100,
-    }
-    body.update(fields)
-    return body
 
 
 def statuses(body: dict[str, Any]) -> list[str]:

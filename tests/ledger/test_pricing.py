@@ -8,9 +8,6 @@ token, so the sums below are in micro-USD.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,31 +15,40 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.ledger.conftest import Tenant, ok, snapshot, stored_events
+from tests.ledger.conftest import (
+    AT,
+    LICENSE,
+    Tenant,
+    cli,
+    ok,
+    snapshot,
+    stored_events,
+)
+from tests.ledger.conftest import bare_event as event
 from tokenledger.db import Database
 from tokenledger.pricing.engine import LIBRARY_VERSION
 
-AT = "2026-06-15T12:00:00Z"
-LICENSE = {"valid_from": "2026-01-01T00:00:00Z", "cost_per_credit": "0.01"}
+
+@pytest.fixture
+def tenant(make_tenant: Callable[..., Tenant]) -> Tenant:
+    """An organization with one license, at 0.01 USD a credit."""
+    return make_tenant(LICENSE)
 
 
-def event(id: str, **fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"id": id, "timestamp": AT, "model": "claude-sonnet-4-5"}
-    body.update(fields)
-    return body
-
-
-def by_id(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def results_by_id(
+    client: TestClient, tenant: Tenant, *events: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Send the events in one batch; each one's result, by its id."""
+    body = ok(client, tenant.headers, *events)
     return {result["id"]: result for result in body["results"]}
 
 
 def test_anthropic_usage_is_priced_with_its_own_meaning(
-    client: TestClient, database: Database, make_tenant: Callable[..., Tenant]
+    client: TestClient, database: Database, tenant: Tenant
 ) -> None:
-    tenant = make_tenant(LICENSE)
-    body = ok(
+    results = results_by_id(
         client,
-        tenant.headers,
+        tenant,
         # input excludes the cache: 1000*3 + 500*15 + 1500*3.75 + 500*6 + 10000*0.3
         # = 3000 + 7500 + 5625 + 3000 + 3000 = 22125 micro-USD
         event(
@@ -73,7 +79,6 @@ def test_anthropic_usage_is_priced_with_its_own_meaning(
             output_tokens=500,
         ),
     )
-    results = by_id(body)
     assert results["split"]["cost_usd"] == "0.022125"
     assert results["split"]["credits"] == "2.2125"  # 0.022125 / 0.01
     assert results["unsplit"]["cost_usd"] == "0.021"
@@ -105,12 +110,11 @@ def test_anthropic_usage_is_priced_with_its_own_meaning(
 
 
 def test_long_context_prices_every_token_at_the_higher_rate(
-    client: TestClient, database: Database, make_tenant: Callable[..., Tenant]
+    client: TestClient, database: Database, tenant: Tenant
 ) -> None:
-    tenant = make_tenant(LICENSE)
-    body = ok(
+    results = results_by_id(
         client,
-        tenant.headers,
+        tenant,
         # prompt = 150000 + 40000 + 10000 = 200000: not above the threshold
         # 150000*3 + 1000*15 + 10000*3.75 + 40000*0.3 = 450000 + 15000 + 37500 + 12000
         event(
@@ -132,7 +136,6 @@ def test_long_context_prices_every_token_at_the_higher_rate(
         # 1h writes at the long-context 1h rate: 200001*12 = 2400012
         event("over-200k-1h", cache_creation={"ephemeral_1h_input_tokens": 200_001}),
     )
-    results = by_id(body)
     assert results["at-200k"]["cost_usd"] == "0.5145"
     assert results["over-200k"]["cost_usd"] == "1.0215075"
     assert results["over-200k"]["credits"] == "102.15075"
@@ -149,18 +152,14 @@ def test_long_context_prices_every_token_at_the_higher_rate(
     }
 
 
-def test_a_provided_cost_wins(
-    client: TestClient, database: Database, make_tenant: Callable[..., Tenant]
-) -> None:
-    tenant = make_tenant(LICENSE)
-    body = ok(
+def test_a_provided_cost_wins(client: TestClient, database: Database, tenant: Tenant) -> None:
+    results = results_by_id(
         client,
-        tenant.headers,
+        tenant,
         event("known", input_tokens=1000, cost_usd="0.123456789"),
         event("unknown-model", model="in-house-llm", input_tokens=1000, cost_usd="2"),
         event("free", input_tokens=1000, cost_usd="0"),
     )
-    results = by_id(body)
     assert results["known"] | {"id": None} == {
         "id": None,
         "organization": tenant.slug,
@@ -182,20 +181,18 @@ def test_a_provided_cost_wins(
 def test_an_unknown_model_is_unpriced_never_zero_and_listed(
     client: TestClient,
     database: Database,
-    make_tenant: Callable[..., Tenant],
+    tenant: Tenant,
     admin_headers: dict[str, str],
     viewer_headers: dict[str, str],
 ) -> None:
-    tenant = make_tenant(LICENSE)
-    body = ok(
+    results = results_by_id(
         client,
-        tenant.headers,
+        tenant,
         event("u1", model="claude-imaginary-9", input_tokens=1000),
         event("u2", model="claude-imaginary-9", input_tokens=5, timestamp="2026-06-16T00:00:00Z"),
         event("u3", provider="nobody", model="claude-sonnet-4-5", input_tokens=5),
         event("p", input_tokens=1000),
     )
-    results = by_id(body)
     for id in ("u1", "u2", "u3"):
         assert results[id]["pricing"] == "unpriced"
         assert results[id]["cost_usd"] is None
@@ -221,11 +218,10 @@ def test_an_unknown_model_is_unpriced_never_zero_and_listed(
 def test_an_override_wins_from_then_on_and_history_is_never_rewritten(
     client: TestClient,
     database: Database,
-    make_tenant: Callable[..., Tenant],
+    tenant: Tenant,
     admin_headers: dict[str, str],
     viewer_headers: dict[str, str],
 ) -> None:
-    tenant = make_tenant(LICENSE)
     ok(
         client,
         tenant.headers,
@@ -252,9 +248,9 @@ def test_an_override_wins_from_then_on_and_history_is_never_rewritten(
     assert [row["model"] for row in listed] == ["claude-imaginary-9", "claude-sonnet-4-5"]
     assert listed[1]["cache_write_1h"] == "16"
 
-    body = ok(
+    results = results_by_id(
         client,
-        tenant.headers,
+        tenant,
         # 1000*10 + 100*20 + 100*12.5 + 100*16 + 1000*0.000000001
         # = 10000 + 2000 + 1250 + 1600 + 0.000001 micro-USD = 14850.000001 micro-USD
         # = 14850000.001 nano-USD, rounded to 14850000
@@ -270,7 +266,6 @@ def test_an_override_wins_from_then_on_and_history_is_never_rewritten(
         # and holds even above the library's long-context threshold: 300000*10
         event("long", input_tokens=300_000),
     )
-    results = by_id(body)
     assert results["after"]["cost_usd"] == "0.01485"
     assert results["after"]["pricing"] == "priced"
     assert results["imaginary-after"]["cost_usd"] == "0.01"
@@ -355,30 +350,14 @@ def test_override_rates_are_validated(
     assert client.get("/api/pricing/overrides", headers=admin_headers).json() == []
 
 
-def cli(database_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The installed command in a subprocess, configured only by TOKENLEDGER_DATABASE_URL."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENLEDGER_")}
-    env["TOKENLEDGER_DATABASE_URL"] = database_url
-    return subprocess.run(
-        [sys.executable, "-m", "tokenledger.cli", *args],
-        cwd=cwd,  # away from any .env of the working tree
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_prices_cli_sets_lists_and_unsets_overrides(
     database_url: str,
     client: TestClient,
     database: Database,
-    make_tenant: Callable[..., Tenant],
+    tenant: Tenant,
     tmp_path: Path,
 ) -> None:
-    tenant = make_tenant(LICENSE)
     set_args = ["--model", "claude-sonnet-4-5", "--input", "10", "--output", "20"]
     done = cli(database_url, tmp_path, "prices", "set", *set_args, "--cache-read", "0.5")
     assert done.returncode == 0, done.stderr

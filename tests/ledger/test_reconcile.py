@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,37 +11,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event as sa_event
 from sqlalchemy import text
 
-from tests.ledger.conftest import Tenant, ok, post, snapshot, write
+from tests.ledger.conftest import Tenant, cli, ok, post, snapshot, write
+from tests.ledger.conftest import usage_event as usage
 from tokenledger.db import Database
 from tokenledger.licenses import service as licenses
 from tokenledger.usage.reconcile import reconcile
-
-
-def cli(database_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The installed command in a subprocess, configured only by TOKENLEDGER_DATABASE_URL."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENLEDGER_")}
-    env["TOKENLEDGER_DATABASE_URL"] = database_url
-    return subprocess.run(
-        [sys.executable, "-m", "tokenledger.cli", *args],
-        cwd=cwd,  # away from any .env of the working tree
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def usage(id: str, at: str, **fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": id,
-        "timestamp": at,
-        "model": "claude-sonnet-4-5",
-        "input_tokens": 1000,
-        "output_tokens": 100,
-    }
-    body.update(fields)
-    return body
 
 
 def populate(client: TestClient, database: Database, tenant: Tenant) -> None:

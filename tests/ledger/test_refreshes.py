@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import make_settings
 from tests.ledger.conftest import (
-    LONG_BACKFILL_DAYS,
     Tenant,
     credits_used_micro,
     monthly_rows,
     ok,
     wait_until_blocked,
 )
-from tokenledger.app import create_app
 from tokenledger.config import Settings
 from tokenledger.db import Database, utcnow
 from tokenledger.organizations.models import Organization
@@ -27,15 +23,6 @@ from tokenledger.usage.periods import month_of
 from tokenledger.usage.reconcile import reconcile
 from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, UsageBatch
-
-
-@pytest.fixture
-def berlin_client(database_url: str) -> Iterator[TestClient]:
-    settings = make_settings(
-        database_url, billing_timezone="Europe/Berlin", backfill_max_age_days=LONG_BACKFILL_DAYS
-    )
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 def put(client: TestClient, headers: dict[str, str], refresh_id: str, **body: Any) -> Any:

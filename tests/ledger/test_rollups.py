@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.conftest import make_settings
-from tests.ledger.conftest import LONG_BACKFILL_DAYS, MONTHLY_FIELDS, Tenant, monthly_rows, ok
-from tokenledger.app import create_app
+from tests.ledger.conftest import MONTHLY_FIELDS, Tenant, monthly_rows, ok
 from tokenledger.db import Database
 from tokenledger.usage.models import UsageDaily
 from tokenledger.usage.reconcile import reconcile
@@ -33,15 +30,6 @@ INSTANTS = [
     ("2026-10-31T22:59:59Z", "2026-10", "2026-10"),  # 23:59:59 CET (UTC+1 again)
     ("2026-10-31T23:30:00Z", "2026-11", "2026-10"),  # 00:30 CET on 1 November
 ]
-
-
-@pytest.fixture
-def berlin_client(database_url: str) -> Iterator[TestClient]:
-    settings = make_settings(
-        database_url, billing_timezone="Europe/Berlin", backfill_max_age_days=LONG_BACKFILL_DAYS
-    )
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 def events_for(instants: list[tuple[str, str, str]]) -> list[dict[str, Any]]:

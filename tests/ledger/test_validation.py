@@ -19,26 +19,19 @@ from tests.ledger.conftest import (
     rfc3339,
     snapshot,
     stored_events,
+    usage_event,
     write,
 )
 from tokenledger.app import create_app
 from tokenledger.auth.service import create_api_key
 from tokenledger.db import Database, utcnow
 
-AT = "2026-06-15T12:00:00Z"
 _DROP = object()  # a field to leave out
 PACIFIC = timezone(timedelta(hours=-7))
 
 
 def event(id: str, **fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": id,
-        "timestamp": AT,
-        "model": "claude-sonnet-4-5",
-        "input_tokens": 1000,
-        "output_tokens": 100,
-    }
-    body.update(fields)
+    body = usage_event(id, **fields)
     return {name: value for name, value in body.items() if value is not _DROP}
 
 

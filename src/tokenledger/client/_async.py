@@ -8,31 +8,30 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
 
 import httpx
 
 from tokenledger.client._delivery import (
+    ClientCore,
     FlushOutcome,
     FlushReport,
-    Ledger,
     Reply,
     Request,
-    RetryPolicy,
     Sleep,
     Steps,
     T,
     budget_request,
     flush_steps,
-    parse_retry_after,
     refresh_request,
+    reply_of,
     result_of,
+    send_options,
     send_with_retries,
+    transport_failure,
 )
 from tokenledger.client._events import Event, build_event
-from tokenledger.client._sync import USER_AGENT, check_options
 
 log = logging.getLogger("tokenledger.client")
 
@@ -44,34 +43,15 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
     return event.is_set()
 
 
-class AsyncTokenLedgerClient:
+class AsyncTokenLedgerClient(ClientCore[httpx.AsyncClient]):
     """Records usage events and delivers them in batches, at least once, deduplicated by id."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        *,
-        spool_path: str | Path | None = None,
-        dead_letter_path: str | Path | None = None,
-        batch_size: int = 100,
-        flush_interval: float | None = 1.0,
-        timeout: float = 10.0,
-        max_retries: int = 5,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
-    ) -> None:
-        check_options(batch_size, flush_interval, max_retries)
-        self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self._policy = RetryPolicy(max_retries, backoff, max_backoff)
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=timeout,
-            headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
-        )
-        self._ledger = Ledger(spool_path, dead_letter_path)
-        self._ledger.replay()
+    def _connect(
+        self, *, base_url: str, timeout: float, headers: dict[str, str]
+    ) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers)
+
+    def _setup(self) -> None:
         self._send_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -88,11 +68,6 @@ class AsyncTokenLedgerClient:
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
-
-    @property
-    def pending(self) -> int:
-        """Events recorded and not yet acknowledged (or dead-lettered)."""
-        return self._ledger.pending
 
     async def record(
         self,
@@ -150,10 +125,7 @@ class AsyncTokenLedgerClient:
                 report = await self._flush(None)
         finally:
             await self._http.aclose()
-        if report.pending and self._ledger.spool is None:
-            log.error(
-                "closed with %d undelivered events and no spool: they are lost", report.pending
-            )
+        self._log_lost(report)
         return report
 
     async def refresh(
@@ -236,16 +208,8 @@ class AsyncTokenLedgerClient:
     async def _send(self, request: Request) -> Reply:
         try:
             response = await self._http.request(
-                request.method,
-                request.path,
-                content=request.content,
-                params=request.params,
-                headers={"Content-Type": "application/json"} if request.content else None,
+                request.method, request.path, **send_options(request)
             )
         except httpx.TransportError as exc:
-            return Reply(None, failure=f"{type(exc).__name__}: {exc}")
-        return Reply(
-            response.status_code,
-            response.content,
-            retry_after=parse_retry_after(response.headers.get("retry-after")),
-        )
+            return transport_failure(exc)
+        return reply_of(response.status_code, response.content, response.headers.get("retry-after"))

@@ -17,7 +17,7 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 from tokenledger.client._events import Event, timestamp_text
@@ -26,7 +26,9 @@ from tokenledger.client._spool import DeadLetters, FileLock, Spool
 log = logging.getLogger("tokenledger.client")
 
 T = TypeVar("T")
+H = TypeVar("H")  # the HTTP client: httpx.Client or httpx.AsyncClient
 
+USER_AGENT = "tokenledger-client/0.1"
 USAGE_PATH = "/api/v1/usage"
 MAX_BATCH_SIZE = 1000
 REFRESH_STATUSES = ("running", "completed", "failed")
@@ -110,6 +112,15 @@ class Reply:
 
 Action = Request | Sleep
 Steps = Generator[Action, Reply | bool, T]
+
+
+def check_options(batch_size: int, flush_interval: float | None, max_retries: int) -> None:
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}")
+    if flush_interval is not None and flush_interval <= 0:
+        raise ValueError("flush_interval must be positive, or None for no background flushes")
+    if max_retries < 0:
+        raise ValueError("max_retries must not be negative")
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -454,3 +465,74 @@ class Ledger:
             )
         if self.dead_letters is not None:
             self.dead_letters.append(records)
+
+
+def send_options(request: Request) -> dict[str, Any]:
+    """The keyword arguments of the HTTP client's `request()` for a request."""
+    return {
+        "content": request.content,
+        "params": request.params,
+        "headers": {"Content-Type": "application/json"} if request.content else None,
+    }
+
+
+def transport_failure(exc: Exception) -> Reply:
+    """No answer: the connection failed or timed out."""
+    return Reply(None, failure=f"{type(exc).__name__}: {exc}")
+
+
+def reply_of(status: int, body: bytes, retry_after: str | None) -> Reply:
+    """The server's answer: status, body and its Retry-After header."""
+    return Reply(status, body, retry_after=parse_retry_after(retry_after))
+
+
+class ClientCore(Generic[H]):
+    """What both clients share: the options, the retry policy, the connection, the ledger."""
+
+    _http: H
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        spool_path: str | Path | None = None,
+        dead_letter_path: str | Path | None = None,
+        batch_size: int = 100,
+        flush_interval: float | None = 1.0,
+        timeout: float = 10.0,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+    ) -> None:
+        check_options(batch_size, flush_interval, max_retries)
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self._policy = RetryPolicy(max_retries, backoff, max_backoff)
+        self._http = self._connect(
+            base_url=base_url,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
+        )
+        self._ledger = Ledger(spool_path, dead_letter_path)
+        self._ledger.replay()
+        self._setup()
+
+    def _connect(self, *, base_url: str, timeout: float, headers: dict[str, str]) -> H:
+        """The HTTP client the requests go through."""
+        raise NotImplementedError
+
+    def _setup(self) -> None:
+        """The client's own state, once the ledger replayed the spool."""
+
+    @property
+    def pending(self) -> int:
+        """Events recorded and not yet acknowledged (or dead-lettered)."""
+        return self._ledger.pending
+
+    def _log_lost(self, report: FlushReport) -> None:
+        """On close: without a spool, what is still pending is lost."""
+        if report.pending and self._ledger.spool is None:
+            log.error(
+                "closed with %d undelivered events and no spool: they are lost", report.pending
+            )

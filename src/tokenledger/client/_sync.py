@@ -9,16 +9,14 @@ import time
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
 
 import httpx
 
 from tokenledger.client._delivery import (
-    MAX_BATCH_SIZE,
+    ClientCore,
     FlushReport,
-    Ledger,
     Reply,
     Request,
     RetryPolicy,
@@ -27,61 +25,31 @@ from tokenledger.client._delivery import (
     T,
     budget_request,
     flush_steps,
-    parse_retry_after,
     refresh_request,
+    reply_of,
     result_of,
+    send_options,
     send_with_retries,
+    transport_failure,
 )
 from tokenledger.client._events import build_event
 
 log = logging.getLogger("tokenledger.client")
 
-USER_AGENT = "tokenledger-client/0.1"
 
-
-def check_options(batch_size: int, flush_interval: float | None, max_retries: int) -> None:
-    if not 1 <= batch_size <= MAX_BATCH_SIZE:
-        raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}")
-    if flush_interval is not None and flush_interval <= 0:
-        raise ValueError("flush_interval must be positive, or None for no background flushes")
-    if max_retries < 0:
-        raise ValueError("max_retries must not be negative")
-
-
-class TokenLedgerClient:
+class TokenLedgerClient(ClientCore[httpx.Client]):
     """Records usage events and delivers them in batches, at least once, deduplicated by id."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        *,
-        spool_path: str | Path | None = None,
-        dead_letter_path: str | Path | None = None,
-        batch_size: int = 100,
-        flush_interval: float | None = 1.0,
-        timeout: float = 10.0,
-        max_retries: int = 5,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
-    ) -> None:
-        check_options(batch_size, flush_interval, max_retries)
-        self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self._policy = RetryPolicy(max_retries, backoff, max_backoff)
-        self._http = httpx.Client(
-            base_url=base_url,
-            timeout=timeout,
-            headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
-        )
-        self._ledger = Ledger(spool_path, dead_letter_path)
-        self._ledger.replay()
+    def _connect(self, *, base_url: str, timeout: float, headers: dict[str, str]) -> httpx.Client:
+        return httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
+
+    def _setup(self) -> None:
         # One flush at a time: the background thread's and the caller's never interleave.
         self._send_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if flush_interval is not None:
+        if self.flush_interval is not None:
             self._thread = threading.Thread(target=self._run, name="tokenledger-flush", daemon=True)
             self._thread.start()
         # The thread is a daemon; without this, events of a forgotten close() would be lost.
@@ -97,11 +65,6 @@ class TokenLedgerClient:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-    @property
-    def pending(self) -> int:
-        """Events recorded and not yet acknowledged (or dead-lettered)."""
-        return self._ledger.pending
 
     def record(
         self,
@@ -158,10 +121,7 @@ class TokenLedgerClient:
                 report = self._flush(self._policy, None)
         finally:
             self._http.close()
-        if report.pending and self._ledger.spool is None:
-            log.error(
-                "closed with %d undelivered events and no spool: they are lost", report.pending
-            )
+        self._log_lost(report)
         return report
 
     def refresh(
@@ -225,17 +185,7 @@ class TokenLedgerClient:
 
     def _send(self, request: Request) -> Reply:
         try:
-            response = self._http.request(
-                request.method,
-                request.path,
-                content=request.content,
-                params=request.params,
-                headers={"Content-Type": "application/json"} if request.content else None,
-            )
+            response = self._http.request(request.method, request.path, **send_options(request))
         except httpx.TransportError as exc:
-            return Reply(None, failure=f"{type(exc).__name__}: {exc}")
-        return Reply(
-            response.status_code,
-            response.content,
-            retry_after=parse_retry_after(response.headers.get("retry-after")),
-        )
+            return transport_failure(exc)
+        return reply_of(response.status_code, response.content, response.headers.get("retry-after"))
