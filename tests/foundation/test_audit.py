@@ -80,9 +80,9 @@ def test_filters_and_pagination(client, database, admin_headers):
         headers=admin_headers,
     )
     assert response.status_code == 201
-    for org in (first, second, first):
+    for org, archived in ((first, True), (second, True), (first, False)):
         response = client.patch(
-            f"/api/organizations/{org.id}", json={"archived": True}, headers=admin_headers
+            f"/api/organizations/{org.id}", json={"archived": archived}, headers=admin_headers
         )
         assert response.status_code == 200
     assert _entries(client, admin_headers)["total"] == 4
@@ -169,3 +169,15 @@ def test_change_and_audit_entry_commit_together(
         assert session.scalars(select(Organization.name)).all() == ["Acme"]
         assert session.scalar(select(func.count()).select_from(AuditEntry)) == 0
     assert "tokenledger_database_errors_total 2.0" in metrics
+
+
+def test_a_change_that_changes_nothing_leaves_no_entry(client, admin_headers):
+    org = client.post("/api/organizations", json={"name": "Acme"}, headers=admin_headers).json()
+    url = f"/api/organizations/{org['id']}"
+    assert client.patch(url, json={"name": "Acme"}, headers=admin_headers).status_code == 200
+    assert client.patch(url, json={"name": "Acme Ltd"}, headers=admin_headers).status_code == 200
+    entries = client.get(
+        "/api/audit-log", params={"entity_type": "organization"}, headers=admin_headers
+    ).json()["items"]
+    assert [entry["action"] for entry in entries] == ["organization.update", "organization.create"]
+    assert entries[0]["after"]["name"] == "Acme Ltd"

@@ -372,3 +372,21 @@ def test_logout_revokes_the_accounts_tokens(client, database):
     assert (
         client.get("/api/auth/me", headers={"Authorization": f"Bearer {fresh}"}).status_code == 200
     )
+
+
+def test_old_login_failures_are_pruned(client, database):
+    from datetime import timedelta
+
+    from sqlalchemy import func, select, update
+
+    from tokenledger.auth.models import LoginAttempt
+    from tokenledger.db import utcnow
+
+    add_admin(database, "ops@example.com")
+    for _ in range(3):
+        client.post("/api/auth/token", data={"username": "ops@example.com", "password": "nope"})
+    with database.session(write=True) as session:
+        session.execute(update(LoginAttempt).values(created_at=utcnow() - timedelta(days=2)))
+    client.post("/api/auth/token", data={"username": "ops@example.com", "password": "nope"})
+    with database.session(write=False) as session:
+        assert session.scalar(select(func.count()).select_from(LoginAttempt)) == 1

@@ -72,7 +72,9 @@ def record_change(
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
 ) -> None:
-    """record() for a change made by an admin through the API."""
+    """record() for a change made by an admin through the API; a no-op change is not one."""
+    if before is not None and before == after:
+        return
     record(
         session,
         actor=by.email,

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from tokenledger.auth.models import ROLES, AdminUser, ApiKey, LoginAttempt
@@ -96,7 +96,12 @@ def revoke_tokens(session: Session, user_id: int) -> None:
     )
 
 
+FAILURES_KEPT = timedelta(days=1)
+
+
 def record_login_failure(session: Session, email: str, client_address: str) -> None:
+    """Keep a failure for throttling; failures older than a day go, so the table stays small."""
+    session.execute(delete(LoginAttempt).where(LoginAttempt.created_at < utcnow() - FAILURES_KEPT))
     session.add(LoginAttempt(email=email, client_address=client_address, succeeded=False))
 
 
