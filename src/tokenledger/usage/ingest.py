@@ -344,12 +344,15 @@ def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
     """
     if not rows:
         return
-    converted: dict[tuple[str, int], Any] = {}
+    converted: dict[tuple[str, object], Any] = {}
 
     def bind(name: str, value: Any) -> Any:
         if value is None or name not in _CONVERTED:
             return value
-        key = (name, id(value))
+        # Rates are equal dicts for every event of one model and price: keyed by content.
+        key: tuple[str, object] = (name, id(value))
+        if name == "rates":
+            key = (name, tuple(value.items()))  # values are decimal text: hashable
         if key not in converted:
             if name in _TIME_COLUMNS:
                 converted[key] = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
@@ -502,18 +505,28 @@ def _upsert(
     key_columns: tuple[str, ...],
     groups: dict[Any, dict[str, int]],
 ) -> None:
-    """INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x, rows sorted by key."""
+    """INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x, rows sorted by key.
+
+    One executemany of one statement per table and dialect, so SQLAlchemy compiles it
+    once per process instead of once per batch.
+    """
     if not groups:
         return
-    table = model.__table__
     rows = [
         {**dict(zip(key_columns, key, strict=True)), **sums} for key, sums in sorted(groups.items())
     ]
-    summed = [name for name in rows[0] if name not in key_columns]
-    insert = insert_for(session)
-    statement = insert(table).values(rows)
-    statement = statement.on_conflict_do_update(
-        index_elements=list(key_columns),
-        set_={name: table.c[name] + statement.excluded[name] for name in summed},
-    )
-    session.execute(statement)
+    summed = tuple(name for name in rows[0] if name not in key_columns)
+    dialect = session.get_bind().dialect.name
+    cache_key = (dialect, model.__tablename__, key_columns, summed)
+    statement = _UPSERTS.get(cache_key)
+    if statement is None:
+        table = model.__table__
+        insert = insert_for(session)(table)
+        statement = _UPSERTS[cache_key] = insert.on_conflict_do_update(
+            index_elements=list(key_columns),
+            set_={name: table.c[name] + insert.excluded[name] for name in summed},
+        )
+    session.execute(statement, rows)
+
+
+_UPSERTS: dict[tuple[Any, ...], Any] = {}
