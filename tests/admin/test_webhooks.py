@@ -313,3 +313,30 @@ def test_a_broken_endpoint_does_not_stall_the_others(
     }
     failed = [d for d in _deliveries(database) if d.webhook_id == broken.json()["id"]]
     assert all(d.last_error and d.next_attempt_at > utcnow() for d in failed)
+
+
+def test_delivery_connects_to_the_checked_address_not_a_new_lookup(receiver, http):
+    """DNS rebinding: the request goes to the address that passed the check."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    from tokenledger.alerts.webhooks import pinned_request
+
+    port = urlsplit(receiver.url).port
+    # A name that no resolver knows: only the pinned address can reach the receiver.
+    url = f"http://hooks.example.invalid:{port}/hooks/tokenledger"
+    target, headers, extensions = pinned_request(url, ipaddress.ip_address("127.0.0.1"))
+    assert target == f"http://127.0.0.1:{port}/hooks/tokenledger"
+    assert extensions == {}
+    response = http.post(target, content=b"{}", headers=headers, extensions=extensions)
+    assert response.status_code == 200
+    assert receiver.requests[0].headers["Host"] == f"hooks.example.invalid:{port}"
+    assert receiver.requests[0].path == "/hooks/tokenledger"
+
+    secure, secure_headers, secure_extensions = pinned_request(
+        "https://hooks.example.com/x?y=1", ipaddress.ip_address("2001:db8::1")
+    )
+    assert secure == "https://[2001:db8::1]/x?y=1"
+    assert secure_headers == {"Host": "hooks.example.com"}
+    assert secure_extensions == {"sni_hostname": "hooks.example.com"}
+    assert pinned_request(url, None) == (url, {}, {})

@@ -60,8 +60,13 @@ def _forbidden_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
 
-def check_target(url: str, allow_private: bool) -> None:
-    """Refuse URLs that are not http(s), or that reach internal addresses (unless allowed)."""
+def check_target(
+    url: str, allow_private: bool
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Refuse URLs that are not http(s), or that reach internal addresses (unless allowed).
+
+    Returns the checked address to connect to (None when private targets are allowed).
+    """
     try:
         parts = urlsplit(url)
         port = parts.port  # raises on a port out of range
@@ -72,7 +77,7 @@ def check_target(url: str, allow_private: bool) -> None:
     if parts.username or parts.password:
         raise DomainError(422, "invalid_webhook_url", "credentials in the URL are not allowed")
     if allow_private:
-        return
+        return None
     host = parts.hostname.lower().rstrip(".")
     if host in _METADATA_HOSTS or host == "localhost" or host.endswith(".localhost"):
         raise DomainError(422, "webhook_target_forbidden", f"{host} is an internal address")
@@ -80,8 +85,8 @@ def check_target(url: str, allow_private: bool) -> None:
         infos = socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
         raise DomainError(422, "webhook_host_unresolvable", f"cannot resolve {host}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    for address in addresses:
         if _forbidden_address(address):
             raise DomainError(
                 422,
@@ -89,6 +94,30 @@ def check_target(url: str, allow_private: bool) -> None:
                 f"{host} resolves to {address}, an internal address; set "
                 "TOKENLEDGER_WEBHOOKS_ALLOW_PRIVATE=true to allow it",
             )
+    if not addresses:
+        raise DomainError(422, "webhook_host_unresolvable", f"cannot resolve {host}")
+    return addresses[0]
+
+
+def pinned_request(
+    url: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(url, extra headers, request extensions) that reach exactly the checked address.
+
+    Connecting by name would resolve it again, and a hostile name server could then answer
+    with an internal address (DNS rebinding). The connection goes to the checked address;
+    Host and, for https, the TLS server name (and certificate check) keep the name.
+    """
+    if address is None:
+        return url, {}, {}
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    pinned = parts._replace(netloc=netloc).geturl()
+    host_header = host if parts.port is None else f"{host}:{parts.port}"
+    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+    return pinned, {"Host": host_header}, extensions
 
 
 def create_webhook(session: Session, url: str, description: str, allow_private: bool) -> Webhook:
@@ -161,14 +190,16 @@ def _post(
 ) -> tuple[int | None, str | None]:
     try:
         # Checked again at delivery: a name may resolve elsewhere than when it was saved.
-        check_target(url, allow_private)
+        address = check_target(url, allow_private)
+        target, pin_headers, extensions = pinned_request(url, address)
         body = payload.encode()
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(secret, int(time.time()), body),
             "User-Agent": "tokenledger-webhooks",
+            **pin_headers,
         }
-        response = client.post(url, content=body, headers=headers)
+        response = client.post(target, content=body, headers=headers, extensions=extensions)
         error = None if response.is_success else f"HTTP {response.status_code}"
         return response.status_code, error
     except DomainError as exc:
