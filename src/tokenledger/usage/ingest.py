@@ -26,7 +26,14 @@ from tokenledger.money import credits_for_cost, format_credits, format_usd, usd_
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing.engine import TokenUsage
 from tokenledger.pricing.overrides import price_book
-from tokenledger.usage.models import LicenseUsage, TokenUsageMonthly, UsageDaily, UsageEvent
+from tokenledger.usage.models import (
+    LICENSE_USAGE_FIELDS,
+    ROLLUP_FIELDS,
+    LicenseUsage,
+    TokenUsageMonthly,
+    UsageDaily,
+    UsageEvent,
+)
 from tokenledger.usage.periods import day_of, month_of
 from tokenledger.usage.schemas import UsageBatch, UsageEventIn
 
@@ -423,19 +430,6 @@ class _PeriodCache:
         return found
 
 
-_ROLLUP_SUMS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_tokens",
-    "cache_read_tokens",
-    "cost_nano",
-    "api_calls",
-    "event_count",
-    "unpriced_events",
-)
-_LICENSE_SUMS = ("cost_nano", "credits_micro", "event_count")
-
-
 def _sums(
     groups: dict[Any, list[tuple[int, ...]]], names: tuple[str, ...]
 ) -> dict[Any, dict[str, int]]:
@@ -471,15 +465,15 @@ def _roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
                 (cost or 0, row["credits_micro"] or 0, 1)
             )
 
-    license_sums = _sums(by_license, _LICENSE_SUMS)
+    license_sums = _sums(by_license, LICENSE_USAGE_FIELDS)
     _upsert(
-        session, TokenUsageMonthly, ("organization_id", "year_month"), _sums(monthly, _ROLLUP_SUMS)
+        session, TokenUsageMonthly, ("organization_id", "year_month"), _sums(monthly, ROLLUP_FIELDS)
     )
     _upsert(
         session,
         UsageDaily,
         ("organization_id", "day", "provider", "model"),
-        _sums(daily, _ROLLUP_SUMS),
+        _sums(daily, ROLLUP_FIELDS),
     )
     _upsert(session, LicenseUsage, ("license_id", "year_month"), license_sums)
 

@@ -66,6 +66,21 @@ class UsageEvent(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON(none_as_null=True))
 
 
+# The summed columns of the event rollups (token_usage_monthly, usage_daily) and of
+# license_usage: ingestion adds to them, reconcile recomputes them.
+ROLLUP_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_tokens",
+    "cache_read_tokens",
+    "cost_nano",
+    "api_calls",
+    "event_count",
+    "unpriced_events",
+)
+LICENSE_USAGE_FIELDS = ("cost_nano", "credits_micro", "event_count")
+
+
 class TokenUsageMonthly(Base):
     """Per organization and billing month: the sums of its events, maintained per batch."""
 

@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session
 import tokenledger.models  # noqa: F401  (every table: rows written here have foreign keys)
 from tokenledger.licenses.models import CreditAdjustment, License
 from tokenledger.usage.models import (
+    LICENSE_USAGE_FIELDS,
+    ROLLUP_FIELDS,
     LicenseUsage,
     Refresh,
     TokenUsageMonthly,
@@ -19,16 +21,6 @@ from tokenledger.usage.models import (
 )
 
 E = UsageEvent
-ROLLUP_FIELDS = [
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_tokens",
-    "cache_read_tokens",
-    "cost_nano",
-    "api_calls",
-    "event_count",
-    "unpriced_events",
-]
 
 
 def _event_sums() -> dict[str, Any]:
@@ -106,7 +98,6 @@ def reconcile(session: Session, *, fix: bool) -> list[str]:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(f"LOCK TABLE {', '.join(_LOCKED_TABLES)} IN EXCLUSIVE MODE"))
     lines: list[str] = []
-    monthly_fields = ROLLUP_FIELDS
     # token_usage_monthly, including refresh_count from completed refreshes
     expected = _expected_rollup(session, [E.organization_id, E.year_month])
     for org_id, month, count in session.execute(
@@ -115,44 +106,22 @@ def reconcile(session: Session, *, fix: bool) -> list[str]:
         .group_by(Refresh.organization_id, Refresh.counted_month)
     ):
         expected.setdefault((org_id, month), {})["refresh_count"] = count
-    stored: dict[tuple[Any, ...], dict[str, int]] = {
-        (row.organization_id, row.year_month): {
-            name: getattr(row, name) for name in [*monthly_fields, "refresh_count"]
-        }
-        for row in session.scalars(select(TokenUsageMonthly))
-    }
-    drift = _compare("token_usage_monthly", expected, stored, [*monthly_fields, "refresh_count"])
-    lines += [line for _, _, line in drift]
-    if fix and drift:
-        _rewrite(
-            session,
-            TokenUsageMonthly,
-            ("organization_id", "year_month"),
-            expected,
-            [*monthly_fields, "refresh_count"],
-            {key for key, _, _ in drift},
-        )
-
-    expected = _expected_rollup(session, [E.organization_id, E.day, E.provider, E.model])
-    stored = {
-        (row.organization_id, row.day, row.provider, row.model): {
-            name: getattr(row, name) for name in monthly_fields
-        }
-        for row in session.scalars(select(UsageDaily))
-    }
-    drift = _compare("usage_daily", expected, stored, monthly_fields)
-    lines += [line for _, _, line in drift]
-    if fix and drift:
-        _rewrite(
-            session,
-            UsageDaily,
-            ("organization_id", "day", "provider", "model"),
-            expected,
-            monthly_fields,
-            {key for key, _, _ in drift},
-        )
-
-    license_fields = ["cost_nano", "credits_micro", "event_count"]
+    lines += _check(
+        session,
+        TokenUsageMonthly,
+        ("organization_id", "year_month"),
+        expected,
+        (*ROLLUP_FIELDS, "refresh_count"),
+        fix=fix,
+    )
+    lines += _check(
+        session,
+        UsageDaily,
+        ("organization_id", "day", "provider", "model"),
+        _expected_rollup(session, [E.organization_id, E.day, E.provider, E.model]),
+        ROLLUP_FIELDS,
+        fix=fix,
+    )
     expected = {
         (lid, month): {
             "cost_nano": int(cost or 0),
@@ -171,21 +140,14 @@ def reconcile(session: Session, *, fix: bool) -> list[str]:
             .group_by(E.license_id, E.year_month)
         )
     }
-    stored = {
-        (row.license_id, row.year_month): {name: getattr(row, name) for name in license_fields}
-        for row in session.scalars(select(LicenseUsage))
-    }
-    drift = _compare("license_usage", expected, stored, license_fields)
-    lines += [line for _, _, line in drift]
-    if fix and drift:
-        _rewrite(
-            session,
-            LicenseUsage,
-            ("license_id", "year_month"),
-            expected,
-            license_fields,
-            {key for key, _, _ in drift},
-        )
+    lines += _check(
+        session,
+        LicenseUsage,
+        ("license_id", "year_month"),
+        expected,
+        LICENSE_USAGE_FIELDS,
+        fix=fix,
+    )
 
     # credits_used = sum of event credits + sum of adjustments
     event_credits = dict(
@@ -216,12 +178,34 @@ def reconcile(session: Session, *, fix: bool) -> list[str]:
     return lines
 
 
+def _check(
+    session: Session,
+    model: Any,
+    key_names: tuple[str, ...],
+    expected: dict[tuple[Any, ...], dict[str, int]],
+    fields: tuple[str, ...],
+    *,
+    fix: bool,
+) -> list[str]:
+    """Compare a rollup table with what the events say; with fix, rewrite drifting rows."""
+    stored = {
+        tuple(getattr(row, name) for name in key_names): {
+            name: getattr(row, name) for name in fields
+        }
+        for row in session.scalars(select(model))
+    }
+    drift = _compare(model.__tablename__, expected, stored, fields)
+    if fix and drift:
+        _rewrite(session, model, key_names, expected, fields, {key for key, _, _ in drift})
+    return [line for _, _, line in drift]
+
+
 def _rewrite(
     session: Session,
     model: Any,
     key_names: tuple[str, ...],
     expected: dict[tuple[Any, ...], dict[str, int]],
-    fields: list[str],
+    fields: tuple[str, ...],
     keys: set[tuple[Any, ...]],
 ) -> None:
     for key in keys:
