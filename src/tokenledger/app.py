@@ -16,6 +16,7 @@ from tokenledger.budgets.api import router as budgets_router
 from tokenledger.config import Settings, get_settings
 from tokenledger.db import Database
 from tokenledger.errors import install_error_handlers
+from tokenledger.hot import HotReads
 from tokenledger.licenses.api import router as licenses_router
 from tokenledger.ops import BodyLimit, Metrics, install_metrics
 from tokenledger.ops import router as ops_router
@@ -23,6 +24,7 @@ from tokenledger.organizations.api import router as organizations_router
 from tokenledger.pricing.api import router as pricing_router
 from tokenledger.usage.admin_api import router as token_usage_router
 from tokenledger.usage.api import router as usage_router
+from tokenledger.usage.writer import UsageWriter
 
 log = logging.getLogger("tokenledger")
 
@@ -40,12 +42,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         if worker is not None:
             worker.stop()
+        app.state.usage_writer.stop()
         database.dispose()
 
     app = FastAPI(title="tokenledger", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.database = database
     app.state.metrics = Metrics()
+    app.state.hot = HotReads(database, settings.cache_seconds)
+    app.state.usage_writer = UsageWriter(database, settings, app.state.metrics)
     install_error_handlers(app)
     # Added first, so it runs inside the metrics middleware: 413s are counted too.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import select
@@ -16,9 +16,9 @@ from tokenledger.licenses.schemas import LicenseCreate
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.schemas import OrganizationCreate
-from tokenledger.usage.ingest import ingest
 from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, UsageBatch, UsageEventIn
+from tokenledger.usage.service import record_batch
 
 # name, slug, credits, USD per credit, USD budget, period, enforcement, refreshes per day
 DEMO_ORGS = (
@@ -122,18 +122,11 @@ def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
     return f"{len(DEMO_ORGS)} organizations, {refreshes} refreshes, {events} usage events"
 
 
-def _flush(session: Session, batch: list[UsageEventIn], settings: Settings, now: object) -> int:
+def _flush(session: Session, batch: list[UsageEventIn], settings: Settings, now: datetime) -> int:
     if not batch:
         return 0
-    from tokenledger.alerts import service as alerts
-
-    outcome = ingest(
-        session,
-        UsageBatch(events=batch),
-        key_org_id=None,
-        settings=settings,
-        now=now,  # type: ignore[arg-type]
+    answer = record_batch(
+        session, UsageBatch(events=batch), key_org_id=None, settings=settings, now=now
     )
-    alerts.evaluate(session, outcome.license_ids, settings.timezone, now)  # type: ignore[arg-type]
     batch.clear()
-    return outcome.created
+    return answer.created

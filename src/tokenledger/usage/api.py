@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from tokenledger.alerts import service as alerts
-from tokenledger.budgets import service as budgets
+from tokenledger.config import Settings
 from tokenledger.db import utcnow
-from tokenledger.deps import AppSettings, IngestKey, Session
+from tokenledger.deps import AppSettings, IngestKey, Session, UsageKey, get_hot
 from tokenledger.errors import DomainError
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
-from tokenledger.usage import ingest as ingest_service
+from tokenledger.usage import ingest
 from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, RefreshRead, UsageBatch, UsageResponse
+from tokenledger.usage.writer import UsageWriter
 
 router = APIRouter(prefix="/api/v1", tags=["ingestion"])
 
@@ -36,23 +38,26 @@ def organization_for_key(session: Session, key: IngestKey, ref: str | int | None
 
 
 @router.post("/usage", response_model=UsageResponse)
-def post_usage(
-    request: Request, batch: UsageBatch, session: Session, key: IngestKey, settings: AppSettings
-) -> JSONResponse:
-    now = utcnow()
-    outcome = ingest_service.ingest(
-        session, batch, key_org_id=key.organization_id, settings=settings, now=now
+async def post_usage(request: Request, batch: UsageBatch, key: UsageKey) -> JSONResponse:
+    """Validate and price here; the writer stores it with the requests of its group and
+    answers after the commit. The whole unit of work is usage.service.record_usage."""
+    settings: Settings = request.app.state.settings
+    writer: UsageWriter = request.app.state.usage_writer
+    hot = get_hot(request)
+    prepared = ingest.prepare(
+        batch,
+        key_org_id=key.organization_id,
+        organizations=hot.organizations,
+        book=hot.price_book(),
+        settings=settings,
+        now=utcnow(),
     )
-    budgets.settle_reservations(session, outcome.created_rows, now)
-    alerts.evaluate(session, outcome.license_ids, settings.timezone, now)
-    orgs = [session.get(Organization, org_id) for org_id in outcome.organization_ids]
-    states = budgets.budget_states(session, [org for org in orgs if org], settings.timezone, now)
-    metrics = request.app.state.metrics
-    metrics.events.labels("created").inc(outcome.created)
-    metrics.events.labels("duplicate").inc(outcome.duplicates)
+    if key.touch_due:
+        prepared.touch_key_id = key.key_id
+    answer = await asyncio.wrap_future(writer.submit(prepared))
     # Built from plain values in the documented shape: validating a thousand results
     # again on the way out would cost more than the rest of the response.
-    return JSONResponse({"results": outcome.results, "budgets": states})
+    return JSONResponse(answer.body())
 
 
 @router.put("/refreshes/{refresh_id:path}")
