@@ -240,19 +240,52 @@ def bulk_load(path: Path, count: int, org_id: int | None, prefix: str) -> float:
     with sqlite3.connect(path, isolation_level=None) as db:
         db.execute("PRAGMA synchronous=OFF")
         db.execute("BEGIN")
-        db.execute(bulk_sql(org_expr, prefix), {"count": count})
+        price_ids = bulk_prices(db)
+        db.execute(bulk_sql(org_expr, prefix, price_ids), {"count": count})
         db.execute("COMMIT")
     return time.perf_counter() - started
 
 
-def bulk_sql(org_expr: str, prefix: str) -> str:
+BULK_RATES = {
+    "claude-sonnet-4-5": ("3", "15", "3.75", "6", "0.3"),
+    "claude-haiku-4-5": ("1", "5", "1.25", "2", "0.1"),
+    "claude-opus-4-1": ("15", "75", "18.75", "30", "1.5"),
+}
+
+
+def bulk_prices(db: sqlite3.Connection) -> list[int]:
+    """The usage_prices rows of the three models (as ingestion stores them), their ids."""
+    from tokenledger.pricing.engine import LIBRARY_VERSION
+    from tokenledger.usage.ingest import price_fingerprint
+
+    ids = []
+    for model, values in BULK_RATES.items():
+        names = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+        row = {
+            "provider": "anthropic", "model": model, "pricing": "priced",
+            "price_source": "genai-prices", "price_version": LIBRARY_VERSION,
+            "priced_model": model, "rates": dict(zip(names, values, strict=True)),
+        }
+        key = price_fingerprint(row)
+        db.execute(
+            "INSERT OR IGNORE INTO usage_prices (fingerprint, provider, model, pricing, "
+            "price_source, price_version, priced_model, rates) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, row["provider"], model, "priced", "genai-prices", LIBRARY_VERSION, model,
+             json.dumps(row["rates"])),
+        )
+        ids.append(db.execute("SELECT id FROM usage_prices WHERE fingerprint = ?", (key,))
+                   .fetchone()[0])
+    return ids
+
+
+def bulk_sql(org_expr: str, prefix: str, price_ids: list[int]) -> str:
     """Rows as ingestion writes them (schema of this revision), generated in SQL."""
     return f"""
     WITH RECURSIVE seq(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM seq WHERE n + 1 < :count),
     gen AS (
       SELECT n, {org_expr} AS org,
-        strftime('%Y-%m-%d %H:%M:%S', '2026-11-20 12:00:00', '-' || (n % 365) || ' days',
-                 '-' || (n % 86400) || ' seconds') || '.000000' AS ts,
+        CAST(strftime('%s', '2026-11-20 12:00:00') AS INTEGER) - (n % 365) * 86400
+          - (n % 86400) AS secs,
         n % 3 AS m, 500 + n % 4000 AS inp, 100 + n % 900 AS outp, (n % 5) * 1000 AS cr
       FROM seq
     ), priced AS (
@@ -262,24 +295,16 @@ def bulk_sql(org_expr: str, prefix: str) -> str:
       FROM gen
     )
     INSERT INTO usage_events (organization_id, external_id, content_hash, timestamp,
-      received_at, year_month, day, provider, model, input_tokens, output_tokens,
+      received_at, year_month, day, input_tokens, output_tokens,
       cache_creation_input_tokens, cache_read_input_tokens, cache_write_1h_tokens, api_calls,
-      refresh_id, reservation_id, license_id, pricing, cost_nano, credits_micro, price_source,
-      price_version, priced_model, rates, metadata)
-    SELECT org, '{prefix}-' || n, lower(hex(randomblob(32))), ts, ts, substr(ts, 1, 7),
-      substr(ts, 1, 10), 'anthropic',
-      CASE m WHEN 0 THEN 'claude-sonnet-4-5' WHEN 1 THEN 'claude-haiku-4-5'
-             ELSE 'claude-opus-4-1' END,
-      inp, outp, 0, cr, 0, 1, 'run-' || (n / 4), NULL, org, 'priced', cost, cost / 10,
-      'genai-prices', 'genai-prices 0.2.3',
-      CASE m WHEN 0 THEN 'claude-sonnet-4-5' WHEN 1 THEN 'claude-haiku-4-5'
-             ELSE 'claude-opus-4-1' END,
-      CASE m WHEN 0 THEN '{{"input": "3", "output": "15", "cache_write_5m": "3.75", "cache_write_1h": "6", "cache_read": "0.3"}}'
-             WHEN 1 THEN '{{"input": "1", "output": "5", "cache_write_5m": "1.25", "cache_write_1h": "2", "cache_read": "0.1"}}'
-             ELSE '{{"input": "15", "output": "75", "cache_write_5m": "18.75", "cache_write_1h": "30", "cache_read": "1.5"}}' END,
-      NULL
+      refresh_id, reservation_id, license_id, price_id, cost_nano, credits_micro, metadata)
+    SELECT org, '{prefix}-' || n, randomblob(32), secs * 1000000, secs * 1000000,
+      strftime('%Y-%m', secs, 'unixepoch'), strftime('%Y-%m-%d', secs, 'unixepoch'),
+      inp, outp, 0, cr, 0, 1, 'run-' || (n / 4), NULL, org,
+      CASE m WHEN 0 THEN {price_ids[0]} WHEN 1 THEN {price_ids[1]} ELSE {price_ids[2]} END,
+      cost, cost / 10, NULL
     FROM priced
-    """  # noqa: E501
+    """
 
 
 def reconcile_fix(database_url: str) -> float:

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from tokenledger.deps import Admin, Session, Viewer
 from tokenledger.pricing import overrides
 from tokenledger.schemas import InputModel
-from tokenledger.usage.models import UsageEvent
+from tokenledger.usage.models import UsageEvent, UsagePrice
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
 
@@ -67,16 +67,19 @@ def unset_override(provider: str, model: str, session: Session, admin: Admin) ->
 
 @router.get("/unpriced")
 def unpriced(session: Session, _viewer: Viewer) -> list[UnpricedModel]:
+    # Unpriced events are the ones without a cost (a partial index holds them).
     rows = session.execute(
         select(
-            UsageEvent.provider,
-            UsageEvent.model,
+            UsagePrice.provider,
+            UsagePrice.model,
             func.count(),
             func.min(UsageEvent.timestamp),
             func.max(UsageEvent.timestamp),
         )
-        .where(UsageEvent.pricing == "unpriced")
-        .group_by(UsageEvent.provider, UsageEvent.model)
+        .select_from(UsageEvent)
+        .join(UsagePrice, UsagePrice.id == UsageEvent.price_id)
+        .where(UsageEvent.cost_nano.is_(None), UsagePrice.pricing == "unpriced")
+        .group_by(UsagePrice.provider, UsagePrice.model)
         .order_by(func.count().desc())
     ).all()
     return [

@@ -24,7 +24,7 @@ from sqlalchemy import Table, bindparam, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from tokenledger.config import Settings
-from tokenledger.db import MAX_ROW_ID, insert_for
+from tokenledger.db import MAX_ROW_ID, insert_for, to_micros
 from tokenledger.errors import DomainError
 from tokenledger.hot import OrgRef
 from tokenledger.licenses import service as licenses
@@ -39,6 +39,7 @@ from tokenledger.usage.models import (
     TokenUsageMonthly,
     UsageDaily,
     UsageEvent,
+    UsagePrice,
 )
 from tokenledger.usage.periods import day_of, month_of
 from tokenledger.usage.schemas import UsageBatch, UsageEventIn
@@ -156,7 +157,7 @@ def _resolve_organizations(
     return result
 
 
-def content_hash(event: UsageEventIn, org_id: int) -> str:
+def content_hash(event: UsageEventIn, org_id: int) -> bytes:
     """A digest of what the event says; a reused id with another digest is a conflict.
 
     The timestamp counts only when the caller gave it: a retry of an event stamped at
@@ -182,7 +183,7 @@ def content_hash(event: UsageEventIn, org_id: int) -> str:
         event.metadata,
     ]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(canonical.encode()).digest()
 
 
 def prepare(
@@ -317,7 +318,7 @@ def _priced_row(
     org: OrgRef,
     at: datetime,
     now: datetime,
-    digest: str,
+    digest: bytes,
     periods: _PeriodCache,
     book: PriceBook,
 ) -> dict[str, Any]:
@@ -349,11 +350,14 @@ def _priced_row(
         "priced_model": None,
         "rates": None,
         "metadata": event.metadata,
+        "price_key": None,
+        "price_id": None,
     }
     if event.cost_usd is not None:
         row["cost_nano"] = usd_to_nano(event.cost_usd)
         row["pricing"] = "provided"
         row["price_source"] = "caller"
+        row["price_key"] = price_fingerprint(row)
     else:
         quote = book.quote(
             event.provider,
@@ -376,22 +380,81 @@ def _priced_row(
                 priced_model=quote.priced_model,
                 rates=quote.rates,
             )
+        row["price_key"] = price_fingerprint(row)
     return row
+
+
+_PRICE_FIELDS = (
+    "provider",
+    "model",
+    "pricing",
+    "price_source",
+    "price_version",
+    "priced_model",
+    "rates",
+)
+_fingerprints: dict[tuple[Any, ...], str] = {}
+
+
+def price_fingerprint(row: dict[str, Any]) -> str:
+    """The identity of the row's price (usage_prices.fingerprint): a digest of its fields."""
+    rates = row["rates"]
+    key = (
+        *(row[name] for name in _PRICE_FIELDS[:-1]),
+        tuple(sorted(rates.items())) if rates else None,
+    )
+    found = _fingerprints.get(key)
+    if found is None:
+        canonical = json.dumps([row[name] for name in _PRICE_FIELDS], sort_keys=True)
+        found = hashlib.sha256(canonical.encode()).hexdigest()
+        if len(_fingerprints) >= 100_000:  # callers may send any model names: bounded
+            _fingerprints.clear()
+        _fingerprints[key] = found
+    return found
+
+
+_PRICES = cast(Table, UsagePrice.__table__)
+
+
+def _price_ids(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Set each row's price_id, adding the prices not stored yet (one query when none)."""
+    wanted = {row["price_key"]: row for row in rows}
+    if not wanted:
+        return
+    select_ids = select(_PRICES.c.fingerprint, _PRICES.c.id).where(
+        _PRICES.c.fingerprint.in_(sorted(wanted))
+    )
+    ids: dict[str, int] = dict(session.execute(select_ids).all())
+    missing = sorted(set(wanted) - ids.keys())
+    if missing:
+        session.execute(
+            insert_for(session)(_PRICES).on_conflict_do_nothing(index_elements=["fingerprint"]),
+            [
+                {"fingerprint": key, **{name: wanted[key][name] for name in _PRICE_FIELDS}}
+                for key in missing
+            ],
+        )
+        ids = dict(session.execute(select_ids).all())
+    for row in rows:
+        row["price_id"] = ids[row["price_key"]]
 
 
 def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
+    _price_ids(session, rows)
     if session.get_bind().dialect.name == "sqlite":
         _insert_sqlite(session, rows)
     else:
         # A plain insert: a key that appeared meanwhile fails the whole group (and the
         # caller retries its batches one by one) instead of being reported as created.
-        session.execute(insert_for(session)(_EVENTS), rows)
+        session.execute(
+            insert_for(session)(_EVENTS), [{name: row[name] for name in _COLUMNS} for row in rows]
+        )
 
 
 _COLUMNS = [column.name for column in _EVENTS.columns if column.name != "id"]
-_JSON_COLUMNS = {"rates", "metadata"}
+_JSON_COLUMNS = {"metadata"}
 _TIME_COLUMNS = {"timestamp", "received_at"}
 _CONVERTED = _JSON_COLUMNS | _TIME_COLUMNS
 _SQLITE_INSERT = (
@@ -402,8 +465,7 @@ _SQLITE_INSERT = (
 def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
     """Bind values as SQLAlchemy would on SQLite (the same text for times and JSON).
 
-    Many rows share a value (the receipt time, the rates of one price): each distinct
-    object is converted once.
+    Many rows share a value (the receipt time): each distinct object is converted once.
     """
     if not rows:
         return
@@ -412,13 +474,10 @@ def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
     def bind(name: str, value: Any) -> Any:
         if value is None or name not in _CONVERTED:
             return value
-        # Rates are equal dicts for every event of one model and price: keyed by content.
         key: tuple[str, object] = (name, id(value))
-        if name == "rates":
-            key = (name, tuple(value.items()))  # values are decimal text: hashable
         if key not in converted:
             if name in _TIME_COLUMNS:
-                converted[key] = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+                converted[key] = to_micros(value)  # as db.Instant stores it on SQLite
             else:
                 converted[key] = json.dumps(value)
         return converted[key]
@@ -429,18 +488,19 @@ def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 _TWIN_COLUMNS = (
-    "e.organization_id, e.external_id, e.content_hash, e.cost_nano, e.credits_micro, e.pricing"
+    "e.organization_id, e.external_id, e.content_hash, e.cost_nano, e.credits_micro, p.pricing"
 )
+_PRICE_JOIN = "JOIN usage_prices AS p ON p.id = e.price_id"
 # The keys go in as one JSON array (SQLite) or two arrays (PostgreSQL), joined with the
 # unique index: one statement for any number of events and organizations.
 _TWINS_SQLITE = text(
     f"SELECT {_TWIN_COLUMNS} FROM json_each(:keys) AS k CROSS JOIN usage_events AS e "
-    "ON e.organization_id = k.value ->> 0 AND e.external_id = k.value ->> 1"
+    "ON e.organization_id = k.value ->> 0 AND e.external_id = k.value ->> 1 " + _PRICE_JOIN
 )
 _TWINS_POSTGRESQL = text(
     f"SELECT {_TWIN_COLUMNS} FROM unnest(CAST(:orgs AS integer[]), CAST(:ids AS text[])) "
     "AS k(org, ext) JOIN usage_events AS e ON e.organization_id = k.org "
-    "AND e.external_id = k.ext"
+    "AND e.external_id = k.ext " + _PRICE_JOIN
 )
 
 

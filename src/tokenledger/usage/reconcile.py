@@ -18,6 +18,7 @@ from tokenledger.usage.models import (
     TokenUsageMonthly,
     UsageDaily,
     UsageEvent,
+    UsagePrice,
 )
 
 E = UsageEvent
@@ -39,9 +40,10 @@ def _event_sums() -> dict[str, Any]:
 
 def _expected_rollup(session: Session, keys: list[Any]) -> dict[tuple[Any, ...], dict[str, int]]:
     sums = _event_sums()
-    rows = session.execute(
-        select(*keys, *(expr.label(name) for name, expr in sums.items())).group_by(*keys)
-    ).all()
+    query = select(*keys, *(expr.label(name) for name, expr in sums.items())).select_from(E)
+    if any(getattr(key, "class_", None) is UsagePrice for key in keys):
+        query = query.join(UsagePrice, UsagePrice.id == E.price_id)
+    rows = session.execute(query.group_by(*keys)).all()
     width = len(keys)
     return {
         tuple(row[:width]): {
@@ -118,7 +120,9 @@ def reconcile(session: Session, *, fix: bool) -> list[str]:
         session,
         UsageDaily,
         ("organization_id", "day", "provider", "model"),
-        _expected_rollup(session, [E.organization_id, E.day, E.provider, E.model]),
+        _expected_rollup(
+            session, [E.organization_id, E.day, UsagePrice.provider, UsagePrice.model]
+        ),
         ROLLUP_FIELDS,
         fix=fix,
     )
