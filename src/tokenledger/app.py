@@ -35,7 +35,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         worker = None
         if settings.webhook_worker:
-            worker = WebhookWorker(database, settings.webhooks_allow_private)
+            worker = WebhookWorker(
+                database,
+                settings.webhooks_allow_private,
+                lease_seconds=settings.webhook_lease_seconds,
+            )
             worker.start()
         yield
         if worker is not None:

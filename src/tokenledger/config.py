@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     login_window_seconds: int = Field(default=15 * 60, ge=1)
     cookie_secure: bool | None = None
     webhook_worker: bool = True
+    # How long a worker holds a delivery it sends; after a crash, the wait before a resend.
+    webhook_lease_seconds: int = Field(default=60, ge=2)
 
     @field_validator("billing_timezone")
     @classmethod
