@@ -196,9 +196,7 @@ def test_delivery_to_a_real_receiver_with_a_valid_signature(
             first.body, {**first.headers, "webhook-id": "msg_other"}
         )
     done = _deliveries(database)
-    assert {r.headers["webhook-id"] for r in receiver.requests} == {
-        f"msg_tl_{d.id}" for d in done
-    }
+    assert {r.headers["webhook-id"] for r in receiver.requests} == {f"msg_tl_{d.id}" for d in done}
     assert {(d.status, d.attempts, d.last_status_code) for d in done} == {("delivered", 2, 200)}
     assert all(d.delivered_at is not None for d in done)
 
@@ -379,7 +377,8 @@ def test_an_endpoint_made_before_standard_webhooks_keeps_working(
     assert deliver_due(database, http, allow_private=True) == 2
     assert len(receiver.requests) == 2
     for request in receiver.requests:
-        legacy = _verify_legacy(old_secret, request.headers["X-Tokenledger-Signature"], request.body)
+        header = request.headers["X-Tokenledger-Signature"]
+        legacy = _verify_legacy(old_secret, header, request.body)
         assert before <= legacy <= int(time.time())
         # The Standard Webhooks headers too, keyed with the secret's 32 bytes.
         _verify(bytes(range(32)), request)
