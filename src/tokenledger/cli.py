@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -83,16 +86,41 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     database.dispose()
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
-    uvicorn.run(
-        "tokenledger.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level="info",
-        proxy_headers=True,
-    )
+    metrics_directory = _metrics_directory(args.workers)
+    try:
+        uvicorn.run(
+            "tokenledger.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level="info",
+            proxy_headers=True,
+        )
+    finally:
+        if metrics_directory is not None:
+            shutil.rmtree(metrics_directory, ignore_errors=True)
     return 0
+
+
+def _metrics_directory(workers: int) -> str | None:
+    """With several workers, prometheus_client's multiprocess mode: each worker writes its
+    figures to files in one directory, and /metrics adds them up. The directory is emptied
+    at start (figures of an earlier run would count twice); returns it when it is ours to
+    remove at exit.
+    """
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        return None
+    if workers == 1:
+        return None
+    made = tempfile.mkdtemp(prefix="tokenledger-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made  # inherited by the worker processes
+    return made
 
 
 def _read_password(args: argparse.Namespace) -> str:
