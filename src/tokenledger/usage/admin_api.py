@@ -157,8 +157,8 @@ def update_budget(
         before=before,
         after=licenses.snapshot(lic),
     )
-    # A lower limit can put present consumption over a threshold.
-    alerts.evaluate(session, [lic.id], settings.timezone, utcnow())
+    # A top-up re-arms the thresholds it moves below; a lower limit may fire one now.
+    alerts.rearm(session, lic, settings.timezone, utcnow())
     return {"ok": True}
 
 
