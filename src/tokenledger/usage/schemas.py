@@ -21,16 +21,17 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from tokenledger import schemas
 from tokenledger.money import MAX_USD, MoneyError, to_decimal
-from tokenledger.schemas import InputModel
+from tokenledger.schemas import InputModel, JsonObject
 
 MAX_TOKENS = 10**9
 MAX_METADATA_BYTES = 4096
 
 TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
 # Identifiers are stored as text: PostgreSQL cannot hold NUL, and no control character
-# belongs in an id or a model name.
-_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+# (C0, DEL or C1) belongs in an id or a model name.
+_PRINTABLE = schemas.PRINTABLE
 PRINTABLE = re.compile(_PRINTABLE)
 # RFC 3339's date-time (T or space, Z or a numeric offset with a colon); the ISO 8601
 # variants that datetime.fromisoformat also takes (week dates, basic format) are refused.
@@ -101,7 +102,7 @@ class UsageEventIn(InputModel):
     reservation_id: StrictStr | None = Field(
         default=None, min_length=1, max_length=64, pattern=_PRINTABLE
     )
-    metadata: dict[str, Any] | None = None
+    metadata: JsonObject | None = None
 
     @field_validator("provider")
     @classmethod
