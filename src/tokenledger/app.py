@@ -17,7 +17,7 @@ from tokenledger.config import Settings, get_settings
 from tokenledger.db import Database
 from tokenledger.errors import install_error_handlers
 from tokenledger.licenses.api import router as licenses_router
-from tokenledger.middleware import StrictJson
+from tokenledger.middleware import SecurityHeaders, StrictJson
 from tokenledger.ops import BodyLimit, Metrics, install_metrics
 from tokenledger.ops import router as ops_router
 from tokenledger.organizations.api import router as organizations_router
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added first, so it runs inside the metrics middleware: 413s are counted too.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     install_metrics(app, app.state.metrics)
+    app.add_middleware(SecurityHeaders)  # outermost: every answer carries them
     for router in (
         ops_router,
         auth_router,
