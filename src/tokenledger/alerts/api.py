@@ -14,7 +14,7 @@ from tokenledger.audit import service as audit
 from tokenledger.db import MAX_ROW_ID
 from tokenledger.deps import Admin, AppSettings, RowId, Session, Viewer
 from tokenledger.errors import not_found
-from tokenledger.schemas import InputModel, Limit, Offset, Page
+from tokenledger.schemas import PRINTABLE, InputModel, Limit, Offset, Page, QueryText
 
 router = APIRouter(tags=["alerts"])
 
@@ -33,8 +33,8 @@ class AlertRead(BaseModel):
 
 
 class WebhookCreate(InputModel):
-    url: str = Field(min_length=8, max_length=2000)
-    description: str = Field(default="", max_length=500)
+    url: str = Field(min_length=8, max_length=2000, pattern=PRINTABLE)
+    description: str = Field(default="", max_length=500, pattern=PRINTABLE)
 
 
 class WebhookRead(BaseModel):
@@ -56,7 +56,7 @@ def list_alerts(
     session: Session,
     _viewer: Viewer,
     organization_id: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
-    type: str | None = None,
+    type: QueryText = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[AlertRead]:

@@ -12,6 +12,7 @@ from tokenledger.deps import AppSettings, IngestKey, Session
 from tokenledger.errors import DomainError
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
+from tokenledger.schemas import PathText
 from tokenledger.usage import ingest as ingest_service
 from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, RefreshRead, UsageBatch, UsageResponse
@@ -58,7 +59,7 @@ def post_usage(
 
 @router.put("/refreshes/{refresh_id:path}")
 def put_refresh(
-    refresh_id: str, data: RefreshIn, session: Session, key: IngestKey, settings: AppSettings
+    refresh_id: PathText, data: RefreshIn, session: Session, key: IngestKey, settings: AppSettings
 ) -> RefreshRead:
     org = organization_for_key(session, key, data.organization)
     refresh = record_refresh(session, org, refresh_id, data, settings.timezone, utcnow())
