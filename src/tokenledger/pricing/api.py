@@ -7,12 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, StrictInt, StrictStr
-from sqlalchemy import func, select
 
 from tokenledger.deps import Admin, Session, Viewer
 from tokenledger.pricing import overrides
 from tokenledger.schemas import InputModel
-from tokenledger.usage.models import UsageEvent
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
 
@@ -67,18 +65,7 @@ def unset_override(provider: str, model: str, session: Session, admin: Admin) ->
 
 @router.get("/unpriced")
 def unpriced(session: Session, _viewer: Viewer) -> list[UnpricedModel]:
-    rows = session.execute(
-        select(
-            UsageEvent.provider,
-            UsageEvent.model,
-            func.count(),
-            func.min(UsageEvent.timestamp),
-            func.max(UsageEvent.timestamp),
-        )
-        .where(UsageEvent.pricing == "unpriced")
-        .group_by(UsageEvent.provider, UsageEvent.model)
-        .order_by(func.count().desc())
-    ).all()
+    rows = overrides.unpriced_models(session)
     return [
         UnpricedModel(
             provider=provider,
