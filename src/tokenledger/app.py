@@ -23,6 +23,7 @@ from tokenledger.organizations.api import router as organizations_router
 from tokenledger.pricing.api import router as pricing_router
 from tokenledger.usage.admin_api import router as token_usage_router
 from tokenledger.usage.api import router as usage_router
+from tokenledger.web import install as install_web
 
 log = logging.getLogger("tokenledger")
 
@@ -63,4 +64,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         token_usage_router,
     ):
         app.include_router(router)
+    install_web(app)
     return app
