@@ -132,7 +132,12 @@ class OrganizationRow:
 
 
 def _runs_out_this_period(fig: Figures, forecast: dict[str, Any], tz: Any, now: datetime) -> bool:
-    """At the recent pace, the budget runs out before its period ends, or the credits this month."""
+    """At the recent pace, the budget runs out before its period ends, or the credits this month.
+
+    Not when it has run out already: that is the exhausted state, not a projection.
+    """
+    if fig.state() == "exhausted":
+        return False
     if forecast["budget_exhausted_before_period_end"]:
         return True
     credits_at = forecast["credits_exhausted_at"]

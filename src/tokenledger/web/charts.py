@@ -8,12 +8,7 @@ from decimal import Decimal
 from tokenledger.budgets.service import Figures, limit_state
 from tokenledger.money import percent
 
-CHART_WIDTH = 640
-CHART_HEIGHT = 220
-PLOT_LEFT = 64
-PLOT_RIGHT = 8
-PLOT_TOP = 12
-PLOT_BOTTOM = 28
+SLOT = 10  # width of one bar's slot in the plot's own units; the plot is 100 high
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,26 +18,22 @@ class Bar:
     width: float
     height: float
     label: str
-    show_label: bool
     value: Decimal
     title: str
 
 
 @dataclass(frozen=True, slots=True)
-class GridLine:
-    y: float
-    value: Decimal
-
-
-@dataclass(frozen=True, slots=True)
 class BarChart:
+    """Bars in a plot of width `width` and height 100; grid values from the top down."""
+
     width: int
-    height: int
     bars: list[Bar]
-    grid: list[GridLine]
-    baseline: float
-    plot_left: int
-    plot_right: int
+    grid: list[Decimal]
+    places: int
+
+    @property
+    def grid_lines(self) -> list[int]:
+        return [0, 25, 50, 75, 100]
 
 
 def _nice_ceiling(value: Decimal) -> Decimal:
@@ -58,40 +49,27 @@ def _nice_ceiling(value: Decimal) -> Decimal:
 
 
 def bar_chart(points: list[tuple[str, Decimal, str]], label_every: int = 1) -> BarChart:
-    """Bars for (label, value, title) points, oldest first, with four grid lines."""
-    plot_width = CHART_WIDTH - PLOT_LEFT - PLOT_RIGHT
-    plot_height = CHART_HEIGHT - PLOT_TOP - PLOT_BOTTOM
+    """Bars for (label, value, title) points, oldest first; a label on every n-th bar."""
     top = _nice_ceiling(max((value for _, value, _ in points), default=Decimal(0)))
-    slot = plot_width / max(1, len(points))
-    gap = min(8.0, slot * 0.25)
+    gap = 3.0 if len(points) > 12 else 2.5
     bars = []
     for index, (label, value, title) in enumerate(points):
-        height = float(value / top) * plot_height if top else 0.0
+        height = round(float(value / top) * 100, 3) if value > 0 else 0.0
+        shown = index % label_every == 0 or index == len(points) - 1
         bars.append(
             Bar(
-                x=round(PLOT_LEFT + index * slot + gap / 2, 2),
-                y=round(PLOT_TOP + plot_height - height, 2),
-                width=round(slot - gap, 2),
-                height=round(max(height, 0.0), 2),
-                label=label,
-                show_label=index % label_every == 0 or index == len(points) - 1,
+                x=index * SLOT + gap / 2,
+                y=round(100 - height, 3),
+                width=SLOT - gap,
+                height=height,
+                label=label if shown else "",
                 value=value,
                 title=title,
             )
         )
-    grid = [
-        GridLine(y=round(PLOT_TOP + plot_height * (1 - step / 4), 2), value=top * step / 4)
-        for step in range(5)
-    ]
-    return BarChart(
-        width=CHART_WIDTH,
-        height=CHART_HEIGHT,
-        bars=bars,
-        grid=grid,
-        baseline=PLOT_TOP + plot_height,
-        plot_left=PLOT_LEFT,
-        plot_right=CHART_WIDTH - PLOT_RIGHT,
-    )
+    grid = [top * step / 4 for step in (4, 3, 2, 1, 0)]
+    places = 0 if all(value == value.to_integral_value() for value in grid) else 2
+    return BarChart(width=max(1, len(points)) * SLOT, bars=bars, grid=grid, places=places)
 
 
 @dataclass(frozen=True, slots=True)

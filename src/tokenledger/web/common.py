@@ -92,6 +92,10 @@ class Page:
         text = self.gettext(message)
         return text % params if params else text
 
+    def _n(self, singular: str, plural: str, count: int, **params: Any) -> str:
+        text: str = i18n.translations(self.language).ngettext(singular, plural, count)
+        return text % {"count": count, **params}
+
     @property
     def fmt(self) -> i18n.Formatter:
         return i18n.formatter(self.language, self.settings.timezone)
@@ -101,6 +105,7 @@ class Page:
         values = {
             "page": self,
             "_": self._,
+            "_n": self._n,
             "fmt": self.fmt,
             "lang": self.language,
             "languages": i18n.LANGUAGE_NAMES,
