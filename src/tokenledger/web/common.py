@@ -239,6 +239,20 @@ ViewerPage = Annotated[Page, Depends(viewer_page)]
 AdminPage = Annotated[Page, Depends(admin_page)]
 PublicPage = Annotated[Page, Depends(public_page)]
 
+# Messages a page may show as they are; any other error gets its status's general message.
+PAGE_MESSAGES = {
+    N_("The form has expired. Reload the page and try again."),
+    N_("This needs the admin role."),
+    N_("You cannot disable your own account."),
+    N_("The address holds an invalid value."),
+}
+STATUS_MESSAGES = {
+    403: N_("This needs the admin role."),
+    404: N_("This page or record does not exist."),
+    409: N_("This change conflicts with the current state. Reload the page and try again."),
+    422: N_("The address holds an invalid value."),
+}
+
 ERROR_TITLES = {
     403: N_("Not allowed"),
     404: N_("Not found"),
@@ -251,6 +265,8 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
     settings: Settings = request.app.state.settings
     page = Page(request, settings, None, language_of(request), now_for(request))
     title = ERROR_TITLES.get(status, N_("Something went wrong"))
+    if message not in PAGE_MESSAGES:
+        message = STATUS_MESSAGES.get(status, N_("Something went wrong"))
     return page.render(
         "error.html",
         status_code=status,
