@@ -155,7 +155,9 @@ def test_a_viewer_sees_everything_and_no_write_control(viewer_browser, make_tena
         response = viewer_browser.get(path)
         assert response.status_code == 200, path
         page = read(response.text)
-        writes = [f for f in page.forms if f.get("method") == "post" and f.get("action") != "/logout"]
+        writes = [
+            f for f in page.forms if f.get("method") == "post" and f.get("action") != "/logout"
+        ]
         assert writes == [], (path, writes)
         assert not any(link.endswith(("/new", "/edit")) for link in page.links), path
     for path in ("/admin/users", "/organizations/new", f"/organizations/{tenant.org_id}/edit"):
@@ -221,13 +223,18 @@ def _license_form(**overrides: str) -> dict[str, str]:
     return values
 
 
-def test_license_form_shows_field_errors_of_the_api_validation(admin_browser, make_tenant, database):
+def test_license_form_shows_field_errors_of_the_api_validation(
+    admin_browser, make_tenant, database
+):
     tenant = make_tenant()
     path = f"/organizations/{tenant.org_id}/licenses/new"
     response = admin_browser.post(
         path,
         _license_form(
-            credits_total="-5", cost_per_credit="abc", budget_warning_percent="101", token_budget_usd="0"
+            credits_total="-5",
+            cost_per_credit="abc",
+            budget_warning_percent="101",
+            token_budget_usd="0",
         ),
     )
     assert response.status_code == 422
@@ -238,7 +245,9 @@ def test_license_form_shows_field_errors_of_the_api_validation(admin_browser, ma
     # 0 is not "unlimited": the form says which to choose.
     assert "Enter more than 0, or choose unlimited." in page.texts
     with database.session(write=False) as session:
-        assert session.scalar(select(License).where(License.organization_id == tenant.org_id)) is None
+        assert (
+            session.scalar(select(License).where(License.organization_id == tenant.org_id)) is None
+        )
 
 
 def test_create_a_license_with_unlimited_credits_and_edit_its_budget(
@@ -268,7 +277,9 @@ def test_create_a_license_with_unlimited_credits_and_edit_its_budget(
         lic = session.get(License, license_id)
         assert lic.token_budget_nano == 30 * 10**9
         entries = session.scalars(
-            select(AuditEntry).where(AuditEntry.entity_id == str(license_id)).order_by(AuditEntry.id)
+            select(AuditEntry)
+            .where(AuditEntry.entity_id == str(license_id))
+            .order_by(AuditEntry.id)
         ).all()
         assert [e.action for e in entries] == ["license.create", "license.budget_update"]
         assert entries[1].before["token_budget_usd"] == "40.000000000"
@@ -288,7 +299,9 @@ def test_create_a_license_with_unlimited_credits_and_edit_its_budget(
         assert count == 2
 
 
-def test_credits_used_set_in_the_form_is_an_audited_adjustment(admin_browser, make_tenant, database):
+def test_credits_used_set_in_the_form_is_an_audited_adjustment(
+    admin_browser, make_tenant, database
+):
     tenant = make_tenant(license={"credits_total": Decimal(1000)})
     form = admin_browser.get(f"/licenses/{tenant.license_id}/edit").text
     shown = re.search(r'name="valid_from" type="date" value="([^"]+)"', form).group(1)
@@ -325,9 +338,7 @@ def _cost(value: str) -> Decimal:
     return Decimal(value)
 
 
-def test_every_total_is_the_sum_of_its_rows_and_the_dashboards_figure(
-    admin_browser, make_tenant
-):
+def test_every_total_is_the_sum_of_its_rows_and_the_dashboards_figure(admin_browser, make_tenant):
     first = make_tenant(license={"valid_from": datetime(2026, 1, 1, tzinfo=UTC)})
     second = make_tenant(license={"valid_from": datetime(2026, 1, 1, tzinfo=UTC)})
     october = datetime(2026, 10, 20, 9, 0, tzinfo=UTC)
