@@ -11,11 +11,13 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tokenledger.alerts.models import Webhook, WebhookDelivery
+from tokenledger.audit import service as audit
 from tokenledger.config import Settings
 from tokenledger.db import utcnow
 from tokenledger.licenses import service as licenses
@@ -94,13 +96,14 @@ def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
     events = refreshes = 0
     for demo in DEMO_ORGS:
         org = organizations.create(session, OrganizationCreate(name=demo.name, slug=demo.slug))
+        _audit(session, "organization.create", "organization", org.id, organizations.snapshot(org))
         start = now - timedelta(days=demo.days)
         if demo.credits is not None:
-            licenses.create(
+            lic = licenses.create(
                 session,
                 LicenseCreate(
                     organization_id=org.id,
-                    status=demo.status,  # type: ignore[arg-type]
+                    status=demo.status,
                     valid_from=start - timedelta(days=1),
                     valid_until=(
                         now + timedelta(days=demo.ends_in_days) if demo.ends_in_days else None
@@ -108,10 +111,11 @@ def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
                     credits_total=Decimal(demo.credits),
                     cost_per_credit=Decimal(demo.per_credit),
                     token_budget_usd=Decimal(demo.budget) if demo.budget else None,
-                    budget_period=demo.period,  # type: ignore[arg-type]
-                    enforcement=demo.enforcement,  # type: ignore[arg-type]
+                    budget_period=demo.period,
+                    enforcement=demo.enforcement,
                 ),
             )
+            _audit(session, "license.create", "license", lic.id, licenses.snapshot(lic))
         batch: list[UsageEventIn] = []
         for day in range(demo.days):
             pace = demo.runs_per_day * (demo.ramp if demo.days - day <= 14 else 1.0)
@@ -157,6 +161,19 @@ def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
     )
     _settle_some_deliveries(session, now)
     return f"{len(DEMO_ORGS)} organizations, {refreshes} refreshes, {events} usage events"
+
+
+def _audit(session: Session, action: str, kind: str, entity_id: int, after: dict[str, Any]) -> None:
+    audit.record(
+        session,
+        actor="demo-data",
+        action=action,
+        entity_type=kind,
+        entity_id=entity_id,
+        before=None,
+        after=after,
+        client_address=None,
+    )
 
 
 def _calls(rng: random.Random, slug: str, refresh_id: str, at: datetime) -> list[UsageEventIn]:

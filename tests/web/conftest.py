@@ -152,3 +152,14 @@ def csrf_of(html: str) -> str:
 
 # The admin tests' tenants (an organization, a license, an ingest key) serve here too.
 from tests.admin.conftest import make_tenant  # noqa: E402, F401
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say where the browser tests left their screenshots."""
+    from tests.web import test_browser
+
+    if test_browser.SHOTS:
+        folder = test_browser.SHOTS[0].parent
+        terminalreporter.write_line(
+            f"web UI screenshots: {len(test_browser.SHOTS)} in {folder}", bold=True
+        )

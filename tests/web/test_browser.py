@@ -346,7 +346,6 @@ def test_screenshots_of_every_main_page_in_both_themes_and_languages(browser, se
                         page.click(".chart-data summary")
                     _photograph(page, shots_dir, name, theme, language, width)
                 context.close()
-    print(f"\nscreenshots: {shots_dir}")
     assert len(SHOTS) == 4 * (len(MAIN_PAGES) + 1 + len(NARROW_PAGES) + 1)
     assert watch.problems == []
 

@@ -74,7 +74,7 @@ def test_no_english_text_is_left_on_a_german_page(admin_browser, make_tenant):
         texts = page.texts + [
             value
             for tag, name, value in page.attributes
-            if name in ("aria-label", "placeholder", "title", "data-confirm")
+            if name in ("aria-label", "placeholder", "title", "data-confirm", "data-label")
         ]
         for text in texts:
             for pattern in patterns:

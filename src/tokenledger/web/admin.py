@@ -120,14 +120,12 @@ def webhook_create(page: AdminPage, session: DbSession, form: Form) -> Response:
     url, description = forms.text(form, "url"), forms.text(form, "description")
     values = {"url": url, "description": description}
     if not 8 <= len(url) <= 2000:
-        errors: forms.Errors = {
-            "url": (N_("Enter an http:// or https:// address without credentials."), {})
-        }
+        message = N_("Enter an http:// or https:// address without credentials.")
+        errors = forms.error("url", message)
         return _webhooks_page(page, session, 422, errors=errors, values=values)
     if len(description) > 500:
-        errors: forms.Errors = {
-            "description": (N_("At most %(max_length)s characters."), {"max_length": 500})
-        }
+        message = N_("At most %(max_length)s characters.")
+        errors = forms.error("description", message, max_length=500)
         return _webhooks_page(page, session, 422, errors=errors, values=values)
     try:
         hook = webhooks.create_webhook(
@@ -135,7 +133,7 @@ def webhook_create(page: AdminPage, session: DbSession, form: Form) -> Response:
         )
     except DomainError as exc:
         session.rollback()
-        errors: forms.Errors = {"url": (WEBHOOK_ERRORS.get(exc.code, exc.message), {})}
+        errors = forms.error("url", WEBHOOK_ERRORS.get(exc.code, exc.message))
         return _webhooks_page(page, session, exc.status, errors=errors, values=values)
     assert page.principal is not None
     audit.record_change(
@@ -221,7 +219,7 @@ def pricing(page: ViewerPage, session: DbSession) -> Response:
 def pricing_set(page: AdminPage, session: DbSession, form: Form) -> Response:
     values = {name: forms.text(form, name) for name in ("provider", "model")}
     values.update({name: forms.text(form, name) for name, _label in RATE_FIELDS})
-    errors: dict[str, Any] = {}
+    errors: forms.Errors = {}
     for name in ("provider", "model", "input", "output"):
         if not values[name]:
             errors[name] = (N_("This field is required."), {})
@@ -245,7 +243,7 @@ def pricing_set(page: AdminPage, session: DbSession, form: Form) -> Response:
             if exc.code == "invalid_rate"
             else exc.message
         )
-        errors: forms.Errors = {field if field in values else "input": (message, {})}
+        errors = forms.error(field if field in values else "input", message)
         return _pricing_page(page, session, exc.status, errors=errors, values=values)
     return redirect(
         "/admin/pricing",
@@ -384,13 +382,13 @@ def key_create(page: AdminPage, session: DbSession, form: Form) -> Response:
     name, org_slug = forms.text(form, "name"), forms.optional(form, "organization")
     values = {"name": name, "organization": org_slug or ""}
     if not name or len(name) > 200:
-        errors: forms.Errors = {"name": (N_("Give the key a name of at most 200 characters."), {})}
+        errors = forms.error("name", N_("Give the key a name of at most 200 characters."))
         return _keys_page(page, session, 422, errors=errors, values=values)
     try:
         key, secret = auth_service.create_api_key(session, name, org_slug)
     except DomainError as exc:
         session.rollback()
-        errors: forms.Errors = {"organization": (N_("Choose one of the options."), {})}
+        errors = forms.error("organization", N_("Choose one of the options."))
         return _keys_page(page, session, exc.status, errors=errors, values=values)
     assert page.principal is not None
     audit.record_change(

@@ -33,6 +33,13 @@ ERROR_MESSAGES = {
     "extra_forbidden": N_("This field is not allowed."),
 }
 Errors = dict[str, tuple[str, dict[str, Any]]]
+
+
+def error(name: str, message: str, **params: Any) -> Errors:
+    """One field's error: a msgid and its parameters."""
+    return {name: (message, params)}
+
+
 DEFAULT_ERROR = N_("Invalid value.")
 VALIDITY_ERROR = N_("The last day must not be before the first day.")
 POSITIVE_OR_UNLIMITED = N_("Enter more than 0, or choose unlimited.")

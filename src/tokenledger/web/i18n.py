@@ -93,7 +93,7 @@ class Formatter:
         return text
 
     def _currency_pattern(self, places: int) -> str:
-        base = self.locale.currency_formats["standard"].pattern
+        base: str = self.locale.currency_formats["standard"].pattern
         return base.replace("0.00", "0." + "0" * places)
 
     def nano(self, nano: int | None, places: int = 2) -> str:

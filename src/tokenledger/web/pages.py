@@ -223,7 +223,7 @@ def organization_create(page: AdminPage, session: DbSession, form: Form) -> Resp
         org = organizations.create(session, data)
     except DomainError as exc:
         session.rollback()
-        errors: forms.Errors = {"slug": (SLUG_TAKEN, {})} if exc.code == "slug_taken" else {}
+        errors = forms.error("slug", SLUG_TAKEN) if exc.code == "slug_taken" else {}
         return render(
             page, "organization_form.html", exc.status, org=None, values=values, errors=errors
         )
@@ -277,7 +277,7 @@ def organization_update(org_id: int, page: AdminPage, session: DbSession, form: 
         organizations.update(session, org, data)
     except DomainError as exc:
         session.rollback()
-        errors: forms.Errors = {"slug": (SLUG_TAKEN, {})} if exc.code == "slug_taken" else {}
+        errors = forms.error("slug", SLUG_TAKEN) if exc.code == "slug_taken" else {}
         org = organizations.get(session, org_id)
         return render(
             page, "organization_form.html", exc.status, org=org, values=values, errors=errors
@@ -461,7 +461,7 @@ def organization_key_create(
     name = forms.text(form, "name")
     if not name or len(name) > 200:
         keys = auth_service.list_api_keys(session, org_id)
-        errors: forms.Errors = {"name": (N_("Give the key a name of at most 200 characters."), {})}
+        errors = forms.error("name", N_("Give the key a name of at most 200 characters."))
         return render(
             page, "organization.html", 422, **context, keys=keys, new_key=None, errors=errors
         )
