@@ -29,6 +29,7 @@ class AlertRead(BaseModel):
     period: str
     details: dict[str, Any] | None
     created_at: datetime
+    rearmed_at: datetime | None = None
 
 
 class DeliveryRead(BaseModel):

@@ -136,6 +136,29 @@ def figures_for(
     return result
 
 
+def month_figures(session: Session, lic: License, months: list[str]) -> dict[str, Figures]:
+    """A monthly budget's figures for given (earlier) months: their spend, no holds."""
+    if not months:
+        return {}
+    spent = dict(
+        session.execute(
+            select(LicenseUsage.year_month, LicenseUsage.cost_nano).where(
+                LicenseUsage.license_id == lic.id, LicenseUsage.year_month.in_(months)
+            )
+        ).all()
+    )
+    return {
+        month: Figures(
+            license=lic,
+            period=month,
+            credits_used_micro=lic.credits_used_micro,
+            spent_nano=int(spent.get(month) or 0),
+            reserved_nano=0,
+        )
+        for month in months
+    }
+
+
 def _governing(licenses: list[License], now: datetime) -> tuple[License | None, bool]:
     """The active license in force now, or (None, suspended?) when there is none."""
     for lic in licenses:

@@ -20,8 +20,8 @@ def change_budget(
 ) -> None:
     """Set the given budget fields; credits_used moves through an audited adjustment.
 
-    Every change lands in the audit log, and alerts are evaluated again: a lower limit can
-    put present consumption over a threshold.
+    Every change lands in the audit log. A top-up re-arms the thresholds it moves below;
+    a lower limit may fire one now.
     """
     # Imported here: alerts build on budgets and licenses, not the other way round.
     from tokenledger.alerts import service as alerts
@@ -74,7 +74,7 @@ def change_budget(
         before=before,
         after=licenses.snapshot(lic),
     )
-    alerts.evaluate(session, [lic.id], tz, now)
+    alerts.rearm(session, lic, tz, now)
 
 
 def budget_fields(values: dict[str, Any]) -> BudgetUpdate:

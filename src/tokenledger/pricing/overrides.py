@@ -6,7 +6,7 @@ import threading
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tokenledger.audit import service as audit
@@ -172,21 +172,3 @@ def unset_override(
         client_address=client_address,
     )
 
-
-def unpriced_models(session: Session) -> list[tuple[str, str, int, Any, Any]]:
-    """(provider, model, events, first seen, last seen) of every model nobody could price."""
-    from tokenledger.usage.models import UsageEvent
-
-    rows = session.execute(
-        select(
-            UsageEvent.provider,
-            UsageEvent.model,
-            func.count(),
-            func.min(UsageEvent.timestamp),
-            func.max(UsageEvent.timestamp),
-        )
-        .where(UsageEvent.pricing == "unpriced")
-        .group_by(UsageEvent.provider, UsageEvent.model)
-        .order_by(func.count().desc())
-    ).all()
-    return [(p, m, int(n), first, last) for p, m, n, first, last in rows]

@@ -44,7 +44,8 @@ def post_usage(
         session, batch, key_org_id=key.organization_id, settings=settings, now=now
     )
     budgets.settle_reservations(session, outcome.created_rows, now)
-    alerts.evaluate(session, outcome.license_ids, settings.timezone, now)
+    months = alerts.months_by_license(outcome.created_rows)
+    alerts.evaluate(session, outcome.license_ids, settings.timezone, now, months)
     orgs = [session.get(Organization, org_id) for org_id in outcome.organization_ids]
     states = budgets.budget_states(session, [org for org in orgs if org], settings.timezone, now)
     metrics = request.app.state.metrics

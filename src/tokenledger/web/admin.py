@@ -19,6 +19,7 @@ from tokenledger.db import MAX_ROW_ID
 from tokenledger.errors import DomainError, not_found
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing import overrides
+from tokenledger.pricing.api import unpriced_models
 from tokenledger.usage import queries
 from tokenledger.web import forms
 from tokenledger.web.charts import Meter, bar_chart
@@ -201,7 +202,7 @@ def _pricing_page(page: Page, session: DbSession, status_code: int = 200, **extr
         "pricing.html",
         status_code,
         overrides=[overrides.rates_json(row) for row in overrides.list_overrides(session)],
-        unpriced=overrides.unpriced_models(session),
+        unpriced=unpriced_models(session),
         events=events,
         org_names=names,
         RATE_FIELDS=RATE_FIELDS,

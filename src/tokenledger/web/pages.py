@@ -760,6 +760,8 @@ def license_update(license_id: int, page: AdminPage, session: DbSession, form: F
             before=before,
             after=licenses.snapshot(lic),
         )
+        # As PATCH /api/licenses/{id}: a change of term or period re-arms or fires alerts.
+        alerts.rearm(session, lic, tz, page.now)
         if budget_update.model_fields_set:
             # The rules of PUT /api/token-usage/budget/{id}: one service for both.
             change_budget(session, lic, budget_update, page.principal, tz, page.now)
