@@ -25,6 +25,7 @@ from tokenledger.pricing.api import router as pricing_router
 from tokenledger.ratelimit import Rate, RateLimiter
 from tokenledger.usage.admin_api import router as token_usage_router
 from tokenledger.usage.api import router as usage_router
+from tokenledger.web import install as install_web
 
 log = logging.getLogger("tokenledger")
 
@@ -73,4 +74,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         token_usage_router,
     ):
         app.include_router(router)
+    install_web(app)
     return app

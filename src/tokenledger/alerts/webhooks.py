@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import secrets
 import socket
@@ -167,6 +168,16 @@ def create_webhook(session: Session, url: str, description: str, allow_private: 
     session.add(hook)
     session.flush()
     return hook
+
+
+def send_test(hook: Webhook, allow_private: bool) -> tuple[int | None, str | None]:
+    """Send a signed test event to a webhook now: (HTTP status or None, error or None)."""
+    payload = json.dumps(
+        {"type": "webhook.test", "webhook_id": hook.id, "created_at": utcnow().isoformat()},
+        sort_keys=True,
+    )
+    with httpx.Client(timeout=REQUEST_TIMEOUT_SECONDS, follow_redirects=False) as client:
+        return _post(client, hook.url, hook.secret, payload, allow_private)
 
 
 def backoff(attempts: int) -> timedelta:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session as OrmSession
 
 from tokenledger.deps import Admin, Session, Viewer
 from tokenledger.pricing import overrides
@@ -71,6 +72,10 @@ def unset_override(provider: PathText, model: PathText, session: Session, admin:
 
 @router.get("/unpriced")
 def unpriced(session: Session, _viewer: Viewer) -> list[UnpricedModel]:
+    return unpriced_models(session)
+
+
+def unpriced_models(session: OrmSession) -> list[UnpricedModel]:
     """Models and units nobody could price: unpriced and partially priced events."""
     rows = session.execute(
         select(

@@ -171,3 +171,4 @@ def unset_override(
         after=None,
         client_address=client_address,
     )
+
