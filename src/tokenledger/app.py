@@ -23,6 +23,7 @@ from tokenledger.organizations.api import router as organizations_router
 from tokenledger.pricing.api import router as pricing_router
 from tokenledger.usage.admin_api import router as token_usage_router
 from tokenledger.usage.api import router as usage_router
+from tokenledger.usage.otlp import router as otlp_router
 
 log = logging.getLogger("tokenledger")
 
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         alerts_router,
         pricing_router,
         token_usage_router,
+        otlp_router,
     ):
         app.include_router(router)
     return app
