@@ -341,3 +341,13 @@ def test_a_reused_id_with_another_usage_object_is_a_conflict(
     response = post(client, tenant.headers, changed)
     assert response.status_code == 409, response.text
     assert len(stored_events(database)) == 1
+
+
+def test_a_reservation_for_an_openai_model_without_provider_is_priced(
+    client: TestClient, tenant: Tenant
+) -> None:
+    # gpt-4o: 1000*2.5 + 100*10 = 3500 micro-USD
+    body = {"model": "gpt-4o", "max_input_tokens": 1000, "max_output_tokens": 100}
+    response = client.post("/api/v1/reservations", json=body, headers=tenant.headers)
+    assert response.status_code == 201, response.text
+    assert response.json()["amount_usd"] == "0.0035"

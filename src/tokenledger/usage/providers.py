@@ -177,7 +177,8 @@ def read_usage(
         )
     if service_tier is not None:
         context.update(price_context(service_tier))
-    unknown = tuple(f"usage.{path}" for path in _unknown_counts(data, _known_paths(shape)))
+    # named as the caller sent them (Gemini's known paths come in both spellings)
+    unknown = tuple(f"usage.{path}" for path in _unknown_counts(usage, _known_paths(shape)))
     return ReadUsage(tokens=tokens, context=context, unknown_units=unknown, shape=shape)
 
 
@@ -288,6 +289,8 @@ def _known_paths(shape: str) -> frozenset[str]:
                 break
             names.append(step)
             known.add(".".join(names))
+    if shape == "gemini":  # the SDK's snake_case dump as well as the API's camelCase
+        known |= {".".join(_snake(part) for part in path.split(".")) for path in known}
     return frozenset(known)
 
 
