@@ -25,6 +25,7 @@ from tokenledger.pricing.api import router as pricing_router
 from tokenledger.ratelimit import Rate, RateLimiter
 from tokenledger.usage.admin_api import router as token_usage_router
 from tokenledger.usage.api import router as usage_router
+from tokenledger.usage.otlp import router as otlp_router
 from tokenledger.web import install as install_web
 
 log = logging.getLogger("tokenledger")
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         alerts_router,
         pricing_router,
         token_usage_router,
+        otlp_router,
     ):
         app.include_router(router)
     install_web(app)
