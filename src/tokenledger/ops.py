@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -56,24 +56,44 @@ class Metrics:
 
 
 def install_metrics(app: FastAPI, metrics: Metrics) -> None:
-    @app.middleware("http")
-    async def _measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    app.add_middleware(MeasureRequests, metrics=metrics)
+
+
+class MeasureRequests:
+    """Counts and times every request by route template and status.
+
+    Plain ASGI, not BaseHTTPMiddleware: that one relays a streamed body through a queue
+    and ends it cleanly when the app fails mid-stream, so a broken export looked whole.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
         status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, record_status)
         except SQLAlchemyError:
-            metrics.db_errors.inc()
+            self.metrics.db_errors.inc()
             raise
         finally:
-            route = request.scope.get("route")
+            route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            metrics.requests.labels(request.method, template, str(status)).inc()
-            metrics.latency.labels(request.method, template).observe(time.perf_counter() - started)
+            method = scope["method"]
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
 
 
 @router.get("/healthz", include_in_schema=False)

@@ -23,5 +23,9 @@ class Page(BaseModel, Generic[T]):
     offset: int
 
 
-Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
+# Every integer in a query has a documented maximum: past it the answer is a 422, never a
+# number the database cannot bind (SQLite and PostgreSQL stop at 64 bits).
+MAX_LIMIT = 500
+MAX_OFFSET = 1_000_000_000
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"at most {MAX_LIMIT}")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"at most {MAX_OFFSET}")]

@@ -76,7 +76,7 @@ class AsyncTokenLedgerClient(ClientCore[httpx.AsyncClient]):
         usage: object,
         *,
         refresh_id: str | None = None,
-        provider: str = "anthropic",
+        provider: str | None = None,
         timestamp: datetime | str | None = None,
         event_id: str | None = None,
         cost_usd: Decimal | int | float | str | None = None,

@@ -73,7 +73,7 @@ class TokenLedgerClient(ClientCore[httpx.Client]):
         usage: object,
         *,
         refresh_id: str | None = None,
-        provider: str = "anthropic",
+        provider: str | None = None,
         timestamp: datetime | str | None = None,
         event_id: str | None = None,
         cost_usd: Decimal | int | float | str | None = None,

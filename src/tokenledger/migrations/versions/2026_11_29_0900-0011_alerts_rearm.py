@@ -1,7 +1,7 @@
 """alerts re-arm: the once-only key holds for armed alerts only
 
 Revision ID: 0011_alerts_rearm
-Revises: 0001
+Revises: 0010_provider_usage
 Create Date: 2026-11-29 09:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011_alerts_rearm"
-down_revision: str | None = "0001"
+down_revision: str | None = "0010_provider_usage"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
