@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # How long ingest keys, organizations and price overrides are kept in memory: a change
     # made by another process (a worker, the command line) is seen within this time.
     cache_seconds: float = Field(default=5, ge=0, le=300)
+    # How long a worker holds a delivery it sends; after a crash, the wait before a resend.
+    webhook_lease_seconds: int = Field(default=60, ge=2)
+    # Requests per ingest key, e.g. "100/s" or "6000/m"; empty: no limit.
+    ingest_rate_limit: str = ""
 
     @field_validator("billing_timezone")
     @classmethod
@@ -48,6 +52,15 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
+
+    @field_validator("ingest_rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from tokenledger.ratelimit import Rate
+
+        if value.strip():
+            Rate.parse(value)
+        return value.strip()
 
     @field_validator("sqlite_synchronous")
     @classmethod

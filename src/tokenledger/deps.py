@@ -19,6 +19,7 @@ from tokenledger.config import Settings
 from tokenledger.db import MAX_ROW_ID, Database, utcnow
 from tokenledger.errors import DomainError
 from tokenledger.hot import HotReads, KeyRef
+from tokenledger.ratelimit import RateLimiter, retry_after
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSION_COOKIE = "tl_session"
@@ -95,6 +96,13 @@ def _same_secret(given: str, expected: str) -> bool:
 
 
 def current_principal(request: Request, session: Session, settings: AppSettings) -> Principal:
+    return authenticate(request, session, settings, request.headers.get(CSRF_HEADER, ""))
+
+
+def authenticate(
+    request: Request, session: OrmSession, settings: Settings, csrf_given: str
+) -> Principal:
+    """The caller of a request; on a cookie session's write, csrf_given must be its token."""
     token = _bearer(request)
     via_cookie = False
     if token is None:
@@ -113,7 +121,7 @@ def current_principal(request: Request, session: Session, settings: AppSettings)
     if (
         via_cookie
         and request.method not in SAFE_METHODS
-        and not _same_secret(request.headers.get(CSRF_HEADER, ""), claims.csrf)
+        and not _same_secret(csrf_given, claims.csrf)
     ):
         raise DomainError(403, "csrf_failed", "missing or wrong CSRF token")
     return Principal(
@@ -170,10 +178,24 @@ def _live_key(request: Request, key: KeyRef | None, secret: str) -> IngestPrinci
     return IngestPrincipal(key_id=key.id, organization_id=key.organization_id, touch_due=due)
 
 
+def _limit_rate(request: Request, secret: str) -> None:
+    # Before any query: a refused request costs no database work.
+    limiter: RateLimiter | None = getattr(request.app.state, "ingest_limiter", None)
+    if limiter is not None and (wait := limiter.take(secret)):
+        raise DomainError(
+            429,
+            "rate_limited",
+            f"more than {limiter.rate.requests} requests per {limiter.rate.per_seconds} s "
+            "with this key",
+            headers={"Retry-After": retry_after(wait)},
+        )
+
+
 def require_ingest_key(request: Request, session: Session) -> IngestPrincipal:
     secret = _bearer(request)
     if secret is None:
         raise _unauthenticated()
+    _limit_rate(request, secret)
     principal = _live_key(request, get_hot(request).api_key(secret), secret)
     if principal.touch_due:
         if request.method in SAFE_METHODS:
@@ -191,6 +213,7 @@ async def require_usage_key(request: Request) -> IngestPrincipal:
     secret = _bearer(request)
     if secret is None:
         raise _unauthenticated()
+    _limit_rate(request, secret)
     hot = get_hot(request)
     key = hot.cached_key(secret)
     if key is None:

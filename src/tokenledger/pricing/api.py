@@ -7,12 +7,13 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, StrictInt, StrictStr
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session as OrmSession
 
 from tokenledger.deps import Admin, Session, Viewer
 from tokenledger.pricing import overrides
-from tokenledger.schemas import InputModel
-from tokenledger.usage.models import UsageEvent, UsagePrice
+from tokenledger.schemas import InputModel, PathText
+from tokenledger.usage.models import INCOMPLETE_PRICING, UsageEvent, UsagePrice
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
 
@@ -31,6 +32,10 @@ class OverrideSet(InputModel):
 class UnpricedModel(BaseModel):
     provider: str
     model: str
+    # unpriced: no price at all; partially_priced: a cost that leaves out `units`
+    pricing: str
+    # the units (or unknown usage fields) no rate covered, e.g. ["web_searches"]
+    units: list[str]
     events: int
     first_seen: datetime
     last_seen: datetime
@@ -44,7 +49,7 @@ def list_overrides(session: Session, _viewer: Viewer) -> list[dict[str, Any]]:
 # {model:path}: model ids may hold slashes (e.g. "meta-llama/llama-3.1-70b-instruct").
 @router.put("/overrides/{provider}/{model:path}")
 def set_override(
-    provider: str, model: str, data: OverrideSet, session: Session, admin: Admin
+    provider: PathText, model: PathText, data: OverrideSet, session: Session, admin: Admin
 ) -> dict[str, Any]:
     row = overrides.set_override(
         session,
@@ -58,7 +63,7 @@ def set_override(
 
 
 @router.delete("/overrides/{provider}/{model:path}", status_code=204)
-def unset_override(provider: str, model: str, session: Session, admin: Admin) -> Response:
+def unset_override(provider: PathText, model: PathText, session: Session, admin: Admin) -> Response:
     overrides.unset_override(
         session, provider=provider, model=model, actor=admin.email, client_address=admin.address
     )
@@ -67,28 +72,49 @@ def unset_override(provider: str, model: str, session: Session, admin: Admin) ->
 
 @router.get("/unpriced")
 def unpriced(session: Session, _viewer: Viewer) -> list[UnpricedModel]:
-    # Unpriced events are the ones without a cost (a partial index holds them).
+    return unpriced_models(session)
+
+
+def unpriced_models(session: OrmSession) -> list[UnpricedModel]:
+    """Models and units nobody could price: unpriced and partially priced events."""
     rows = session.execute(
         select(
             UsagePrice.provider,
             UsagePrice.model,
+            UsagePrice.pricing,
+            UsageEvent.unpriced_units,
             func.count(),
             func.min(UsageEvent.timestamp),
             func.max(UsageEvent.timestamp),
         )
         .select_from(UsageEvent)
         .join(UsagePrice, UsagePrice.id == UsageEvent.price_id)
-        .where(UsageEvent.cost_nano.is_(None), UsagePrice.pricing == "unpriced")
-        .group_by(UsagePrice.provider, UsagePrice.model)
-        .order_by(func.count().desc())
-    ).all()
-    return [
-        UnpricedModel(
-            provider=provider,
-            model=model,
-            events=count,
-            first_seen=first,
-            last_seen=last,
+        # The first condition is the partial index's: incomplete events are within it.
+        .where(
+            or_(UsageEvent.cost_nano.is_(None), UsageEvent.unpriced_units.is_not(None)),
+            UsagePrice.pricing.in_(INCOMPLETE_PRICING),
         )
-        for provider, model, count, first, last in rows
-    ]
+        .group_by(
+            UsagePrice.provider, UsagePrice.model, UsagePrice.pricing, UsageEvent.unpriced_units
+        )
+    ).all()
+    groups: dict[tuple[str, str, str], UnpricedModel] = {}
+    for provider, model, pricing, units, count, first, last in rows:
+        names = units.split(",") if units else []
+        group = groups.get((provider, model, pricing))
+        if group is None:
+            groups[(provider, model, pricing)] = UnpricedModel(
+                provider=provider,
+                model=model,
+                pricing=pricing,
+                units=sorted(set(names)),
+                events=count,
+                first_seen=first,
+                last_seen=last,
+            )
+            continue
+        group.units = sorted(set(group.units) | set(names))
+        group.events += count
+        group.first_seen = min(group.first_seen, first)
+        group.last_seen = max(group.last_seen, last)
+    return sorted(groups.values(), key=lambda group: (-group.events, group.provider, group.model))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -13,9 +14,11 @@ from tokenledger.deps import AppSettings, IngestKey, Session, UsageKey, get_hot
 from tokenledger.errors import DomainError
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
+from tokenledger.schemas import PathText
 from tokenledger.usage import ingest
 from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, RefreshRead, UsageBatch, UsageResponse
+from tokenledger.usage.service import UsageAnswer, record_batch
 from tokenledger.usage.writer import UsageWriter
 
 router = APIRouter(prefix="/api/v1", tags=["ingestion"])
@@ -60,9 +63,28 @@ async def post_usage(request: Request, batch: UsageBatch, key: UsageKey) -> JSON
     return JSONResponse(answer.body())
 
 
+def record_usage(
+    request: Request,
+    session: Session,
+    batch: UsageBatch,
+    key: IngestKey,
+    settings: AppSettings,
+    now: datetime,
+) -> UsageAnswer:
+    """One batch in the caller's own write session (POST /v1/traces): the same unit of work
+    as the group commit's, usage.service.record_usage, for this one batch."""
+    answer = record_batch(
+        session, batch, key_org_id=key.organization_id, settings=settings, now=now
+    )
+    metrics = request.app.state.metrics
+    metrics.events.labels("created").inc(answer.created)
+    metrics.events.labels("duplicate").inc(answer.duplicates)
+    return answer
+
+
 @router.put("/refreshes/{refresh_id:path}")
 def put_refresh(
-    refresh_id: str, data: RefreshIn, session: Session, key: IngestKey, settings: AppSettings
+    refresh_id: PathText, data: RefreshIn, session: Session, key: IngestKey, settings: AppSettings
 ) -> RefreshRead:
     org = organization_for_key(session, key, data.organization)
     refresh = record_refresh(session, org, refresh_id, data, settings.timezone, utcnow())

@@ -31,8 +31,10 @@ from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import License
 from tokenledger.money import credits_for_cost, format_credits, format_usd, usd_to_nano
 from tokenledger.organizations.models import Organization
-from tokenledger.pricing.engine import PriceBook, TokenUsage
+from tokenledger.pricing.engine import PriceBook, UsageError
+from tokenledger.usage import providers
 from tokenledger.usage.models import (
+    INCOMPLETE_PRICING,
     LICENSE_USAGE_FIELDS,
     ROLLUP_FIELDS,
     LicenseUsage,
@@ -58,6 +60,8 @@ class Prepared:
     event: UsageEventIn
     org: OrgRef
     row: dict[str, Any]  # the event's row, but for its license and credits
+    # Past the backfill limit: refused (this message) unless it is a stored event's retry.
+    too_old: str | None = None
 
 
 @dataclass(slots=True)
@@ -169,7 +173,9 @@ def content_hash(event: UsageEventIn, org_id: int) -> bytes:
         event.id,
         # The instant, whatever offset it was written with.
         event.timestamp.astimezone(UTC).isoformat() if event.timestamp is not None else None,
-        event.provider,
+        # The caller's word (the old default when it gave none), not the inferred provider:
+        # the same request keeps the same digest.
+        event.provider or "anthropic",
         event.model,
         event.input_tokens,
         event.output_tokens,
@@ -182,6 +188,12 @@ def content_hash(event: UsageEventIn, org_id: int) -> bytes:
         event.reservation_id,
         event.metadata,
     ]
+    # Appended only when present, so that the digests of plain flat events stay as they were.
+    extras = event.anthropic_extras()
+    if event.usage is not None:
+        extras["usage"] = event.usage
+    if extras:
+        content.append(extras)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).digest()
 
@@ -206,8 +218,6 @@ def prepare(
         at = event.timestamp or now
         if at > now + MAX_FUTURE:
             raise _invalid(index, "timestamp", "more than 5 minutes in the future")
-        if at < oldest:
-            raise _invalid(index, "timestamp", f"older than {settings.backfill_max_age_days} days")
         digest = content_hash(event, org.id)
         key = (org.id, event.id)
         twin = seen.get(key)
@@ -221,8 +231,14 @@ def prepare(
                 )
             repeats.append((index, twin))
             continue
-        row = _priced_row(event, org, at, now, digest, periods, book)
-        item = Prepared(index=index, event=event, org=org, row=row)
+        if at < oldest:
+            # Too old only if new: a retry of a stored event is still answered `duplicate`
+            # (write() tells which, with the stored twins in hand).
+            item = Prepared(index=index, event=event, org=org, row={"content_hash": digest})
+            item.too_old = f"older than {settings.backfill_max_age_days} days"
+        else:
+            row = _priced_row(index, event, org, at, now, digest, periods, book)
+            item = Prepared(index=index, event=event, org=org, row=row)
         seen[key] = item
         prepared.append(item)
     return PreparedBatch(
@@ -275,6 +291,8 @@ def _claim(
         key = _key(item)
         previous = stored.get(key) or claimed.get(key)
         if previous is None:
+            if item.too_old is not None:
+                raise _invalid(item.index, "timestamp", item.too_old)
             row = item.row
             lic = licenses.in_force_at(candidates.get(item.org.id, []), row["timestamp"])
             row["license_id"] = lic.id if lic else None
@@ -314,6 +332,7 @@ def _key(item: Prepared) -> Key:
 
 
 def _priced_row(
+    index: int,
     event: UsageEventIn,
     org: OrgRef,
     at: datetime,
@@ -323,6 +342,11 @@ def _priced_row(
     book: PriceBook,
 ) -> dict[str, Any]:
     year_month, day = periods.of(at)
+    try:
+        read = providers.event_usage(event, book)
+    except providers.UsageReadError as exc:
+        raise _invalid(index, "usage", str(exc)) from exc
+    tokens = read.tokens
     row: dict[str, Any] = {
         "organization_id": org.id,
         "external_id": event.id,
@@ -331,13 +355,13 @@ def _priced_row(
         "received_at": now,
         "year_month": year_month,
         "day": day,
-        "provider": event.provider,
+        "provider": read.provider,
         "model": event.model,
-        "input_tokens": event.input_tokens,
-        "output_tokens": event.output_tokens,
-        "cache_creation_input_tokens": event.cache_write_tokens,
-        "cache_read_input_tokens": event.cache_read_input_tokens,
-        "cache_write_1h_tokens": event.cache_write_1h_tokens,
+        "input_tokens": tokens.input_tokens,
+        "output_tokens": tokens.output_tokens,
+        "cache_creation_input_tokens": tokens.cache_creation_input_tokens,
+        "cache_read_input_tokens": tokens.cache_read_input_tokens,
+        "cache_write_1h_tokens": tokens.cache_write_1h_tokens,
         "api_calls": event.api_calls,
         "refresh_id": event.refresh_id,
         "reservation_id": event.reservation_id,
@@ -350,6 +374,8 @@ def _priced_row(
         "priced_model": None,
         "rates": None,
         "metadata": event.metadata,
+        "usage_object": read.stored,
+        "unpriced_units": ",".join(read.unknown_units) or None,
         "price_key": None,
         "price_id": None,
     }
@@ -359,26 +385,21 @@ def _priced_row(
         row["price_source"] = "caller"
         row["price_key"] = price_fingerprint(row)
     else:
-        quote = book.quote(
-            event.provider,
-            event.model,
-            TokenUsage(
-                input_tokens=event.input_tokens,
-                output_tokens=event.output_tokens,
-                cache_creation_input_tokens=event.cache_write_tokens,
-                cache_read_input_tokens=event.cache_read_input_tokens,
-                cache_write_1h_tokens=event.cache_write_1h_tokens,
-            ),
-            at,
-        )
+        try:
+            quote = book.quote(read.provider, event.model, tokens, at, read.context)
+        except UsageError as exc:
+            raise _invalid(index, "usage", str(exc)) from exc
         if quote is not None:
+            unpriced = quote.unpriced_units + read.unknown_units
             row.update(
                 cost_nano=quote.cost_nano,
-                pricing="priced",
+                # A cost that leaves out a unit the call used is never shown as complete.
+                pricing="partially_priced" if unpriced else "priced",
                 price_source=quote.source,
                 price_version=quote.version,
                 priced_model=quote.priced_model,
                 rates=quote.rates,
+                unpriced_units=",".join(unpriced) or None,
             )
         row["price_key"] = price_fingerprint(row)
     return row
@@ -454,7 +475,7 @@ def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 _COLUMNS = [column.name for column in _EVENTS.columns if column.name != "id"]
-_JSON_COLUMNS = {"metadata"}
+_JSON_COLUMNS = {"metadata", "usage_object"}
 _TIME_COLUMNS = {"timestamp", "received_at"}
 _CONVERTED = _JSON_COLUMNS | _TIME_COLUMNS
 _SQLITE_INSERT = (
@@ -573,7 +594,7 @@ def roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
             cost or 0,
             row["api_calls"],
             1,
-            int(cost is None),
+            int(row["pricing"] in INCOMPLETE_PRICING),
         )
         monthly[(row["organization_id"], row["year_month"])].append(values)
         daily[(row["organization_id"], row["day"], row["provider"], row["model"])].append(values)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
     text,
 )
@@ -54,12 +55,13 @@ class UsageEvent(Base):
         # Permanent idempotency: (organization, caller's id) is unique forever.
         UniqueConstraint("organization_id", "external_id"),
         Index("ix_usage_events_org_timestamp", "organization_id", "timestamp"),
-        # Unpriced events (no cost) by price row, for the list of models to price.
+        # Events without a cost or with units left unpriced (every unpriced and partially
+        # priced one), by price row: for the list of models to price.
         Index(
             "ix_usage_events_unpriced",
             "price_id",
-            sqlite_where=text("cost_nano IS NULL"),
-            postgresql_where=text("cost_nano IS NULL"),
+            sqlite_where=text("cost_nano IS NULL OR unpriced_units IS NOT NULL"),
+            postgresql_where=text("cost_nano IS NULL OR unpriced_units IS NOT NULL"),
         ),
     )
 
@@ -84,6 +86,11 @@ class UsageEvent(Base):
     cost_nano: Mapped[int | None] = mapped_column(BigInteger)
     credits_micro: Mapped[int | None] = mapped_column(BigInteger)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON(none_as_null=True))
+    # The provider's usage object as given ({"usage": ..., "service_tier": ...}), when the
+    # flat columns do not tell it all: a later price fix re-reads it.
+    usage_object: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # Units the call used that no rate covered, comma-separated (partially_priced events).
+    unpriced_units: Mapped[str | None] = mapped_column(Text)
 
     price: Mapped[UsagePrice] = relationship(lazy="joined", innerjoin=True)
 
@@ -115,6 +122,11 @@ class UsageEvent(Base):
     @property
     def rates(self) -> dict[str, Any] | None:
         return self.price.rates
+
+
+# Events whose cost is missing or incomplete: counted in the rollups' unpriced_events and
+# listed by GET /api/pricing/unpriced, never shown as a complete cost.
+INCOMPLETE_PRICING = ("unpriced", "partially_priced")
 
 
 # The summed columns of the event rollups (token_usage_monthly, usage_daily) and of

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 import tokenledger.models  # noqa: F401  (every table: rows written here have foreign keys)
 from tokenledger.licenses.models import CreditAdjustment, License
 from tokenledger.usage.models import (
+    INCOMPLETE_PRICING,
     LICENSE_USAGE_FIELDS,
     ROLLUP_FIELDS,
     LicenseUsage,
@@ -34,15 +35,18 @@ def _event_sums() -> dict[str, Any]:
         "cost_nano": func.sum(func.coalesce(E.cost_nano, 0)),
         "api_calls": func.sum(E.api_calls),
         "event_count": func.count(),
-        "unpriced_events": func.sum(case((E.cost_nano.is_(None), 1), else_=0)),
+        "unpriced_events": func.sum(case((UsagePrice.pricing.in_(INCOMPLETE_PRICING), 1), else_=0)),
     }
 
 
 def _expected_rollup(session: Session, keys: list[Any]) -> dict[tuple[Any, ...], dict[str, int]]:
     sums = _event_sums()
-    query = select(*keys, *(expr.label(name) for name, expr in sums.items())).select_from(E)
-    if any(getattr(key, "class_", None) is UsagePrice for key in keys):
-        query = query.join(UsagePrice, UsagePrice.id == E.price_id)
+    # How an event was priced lives in its price row (unpriced_events, provider, model).
+    query = (
+        select(*keys, *(expr.label(name) for name, expr in sums.items()))
+        .select_from(E)
+        .join(UsagePrice, UsagePrice.id == E.price_id)
+    )
     rows = session.execute(query.group_by(*keys)).all()
     width = len(keys)
     return {

@@ -88,7 +88,11 @@ def record_usage(
     wanted = touched | {lic.id for lic, _ in governing.values() if lic is not None}
     fresh = _licenses(session, wanted)
     figures = budgets.figures_for(session, list(fresh.values()), settings.timezone, now)
-    alerts.record_crossings(session, [figures[i] for i in sorted(touched)], settings.timezone, now)
+    # Back-dated usage is judged in its own month too (monthly budgets).
+    months = alerts.months_by_license(created_rows)
+    alerts.record_crossings(
+        session, [figures[i] for i in sorted(touched)], settings.timezone, now, months
+    )
 
     answers: list[UsageAnswer | DomainError] = []
     for batch, outcome in zip(batches, outcomes, strict=True):

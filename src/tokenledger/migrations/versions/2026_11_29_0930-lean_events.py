@@ -8,7 +8,7 @@ since 1970 (PostgreSQL keeps its 8-byte timestamps); the index on license_id, wh
 read uses, goes. Existing rows are converted, not lost.
 
 Revision ID: 0009_lean_events
-Revises: 0001
+Revises: 0011_alerts_rearm
 Create Date: 2026-11-29 09:00:00
 """
 
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009_lean_events"
-down_revision: str | None = "0001"
+down_revision: str | None = "0011_alerts_rearm"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -183,6 +183,8 @@ def _upgrade_sqlite(bind: Any, same: str) -> None:
         sa.Column("cost_nano", sa.BigInteger(), nullable=True),
         sa.Column("credits_micro", sa.BigInteger(), nullable=True),
         sa.Column("metadata", sa.JSON(), nullable=True),
+        sa.Column("usage_object", sa.JSON(), nullable=True),
+        sa.Column("unpriced_units", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
             ["license_id"], ["licenses.id"], name=op.f("fk_usage_events_license_id_licenses")
         ),
@@ -205,7 +207,7 @@ def _upgrade_sqlite(bind: Any, same: str) -> None:
         "id, organization_id, external_id, content_hash, year_month, day, input_tokens, "
         "output_tokens, cache_creation_input_tokens, cache_read_input_tokens, "
         "cache_write_1h_tokens, api_calls, refresh_id, reservation_id, license_id, cost_nano, "
-        "credits_micro, metadata"
+        "credits_micro, metadata, usage_object, unpriced_units"
     )
 
     # "YYYY-MM-DD HH:MM:SS.ffffff" (as UTCDateTime stored it) to integer microseconds.
@@ -254,13 +256,15 @@ def _upgrade_sqlite(bind: Any, same: str) -> None:
 
 
 def _create_unpriced_index() -> None:
+    # Every unpriced (no cost) and partially priced (units left unpriced) event.
+    where = sa.text("cost_nano IS NULL OR unpriced_units IS NOT NULL")
     op.create_index(
         "ix_usage_events_unpriced",
         "usage_events",
         ["price_id"],
         unique=False,
-        sqlite_where=sa.text("cost_nano IS NULL"),
-        postgresql_where=sa.text("cost_nano IS NULL"),
+        sqlite_where=where,
+        postgresql_where=where,
     )
 
 
