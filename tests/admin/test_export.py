@@ -127,8 +127,7 @@ def _corrupt(database: Database, external_id: str) -> None:
     with database.engine.begin() as connection:
         if database.dialect_name == "sqlite":
             sql = (
-                "UPDATE usage_events SET refresh_id = CAST(X'C328' AS TEXT) "
-                "WHERE external_id = :id"
+                "UPDATE usage_events SET refresh_id = CAST(X'C328' AS TEXT) WHERE external_id = :id"
             )
         else:  # a timestamp past Python's year 9999
             sql = "UPDATE usage_events SET received_at = 'infinity' WHERE external_id = :id"
