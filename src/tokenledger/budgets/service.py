@@ -138,24 +138,38 @@ def figures_for(
 
 def month_figures(session: Session, lic: License, months: list[str]) -> dict[str, Figures]:
     """A monthly budget's figures for given (earlier) months: their spend, no holds."""
-    if not months:
+    return months_figures(session, {lic.id: (lic, months)}).get(lic.id, {})
+
+
+def months_figures(
+    session: Session, wanted: dict[int, tuple[License, list[str]]]
+) -> dict[int, dict[str, Figures]]:
+    """month_figures for several licenses, in one query."""
+    wanted = {lid: (lic, months) for lid, (lic, months) in wanted.items() if months}
+    if not wanted:
         return {}
-    spent = dict(
-        session.execute(
-            select(LicenseUsage.year_month, LicenseUsage.cost_nano).where(
-                LicenseUsage.license_id == lic.id, LicenseUsage.year_month.in_(months)
+    all_months = sorted({month for _lic, months in wanted.values() for month in months})
+    spent = {
+        (license_id, month): cost
+        for license_id, month, cost in session.execute(
+            select(LicenseUsage.license_id, LicenseUsage.year_month, LicenseUsage.cost_nano).where(
+                LicenseUsage.license_id.in_(sorted(wanted)),
+                LicenseUsage.year_month.in_(all_months),
             )
-        ).all()
-    )
-    return {
-        month: Figures(
-            license=lic,
-            period=month,
-            credits_used_micro=lic.credits_used_micro,
-            spent_nano=int(spent.get(month) or 0),
-            reserved_nano=0,
         )
-        for month in months
+    }
+    return {
+        license_id: {
+            month: Figures(
+                license=lic,
+                period=month,
+                credits_used_micro=lic.credits_used_micro,
+                spent_nano=int(spent.get((license_id, month)) or 0),
+                reserved_nano=0,
+            )
+            for month in months
+        }
+        for license_id, (lic, months) in wanted.items()
     }
 
 
