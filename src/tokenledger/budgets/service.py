@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -193,7 +194,7 @@ def governing(licenses: list[License], now: datetime) -> tuple[License | None, b
 
 
 def budget_states(
-    session: Session, orgs: list[Organization], tz: Any, now: datetime, forecast: bool = False
+    session: Session, orgs: Sequence[OrgLike], tz: Any, now: datetime, forecast: bool = False
 ) -> list[dict[str, Any]]:
     """The budget state of each organization, as the API renders it."""
     by_org: dict[int, list[License]] = defaultdict(list)
