@@ -98,21 +98,34 @@ def period_key(lic: License, tz: Any) -> str:
 def figures_for(
     session: Session, licenses: list[License], tz: Any, now: datetime
 ) -> dict[int, Figures]:
-    """Figures for several licenses in three queries."""
+    """Figures for several licenses in at most three queries."""
     if not licenses:
         return {}
     ids = [lic.id for lic in licenses]
     month = month_of(now, tz)
-    spent: dict[int, int] = defaultdict(int)
-    monthly: dict[int, int] = defaultdict(int)
-    for license_id, year_month, cost in session.execute(
-        select(LicenseUsage.license_id, LicenseUsage.year_month, LicenseUsage.cost_nano).where(
-            LicenseUsage.license_id.in_(ids)
+    # A monthly budget needs this month's row; a license-term budget the sum of its months.
+    monthly = dict(
+        session.execute(
+            select(LicenseUsage.license_id, LicenseUsage.cost_nano).where(
+                LicenseUsage.license_id.in_(
+                    [lic.id for lic in licenses if lic.budget_period == "monthly"]
+                ),
+                LicenseUsage.year_month == month,
+            )
+        ).all()
+    )
+    term = [lic.id for lic in licenses if lic.budget_period != "monthly"]
+    spent = (
+        dict(
+            session.execute(
+                select(LicenseUsage.license_id, func.sum(LicenseUsage.cost_nano))
+                .where(LicenseUsage.license_id.in_(term))
+                .group_by(LicenseUsage.license_id)
+            ).all()
         )
-    ):
-        spent[license_id] += cost
-        if year_month == month:
-            monthly[license_id] += cost
+        if term
+        else {}
+    )
     reserved = dict(
         session.execute(
             select(Reservation.license_id, func.sum(Reservation.amount_nano))
@@ -131,7 +144,7 @@ def figures_for(
             license=lic,
             period=month if is_monthly else "license",
             credits_used_micro=lic.credits_used_micro,
-            spent_nano=monthly[lic.id] if is_monthly else spent[lic.id],
+            spent_nano=int((monthly if is_monthly else spent).get(lic.id) or 0),
             reserved_nano=int(reserved.get(lic.id) or 0),
         )
     return result
