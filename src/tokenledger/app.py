@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from tokenledger.alerts.api import router as alerts_router
 from tokenledger.alerts.webhooks import WebhookWorker
@@ -26,6 +28,11 @@ from tokenledger.usage.admin_api import router as token_usage_router
 from tokenledger.usage.api import router as usage_router
 
 log = logging.getLogger("tokenledger")
+
+# How tokenledger's own commands run uvicorn: its proxy-header handling trusts 127.0.0.1
+# by default, so it is off; the app believes forwarded headers from
+# TOKENLEDGER_TRUSTED_PROXIES only.
+UVICORN_OPTIONS: dict[str, Any] = {"proxy_headers": False, "server_header": False}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -53,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     install_metrics(app, app.state.metrics)
     app.add_middleware(SecurityHeaders)  # outermost: every answer carries them
+    if settings.trusted_proxy_list:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
     for router in (
         ops_router,
         auth_router,

@@ -67,6 +67,8 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from tokenledger.app import UVICORN_OPTIONS
+
     database = _database(settings)
     _require_migrated(database)
     try:
@@ -83,7 +85,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         workers=args.workers,
         log_level="info",
-        proxy_headers=True,
+        **UVICORN_OPTIONS,
     )
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import secrets
 import tempfile
@@ -36,6 +37,9 @@ class Settings(BaseSettings):
     login_window_seconds: int = Field(default=15 * 60, ge=1)
     cookie_secure: bool | None = None
     webhook_worker: bool = True
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: comma-separated
+    # addresses or networks. Empty: the socket's peer is the client, whatever it claims.
+    trusted_proxies: str = ""
 
     @field_validator("billing_timezone")
     @classmethod
@@ -53,6 +57,20 @@ class Settings(BaseSettings):
         if value not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError("must be FULL, EXTRA or NORMAL")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: str) -> str:
+        for item in _split(value):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an address or network: {item!r}") from exc
+        return value
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return _split(self.trusted_proxies)
 
     @property
     def timezone(self) -> ZoneInfo:
@@ -91,6 +109,10 @@ class Settings(BaseSettings):
         if not raw or raw == ":memory:":
             return None
         return Path(raw)
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 @lru_cache(maxsize=1)
