@@ -12,6 +12,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from tokenledger.alerts.api import router as alerts_router
 from tokenledger.alerts.webhooks import WebhookWorker
+from tokenledger.apidocs import install_docs
 from tokenledger.audit.api import router as audit_router
 from tokenledger.auth.api import router as auth_router
 from tokenledger.budgets.api import router as budgets_router
@@ -50,7 +51,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             worker.stop()
         database.dispose()
 
-    app = FastAPI(title="tokenledger", version="0.1.0", lifespan=lifespan)
+    openapi_url = "/openapi.json" if settings.docs else None
+    app = FastAPI(
+        title="tokenledger",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url=openapi_url,
+        docs_url=None,  # served by apidocs, offline and under the CSP
+        redoc_url=None,
+    )
+    if openapi_url is not None:
+        install_docs(app, openapi_url)
     app.state.settings = settings
     app.state.database = database
     app.state.metrics = Metrics()

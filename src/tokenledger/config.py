@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: comma-separated
     # addresses or networks. Empty: the socket's peer is the client, whatever it claims.
     trusted_proxies: str = ""
+    # When set, /metrics answers only to "Authorization: Bearer <this token>".
+    metrics_token: str = ""
+    # /docs, /redoc and /openapi.json; an operator may turn them off in production.
+    docs: bool = True
 
     @field_validator("billing_timezone")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 
 from fastapi import APIRouter, FastAPI, Request
@@ -12,8 +13,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tokenledger.deps import get_database
-from tokenledger.errors import error_body
+from tokenledger.deps import get_database, get_settings
+from tokenledger.errors import DomainError, error_body
 from tokenledger.migrations.runner import is_migrated
 
 router = APIRouter(tags=["operations"])
@@ -112,8 +113,19 @@ def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> PlainTextResponse:
+    token = get_settings(request).metrics_token
+    if token and not _bearer_is(request, token):
+        raise DomainError(
+            401, "not_authenticated", "metrics need a token", headers={"WWW-Authenticate": "Bearer"}
+        )
     registry = request.app.state.metrics.registry
     return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _bearer_is(request: Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # Constant time, as bytes (compare_digest refuses non-ASCII text).
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
 
 
 class BodyLimit:
