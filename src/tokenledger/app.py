@@ -21,6 +21,7 @@ from tokenledger.db import Database
 from tokenledger.errors import install_error_handlers
 from tokenledger.licenses.api import router as licenses_router
 from tokenledger.middleware import SecurityHeaders, StrictJson
+from tokenledger.openapi import install_openapi
 from tokenledger.ops import BodyLimit, Metrics, install_metrics
 from tokenledger.ops import router as ops_router
 from tokenledger.organizations.api import router as organizations_router
@@ -86,4 +87,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         token_usage_router,
     ):
         app.include_router(router)
+    install_openapi(app)
     return app

@@ -84,7 +84,17 @@ def organization_daily(
     return queries.daily_series(session, org_id, days, settings.timezone, utcnow())
 
 
-@router.get("/api/token-usage/{org_id}/events.csv")
+@router.get(
+    "/api/token-usage/{org_id}/events.csv",
+    response_class=ClosingStreamingResponse,
+    status_code=200,
+    responses={
+        200: {
+            "description": "The events, oldest first, as CSV with a header row.",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def export_events(
     org_id: RowId,
     request: Request,
@@ -110,7 +120,7 @@ def update_budget(
 ) -> dict[str, bool]:
     given = data.model_fields_set
     if not given:
-        raise DomainError(400, "no_fields", "no fields to update")
+        raise DomainError(422, "no_fields", "no fields to update")
     for name in given - {"token_budget_usd"}:
         if getattr(data, name) is None:
             raise DomainError(422, "invalid_value", f"{name} must not be null")
