@@ -26,8 +26,11 @@ from tokenledger.ops import BodyLimit, Metrics, install_metrics
 from tokenledger.ops import router as ops_router
 from tokenledger.organizations.api import router as organizations_router
 from tokenledger.pricing.api import router as pricing_router
+from tokenledger.ratelimit import Rate, RateLimiter
 from tokenledger.usage.admin_api import router as token_usage_router
 from tokenledger.usage.api import router as usage_router
+from tokenledger.usage.otlp import router as otlp_router
+from tokenledger.web import install as install_web
 
 log = logging.getLogger("tokenledger")
 
@@ -45,7 +48,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         worker = None
         if settings.webhook_worker:
-            worker = WebhookWorker(database, settings.webhooks_allow_private)
+            worker = WebhookWorker(
+                database,
+                settings.webhooks_allow_private,
+                lease_seconds=settings.webhook_lease_seconds,
+            )
             worker.start()
         yield
         if worker is not None:
@@ -66,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.database = database
     app.state.metrics = Metrics()
+    rate = settings.ingest_rate_limit
+    app.state.ingest_limiter = RateLimiter(Rate.parse(rate)) if rate else None
     install_error_handlers(app)
     app.add_middleware(StrictJson)  # inside the body cap: it reads whole bodies
     # Added first, so it runs inside the metrics middleware: 413s are counted too.
@@ -85,7 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         alerts_router,
         pricing_router,
         token_usage_router,
+        otlp_router,
     ):
         app.include_router(router)
+    install_web(app)
     install_openapi(app)
     return app

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     login_window_seconds: int = Field(default=15 * 60, ge=1)
     cookie_secure: bool | None = None
     webhook_worker: bool = True
+    # How long a worker holds a delivery it sends; after a crash, the wait before a resend.
+    webhook_lease_seconds: int = Field(default=60, ge=2)
+    # Requests per ingest key, e.g. "100/s" or "6000/m"; empty: no limit.
+    ingest_rate_limit: str = ""
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: comma-separated
     # addresses or networks. Empty: the socket's peer is the client, whatever it claims.
     trusted_proxies: str = ""
@@ -53,6 +57,15 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
+
+    @field_validator("ingest_rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from tokenledger.ratelimit import Rate
+
+        if value.strip():
+            Rate.parse(value)
+        return value.strip()
 
     @field_validator("sqlite_synchronous")
     @classmethod

@@ -14,6 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenledger.errors import error_body
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# OTLP/HTTP (POST /v1/traces) answers 400 to a body it cannot take, as its protocol
+# says; every other payload error is a 422.
+OTLP_PREFIX = "/v1/"
 
 
 class AmbiguousJson(ValueError):
@@ -55,12 +58,16 @@ def check_json(body: bytes) -> str | None:
     return None
 
 
-def _is_json(scope: Scope) -> bool:
+def _is_plain_json(scope: Scope) -> bool:
+    """A JSON body as sent; a compressed one is checked by the route that inflates it."""
+    is_json = False
     for name, value in scope["headers"]:
         if name == b"content-type":
             media_type: bytes = value.split(b";", 1)[0].strip().lower()
-            return media_type == b"application/json" or media_type.endswith(b"+json")
-    return False
+            is_json = media_type == b"application/json" or media_type.endswith(b"+json")
+        elif name == b"content-encoding" and value.strip().lower() != b"identity":
+            return False
+    return is_json
 
 
 class StrictJson:
@@ -75,7 +82,11 @@ class StrictJson:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS or not _is_json(scope):
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in _BODY_METHODS
+            or not _is_plain_json(scope)
+        ):
             await self.app(scope, receive, send)
             return
         chunks = []
@@ -92,8 +103,12 @@ class StrictJson:
         if problem is not None:
             # The shape of every other payload error (errors.py's validation handler).
             details = [{"loc": ["body"], "msg": problem, "type": "json_invalid"}]
-            body_error = error_body("validation_error", f"body: {problem}", details)
-            response = JSONResponse(body_error, status_code=422)
+            if scope["path"].startswith(OTLP_PREFIX):
+                body_error, status = error_body("invalid_body", f"body: {problem}"), 400
+            else:
+                body_error = error_body("validation_error", f"body: {problem}", details)
+                status = 422
+            response = JSONResponse(body_error, status_code=status)
             await response(scope, receive, send)
             return
         await self.app(scope, _replay([{"type": "http.request", "body": body}], receive), send)

@@ -39,6 +39,7 @@ DESCRIPTIONS = {
     403: "Credentials valid, but not allowed here (role, CSRF token, another organization).",
     404: "No such resource.",
     409: "Conflicts with what is stored (a taken slug, an id reused for other content).",
+    415: "Neither OTLP protobuf nor OTLP JSON, or an unknown Content-Encoding.",
     413: "Request body over the limit (TOKENLEDGER_MAX_BODY_BYTES).",
     422: "Invalid request: parameters or body (also duplicate JSON keys, NaN, bad UTF-8).",
     429: "Too many attempts; see Retry-After.",
@@ -49,6 +50,15 @@ _WRITES = {"post", "put", "patch", "delete"}
 _SPECIAL: dict[tuple[str, str], set[int]] = {
     ("post", "/api/auth/token"): {400, 401, 429},
     ("post", "/api/v1/reservations"): {402},
+    # OTLP/HTTP answers 400 to a body it cannot read, as its protocol says.
+    ("post", "/v1/traces"): {400, 413, 415},
+}
+# Routes for ingest keys: the usage API and OTLP/HTTP.
+_INGEST_PREFIXES = ("/api/v1/", "/v1/")
+# OTLP/HTTP's body and answer: a trace export as protobuf or as OTLP JSON.
+_OTLP_CONTENT = {
+    "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+    "application/json": {"schema": {"type": "object"}},
 }
 _PUBLIC = {("post", "/api/auth/token")}
 
@@ -63,7 +73,7 @@ def _error_statuses(method: str, path: str, operation: dict[str, Any]) -> set[in
         statuses.add(404)
     if (method, path) in _PUBLIC:
         return statuses
-    if path.startswith("/api/v1/"):
+    if path.startswith(_INGEST_PREFIXES):
         # Ingest keys: unknown key, another organization's, unknown organization,
         # rate limits; writes may conflict with stored ids.
         statuses |= {401, 403, 404, 429}
@@ -75,7 +85,7 @@ def _error_statuses(method: str, path: str, operation: dict[str, Any]) -> set[in
 
 
 def _security(path: str) -> list[dict[str, list[str]]]:
-    if path.startswith("/api/v1/"):
+    if path.startswith(_INGEST_PREFIXES):
         return [{"ingestKey": []}]
     return [{"adminToken": []}, {"sessionCookie": []}]
 
@@ -113,8 +123,12 @@ def complete_schema(schema: dict[str, Any]) -> dict[str, Any]:
                     "description": DESCRIPTIONS[status],
                     "content": {"application/json": {"schema": _ERROR_REF}},
                 }
-            if (method, path) not in _PUBLIC and path.startswith("/api/"):
+            if (method, path) not in _PUBLIC and path.startswith(("/api/", *_INGEST_PREFIXES)):
                 operation["security"] = _security(path)
+    otlp = schema.get("paths", {}).get("/v1/traces", {}).get("post")
+    if otlp is not None:
+        otlp["requestBody"] = {"required": True, "content": _OTLP_CONTENT}
+        otlp["responses"]["200"]["content"] = _OTLP_CONTENT
     return schema
 
 

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import hmac
+import os
 import time
+from collections.abc import Iterator
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from sqlalchemy import text
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokenledger.alerts.models import WebhookDelivery
+from tokenledger.db import Database, utcnow
 from tokenledger.deps import get_database, get_settings
 from tokenledger.errors import DomainError, error_body
 from tokenledger.migrations.runner import is_migrated
@@ -111,6 +117,43 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
+class OutboxCollector(Collector):
+    """Webhook outbox gauges, read from the database at scrape time (so every worker agrees)."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def collect(self) -> Iterator[Metric]:
+        with self.database.session(write=False) as session:
+            pending, oldest = session.execute(
+                select(func.count(), func.min(WebhookDelivery.created_at)).where(
+                    WebhookDelivery.status == "pending"
+                )
+            ).one()
+            failed = session.scalar(select(func.count()).where(WebhookDelivery.status == "failed"))
+        age = max(0.0, (utcnow() - oldest).total_seconds()) if oldest is not None else 0.0
+        yield GaugeMetricFamily(
+            "tokenledger_webhook_outbox_pending",
+            "Webhook deliveries not yet delivered (nor given up).",
+            value=pending,
+        )
+        yield GaugeMetricFamily(
+            "tokenledger_webhook_outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending webhook delivery; 0 when none is pending.",
+            value=age,
+        )
+        yield GaugeMetricFamily(
+            "tokenledger_webhook_deliveries_failed",
+            "Webhook deliveries given up after a day of failures.",
+            value=failed or 0,
+        )
+
+
+def multiprocess_directory() -> str | None:
+    """Set by `tokenledger serve` with several workers: metrics are then summed over them."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> PlainTextResponse:
     token = get_settings(request).metrics_token
@@ -118,8 +161,20 @@ def metrics(request: Request) -> PlainTextResponse:
         raise DomainError(
             401, "not_authenticated", "metrics need a token", headers={"WWW-Authenticate": "Bearer"}
         )
-    registry = request.app.state.metrics.registry
-    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    if multiprocess_directory():
+        # Every worker writes its figures to files there; a scrape adds them all up.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = request.app.state.metrics.registry
+    body = generate_latest(registry)
+    outbox = CollectorRegistry()
+    outbox.register(OutboxCollector(get_database(request)))
+    try:
+        body += generate_latest(outbox)
+    except SQLAlchemyError:
+        request.app.state.metrics.db_errors.inc()
+    return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
 
 def _bearer_is(request: Request, token: str) -> bool:

@@ -23,6 +23,7 @@ from tokenledger.pricing.engine import (
     PriceQuote,
     Rates,
     TokenUsage,
+    UsageError,
     default_price_book,
     library_usage_values,
 )
@@ -563,3 +564,170 @@ def test_default_price_book_is_shared() -> None:
     quote = first.quote("anthropic", "claude-sonnet-4-5", usage(1000), AT)
     assert quote is not None
     assert quote.source == "genai-prices"
+
+
+# --- every billable unit ---------------------------------------------------------------
+
+
+def full(tokens: TokenUsage, **units: int) -> TokenUsage:
+    return TokenUsage(
+        input_tokens=tokens.input_tokens,
+        output_tokens=tokens.output_tokens,
+        cache_creation_input_tokens=tokens.cache_creation_input_tokens,
+        cache_read_input_tokens=tokens.cache_read_input_tokens,
+        cache_write_1h_tokens=tokens.cache_write_1h_tokens,
+        units=units,
+    )
+
+
+def library_usage(tokens: TokenUsage) -> Usage:
+    values = {
+        "input_tokens": tokens.prompt_tokens,
+        "output_tokens": tokens.output_tokens,
+        "cache_read_tokens": tokens.cache_read_input_tokens,
+        "cache_write_tokens": tokens.cache_creation_input_tokens,
+        "cache_write_5m_tokens": tokens.cache_creation_input_tokens - tokens.cache_write_1h_tokens,
+        "cache_write_1h_tokens": tokens.cache_write_1h_tokens,
+    }
+    values.update(tokens.units)
+    return Usage(**values)
+
+
+def test_web_searches_are_priced_per_thousand(book: PriceBook) -> None:
+    # claude-sonnet-4-5: $10 per 1000 searches, so 10_000_000 nano-USD a search.
+    # 1000*3000 + 500*15000 + 2 * 10_000_000 = 3_000_000 + 7_500_000 + 20_000_000
+    tokens = full(usage(1000, 500), web_searches=2)
+    quote = priced(book, "anthropic", "claude-sonnet-4-5", tokens, AT)
+    assert quote.cost_nano == 30_500_000
+    assert quote.unpriced_units == ()
+    assert quote.rates["web_searches_kcount"] == "10"
+    # not listed when the call did not search
+    assert (
+        "web_searches_kcount"
+        not in priced(book, "anthropic", "claude-sonnet-4-5", usage(1), AT).rates
+    )
+
+
+def test_a_unit_without_a_rate_is_named_and_left_out(book: PriceBook) -> None:
+    # claude-sonnet-4-5 has no code-execution price in this data: the tokens are priced,
+    # the executions are named as unpriced.
+    tokens = full(usage(1000, 500), code_executions=3, web_searches=1)
+    quote = priced(book, "anthropic", "claude-sonnet-4-5", tokens, AT)
+    assert quote.unpriced_units == ("code_executions",)
+    assert quote.cost_nano == 3_000_000 + 7_500_000 + 10_000_000
+    # an override prices only what its rates name
+    override = PriceOverride(
+        "acme", "house", Rates(input=Decimal("1"), output=Decimal("2")), "override:v1"
+    )
+    quote = priced(PriceBook([override]), "acme", "house", tokens, AT)
+    assert quote.unpriced_units == ("code_executions", "web_searches")
+    assert quote.cost_nano == 1000 * 1000 + 500 * 2000
+    with_searches = Rates(
+        input=Decimal("1"), output=Decimal("2"), units={"web_searches_kcount": Decimal("25")}
+    )
+    book2 = PriceBook([PriceOverride("acme", "house", with_searches, "override:v2")])
+    quote = priced(book2, "acme", "house", tokens, AT)
+    assert quote.unpriced_units == ("code_executions",)
+    assert quote.cost_nano == 1000 * 1000 + 500 * 2000 + 25_000_000
+
+
+def test_batch_and_priority_tiers(book: PriceBook) -> None:
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    tokens = usage(1000, 1000, 0, 0, 1000)
+    # claude-sonnet-4-5 batch: $1.50 in, $7.50 out, $0.15 cache read
+    batch = priced(book, "anthropic", "claude-sonnet-4-5", tokens, at)
+    quote = book.quote("anthropic", "claude-sonnet-4-5", tokens, at, {"processing": "batch"})
+    assert quote is not None
+    assert batch.cost_nano == 1000 * 3000 + 1000 * 15000 + 1000 * 300
+    assert quote.cost_nano == 1000 * 1500 + 1000 * 7500 + 1000 * 150
+    assert quote.rates["context"] == "processing=batch"
+    # gpt-4o priority from 2026-10-12: $4.25 in, $17 out, $2.125 cached
+    quote = book.quote("openai", "gpt-4o", tokens, at, {"service_tier": "priority"})
+    assert quote is not None
+    assert quote.cost_nano == 1000 * 4250 + 1000 * 17000 + 1000 * 2125
+    # before the variant existed, the standard price
+    quote = book.quote("openai", "gpt-4o", tokens, AT, {"service_tier": "priority"})
+    assert quote is not None
+    assert quote.cost_nano == 1000 * 2500 + 1000 * 10000 + 1000 * 1250
+
+
+GRID_CONTEXTS: list[dict[str, str] | None] = [
+    None,
+    {"processing": "batch"},
+    {"service_tier": "priority"},
+    {"service_tier": "flex"},
+    {"service_tier": "fast"},
+    {"speed": "fast"},
+    {"service_tier": "default"},
+]
+
+
+def grid_unit_usages() -> Iterator[TokenUsage]:
+    for base in (usage(1000, 2000, 300, 200, 4000), usage(150_001, 10, 30_000, 20_000, 1)):
+        yield full(base, web_searches=3)
+        yield full(base, output_reasoning_tokens=1500)
+        yield full(base, input_audio_tokens=700, output_audio_tokens=100)
+        yield full(base, input_audio_tokens=700, cache_audio_read_tokens=50)
+        yield full(base, code_executions=2, storage_searches=4, social_searches=1)
+        yield full(base, input_image_tokens=400, input_text_tokens=500)
+        yield full(base, output_text_tokens=100, output_reasoning_tokens=1000)
+
+
+def unit_grid_models() -> list[tuple[str, str]]:
+    """Every model of the data that prices a unit beyond the token categories or has variants."""
+    found = []
+    core = {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok"}
+    core |= {"cache_write_1h_mtok", "cache_write_5m_mtok"}
+    for provider in library_providers:
+        for model in provider.models:
+            prices = (
+                [model.prices]
+                if not isinstance(model.prices, list)
+                else [conditional.prices for conditional in model.prices]
+            )
+            prices += [variant.prices for variant in model.price_variants or ()]
+            keys = {k for price in prices for k, v in vars(price).items() if v is not None}
+            if keys - core or model.price_variants:
+                found.append((provider.id, model.id))
+    return found
+
+
+def test_equal_to_calc_price_for_every_unit_and_context(book: PriceBook) -> None:
+    models = unit_grid_models()
+    assert len(models) > 150
+    dates = [datetime(2025, 6, 1, tzinfo=UTC), datetime(2026, 11, 20, 18, tzinfo=UTC)]
+    compared = refused = 0
+    for provider, model in models:
+        for at in dates:
+            for context in GRID_CONTEXTS:
+                for tokens in grid_unit_usages():
+                    try:
+                        result = calc_price(
+                            library_usage(tokens),
+                            model,
+                            provider_id=provider,
+                            genai_request_timestamp=at,
+                            price_context=context,
+                        )
+                    except LookupError:
+                        assert book.quote(provider, model, tokens, at, context) is None
+                        continue
+                    except ValueError:
+                        # contradictory for this price (e.g. a modality's cache reads
+                        # needed explicitly): the engine refuses it too
+                        with pytest.raises(UsageError):
+                            book.quote(provider, model, tokens, at, context)
+                        refused += 1
+                        continue
+                    quote = book.quote(provider, model, tokens, at, context)
+                    assert quote is not None
+                    assert quote.cost_nano == usd_to_nano(result.total_price), (
+                        provider,
+                        model,
+                        at,
+                        context,
+                        tokens,
+                    )
+                    compared += 1
+    assert compared > 10_000
+    assert refused < compared / 10

@@ -29,6 +29,21 @@ class AlertRead(BaseModel):
     period: str
     details: dict[str, Any] | None
     created_at: datetime
+    rearmed_at: datetime | None = None
+
+
+class DeliveryRead(BaseModel):
+    webhook_id: int
+    url: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+
+
+class AlertWithDeliveries(AlertRead):
+    deliveries: list[DeliveryRead]
 
 
 class WebhookCreate(InputModel):
@@ -58,9 +73,27 @@ def list_alerts(
     type: QueryText = None,
     limit: Limit = 50,
     offset: Offset = 0,
-) -> Page[AlertRead]:
+) -> Page[AlertWithDeliveries]:
     rows, total = service.list_alerts(session, organization_id, type, limit, offset)
-    items = [AlertRead.model_validate(row) for row in rows]
+    deliveries = service.deliveries_of(session, [row.id for row in rows])
+    items = [
+        AlertWithDeliveries(
+            **AlertRead.model_validate(row).model_dump(),
+            deliveries=[
+                DeliveryRead(
+                    webhook_id=hook.id,
+                    url=hook.url,
+                    status=delivery.status,
+                    attempts=delivery.attempts,
+                    last_status_code=delivery.last_status_code,
+                    last_error=delivery.last_error,
+                    delivered_at=delivery.delivered_at,
+                )
+                for delivery, hook in deliveries.get(row.id, [])
+            ],
+        )
+        for row in rows
+    ]
     return Page(items=items, total=total, limit=limit, offset=offset)
 
 

@@ -35,11 +35,17 @@ def audit_log(
     _viewer: Viewer,
     entity_type: QueryText = None,
     entity_id: QueryText = None,
+    actor: QueryText = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[AuditEntryRead]:
     rows, total = service.list_entries(
-        session, entity_type=entity_type, entity_id=entity_id, limit=limit, offset=offset
+        session,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        actor=actor,
+        limit=limit,
+        offset=offset,
     )
     items = [AuditEntryRead.model_validate(row) for row in rows]
     return Page(items=items, total=total, limit=limit, offset=offset)

@@ -25,7 +25,8 @@ router = APIRouter(prefix="/api/v1", tags=["budgets"])
 class ReservationCreate(InputModel):
     organization: Text | StrictInt | None = None
     max_cost_usd: UsdInput | None = None
-    provider: StrictStr = Field(default="anthropic", min_length=1, max_length=64, pattern=PRINTABLE)
+    # Inferred from the model when not given, as for usage events.
+    provider: StrictStr | None = Field(default=None, min_length=1, max_length=64, pattern=PRINTABLE)
     model: StrictStr | None = Field(default=None, min_length=1, max_length=128, pattern=PRINTABLE)
     max_input_tokens: TokenCount | None = None
     max_output_tokens: TokenCount | None = None
@@ -68,8 +69,10 @@ def _estimate_nano(session: Session, data: ReservationCreate, now: datetime) -> 
     if data.max_cost_usd is not None:
         return usd_to_nano(data.max_cost_usd)
     assert data.model is not None
-    quote = price_book(session).quote(
-        data.provider.lower(),
+    book = price_book(session)
+    provider = data.provider or book.provider_for(data.model) or "unknown"
+    quote = book.quote(
+        provider.lower(),
         data.model,
         TokenUsage(
             input_tokens=data.max_input_tokens or 0, output_tokens=data.max_output_tokens or 0
@@ -78,7 +81,7 @@ def _estimate_nano(session: Session, data: ReservationCreate, now: datetime) -> 
     )
     if quote is None:
         raise DomainError(
-            422, "unpriced_model", f"cannot price {data.provider}/{data.model}: give max_cost_usd"
+            422, "unpriced_model", f"cannot price {provider}/{data.model}: give max_cost_usd"
         )
     return quote.cost_nano
 

@@ -4,6 +4,16 @@
         message = anthropic.messages.create(...)
         ledger.record("acme", message.model, message.usage, metadata={"message_id": message.id})
 
+What `record()` reads: whatever the providers' SDKs return, without depending on them (it
+reads attributes, dicts and `model_dump()`): Anthropic `Usage` and `Message` (and the
+stream's `message_stop` event or final message), OpenAI `CompletionUsage` and
+`ResponseUsage` and the objects that carry them (`ChatCompletion`, its last streamed chunk,
+`Response`, the `response.completed` event), Gemini's `GenerateContentResponse` or its
+`usage_metadata`, and plain dicts of each. The provider is taken from the object's SDK or
+shape unless given; OpenAI's and Gemini's usage goes to the server as it is (`usage`),
+which reads it with that API's meaning. Anything else raises TypeError: an event is never
+sent with zero tokens for a call it could not read.
+
 Delivery: `record()` stamps the event's id and timestamp and serializes it once (so a
 retry or a replay sends the same bytes, which the server deduplicates by id). With a
 spool, the event is appended to it and fsynced before `record()` returns, and leaves it

@@ -8,11 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session as OrmSession
 
 from tokenledger.deps import Admin, Session, Viewer
 from tokenledger.pricing import overrides
 from tokenledger.schemas import InputModel, PathText
-from tokenledger.usage.models import UsageEvent
+from tokenledger.usage.models import INCOMPLETE_PRICING, UsageEvent
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
 
@@ -31,6 +32,10 @@ class OverrideSet(InputModel):
 class UnpricedModel(BaseModel):
     provider: str
     model: str
+    # unpriced: no price at all; partially_priced: a cost that leaves out `units`
+    pricing: str
+    # the units (or unknown usage fields) no rate covered, e.g. ["web_searches"]
+    units: list[str]
     events: int
     first_seen: datetime
     last_seen: datetime
@@ -67,25 +72,43 @@ def unset_override(provider: PathText, model: PathText, session: Session, admin:
 
 @router.get("/unpriced")
 def unpriced(session: Session, _viewer: Viewer) -> list[UnpricedModel]:
+    return unpriced_models(session)
+
+
+def unpriced_models(session: OrmSession) -> list[UnpricedModel]:
+    """Models and units nobody could price: unpriced and partially priced events."""
     rows = session.execute(
         select(
             UsageEvent.provider,
             UsageEvent.model,
+            UsageEvent.pricing,
+            UsageEvent.unpriced_units,
             func.count(),
             func.min(UsageEvent.timestamp),
             func.max(UsageEvent.timestamp),
         )
-        .where(UsageEvent.pricing == "unpriced")
-        .group_by(UsageEvent.provider, UsageEvent.model)
-        .order_by(func.count().desc())
-    ).all()
-    return [
-        UnpricedModel(
-            provider=provider,
-            model=model,
-            events=count,
-            first_seen=first,
-            last_seen=last,
+        .where(UsageEvent.pricing.in_(INCOMPLETE_PRICING))
+        .group_by(
+            UsageEvent.provider, UsageEvent.model, UsageEvent.pricing, UsageEvent.unpriced_units
         )
-        for provider, model, count, first, last in rows
-    ]
+    ).all()
+    groups: dict[tuple[str, str, str], UnpricedModel] = {}
+    for provider, model, pricing, units, count, first, last in rows:
+        names = units.split(",") if units else []
+        group = groups.get((provider, model, pricing))
+        if group is None:
+            groups[(provider, model, pricing)] = UnpricedModel(
+                provider=provider,
+                model=model,
+                pricing=pricing,
+                units=sorted(set(names)),
+                events=count,
+                first_seen=first,
+                last_seen=last,
+            )
+            continue
+        group.units = sorted(set(group.units) | set(names))
+        group.events += count
+        group.first_seen = min(group.first_seen, first)
+        group.last_seen = max(group.last_seen, last)
+    return sorted(groups.values(), key=lambda group: (-group.events, group.provider, group.model))

@@ -10,10 +10,17 @@ conversion is done once, in ``library_usage_values``.
 
 How genai-prices prices a request, reproduced here exactly:
 
-* every priced unit takes the tokens of its own kind that no more specific priced unit
+* every unit genai-prices defines can be priced: tokens by direction, modality and kind
+  (cache reads, cache writes by lifetime, reasoning, audio, ...), tool calls (web searches
+  and others, per 1000), and a price per request;
+* every priced unit takes the usage of its own kind that no more specific priced unit
   takes: a 1-hour cache write is priced at ``cache_write_1h_mtok`` if the model has it,
   else at ``cache_write_mtok``, else as plain input; a cache read at ``cache_read_mtok``,
-  else as plain input;
+  else as plain input; reasoning tokens as output unless the model prices them apart;
+* a unit the call used that no priced unit contains (two web searches on a model without
+  a search price) is named in ``PriceQuote.unpriced_units``: the cost is then incomplete;
+* a price context (``{"processing": "batch"}``, ``{"service_tier": "priority"}``) selects
+  the model's price variants, per price key, as genai-prices does;
 * a long-context tier applies when the whole prompt (input + cache reads + cache writes)
   is strictly above the tier's start, and then to all tokens of the request;
 * the price in force is chosen by the request's timestamp (date changes in UTC, and
@@ -34,8 +41,8 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from decimal import (
     Context,
@@ -46,6 +53,7 @@ from decimal import (
     Overflow,
     localcontext,
 )
+from types import MappingProxyType
 from typing import Final
 
 from genai_prices import __version__ as _GENAI_PRICES_VERSION
@@ -68,11 +76,13 @@ __all__ = [
     "LIBRARY_SOURCE",
     "LIBRARY_VERSION",
     "OVERRIDE_SOURCE",
+    "REPORTED_UNITS",
     "PriceBook",
     "PriceOverride",
     "PriceQuote",
     "Rates",
     "TokenUsage",
+    "UsageError",
     "default_price_book",
     "library_usage_values",
 ]
@@ -111,7 +121,13 @@ _CATEGORIES: Final = (
 
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
-    """Token counts with the Anthropic Messages API meaning."""
+    """Token counts with the Anthropic Messages API meaning, and any further billable units.
+
+    ``units`` holds the other usage keys of genai-prices (its own meaning, e.g.
+    ``web_searches``, ``output_reasoning_tokens``, ``input_audio_tokens``): counts that lie
+    inside the totals above (reasoning tokens are part of the output, audio tokens part of
+    the prompt) or that stand alone (web searches and other tool calls).
+    """
 
     input_tokens: int = 0  # excludes cache reads and writes (Anthropic meaning)
     output_tokens: int = 0
@@ -119,6 +135,7 @@ class TokenUsage:
     cache_read_input_tokens: int = 0
     # the part of cache_creation_input_tokens written with 1h TTL
     cache_write_1h_tokens: int = 0
+    units: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in (
@@ -128,13 +145,15 @@ class TokenUsage:
             "cache_read_input_tokens",
             "cache_write_1h_tokens",
         ):
-            value = getattr(self, name)
-            if type(value) is not int:
-                raise TypeError(f"{name} must be an int")
-            if not 0 <= value <= MAX_TOKENS:
-                raise ValueError(f"{name} must be between 0 and {MAX_TOKENS}")
+            _check_count(name, getattr(self, name))
         if self.cache_write_1h_tokens > self.cache_creation_input_tokens:
             raise ValueError("cache_write_1h_tokens cannot exceed cache_creation_input_tokens")
+        units = dict(self.units)
+        for key, value in units.items():
+            if key in _CORE_KEYS or key not in REPORTED_UNITS:
+                raise ValueError(f"{key!r} is not a further usage unit of genai-prices")
+            _check_count(key, value)
+        object.__setattr__(self, "units", MappingProxyType(units))
 
     @property
     def cache_write_5m_tokens(self) -> int:
@@ -145,6 +164,13 @@ class TokenUsage:
     def prompt_tokens(self) -> int:
         """The whole prompt: input, cache reads and cache writes (what tiers count)."""
         return self.input_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens
+
+
+def _check_count(name: str, value: object) -> None:
+    if type(value) is not int:
+        raise TypeError(f"{name} must be an int")
+    if not 0 <= value <= MAX_TOKENS:
+        raise ValueError(f"{name} must be between 0 and {MAX_TOKENS}")
 
 
 def library_usage_values(usage: TokenUsage) -> dict[str, int]:
@@ -160,7 +186,12 @@ def library_usage_values(usage: TokenUsage) -> dict[str, int]:
         "cache_write_tokens": usage.cache_creation_input_tokens,
         "cache_write_5m_tokens": usage.cache_write_5m_tokens,
         "cache_write_1h_tokens": usage.cache_write_1h_tokens,
+        **usage.units,
     }
+
+
+class UsageError(ValueError):
+    """Usage that genai-prices cannot price either: a part larger than its whole."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +200,8 @@ class Rates:
 
     A missing cache rate falls back the way genai-prices does for its own data: a cache
     read or a 5-minute write is priced as input, a 1-hour write as a 5-minute write if that
-    is set, else as input.
+    is set, else as input. ``units`` adds rates of further units by genai-prices' price key
+    (e.g. ``{"web_searches_kcount": Decimal("10")}``, USD per 1000 searches).
     """
 
     input: Decimal
@@ -177,16 +209,25 @@ class Rates:
     cache_write_5m: Decimal | None = None
     cache_write_1h: Decimal | None = None
     cache_read: Decimal | None = None
+    units: Mapping[str, Decimal] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read"):
-            value = getattr(self, name)
+        values: dict[str, Decimal | None] = {
+            name: getattr(self, name)
+            for name in ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+        }
+        for key in self.units:
+            if key in _CORE_PRICE_KEYS or key not in _REGISTRY._units_by_price_key:
+                raise ValueError(f"{key!r} is not a further price key of genai-prices")
+        values.update(self.units)
+        for name, value in values.items():
             if value is None and name not in ("input", "output"):
                 continue
             if not isinstance(value, Decimal):
                 raise TypeError(f"rate {name} must be a Decimal")
             if not value.is_finite() or value < 0:
                 raise ValueError(f"rate {name} must be a finite, non-negative decimal")
+        object.__setattr__(self, "units", MappingProxyType(dict(self.units)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,35 +247,93 @@ class PriceQuote:
     priced_model: str  # the library's canonical model id that matched (or the override's model)
     # Rates applied (after tier selection), USD/MTok as decimal text: input, output,
     # cache_write_5m, cache_write_1h, cache_read; "tier" when a long-context tier applied;
-    # "requests_per_k" when the model also has a per-request price (USD per 1000 requests).
+    # "requests_per_k" when the model also has a per-request price (USD per 1000 requests);
+    # the library's price key of each further unit the call used (e.g. "web_searches_kcount",
+    # USD per 1000); "context" when a price variant (batch, priority) was asked for.
     rates: dict[str, str]
+    # Units the call used that no rate covers (e.g. "web_searches" on a model without a
+    # search price): cost_nano then holds only the rest, and the event is partially priced.
+    unpriced_units: tuple[str, ...] = ()
 
 
 # --- compiled prices -----------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
+class _PricedUnit:
+    usage_key: str
+    rate: Decimal  # USD per `per` units, after tier selection
+    per: int
+    descendants: tuple[int, ...]  # positions of the more specific priced units
+
+
+@dataclass(frozen=True, slots=True)
 class _RateSet:
-    """Rates of one tier level, ready to apply."""
+    """The prices of one tier level, ready to apply, most specific unit first."""
 
-    input: Decimal
-    output: Decimal
-    cache_write_5m: Decimal
-    cache_write_1h: Decimal
-    cache_read: Decimal
+    units: tuple[_PricedUnit, ...]
     fixed_usd: Decimal  # per-request price of one request, in USD
-    text: Mapping[str, str]
+    text: Mapping[str, str]  # the category rates, tier and per-request price
+    unit_text: Mapping[str, tuple[str, str]]  # usage key -> (price key, rate) of further units
+    covered: Callable[[str], bool]  # whether some priced unit takes this usage key
 
-    def cost_nano(self, usage: TokenUsage) -> int:
+    def cost(self, values: Mapping[str, int]) -> tuple[int, tuple[str, ...], dict[str, str]]:
+        """Cost in nano-USD, the units used that no rate covers, and the rates applied."""
+        leaves: list[int] = []
+        total = _ZERO
         with localcontext(_EXACT):
-            total = (
-                self.input * usage.input_tokens
-                + self.output * usage.output_tokens
-                + self.cache_write_5m * usage.cache_write_5m_tokens
-                + self.cache_write_1h * usage.cache_write_1h_tokens
-                + self.cache_read * usage.cache_read_input_tokens
-            ) / _MTOK + self.fixed_usd
-            return usd_to_nano(total)
+            for unit in self.units:
+                # genai-prices' decomposition: a unit takes what its more specific priced
+                # units do not.
+                leaf = _usage_value(values, unit.usage_key) - sum(
+                    leaves[i] for i in unit.descendants
+                )
+                if leaf < 0:
+                    raise UsageError(
+                        f"usage of a part exceeds its whole at {unit.usage_key} "
+                        f"({_usage_value(values, unit.usage_key)})"
+                    )
+                leaves.append(leaf)
+                if leaf:
+                    total += unit.rate * leaf / unit.per
+            total += self.fixed_usd
+            cost = usd_to_nano(total)
+        unpriced = tuple(
+            sorted(key for key, value in values.items() if value and not self.covered(key))
+        )
+        text = dict(self.text)
+        for key, value in values.items():
+            if value and key in self.unit_text:
+                price_key, rate = self.unit_text[key]
+                text[price_key] = rate
+        return cost, unpriced, text
+
+
+def _usage_value(values: Mapping[str, int], usage_key: str) -> int:
+    """A reported count; an unreported one is 0 unless genai-prices would refuse to guess."""
+    value = values.get(usage_key)
+    if value is not None:
+        return value
+    unit = _REGISTRY.units[usage_key]
+    reported = [
+        _REGISTRY.units[key] for key, count in values.items() if count and key in _REGISTRY.units
+    ]
+    if any(other is not unit and _contains(unit, other) for other in reported):
+        raise UsageError(f"missing usage for {usage_key}: give it explicitly")
+    for index, left in enumerate(reported):
+        for right in reported[index + 1 :]:
+            if (
+                left.is_compatible_with(right)
+                and not _contains(left, right)
+                and not _contains(right, left)
+                and dict(unit.dimensions) == {**left.dimensions, **right.dimensions}
+            ):
+                raise UsageError(f"missing usage for {usage_key}: give it explicitly")
+    return 0
+
+
+def _contains(ancestor: UnitDef, descendant: UnitDef) -> bool:
+    return ancestor.dimensions.items() <= descendant.dimensions.items()
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,10 +343,10 @@ class _PriceTable:
     starts: tuple[int, ...]
     levels: tuple[_RateSet, ...]
 
-    def rate_set(self, usage: TokenUsage) -> _RateSet:
+    def rate_set(self, prompt_tokens: int) -> _RateSet:
         if not self.starts:
             return self.levels[0]
-        return self.levels[bisect_left(self.starts, usage.prompt_tokens)]
+        return self.levels[bisect_left(self.starts, prompt_tokens)]
 
 
 def _decimal_text(value: Decimal) -> str:
@@ -269,6 +368,7 @@ def _valid_price(value: object) -> Decimal | TieredPrices | None:
         for tier in value.tiers:
             if (
                 type(tier.start) is not int
+                or tier.start < 0
                 or tier.start < previous
                 or not _is_valid_rate(tier.price)
             ):
@@ -292,11 +392,27 @@ def _applicable(price: Decimal | TieredPrices | None, prompt_tokens: int) -> Dec
     return applicable
 
 
+_REGISTRY: Final = UnitRegistry(unit_data)
+# Every usage key a call may report (genai-prices' "reported" keys: all but requests).
+REPORTED_UNITS: Final = frozenset(key for key in _REGISTRY.units if key != "requests")
+_CORE_KEYS: Final = frozenset(
+    (
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "cache_write_5m_tokens",
+        "cache_write_1h_tokens",
+    )
+)
+_CORE_PRICE_KEYS: Final = frozenset(_REGISTRY.units[key].price_key for key in _CORE_KEYS)
+
+
 class _Units:
     """genai-prices' unit registry, built from its public unit data."""
 
     def __init__(self) -> None:
-        self.registry = UnitRegistry(unit_data)
+        self.registry = _REGISTRY
         self.categories: tuple[tuple[str, UnitDef], ...] = tuple(
             (name, self.registry.units[usage_key]) for name, usage_key in _CATEGORIES
         )
@@ -321,24 +437,44 @@ class _Units:
         except ValueError:
             return None
 
-        # Each category of tokens is priced by the most specific priced unit that contains it.
+        request_price = next(
+            (price for unit, price in priced if unit.usage_key == self.requests.usage_key), None
+        )
+        token_units = sorted(
+            ((unit, price) for unit, price in priced if unit.usage_key != "requests"),
+            key=lambda item: (-len(item[0].dimensions), item[0].usage_key),
+        )
+        descendants = tuple(
+            tuple(
+                index
+                for index, (other, _) in enumerate(token_units)
+                if other is not unit and _contains(unit, other)
+            )
+            for unit, _ in token_units
+        )
+        priced_units = [unit for unit, _ in token_units]
+        coverage: dict[str, bool] = {}
+
+        def covered(usage_key: str) -> bool:
+            found = coverage.get(usage_key)
+            if found is None:
+                target = self.registry.units[usage_key]
+                found = coverage[usage_key] = any(_contains(u, target) for u in priced_units)
+            return found
+
+        # Each category of tokens is priced by the most specific priced unit that contains it
+        # (the text stored with each event; the cost itself is computed unit by unit).
         category_prices: dict[str, Decimal | TieredPrices | None] = {}
         for name, category in self.categories:
             best: tuple[UnitDef, Decimal | TieredPrices] | None = None
             for unit, price in priced:
-                contains = unit.dimensions.items() <= category.dimensions.items()
-                if contains and (best is None or len(unit.dimensions) > len(best[0].dimensions)):
+                if _contains(unit, category) and (
+                    best is None or len(unit.dimensions) > len(best[0].dimensions)
+                ):
                     best = (unit, price)
             category_prices[name] = None if best is None else best[1]
-        request_price = next(
-            (price for unit, price in priced if unit.usage_key == self.requests.usage_key), None
-        )
 
-        tiered = [
-            price
-            for price in (*category_prices.values(), request_price)
-            if isinstance(price, TieredPrices)
-        ]
+        tiered = [price for _, price in priced if isinstance(price, TieredPrices)]
         starts = tuple(sorted({tier.start for price in tiered for tier in price.tiers}))
         levels: list[_RateSet] = []
         for level in range(len(starts) + 1):
@@ -346,6 +482,15 @@ class _Units:
             prompt = 0 if level == 0 else starts[level - 1] + 1
             rates = {name: _applicable(category_prices[name], prompt) for name, _ in _CATEGORIES}
             text = {name: _decimal_text(rate) for name, rate in rates.items()}
+            units = tuple(
+                _PricedUnit(unit.usage_key, _applicable(price, prompt), unit.per, descendants[i])
+                for i, (unit, price) in enumerate(token_units)
+            )
+            unit_text = {
+                priced_unit.usage_key: (unit.price_key, _decimal_text(priced_unit.rate))
+                for priced_unit, (unit, _) in zip(units, token_units, strict=True)
+                if unit.usage_key not in _CORE_KEYS
+            }
             fixed = _ZERO
             if request_price is not None:
                 per_k = _applicable(request_price, prompt)
@@ -354,19 +499,18 @@ class _Units:
                     fixed = per_k / self.requests.per
             if level > 0:
                 base = levels[0]
-                if any(rates[name] != getattr(base, name) for name, _ in _CATEGORIES) or (
-                    fixed != base.fixed_usd
-                ):
+                if any(
+                    unit.rate != base_unit.rate
+                    for unit, base_unit in zip(units, base.units, strict=True)
+                ) or (fixed != base.fixed_usd):
                     text["tier"] = f"prompt_tokens>{starts[level - 1]}"
             levels.append(
                 _RateSet(
-                    input=rates["input"],
-                    output=rates["output"],
-                    cache_write_5m=rates["cache_write_5m"],
-                    cache_write_1h=rates["cache_write_1h"],
-                    cache_read=rates["cache_read"],
+                    units=units,
                     fixed_usd=fixed,
                     text=text,
+                    unit_text=unit_text,
+                    covered=covered,
                 )
             )
         return _PriceTable(starts=starts, levels=tuple(levels))
@@ -380,35 +524,51 @@ def _utc_naive_time(value: time) -> time:
     return aware.time()
 
 
+_Variant = tuple[tuple[str, str], ...]  # a price context (service tier, batch) as sorted pairs
+
+
 class _ModelEntry:
     """A resolved (provider, model): its library objects and its compiled prices by period."""
 
-    __slots__ = ("_dates", "_times", "by_period", "model", "provider")
+    __slots__ = ("_dates", "_times", "by_period", "model", "own_model", "provider")
 
     def __init__(self, provider: Provider, model: ModelInfo) -> None:
         self.provider = provider
         self.model = model
+        # genai-prices applies price variants only to a provider's own models, not to those
+        # it finds through a fallback provider.
+        self.own_model = any(model is candidate for candidate in provider.models)
         dates: set[date] = set()
         times: set[time] = set()
-        if not isinstance(model.prices, ModelPrice):
-            for conditional in model.prices:
-                constraint = conditional.constraint
-                if isinstance(constraint, StartDateConstraint):
-                    dates.add(constraint.start_date)
-                elif isinstance(constraint, TimeOfDateConstraint):
-                    times.add(_utc_naive_time(constraint.start_time))
-                    times.add(_utc_naive_time(constraint.end_time))
+        constraints = (
+            []
+            if isinstance(model.prices, ModelPrice)
+            else [conditional.constraint for conditional in model.prices]
+        )
+        constraints += [variant.constraint for variant in model.price_variants or ()]
+        for constraint in constraints:
+            if isinstance(constraint, StartDateConstraint):
+                dates.add(constraint.start_date)
+            elif isinstance(constraint, TimeOfDateConstraint):
+                times.add(_utc_naive_time(constraint.start_time))
+                times.add(_utc_naive_time(constraint.end_time))
         # Between two consecutive boundaries no constraint can change its answer, so the
         # library's choice of price is the same: that span is one price period.
         self._dates = tuple(sorted(dates))
         self._times = tuple(sorted(times))
-        self.by_period: dict[tuple[int, int], _PriceTable | None] = {}
+        self.by_period: dict[tuple[int, int, _Variant], _PriceTable | None] = {}
 
-    def period(self, at: datetime) -> tuple[int, int]:
+    def period(self, at: datetime, context: _Variant) -> tuple[int, int, _Variant]:
+        if not self.own_model or not self.model.price_variants:
+            context = ()
         if not self._dates and not self._times:
-            return (0, 0)
+            return (0, 0, context)
         utc = at.astimezone(UTC)
-        return (bisect_right(self._dates, utc.date()), bisect_right(self._times, utc.time()))
+        return (
+            bisect_right(self._dates, utc.date()),
+            bisect_right(self._times, utc.time()),
+            context,
+        )
 
 
 _UNKNOWN: Final = object()
@@ -423,33 +583,35 @@ def _key(provider: str, model: str) -> tuple[str, str]:
     return (provider.strip().lower(), model.lower())
 
 
-class _CompiledOverride:
-    __slots__ = ("override", "rate_set")
+def _context(context: Mapping[str, str] | None) -> _Variant:
+    return tuple(sorted(context.items())) if context else ()
 
-    def __init__(self, override: PriceOverride) -> None:
+
+class _CompiledOverride:
+    __slots__ = ("override", "table")
+
+    def __init__(self, override: PriceOverride, units: _Units) -> None:
         rates = override.rates
         cache_write_5m = rates.cache_write_5m if rates.cache_write_5m is not None else rates.input
         cache_write_1h = (
             rates.cache_write_1h if rates.cache_write_1h is not None else cache_write_5m
         )
         cache_read = rates.cache_read if rates.cache_read is not None else rates.input
-        values = {
-            "input": rates.input,
-            "output": rates.output,
-            "cache_write_5m": cache_write_5m,
-            "cache_write_1h": cache_write_1h,
-            "cache_read": cache_read,
-        }
-        self.override = override
-        self.rate_set = _RateSet(
-            input=rates.input,
-            output=rates.output,
-            cache_write_5m=cache_write_5m,
-            cache_write_1h=cache_write_1h,
-            cache_read=cache_read,
-            fixed_usd=_ZERO,
-            text={name: _decimal_text(value) for name, value in values.items()},
+        # The same compilation as the library's prices: an override is one more ModelPrice.
+        table = units.compile(
+            ModelPrice(
+                input_mtok=rates.input,
+                output_mtok=rates.output,
+                cache_write_mtok=cache_write_5m,
+                cache_write_1h_mtok=cache_write_1h,
+                cache_read_mtok=cache_read,
+                **rates.units,
+            )
         )
+        if table is None:
+            raise ValueError(f"override {override.provider}/{override.model}: unusable rates")
+        self.override = override
+        self.table = table
 
 
 class PriceBook:
@@ -465,44 +627,63 @@ class PriceBook:
             if not isinstance(override.rates, Rates):
                 raise TypeError("override rates must be Rates")
             self._overrides[(override.provider.strip().lower(), override.model.lower())] = (
-                _CompiledOverride(override)
+                _CompiledOverride(override, self._units)
             )
+        self._override_providers: dict[str, str] = {}
+        for provider, model in sorted(self._overrides):
+            self._override_providers.setdefault(model, provider)
         self._models: dict[tuple[str, str], _ModelEntry | object] = {}
+        self._inferred: dict[str, str | None] = {}
 
     def quote(
-        self, provider: str, model: str, usage: TokenUsage, at: datetime
+        self,
+        provider: str,
+        model: str,
+        usage: TokenUsage,
+        at: datetime,
+        context: Mapping[str, str] | None = None,
     ) -> PriceQuote | None:
         """The cost of one call, or None when nobody can price this model.
 
         None means an unknown model or provider: the caller stores the event as unpriced.
+        ``context`` selects genai-prices' price variants, e.g. ``{"processing": "batch"}``
+        or ``{"service_tier": "priority"}``; overrides have no variants. Raises UsageError
+        for counts that contradict each other (a part larger than its whole).
         """
         _require_aware(at)
         key = _key(provider, model)
+        values = library_usage_values(usage)
         override = self._overrides.get(key)
         if override is not None:
-            rate_set = override.rate_set
+            cost, unpriced, text = override.table.rate_set(usage.prompt_tokens).cost(values)
             return PriceQuote(
-                cost_nano=rate_set.cost_nano(usage),
+                cost_nano=cost,
                 source=OVERRIDE_SOURCE,
                 version=override.override.version,
                 provider=key[0],
                 priced_model=key[1],
-                rates=dict(rate_set.text),
+                rates=text,
+                unpriced_units=unpriced,
             )
         entry = self._entry(key, provider, model)
         if entry is None:
             return None
-        table = self._table(entry, at)
+        wanted = _context(context)
+        period = entry.period(at, wanted)
+        table = self._table(entry, at, period)
         if table is None:
             return None
-        rate_set = table.rate_set(usage)
+        cost, unpriced, text = table.rate_set(usage.prompt_tokens).cost(values)
+        if period[2]:
+            text["context"] = ",".join(f"{name}={value}" for name, value in period[2])
         return PriceQuote(
-            cost_nano=rate_set.cost_nano(usage),
+            cost_nano=cost,
             source=LIBRARY_SOURCE,
             version=LIBRARY_VERSION,
             provider=entry.provider.id,
             priced_model=entry.model.id,
-            rates=dict(rate_set.text),
+            rates=text,
+            unpriced_units=unpriced,
         )
 
     def known(self, provider: str, model: str, at: datetime) -> bool:
@@ -512,7 +693,28 @@ class PriceBook:
         if key in self._overrides:
             return True
         entry = self._entry(key, provider, model)
-        return entry is not None and self._table(entry, at) is not None
+        return entry is not None and self._table(entry, at, entry.period(at, ())) is not None
+
+    def provider_for(self, model: str) -> str | None:
+        """The provider a bare model name belongs to: an override's, else genai-prices' match.
+
+        genai-prices matches providers by model name (``claude*`` is Anthropic, ``gpt-*`` and
+        ``o3`` OpenAI, ``gemini*`` Google); None when nothing matches.
+        """
+        name = model.lower()
+        if name in self._override_providers:
+            return self._override_providers[name]
+        if name in self._inferred:
+            return self._inferred[name]
+        snapshot = DataSnapshot(providers=self._providers, from_auto_update=False)
+        try:
+            found: str | None = snapshot.find_provider(name, None, None).id
+        except LookupError:
+            found = None
+        if len(self._inferred) >= _CACHE_LIMIT:
+            self._inferred.clear()
+        self._inferred[name] = found
+        return found
 
     def _entry(self, key: tuple[str, str], provider: str, model: str) -> _ModelEntry | None:
         cached = self._models.get(key)
@@ -533,13 +735,16 @@ class PriceBook:
             return _UNKNOWN
         return _ModelEntry(found_provider, found_model)
 
-    def _table(self, entry: _ModelEntry, at: datetime) -> _PriceTable | None:
-        period = entry.period(at)
+    def _table(
+        self, entry: _ModelEntry, at: datetime, period: tuple[int, int, _Variant]
+    ) -> _PriceTable | None:
         try:
             return entry.by_period[period]
         except KeyError:
             pass
-        table = self._units.compile(entry.model.get_prices(at))
+        if len(entry.by_period) >= _CACHE_LIMIT:  # contexts come from callers: bounded
+            entry.by_period.clear()
+        table = self._units.compile(entry.model.get_prices(at, dict(period[2]) or None))
         entry.by_period[period] = table
         return table
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -40,20 +43,33 @@ def organization_for_key(session: Session, key: IngestKey, ref: str | int | None
 def post_usage(
     request: Request, batch: UsageBatch, session: Session, key: IngestKey, settings: AppSettings
 ) -> JSONResponse:
-    now = utcnow()
+    outcome, states = record_usage(request, session, batch, key, settings, utcnow())
+    # Built from plain values in the documented shape: validating a thousand results
+    # again on the way out would cost more than the rest of the response.
+    return JSONResponse({"results": outcome.results, "budgets": states})
+
+
+def record_usage(
+    request: Request,
+    session: Session,
+    batch: UsageBatch,
+    key: IngestKey,
+    settings: AppSettings,
+    now: datetime,
+) -> tuple[ingest_service.IngestOutcome, list[dict[str, Any]]]:
+    """One batch of usage (from /api/v1/usage or /v1/traces): ingest, settle, alert."""
     outcome = ingest_service.ingest(
         session, batch, key_org_id=key.organization_id, settings=settings, now=now
     )
     budgets.settle_reservations(session, outcome.created_rows, now)
-    alerts.evaluate(session, outcome.license_ids, settings.timezone, now)
+    months = alerts.months_by_license(outcome.created_rows)
+    alerts.evaluate(session, outcome.license_ids, settings.timezone, now, months)
     orgs = [session.get(Organization, org_id) for org_id in outcome.organization_ids]
     states = budgets.budget_states(session, [org for org in orgs if org], settings.timezone, now)
     metrics = request.app.state.metrics
     metrics.events.labels("created").inc(outcome.created)
     metrics.events.labels("duplicate").inc(outcome.duplicates)
-    # Built from plain values in the documented shape: validating a thousand results
-    # again on the way out would cost more than the rest of the response.
-    return JSONResponse({"results": outcome.results, "budgets": states})
+    return outcome, states
 
 
 @router.put("/refreshes/{refresh_id:path}")

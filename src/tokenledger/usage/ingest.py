@@ -24,9 +24,11 @@ from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import License
 from tokenledger.money import credits_for_cost, format_credits, format_usd, usd_to_nano
 from tokenledger.organizations.models import Organization
-from tokenledger.pricing.engine import TokenUsage
+from tokenledger.pricing.engine import UsageError
 from tokenledger.pricing.overrides import price_book
+from tokenledger.usage import providers
 from tokenledger.usage.models import (
+    INCOMPLETE_PRICING,
     LICENSE_USAGE_FIELDS,
     ROLLUP_FIELDS,
     LicenseUsage,
@@ -131,7 +133,9 @@ def content_hash(event: UsageEventIn, org_id: int) -> str:
         event.id,
         # The instant, whatever offset it was written with.
         event.timestamp.astimezone(UTC).isoformat() if event.timestamp is not None else None,
-        event.provider,
+        # The caller's word (the old default when it gave none), not the inferred provider:
+        # the same request keeps the same digest.
+        event.provider or "anthropic",
         event.model,
         event.input_tokens,
         event.output_tokens,
@@ -144,6 +148,12 @@ def content_hash(event: UsageEventIn, org_id: int) -> str:
         event.reservation_id,
         event.metadata,
     ]
+    # Appended only when present, so that the digests of plain flat events stay as they were.
+    extras = event.anthropic_extras()
+    if event.usage is not None:
+        extras["usage"] = event.usage
+    if extras:
+        content.append(extras)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -170,12 +180,11 @@ def ingest(
     prepared: list[Prepared] = []
     seen: dict[tuple[int, str], Prepared] = {}
     in_batch_duplicates: list[tuple[int, Prepared]] = []
+    aged: list[Prepared] = []
     for index, (event, org) in enumerate(zip(batch.events, orgs, strict=True)):
         at = event.timestamp or now
         if at > now + MAX_FUTURE:
             raise _invalid(index, "timestamp", "more than 5 minutes in the future")
-        if at < oldest:
-            raise _invalid(index, "timestamp", f"older than {settings.backfill_max_age_days} days")
         digest = content_hash(event, org.id)
         key = (org.id, event.id)
         twin = seen.get(key)
@@ -189,16 +198,27 @@ def ingest(
                 )
             in_batch_duplicates.append((index, twin))
             continue
-        row = _priced_row(event, org, at, now, digest, periods, candidates[org.id], book)
+        if at < oldest:
+            # Too old only if new: a retry of a stored event is still answered `duplicate`.
+            aged.append(Prepared(index=index, event=event, org=org, row={"content_hash": digest}))
+            seen[key] = aged[-1]
+            continue
+        row = _priced_row(index, event, org, at, now, digest, periods, candidates[org.id], book)
         item = Prepared(index=index, event=event, org=org, row=row)
         seen[key] = item
         prepared.append(item)
 
+    aged_twins = _stored_twins(session, aged)
+    for item in aged:
+        if _key(item) not in aged_twins:
+            days = settings.backfill_max_age_days
+            raise _invalid(item.index, "timestamp", f"older than {days} days")
     created_keys, stored = _write_events(session, prepared)
+    stored.update(aged_twins)
 
     results: list[dict[str, Any] | None] = [None] * len(batch.events)
     created_rows: list[dict[str, Any]] = []
-    for item in prepared:
+    for item in [*prepared, *aged]:
         if _key(item) in created_keys:
             created_rows.append(item.row)
             results[item.index] = _result(item, "created", item.row)
@@ -235,6 +255,7 @@ def _key(item: Prepared) -> tuple[int, str]:
 
 
 def _priced_row(
+    index: int,
     event: UsageEventIn,
     org: Organization,
     at: datetime,
@@ -246,6 +267,11 @@ def _priced_row(
 ) -> dict[str, Any]:
     lic = licenses.in_force_at(candidates, at)
     year_month, day = periods.of(at)
+    try:
+        read = providers.event_usage(event, book)
+    except providers.UsageReadError as exc:
+        raise _invalid(index, "usage", str(exc)) from exc
+    tokens = read.tokens
     row: dict[str, Any] = {
         "organization_id": org.id,
         "external_id": event.id,
@@ -254,13 +280,13 @@ def _priced_row(
         "received_at": now,
         "year_month": year_month,
         "day": day,
-        "provider": event.provider,
+        "provider": read.provider,
         "model": event.model,
-        "input_tokens": event.input_tokens,
-        "output_tokens": event.output_tokens,
-        "cache_creation_input_tokens": event.cache_write_tokens,
-        "cache_read_input_tokens": event.cache_read_input_tokens,
-        "cache_write_1h_tokens": event.cache_write_1h_tokens,
+        "input_tokens": tokens.input_tokens,
+        "output_tokens": tokens.output_tokens,
+        "cache_creation_input_tokens": tokens.cache_creation_input_tokens,
+        "cache_read_input_tokens": tokens.cache_read_input_tokens,
+        "cache_write_1h_tokens": tokens.cache_write_1h_tokens,
         "api_calls": event.api_calls,
         "refresh_id": event.refresh_id,
         "reservation_id": event.reservation_id,
@@ -273,32 +299,29 @@ def _priced_row(
         "priced_model": None,
         "rates": None,
         "metadata": event.metadata,
+        "usage_object": read.stored,
+        "unpriced_units": ",".join(read.unknown_units) or None,
     }
     if event.cost_usd is not None:
         row["cost_nano"] = usd_to_nano(event.cost_usd)
         row["pricing"] = "provided"
         row["price_source"] = "caller"
     else:
-        quote = book.quote(
-            event.provider,
-            event.model,
-            TokenUsage(
-                input_tokens=event.input_tokens,
-                output_tokens=event.output_tokens,
-                cache_creation_input_tokens=event.cache_write_tokens,
-                cache_read_input_tokens=event.cache_read_input_tokens,
-                cache_write_1h_tokens=event.cache_write_1h_tokens,
-            ),
-            at,
-        )
+        try:
+            quote = book.quote(read.provider, event.model, tokens, at, read.context)
+        except UsageError as exc:
+            raise _invalid(index, "usage", str(exc)) from exc
         if quote is not None:
+            unpriced = quote.unpriced_units + read.unknown_units
             row.update(
                 cost_nano=quote.cost_nano,
-                pricing="priced",
+                # A cost that leaves out a unit the call used is never shown as complete.
+                pricing="partially_priced" if unpriced else "priced",
                 price_source=quote.source,
                 price_version=quote.version,
                 priced_model=quote.priced_model,
                 rates=quote.rates,
+                unpriced_units=",".join(unpriced) or None,
             )
     if lic is not None and row["cost_nano"] is not None:
         row["credits_micro"] = credits_for_cost(row["cost_nano"], lic.cost_per_credit_nano)
@@ -335,7 +358,7 @@ def _write_events(
 
 
 _COLUMNS = [column.name for column in _EVENTS.columns if column.name != "id"]
-_JSON_COLUMNS = {"rates", "metadata"}
+_JSON_COLUMNS = {"rates", "metadata", "usage_object"}
 _TIME_COLUMNS = {"timestamp", "received_at"}
 _CONVERTED = _JSON_COLUMNS | _TIME_COLUMNS
 _SQLITE_INSERT = (
@@ -456,7 +479,7 @@ def _roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
             cost or 0,
             row["api_calls"],
             1,
-            int(cost is None),
+            int(row["pricing"] in INCOMPLETE_PRICING),
         )
         monthly[(row["organization_id"], row["year_month"])].append(values)
         daily[(row["organization_id"], row["day"], row["provider"], row["model"])].append(values)

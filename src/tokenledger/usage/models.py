@@ -12,6 +12,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
     text,
 )
@@ -32,8 +33,8 @@ class UsageEvent(Base):
             "ix_usage_events_unpriced",
             "provider",
             "model",
-            sqlite_where=text("pricing = 'unpriced'"),
-            postgresql_where=text("pricing = 'unpriced'"),
+            sqlite_where=text("pricing IN ('unpriced', 'partially_priced')"),
+            postgresql_where=text("pricing IN ('unpriced', 'partially_priced')"),
         ),
     )
 
@@ -64,6 +65,16 @@ class UsageEvent(Base):
     priced_model: Mapped[str | None] = mapped_column(String(128))
     rates: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON(none_as_null=True))
+    # The provider's usage object as given ({"usage": ..., "service_tier": ...}), when the
+    # flat columns do not tell it all: a later price fix re-reads it.
+    usage_object: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # Units the call used that no rate covered, comma-separated (partially_priced events).
+    unpriced_units: Mapped[str | None] = mapped_column(Text)
+
+
+# Events whose cost is missing or incomplete: counted in the rollups' unpriced_events and
+# listed by GET /api/pricing/unpriced, never shown as a complete cost.
+INCOMPLETE_PRICING = ("unpriced", "partially_priced")
 
 
 # The summed columns of the event rollups (token_usage_monthly, usage_daily) and of

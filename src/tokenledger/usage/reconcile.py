@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 import tokenledger.models  # noqa: F401  (every table: rows written here have foreign keys)
 from tokenledger.licenses.models import CreditAdjustment, License
 from tokenledger.usage.models import (
+    INCOMPLETE_PRICING,
     LICENSE_USAGE_FIELDS,
     ROLLUP_FIELDS,
     LicenseUsage,
@@ -33,7 +34,7 @@ def _event_sums() -> dict[str, Any]:
         "cost_nano": func.sum(func.coalesce(E.cost_nano, 0)),
         "api_calls": func.sum(E.api_calls),
         "event_count": func.count(),
-        "unpriced_events": func.sum(case((E.cost_nano.is_(None), 1), else_=0)),
+        "unpriced_events": func.sum(case((E.pricing.in_(INCOMPLETE_PRICING), 1), else_=0)),
     }
 
 

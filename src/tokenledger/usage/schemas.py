@@ -27,6 +27,14 @@ from tokenledger.schemas import InputModel, JsonObject
 
 MAX_TOKENS = 10**9
 MAX_METADATA_BYTES = 4096
+MAX_USAGE_BYTES = 8192
+_ANTHROPIC_EXTRAS = (
+    "server_tool_use",
+    "service_tier",
+    "inference_geo",
+    "speed",
+    "output_tokens_details",
+)
 
 TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
 # Identifiers are stored as text: PostgreSQL cannot hold NUL, and no control character
@@ -85,8 +93,9 @@ class UsageEventIn(InputModel):
     id: StrictStr = Field(min_length=1, max_length=128, pattern=_PRINTABLE)
     organization: OrganizationRef | None = None
     timestamp: Timestamp | None = None
-    provider: StrictStr = Field(
-        default="anthropic", min_length=1, max_length=64, pattern=_PRINTABLE
+    # Inferred from the model when not given (usage/providers.py).
+    provider: StrictStr | None = Field(
+        default=None, min_length=1, max_length=64, pattern=_PRINTABLE
     )
     model: StrictStr = Field(min_length=1, max_length=128, pattern=_PRINTABLE)
     input_tokens: TokenCount = 0
@@ -103,11 +112,65 @@ class UsageEventIn(InputModel):
         default=None, min_length=1, max_length=64, pattern=_PRINTABLE
     )
     metadata: JsonObject | None = None
+    # The provider's own usage object, untouched (instead of the flat counts above).
+    usage: JsonObject | None = None
+    # batch, priority, flex, ...: Anthropic's usage field, or the tier an OpenAI or Gemini
+    # response names (or the caller knows, for their batch APIs).
+    service_tier: StrictStr | None = Field(
+        default=None, min_length=1, max_length=32, pattern=_PRINTABLE
+    )
+    # Anthropic's further usage fields, so that message.usage.model_dump() can be merged in.
+    server_tool_use: JsonObject | None = None
+    inference_geo: StrictStr | None = Field(default=None, max_length=64, pattern=_PRINTABLE)
+    speed: StrictStr | None = Field(default=None, max_length=32, pattern=_PRINTABLE)
+    output_tokens_details: JsonObject | None = None
 
     @field_validator("provider")
     @classmethod
-    def _lower(cls, value: str) -> str:
-        return value.strip().lower()
+    def _lower(cls, value: str | None) -> str | None:
+        return None if value is None else value.strip().lower()
+
+    @field_validator("cache_read_input_tokens", mode="before")
+    @classmethod
+    def _none_is_zero(cls, value: Any) -> Any:
+        # The Anthropic SDK's model_dump() gives None for counts it did not receive.
+        return 0 if value is None else value
+
+    @field_validator("usage", "server_tool_use", "output_tokens_details")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(json.dumps(value)) > MAX_USAGE_BYTES:
+            raise ValueError(f"limited to {MAX_USAGE_BYTES} bytes of JSON")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind_of_usage(self) -> UsageEventIn:
+        if self.usage is None:
+            return self
+        flat = [
+            name
+            for name in (
+                "input_tokens",
+                "output_tokens",
+                "cache_creation_input_tokens",
+                "cache_read_input_tokens",
+                "cache_creation",
+                *(name for name in _ANTHROPIC_EXTRAS if name != "service_tier"),
+            )
+            if name in self.model_fields_set and getattr(self, name) not in (None, 0)
+        ]
+        if flat:
+            raise ValueError(
+                "give the counts either in usage (the provider's object) or as flat fields, "
+                f"not both: {', '.join(flat)}"
+            )
+        return self
+
+    def anthropic_extras(self) -> dict[str, Any]:
+        """The Anthropic usage fields this flat event carries beside the token counts."""
+        return {
+            name: value for name in _ANTHROPIC_EXTRAS if (value := getattr(self, name)) is not None
+        }
 
     @field_validator("metadata")
     @classmethod
@@ -173,7 +236,7 @@ class UsageBatch(InputModel):
             raise ValidationError.from_exception_data(cls.__name__, errors) from None
 
 
-Pricing = Literal["priced", "unpriced", "provided"]
+Pricing = Literal["priced", "partially_priced", "unpriced", "provided"]
 
 
 class EventResult(BaseModel):
