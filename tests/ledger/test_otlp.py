@@ -269,13 +269,13 @@ def test_refused_bodies(client: TestClient, database: Database, tenant: Tenant) 
     )
     assert response.status_code == 413
     assert (
-        client.post("/v1/traces", content=b"\xff\x00garbage", headers=protobuf).status_code == 400
+        client.post("/v1/traces", content=b"\xff\x00garbage", headers=protobuf).status_code == 422
     )
     plain = {**tenant.headers, "Content-Type": "text/plain"}
     assert client.post("/v1/traces", content=b"{}", headers=plain).status_code == 415
     assert client.post("/v1/traces", json=json_export()).status_code == 401
     not_json = {**tenant.headers, "Content-Type": "application/json"}
-    assert client.post("/v1/traces", content=b"[1, 2", headers=not_json).status_code == 400
+    assert client.post("/v1/traces", content=b"[1, 2", headers=not_json).status_code == 422
     assert (
         json.loads(client.post("/v1/traces", json=json_export(), headers=tenant.headers).text) == {}
     )
