@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tokenledger.alerts.models import Webhook, WebhookDelivery
+from tokenledger.alerts.webhooks import new_secret
 from tokenledger.audit import service as audit
 from tokenledger.config import Settings
 from tokenledger.db import utcnow
@@ -90,7 +91,7 @@ def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
     rng = random.Random(seed)
     now = utcnow().replace(microsecond=0)
     # An endpoint for the alerts (example.com never answers: deliveries show retries).
-    hook = Webhook(url=DEMO_WEBHOOK, secret="whsec_demo", description="Demo: on-call channel")
+    hook = Webhook(url=DEMO_WEBHOOK, secret=new_secret(), description="Demo: on-call channel")
     session.add(hook)
     session.flush()
     events = refreshes = 0

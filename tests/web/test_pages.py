@@ -286,7 +286,7 @@ def test_create_a_license_with_unlimited_credits_and_edit_its_budget(
         assert entries[1].before["token_budget_usd"] == "40.000000000"
         assert entries[1].after["token_budget_usd"] == "30.000000000"
         alerts = session.scalars(select(Alert.type).where(Alert.license_id == license_id)).all()
-        assert set(alerts) == {"budget.warning", "budget.exhausted"}
+        assert {"budget.warning", "budget.exhausted"} <= set(alerts)
     # An unchanged form writes no new audit entry.
     response = admin_browser.post(
         f"/licenses/{license_id}/edit",

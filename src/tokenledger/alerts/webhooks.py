@@ -177,7 +177,8 @@ def send_test(hook: Webhook, allow_private: bool) -> tuple[int | None, str | Non
         sort_keys=True,
     )
     with httpx.Client(timeout=REQUEST_TIMEOUT_SECONDS, follow_redirects=False) as client:
-        return _post(client, hook.url, hook.secret, payload, allow_private)
+        message_id = f"msg_tl_test_{secrets.token_hex(8)}"
+        return _post(client, hook.url, hook.secret, message_id, payload, allow_private)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -237,7 +238,7 @@ def _attempt(
             return
         url, secret, payload = hook.url, hook.secret, delivery.payload
         attempts, created_at = delivery.attempts + 1, delivery.created_at
-    status_code, error = _post(client, url, secret, delivery_id, payload, allow_private)
+    status_code, error = _post(client, url, secret, webhook_id(delivery_id), payload, allow_private)
     with database.session(write=True) as session:
         delivery = session.get(WebhookDelivery, delivery_id)
         if delivery is None:
@@ -260,7 +261,7 @@ def _post(
     client: httpx.Client,
     url: str,
     secret: str,
-    delivery_id: int,
+    message_id: str,
     payload: str,
     allow_private: bool,
 ) -> tuple[int | None, str | None]:
@@ -271,7 +272,7 @@ def _post(
         body = payload.encode()
         headers = {
             "Content-Type": "application/json",
-            **signed_headers(secret, webhook_id(delivery_id), int(time.time()), body),
+            **signed_headers(secret, message_id, int(time.time()), body),
             "User-Agent": "tokenledger-webhooks",
             **pin_headers,
         }

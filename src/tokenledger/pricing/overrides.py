@@ -171,4 +171,3 @@ def unset_override(
         after=None,
         client_address=client_address,
     )
-
