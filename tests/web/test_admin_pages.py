@@ -43,6 +43,9 @@ def test_organization_list_filters_and_sorting(admin_browser, make_tenant):
     assert slugs("show=near") == ["near"]
     assert slugs("show=exhausted") == ["spent"]
     assert slugs("show=no_license") == ["bare"]
+    # At the last 7 days' pace (8.5 / 7 a day), near's 1.50 left lasts until Nov 19,
+    # before December; calm's 95 last 133 days; spent has run out already (not a forecast).
+    assert slugs("show=runs_out") == ["near"]
     assert slugs("min_used=50") == ["near", "spent"]
     assert slugs("sort=used") == ["spent", "near", "calm", "bare"]
     assert slugs("sort=total") == ["spent", "near", "calm", "bare"]

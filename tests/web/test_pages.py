@@ -456,3 +456,13 @@ def test_templates_hold_no_text_outside_translation_calls():
         if words:
             problems.append(f"{template.name}: {sorted(words)}")
     assert not problems, problems
+
+
+def test_names_from_callers_are_escaped(admin_browser):
+    hostile = '<img src=x onerror="alert(1)">'
+    response = admin_browser.post("/organizations/new", {"name": hostile})
+    assert response.status_code == 303
+    for path in ("/organizations", response.headers["location"]):
+        html = admin_browser.get(path).text
+        assert hostile not in html
+        assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in html
