@@ -466,3 +466,13 @@ def test_names_from_callers_are_escaped(admin_browser):
         html = admin_browser.get(path).text
         assert hostile not in html
         assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in html
+
+
+def test_an_unknown_address_is_a_page_for_a_browser_and_json_for_the_api(web):
+    page = web.get("/no-such-page", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert page.status_code == 404
+    assert "This page or record does not exist." in read(page.text).texts
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    api = web.get("/api/no-such-route", headers={"Accept": "text/html"})
+    assert api.status_code == 404
+    assert api.json()["error"]["code"] == "not_found"
