@@ -476,3 +476,10 @@ def test_an_unknown_address_is_a_page_for_a_browser_and_json_for_the_api(web):
     api = web.get("/api/no-such-route", headers={"Accept": "text/html"})
     assert api.status_code == 404
     assert api.json()["error"]["code"] == "not_found"
+
+
+def test_an_id_no_row_can_have_is_a_readable_page(admin_browser):
+    for path in ("/organizations/99999999999999999999", "/licenses/0/edit", "/organizations/x"):
+        response = admin_browser.get(path)
+        assert response.status_code == 422, path
+        assert "The address holds an invalid value." in read(response.text).texts
