@@ -407,13 +407,14 @@ def test_the_language_follows_accept_language_until_one_is_chosen(admin_browser)
     assert '<html lang="de"' in chosen.text
 
 
-def test_the_theme_switch_sticks(admin_browser):
+def test_the_theme_is_dark_by_default_and_the_switch_sticks(admin_browser):
     client = admin_browser.client
-    assert "data-theme" not in client.get("/").text.split(">", 2)[1]
-    client.get("/theme/light?next=/")
-    assert '<html lang="en" data-theme="light">' in client.get("/").text
-    client.get("/theme/auto?next=/")
-    assert "data-theme=" not in client.get("/").text.split("<head>")[0]
+    assert '<html lang="en" data-theme="dark">' in client.get("/").text
+    for theme in ("light", "auto", "dark"):
+        assert client.get(f"/theme/{theme}?next=/").status_code == 303
+        assert f'<html lang="en" data-theme="{theme}">' in client.get("/").text
+    client.get("/theme/purple?next=/")  # unknown: the choice stays
+    assert '<html lang="en" data-theme="dark">' in client.get("/").text
 
 
 def test_an_unknown_organization_is_a_readable_404_page(admin_browser):

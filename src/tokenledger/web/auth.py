@@ -114,10 +114,8 @@ def switch_language(language: str, next: Next = "/") -> Response:
 
 @router.get("/theme/{theme}")
 def switch_theme(theme: str, next: Next = "/") -> Response:
-    """Remember a theme; "auto" follows the system's preference again."""
+    """Remember a theme: dark, light, or auto (the system's preference)."""
     response = RedirectResponse(safe_next(next), status_code=303)
     if theme in THEMES:
         response.set_cookie(THEME_COOKIE, theme, max_age=YEAR, samesite="lax")
-    else:
-        response.delete_cookie(THEME_COOKIE)
     return response

@@ -40,7 +40,8 @@ LANGUAGE_COOKIE = "tl_lang"
 THEME_COOKIE = "tl_theme"
 FLASH_COOKIE = "tl_flash"
 LOGIN_CSRF_COOKIE = "tl_login_csrf"
-THEMES = ("dark", "light")
+THEMES = ("dark", "light", "auto")
+DEFAULT_THEME = "dark"
 YEAR = 365 * 24 * 3600
 
 templates = Jinja2Templates(directory=WEB_DIR / "templates")
@@ -62,7 +63,7 @@ def language_of(request: Request) -> str:
 
 def theme_of(request: Request) -> str:
     theme = request.cookies.get(THEME_COOKIE, "")
-    return theme if theme in THEMES else ""
+    return theme if theme in THEMES else DEFAULT_THEME
 
 
 def safe_next(target: str | None, default: str = "/") -> str:
