@@ -60,6 +60,19 @@ def test_an_expired_session_says_so_on_the_login_page(web, database):
     assert "Your session has expired. Please sign in again." in read(page.text).texts
 
 
+def test_a_session_cookie_the_browser_dropped_still_reads_as_expired(web, database):
+    add_admin(database, "admin@example.com")
+    token = csrf_of(web.get("/login").text)
+    web.post(
+        "/login",
+        data={"username": "admin@example.com", "password": ADMIN_PASSWORD, "csrf_token": token},
+    )
+    # The cookie's lifetime ran out: the browser sends no session any more.
+    web.cookies.delete("tl_session")
+    response = web.get("/organizations")
+    assert "expired=1" in response.headers["location"]
+
+
 def test_sign_in_and_out_through_the_forms(web, database):
     add_admin(database, "admin@example.com")
     form = web.get("/login?next=/organizations")
@@ -79,7 +92,10 @@ def test_sign_in_and_out_through_the_forms(web, database):
     response = web.post("/logout", data={"csrf_token": csrf_of(dashboard.text)})
     assert response.status_code == 303
     assert web.get("/login").status_code == 200
-    assert web.get("/").status_code == 303
+    # Signed out on purpose: the login page does not speak of an expired session.
+    response = web.get("/")
+    assert response.status_code == 303
+    assert "expired" not in response.headers["location"]
 
 
 def test_wrong_password_and_throttling_are_readable_pages(web, database):
