@@ -1,10 +1,13 @@
-"""The `tokenledger` command: migrate, serve, accounts, keys, demo data, reconcile, prices."""
+"""The `tokenledger` command: migrate, serve, accounts, keys, demo data, reconcile, backup."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,7 +25,14 @@ class CliError(Exception):
     """A one-line reason to stop with exit code 1."""
 
 
-def _database(settings: Settings) -> Database:
+def _database(settings: Settings, *, create: bool = False) -> Database:
+    """The database; only `migrate` (create=True) may bring a new SQLite file into being."""
+    path = settings.sqlite_path()
+    if not create and path is not None and not path.exists():
+        raise CliError(
+            f"database {path} does not exist: check TOKENLEDGER_DATABASE_URL, "
+            "or create it with `tokenledger migrate`"
+        )
     return Database(settings)
 
 
@@ -53,7 +63,7 @@ def _audit_cli(
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    database = _database(settings)
+    database = _database(settings, create=True)
     before = runner.current_revision(database.engine)
     runner.upgrade(database.engine)
     after = runner.current_revision(database.engine)
@@ -76,16 +86,41 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     database.dispose()
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
-    uvicorn.run(
-        "tokenledger.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level="info",
-        proxy_headers=True,
-    )
+    metrics_directory = _metrics_directory(args.workers)
+    try:
+        uvicorn.run(
+            "tokenledger.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level="info",
+            proxy_headers=True,
+        )
+    finally:
+        if metrics_directory is not None:
+            shutil.rmtree(metrics_directory, ignore_errors=True)
     return 0
+
+
+def _metrics_directory(workers: int) -> str | None:
+    """With several workers, prometheus_client's multiprocess mode: each worker writes its
+    figures to files in one directory, and /metrics adds them up. The directory is emptied
+    at start (figures of an earlier run would count twice); returns it when it is ours to
+    remove at exit.
+    """
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        return None
+    if workers == 1:
+        return None
+    made = tempfile.mkdtemp(prefix="tokenledger-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made  # inherited by the worker processes
+    return made
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -191,7 +226,7 @@ def ensure_first_admin(database: Database, settings: Settings) -> None:
 
 def cmd_run_local(args: argparse.Namespace, settings: Settings) -> int:
     """What `make run` does: migrate, first admin, demo data on first start, serve."""
-    database = _database(settings)
+    database = _database(settings, create=True)
     first_start = runner.current_revision(database.engine) is None
     runner.upgrade(database.engine)
     settings.signing_key()
@@ -235,6 +270,26 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         print(f"fixed {len(drift)} drifting figures")
         return 0
     return 1
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenledger.backup import POSTGRES_WAY, BackupError, backup_sqlite
+
+    source = settings.sqlite_path()
+    if source is None:
+        if settings.is_sqlite:
+            raise CliError("an in-memory database has nothing to back up")
+        raise CliError(f"`tokenledger backup` copies the embedded SQLite database; {POSTGRES_WAY}")
+    _database(settings).dispose()  # refuses a database that does not exist
+    try:
+        result = backup_sqlite(source, Path(args.path))
+    except BackupError as exc:
+        raise CliError(str(exc)) from exc
+    print(
+        f"backup of {source} written to {result.path} "
+        f"({result.size_bytes} bytes, schema {result.schema_revision or 'none'})"
+    )
+    return 0
 
 
 def cmd_prices(args: argparse.Namespace, settings: Settings) -> int:
@@ -317,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile = sub.add_parser("reconcile", help="recompute rollups and balances from events")
     reconcile.add_argument("--fix", action="store_true")
     reconcile.set_defaults(handler=cmd_reconcile)
+
+    backup = sub.add_parser(
+        "backup", help="copy the SQLite database while it serves (PostgreSQL: pg_dump)"
+    )
+    backup.add_argument("path", help="the new file to write")
+    backup.set_defaults(handler=cmd_backup)
 
     prices = sub.add_parser("prices", help="operator price overrides").add_subparsers(
         dest="prices_command", required=True

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     login_window_seconds: int = Field(default=15 * 60, ge=1)
     cookie_secure: bool | None = None
     webhook_worker: bool = True
+    # How long a worker holds a delivery it sends; after a crash, the wait before a resend.
+    webhook_lease_seconds: int = Field(default=60, ge=2)
+    # Requests per ingest key, e.g. "100/s" or "6000/m"; empty: no limit.
+    ingest_rate_limit: str = ""
 
     @field_validator("billing_timezone")
     @classmethod
@@ -45,6 +49,15 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
+
+    @field_validator("ingest_rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from tokenledger.ratelimit import Rate
+
+        if value.strip():
+            Rate.parse(value)
+        return value.strip()
 
     @field_validator("sqlite_synchronous")
     @classmethod

@@ -8,14 +8,17 @@ PostgreSQL: READ COMMITTED, with atomic increments and row locks where rows are 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import BigInteger, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -81,15 +84,38 @@ def make_engine(settings: Settings) -> Engine:
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
         )
         _configure_sqlite(engine, settings.sqlite_synchronous)
-        return engine
-    # A connect timeout, so that /readyz answers 503 instead of hanging on a lost host.
-    return create_engine(
-        url,
-        pool_size=10,
-        max_overflow=10,
-        pool_pre_ping=True,
-        connect_args={"connect_timeout": 10},
-    )
+    else:
+        # A connect timeout, so that /readyz answers 503 instead of hanging on a lost host.
+        engine = create_engine(
+            url,
+            pool_size=10,
+            max_overflow=10,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": 10},
+        )
+    _refuse_connections_in_a_transaction(engine)
+    return engine
+
+
+def _in_transaction(dbapi_connection: Any) -> bool:
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        return dbapi_connection.in_transaction
+    status = dbapi_connection.info.transaction_status
+    return bool(status != psycopg.pq.TransactionStatus.IDLE)
+
+
+def _refuse_connections_in_a_transaction(engine: Engine) -> None:
+    """No checkout ever gets a connection still inside a transaction.
+
+    The pool rolls back every connection it takes back (reset on return); should one
+    come back inside a transaction all the same, it would serve an old snapshot, and on
+    SQLite keep a lock. It is discarded instead, and the pool opens a fresh one.
+    """
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if _in_transaction(dbapi_connection):
+            raise DisconnectionError("pooled connection was inside a transaction")
 
 
 def _configure_sqlite(engine: Engine, synchronous: str) -> None:

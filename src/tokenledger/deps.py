@@ -17,6 +17,7 @@ from tokenledger.auth.tokens import decode_token
 from tokenledger.config import Settings
 from tokenledger.db import MAX_ROW_ID, Database, utcnow
 from tokenledger.errors import DomainError
+from tokenledger.ratelimit import RateLimiter, retry_after
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSION_COOKIE = "tl_session"
@@ -93,6 +94,13 @@ def _same_secret(given: str, expected: str) -> bool:
 
 
 def current_principal(request: Request, session: Session, settings: AppSettings) -> Principal:
+    return authenticate(request, session, settings, request.headers.get(CSRF_HEADER, ""))
+
+
+def authenticate(
+    request: Request, session: OrmSession, settings: Settings, csrf_given: str
+) -> Principal:
+    """The caller of a request; on a cookie session's write, csrf_given must be its token."""
     token = _bearer(request)
     via_cookie = False
     if token is None:
@@ -111,7 +119,7 @@ def current_principal(request: Request, session: Session, settings: AppSettings)
     if (
         via_cookie
         and request.method not in SAFE_METHODS
-        and not _same_secret(request.headers.get(CSRF_HEADER, ""), claims.csrf)
+        and not _same_secret(csrf_given, claims.csrf)
     ):
         raise DomainError(403, "csrf_failed", "missing or wrong CSRF token")
     return Principal(
@@ -150,6 +158,16 @@ def require_ingest_key(request: Request, session: Session) -> IngestPrincipal:
     secret = _bearer(request)
     if secret is None:
         raise _unauthenticated()
+    # Before any query: a refused request costs no database work.
+    limiter: RateLimiter | None = getattr(request.app.state, "ingest_limiter", None)
+    if limiter is not None and (wait := limiter.take(secret)):
+        raise DomainError(
+            429,
+            "rate_limited",
+            f"more than {limiter.rate.requests} requests per {limiter.rate.per_seconds} s "
+            "with this key",
+            headers={"Retry-After": retry_after(wait)},
+        )
     key = auth_service.resolve_api_key(session, secret)
     if key is None:
         raise DomainError(401, "invalid_api_key", "unknown or revoked API key")

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from sqlalchemy import text
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokenledger.alerts.models import WebhookDelivery
+from tokenledger.db import Database, utcnow
 from tokenledger.deps import get_database
 from tokenledger.errors import error_body
 from tokenledger.migrations.runner import is_migrated
@@ -51,24 +56,44 @@ class Metrics:
 
 
 def install_metrics(app: FastAPI, metrics: Metrics) -> None:
-    @app.middleware("http")
-    async def _measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    app.add_middleware(MeasureRequests, metrics=metrics)
+
+
+class MeasureRequests:
+    """Counts and times every request by route template and status.
+
+    Plain ASGI, not BaseHTTPMiddleware: that one relays a streamed body through a queue
+    and ends it cleanly when the app fails mid-stream, so a broken export looked whole.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
         status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, record_status)
         except SQLAlchemyError:
-            metrics.db_errors.inc()
+            self.metrics.db_errors.inc()
             raise
         finally:
-            route = request.scope.get("route")
+            route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            metrics.requests.labels(request.method, template, str(status)).inc()
-            metrics.latency.labels(request.method, template).observe(time.perf_counter() - started)
+            method = scope["method"]
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
 
 
 @router.get("/healthz", include_in_schema=False)
@@ -91,10 +116,59 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
+class OutboxCollector(Collector):
+    """Webhook outbox gauges, read from the database at scrape time (so every worker agrees)."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def collect(self) -> Iterator[Metric]:
+        with self.database.session(write=False) as session:
+            pending, oldest = session.execute(
+                select(func.count(), func.min(WebhookDelivery.created_at)).where(
+                    WebhookDelivery.status == "pending"
+                )
+            ).one()
+            failed = session.scalar(select(func.count()).where(WebhookDelivery.status == "failed"))
+        age = max(0.0, (utcnow() - oldest).total_seconds()) if oldest is not None else 0.0
+        yield GaugeMetricFamily(
+            "tokenledger_webhook_outbox_pending",
+            "Webhook deliveries not yet delivered (nor given up).",
+            value=pending,
+        )
+        yield GaugeMetricFamily(
+            "tokenledger_webhook_outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending webhook delivery; 0 when none is pending.",
+            value=age,
+        )
+        yield GaugeMetricFamily(
+            "tokenledger_webhook_deliveries_failed",
+            "Webhook deliveries given up after a day of failures.",
+            value=failed or 0,
+        )
+
+
+def multiprocess_directory() -> str | None:
+    """Set by `tokenledger serve` with several workers: metrics are then summed over them."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> PlainTextResponse:
-    registry = request.app.state.metrics.registry
-    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    if multiprocess_directory():
+        # Every worker writes its figures to files there; a scrape adds them all up.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = request.app.state.metrics.registry
+    body = generate_latest(registry)
+    outbox = CollectorRegistry()
+    outbox.register(OutboxCollector(get_database(request)))
+    try:
+        body += generate_latest(outbox)
+    except SQLAlchemyError:
+        request.app.state.metrics.db_errors.inc()
+    return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
 
 class BodyLimit:

@@ -71,20 +71,26 @@ def test_usd_budget_alerts_carry_the_month(client, database, make_tenant):
         }
     )
     last_month = now.replace(day=1) - timedelta(days=3)
-    # Back-dated spend belongs to its own month, not to this month's budget.
+    previous = last_month.strftime("%Y-%m")
+    # Back-dated spend belongs to its own month, not to this month's budget: 9 of 10 USD
+    # is that month's warning.
     ingest(client, tenant, event("9", at=last_month))
-    assert _thresholds(database, tenant.license_id) == []
+    assert _thresholds(database, tenant.license_id) == [("budget.warning", previous)]
     ingest(client, tenant, event("7.99"))
-    assert _thresholds(database, tenant.license_id) == []
+    assert _thresholds(database, tenant.license_id) == [("budget.warning", previous)]
     ingest(client, tenant, event("0.01"))
-    assert _thresholds(database, tenant.license_id) == [("budget.warning", month)]
+    assert _thresholds(database, tenant.license_id) == [
+        ("budget.warning", previous),
+        ("budget.warning", month),
+    ]
     ingest(client, tenant, event("2"))
     assert _thresholds(database, tenant.license_id) == [
+        ("budget.warning", previous),
         ("budget.warning", month),
         ("budget.exhausted", month),
     ]
     ingest(client, tenant, event("2"))
-    assert len(_thresholds(database, tenant.license_id)) == 2
+    assert len(_thresholds(database, tenant.license_id)) == 3
 
     with database.session(write=False) as session:
         alert = session.scalars(
@@ -203,3 +209,123 @@ def test_concurrent_batches_crossing_the_same_threshold_fire_once(settings, data
         "budget.warning": 1,
         "budget.exhausted": 1,
     }
+
+
+def _armed(database, license_id: int) -> list[tuple[str, str, bool]]:  # type: ignore[no-untyped-def]
+    """(type, period, still armed) of the license's alerts, forecasts left out."""
+    with database.session(write=False) as session:
+        rows = session.execute(
+            select(Alert.type, Alert.period, Alert.rearmed_at)
+            .where(Alert.license_id == license_id, Alert.type != "budget.forecast")
+            .order_by(Alert.id)
+        ).all()
+    return [(t, p, rearmed is None) for t, p, rearmed in rows]
+
+
+def test_a_top_up_rearms_the_thresholds_it_moves_below(
+    client, database, admin_headers, make_tenant
+):
+    # 100 credits at 0.01 USD: 0.95 USD is 95 credits, past the 80 % warning.
+    tenant = make_tenant(license={"credits_total": Decimal(100), "token_budget_usd": None})
+    ingest(client, tenant, event("0.95"))
+    assert _armed(database, tenant.license_id) == [("credits.warning", "license", True)]
+    # Top-up to 250 credits: 95 of 250 is 38 %, below the warning again.
+    response = client.patch(
+        f"/api/licenses/{tenant.license_id}", json={"credits_total": 250}, headers=admin_headers
+    )
+    assert response.status_code == 200, response.text
+    assert _armed(database, tenant.license_id) == [("credits.warning", "license", False)]
+    ingest(client, tenant, event("1.04"))  # 199 credits: 79.6 %
+    assert len(_armed(database, tenant.license_id)) == 1
+    ingest(client, tenant, event("0.01"))  # 200 credits: 80 %, crossed again
+    assert _armed(database, tenant.license_id) == [
+        ("credits.warning", "license", False),
+        ("credits.warning", "license", True),
+    ]
+    ingest(client, tenant, event("0.2"))  # 220: still once per arming
+    ingest(client, tenant, event("0.3"))  # 250: exhausted, once
+    ingest(client, tenant, event("0.1"))
+    assert _armed(database, tenant.license_id) == [
+        ("credits.warning", "license", False),
+        ("credits.warning", "license", True),
+        ("credits.exhausted", "license", True),
+    ]
+    listed = client.get(
+        "/api/alerts", params={"organization_id": tenant.org_id}, headers=admin_headers
+    ).json()
+    assert [(a["type"], a["rearmed_at"] is None) for a in listed["items"]] == [
+        ("credits.exhausted", True),
+        ("credits.warning", True),
+        ("credits.warning", False),
+    ]
+
+
+def test_a_change_that_stays_above_a_threshold_keeps_it_fired(
+    client, database, admin_headers, make_tenant
+):
+    tenant = make_tenant(license={"credits_total": Decimal(100), "token_budget_usd": None})
+    ingest(client, tenant, event("0.95"))
+    # 95 of 110 credits is 86 %: still past the warning, which stays fired.
+    response = client.patch(
+        f"/api/licenses/{tenant.license_id}", json={"credits_total": 110}, headers=admin_headers
+    )
+    assert response.status_code == 200, response.text
+    ingest(client, tenant, event("0.05"))
+    assert _armed(database, tenant.license_id) == [("credits.warning", "license", True)]
+
+
+def test_budget_and_warning_percent_changes_rearm_through_the_budget_route(
+    client, database, admin_headers, make_tenant
+):
+    now = utcnow()
+    tenant = make_tenant(license=usd_budget_license(now, days_before=30))  # 10 USD, license
+    ingest(client, tenant, event("8.5"))  # 85 %
+    assert _armed(database, tenant.license_id) == [("budget.warning", "license", True)]
+
+    def put(**fields: object) -> None:
+        response = client.put(
+            f"/api/token-usage/budget/{tenant.license_id}", json=fields, headers=admin_headers
+        )
+        assert response.status_code == 200, response.text
+
+    put(budget_warning_percent=90)  # 85 % is below the new warning: re-armed
+    assert _armed(database, tenant.license_id) == [("budget.warning", "license", False)]
+    ingest(client, tenant, event("0.5"))  # 90 %
+    assert _armed(database, tenant.license_id)[-1] == ("budget.warning", "license", True)
+    put(token_budget_usd="20")  # 9 of 20 USD: 45 %
+    ingest(client, tenant, event("8.99"))  # 17.99: 89.95 %
+    assert [armed for *_, armed in _armed(database, tenant.license_id)] == [False, False]
+    ingest(client, tenant, event("0.01"))  # 18 of 20: 90 %
+    assert _armed(database, tenant.license_id) == [
+        ("budget.warning", "license", False),
+        ("budget.warning", "license", False),
+        ("budget.warning", "license", True),
+    ]
+    # Lowering the budget so that present spend exhausts it fires at once.
+    put(token_budget_usd="18")
+    assert _armed(database, tenant.license_id)[-1] == ("budget.exhausted", "license", True)
+
+
+def test_the_database_keeps_one_armed_alert_per_key(database, make_tenant):
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    tenant = make_tenant(license={"credits_total": Decimal(100), "token_budget_usd": None})
+
+    def add(rearmed: bool) -> None:
+        with database.session(write=True) as session:
+            session.add(
+                Alert(
+                    organization_id=tenant.org_id,
+                    license_id=tenant.license_id,
+                    type="credits.warning",
+                    period="license",
+                    rearmed_at=utcnow() if rearmed else None,
+                )
+            )
+
+    add(rearmed=True)
+    add(rearmed=True)
+    add(rearmed=False)
+    with pytest.raises(IntegrityError):
+        add(rearmed=False)

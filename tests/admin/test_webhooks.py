@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -11,13 +12,14 @@ from decimal import Decimal
 
 import httpx
 import pytest
+import standardwebhooks
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from tests.admin.conftest import event, ingest
+from tests.admin.conftest import Received, event, ingest
 from tests.conftest import make_settings
 from tokenledger.alerts.models import Alert, Webhook, WebhookDelivery
-from tokenledger.alerts.webhooks import deliver_due
+from tokenledger.alerts.webhooks import deliver_due, new_secret
 from tokenledger.app import create_app
 from tokenledger.db import Database, utcnow
 
@@ -41,7 +43,7 @@ def test_admin_creates_lists_and_deletes(client, admin_headers, viewer_headers):
     assert created["description"] == "ops channel"
     assert created["active"] is True
     assert created["secret"].startswith("whsec_")
-    assert len(created["secret"]) > 30
+    assert len(base64.b64decode(created["secret"][6:], validate=True)) == 32
 
     response = client.get("/api/webhooks", headers=viewer_headers)
     assert response.status_code == 200
@@ -119,7 +121,15 @@ def test_internal_targets_allowed_when_the_operator_says_so(database_url, admin_
         assert _create(client, "ftp://127.0.0.1/", admin_headers).status_code == 422
 
 
-def _verify(secret: str, header: str, body: bytes) -> int:
+def _verify(secret: str | bytes, request: Received) -> int:
+    """Checked by the Standard Webhooks reference library, as a receiver would."""
+    payload = standardwebhooks.Webhook(secret).verify(request.body, request.headers)
+    assert payload == json.loads(request.body)
+    return int(request.headers["webhook-timestamp"])
+
+
+def _verify_legacy(secret: str, header: str, body: bytes) -> int:
+    """The signature of endpoints made before Standard Webhooks, worked out by hand."""
     parts = dict(part.split("=", 1) for part in header.split(","))
     timestamp = int(parts["t"])
     expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
@@ -163,10 +173,9 @@ def test_delivery_to_a_real_receiver_with_a_valid_signature(
     for request in receiver.requests:
         assert request.path == "/hooks/tokenledger"
         assert request.headers["Content-Type"] == "application/json"
-        timestamp = _verify(
-            hook["secret"], request.headers["X-Tokenledger-Signature"], request.body
-        )
+        timestamp = _verify(hook["secret"], request)
         assert before <= timestamp <= int(time.time())
+        assert "X-Tokenledger-Signature" not in request.headers
         payload = request.json()
         assert payload["organization_id"] == tenant.org_id
         assert payload["organization"] == tenant.slug
@@ -175,10 +184,19 @@ def test_delivery_to_a_real_receiver_with_a_valid_signature(
         assert datetime.fromisoformat(payload["created_at"]).tzinfo is not None
         types.add(payload["type"])
     assert types == {"credits.warning", "credits.exhausted"}
-    # A signature of another secret, or over another body, does not verify.
-    with pytest.raises(AssertionError):
-        _verify("whsec_other", receiver.requests[0].headers["X-Tokenledger-Signature"], b"{}")
+    # A signature of another secret, or over another body, or of another id, does not verify.
+    first = receiver.requests[0]
+    other_secret = standardwebhooks.Webhook(new_secret())
+    with pytest.raises(standardwebhooks.WebhookVerificationError):
+        other_secret.verify(first.body, first.headers)
+    with pytest.raises(standardwebhooks.WebhookVerificationError):
+        standardwebhooks.Webhook(hook["secret"]).verify(b"{}", first.headers)
+    with pytest.raises(standardwebhooks.WebhookVerificationError):
+        standardwebhooks.Webhook(hook["secret"]).verify(
+            first.body, {**first.headers, "webhook-id": "msg_other"}
+        )
     done = _deliveries(database)
+    assert {r.headers["webhook-id"] for r in receiver.requests} == {f"msg_tl_{d.id}" for d in done}
     assert {(d.status, d.attempts, d.last_status_code) for d in done} == {("delivered", 2, 200)}
     assert all(d.delivered_at is not None for d in done)
 
@@ -186,7 +204,7 @@ def test_delivery_to_a_real_receiver_with_a_valid_signature(
 def test_retries_with_backoff_when_the_receiver_fails(
     private_client, admin_headers, database, receiver, http, make_tenant
 ):
-    _create(private_client, receiver.url, admin_headers)
+    hook = _create(private_client, receiver.url, admin_headers).json()
     tenant = make_tenant(license={"credits_total": Decimal(100), "token_budget_usd": None})
     ingest(private_client, tenant, event("0.8"))  # credits.warning only
     receiver.statuses = [500, 503]
@@ -218,6 +236,10 @@ def test_retries_with_backoff_when_the_receiver_fails(
     assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("delivered", 3, 200)
     assert len(receiver.requests) == 3
     assert len({r.body for r in receiver.requests}) == 1  # the same payload every time
+    # ... under the same webhook-id, on which the receiver deduplicates.
+    assert {r.headers["webhook-id"] for r in receiver.requests} == {f"msg_tl_{delivery.id}"}
+    for request in receiver.requests:
+        _verify(hook["secret"], request)
 
 
 def test_marked_failed_after_a_day_of_failures(
@@ -259,7 +281,7 @@ def test_nothing_is_lost_across_a_restart(database_url, admin_headers, receiver,
             assert deliver_due(database, http, allow_private=True) == 2
         assert len(receiver.requests) == 2
         for request in receiver.requests:
-            _verify(hook["secret"], request.headers["X-Tokenledger-Signature"], request.body)
+            _verify(hook["secret"], request)
         with database.session(write=False) as session:
             assert session.scalar(select(Alert.id).limit(1)) is not None
             statuses = session.scalars(select(WebhookDelivery.status)).all()
@@ -340,3 +362,24 @@ def test_delivery_connects_to_the_checked_address_not_a_new_lookup(receiver, htt
     assert secure_headers == {"Host": "hooks.example.com"}
     assert secure_extensions == {"sni_hostname": "hooks.example.com"}
     assert pinned_request(url, None) == (url, {}, {})
+
+
+def test_an_endpoint_made_before_standard_webhooks_keeps_working(
+    private_client, admin_headers, database, receiver, http, make_tenant
+):
+    hook = _create(private_client, receiver.url, admin_headers).json()
+    # The form secrets had before: whsec_ and 43 URL-safe characters, used whole as the key.
+    old_secret = "whsec_" + base64.urlsafe_b64encode(bytes(range(32))).decode().rstrip("=")
+    with database.session(write=True) as session:
+        session.execute(update(Webhook).values(secret=old_secret))
+    _exhaust(private_client, make_tenant)
+    before = int(time.time())
+    assert deliver_due(database, http, allow_private=True) == 2
+    assert len(receiver.requests) == 2
+    for request in receiver.requests:
+        header = request.headers["X-Tokenledger-Signature"]
+        legacy = _verify_legacy(old_secret, header, request.body)
+        assert before <= legacy <= int(time.time())
+        # The Standard Webhooks headers too, keyed with the secret's 32 bytes.
+        _verify(bytes(range(32)), request)
+    assert hook["id"] == _deliveries(database)[0].webhook_id

@@ -91,6 +91,9 @@ def test_console_script_is_installed():
 
 
 def test_unmigrated_database_is_refused(empty_database_url, tmp_path):
+    if empty_database_url.startswith("sqlite"):
+        # A file that exists but holds no schema (a missing one is tested in operations/).
+        Path(empty_database_url.split(":///", 1)[1]).touch()
     # An impossible port: should the refusal break, no server starts and stays up.
     result = run("serve", "--port", "-1", url=empty_database_url, cwd=tmp_path)
     assert result.returncode == 1, result.stderr

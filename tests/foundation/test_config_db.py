@@ -19,6 +19,7 @@ from tests.factories import make_license, make_org
 from tokenledger.config import Settings
 from tokenledger.db import Database, sqlalchemy_url
 from tokenledger.licenses.models import License
+from tokenledger.organizations.models import Organization
 
 
 def test_settings_from_the_environment(monkeypatch):
@@ -158,3 +159,31 @@ def test_sqlite_write_sessions_take_the_write_lock_at_once(sqlite_template, tmp_
     finally:
         other.close()
         database.dispose()
+
+
+def test_a_pooled_connection_left_inside_a_transaction_is_never_handed_out(
+    sqlite_template, tmp_path
+):
+    """A connection that someone still holds (an abandoned stream, say) and uses after the
+    pool took it back must not serve the next request from its old snapshot (SQLite: its
+    writes would also fail with "database is locked"). On PostgreSQL the pool's pre-ping
+    already fails loudly on such a connection."""
+    path = tmp_path / "pool.db"
+    shutil.copy(sqlite_template, path)
+    database = Database(make_settings(f"sqlite:///{path}"))
+    raw = database.engine.raw_connection()
+    leaked = raw.driver_connection
+    raw.close()  # back in the pool, rolled back and clean
+    cursor = leaked.cursor()
+    cursor.execute("BEGIN")
+    cursor.execute("SELECT count(*) FROM organizations")
+    cursor.fetchall()
+    with database.session(write=True) as session:
+        make_org(session, name="Written after the leak")
+    with database.session(write=False) as session:
+        handed_out = session.connection().connection.driver_connection
+        names = session.scalars(select(Organization.name)).all()
+    assert handed_out is not leaked
+    assert names == ["Written after the leak"]
+    assert database.engine.pool.checkedout() == 0
+    database.dispose()

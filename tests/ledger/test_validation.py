@@ -253,3 +253,35 @@ def test_ingestion_needs_a_live_key(
     response = client.post("/api/v1/usage", json={"events": [event("a")]}, headers=headers)
     assert response.status_code == 401, response.text
     assert snapshot(database).events == 0
+
+
+def test_a_retry_of_a_stored_event_is_a_duplicate_even_past_the_age_limit(
+    database_url: str, database: Database
+) -> None:
+    """Idempotency wins over age: a client that was offline long gets `duplicate`, not 422."""
+    with write(database) as session:
+        make_org(session, slug="offline")
+        _key, secret = create_api_key(session, "offline", "offline")
+    headers = bearer(secret)
+    now = utcnow()
+    sent_at = rfc3339(now - timedelta(days=29))
+    stored = event("kept", timestamp=sent_at)
+    # Stored while young enough (a 30-day limit) ...
+    with TestClient(create_app(make_settings(database_url, backfill_max_age_days=30))) as client:
+        first = ok(client, headers, stored)
+    assert first["results"][0]["status"] == "created"
+    before = snapshot(database)
+    # ... and retried when it is past the limit (here: a stricter 10-day limit).
+    with TestClient(create_app(make_settings(database_url, backfill_max_age_days=10))) as client:
+        retry = ok(client, headers, stored, stored)
+        assert [r["status"] for r in retry["results"]] == ["duplicate", "duplicate"]
+        assert retry["results"][0]["cost_usd"] == first["results"][0]["cost_usd"]
+        assert snapshot(database) == before
+        # The same old id with other content is still a conflict, and a new old event is
+        # still refused: the whole batch, with the stored retry beside it.
+        changed = post(client, headers, {**stored, "output_tokens": 999})
+        assert changed.status_code == 409, changed.text
+        new_old = post(client, headers, stored, event("new-old", timestamp=sent_at))
+        assert new_old.status_code == 422, new_old.text
+        assert "events[1].timestamp: older than 10 days" in new_old.json()["error"]["message"]
+        assert snapshot(database) == before

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tokenledger.db import Base, BigId, UTCDateTime, utcnow
@@ -19,10 +29,25 @@ ALERT_TYPES = (
 )
 
 
+ARMED = text("rearmed_at IS NULL")
+
+
 class Alert(Base):
     __tablename__ = "alerts"
-    # Once per license, threshold and period: insert-or-skip against this key.
-    __table_args__ = (UniqueConstraint("license_id", "type", "period"),)
+    # Once per license, threshold and period while armed: insert-or-skip against this
+    # index. A change of the license's limits that brings its use back below a threshold
+    # re-arms it (sets rearmed_at); the threshold may then fire once more.
+    __table_args__ = (
+        Index(
+            "uq_alerts_armed",
+            "license_id",
+            "type",
+            "period",
+            unique=True,
+            sqlite_where=ARMED,
+            postgresql_where=ARMED,
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
@@ -31,6 +56,7 @@ class Alert(Base):
     period: Mapped[str] = mapped_column(String(16))
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    rearmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class Webhook(Base):

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tokenledger.alerts.models import Alert, Webhook, WebhookDelivery
-from tokenledger.budgets.service import Figures, burn_forecast, figures_for, recent_cost
+from tokenledger.alerts.models import ARMED, Alert, Webhook, WebhookDelivery
+from tokenledger.budgets.service import (
+    Figures,
+    burn_forecast,
+    figures_for,
+    month_figures,
+    recent_cost,
+)
 from tokenledger.db import insert_for
 from tokenledger.licenses.models import License
 from tokenledger.money import format_credits, format_usd
@@ -55,8 +63,27 @@ def crossings(
     return found
 
 
-def evaluate(session: Session, license_ids: list[int], tz: Any, now: datetime) -> list[int]:
-    """Record the alerts these licenses now cross, and queue them for every webhook."""
+def months_by_license(rows: Iterable[Mapping[str, Any]]) -> dict[int, set[str]]:
+    """The billing months each license's new events fall in."""
+    months: dict[int, set[str]] = defaultdict(set)
+    for row in rows:
+        if row["license_id"] is not None:
+            months[row["license_id"]].add(row["year_month"])
+    return months
+
+
+def evaluate(
+    session: Session,
+    license_ids: list[int],
+    tz: Any,
+    now: datetime,
+    months: Mapping[int, set[str]] | None = None,
+) -> list[int]:
+    """Record the alerts these licenses now cross, and queue them for every webhook.
+
+    `months`: the months new usage fell in. A monthly budget's earlier month that got
+    back-dated usage is judged too, and raises that month's alerts.
+    """
     if not license_ids:
         return []
     licenses = list(
@@ -66,11 +93,9 @@ def evaluate(session: Session, license_ids: list[int], tz: Any, now: datetime) -
     budgeted = sorted({lic.organization_id for lic in licenses if lic.token_budget_nano})
     windows = recent_cost(session, budgeted, tz, now)
     rows = []
-    for lic in licenses:
-        fig = figures[lic.id]
-        window = windows.get(lic.organization_id, 0)
-        forecast = burn_forecast(fig, window, tz, now) if fig.usd_limit is not None else None
-        for alert_type, period, details in crossings(fig, forecast):
+
+    def add(lic: License, found: list[tuple[str, str, dict[str, Any]]]) -> None:
+        for alert_type, period, details in found:
             rows.append(
                 {
                     "organization_id": lic.organization_id,
@@ -81,6 +106,17 @@ def evaluate(session: Session, license_ids: list[int], tz: Any, now: datetime) -
                     "created_at": now,
                 }
             )
+
+    for lic in licenses:
+        fig = figures[lic.id]
+        window = windows.get(lic.organization_id, 0)
+        forecast = burn_forecast(fig, window, tz, now) if fig.usd_limit is not None else None
+        add(lic, crossings(fig, forecast))
+        if lic.budget_period == "monthly" and fig.usd_limit is not None:
+            earlier = sorted((months or {}).get(lic.id, set()) - {fig.period})
+            for month, past in month_figures(session, lic, earlier).items():
+                # A closed month has no forecast; its credits are the license's, judged above.
+                add(lic, [c for c in crossings(past, None) if c[1] == month])
     if not rows:
         return []
     table = Alert.__table__
@@ -89,7 +125,9 @@ def evaluate(session: Session, license_ids: list[int], tz: Any, now: datetime) -
         row[0]
         for row in session.execute(
             insert(table)
-            .on_conflict_do_nothing(index_elements=["license_id", "type", "period"])
+            .on_conflict_do_nothing(
+                index_elements=["license_id", "type", "period"], index_where=ARMED
+            )
             .returning(table.c.id),
             rows,
         )
@@ -97,6 +135,29 @@ def evaluate(session: Session, license_ids: list[int], tz: Any, now: datetime) -
     if new_ids:
         queue_deliveries(session, new_ids, now)
     return new_ids
+
+
+def rearm(session: Session, lic: License, tz: Any, now: datetime) -> list[int]:
+    """After a change of a license's limits (or of its credits used): every armed alert of
+    the current period whose threshold the license no longer reaches is re-armed, and may
+    fire once more; a threshold the change newly reaches fires now. Returns new alert ids.
+    """
+    fig = figures_for(session, [lic], tz, now)[lic.id]
+    window = recent_cost(session, [lic.organization_id], tz, now).get(lic.organization_id, 0)
+    forecast = burn_forecast(fig, window, tz, now) if fig.usd_limit is not None else None
+    reached = {(alert_type, period) for alert_type, period, _ in crossings(fig, forecast)}
+    armed = session.scalars(
+        select(Alert).where(
+            Alert.license_id == lic.id,
+            Alert.rearmed_at.is_(None),
+            Alert.period.in_({fig.period, "license"}),
+        )
+    )
+    for alert in armed:
+        if (alert.type, alert.period) not in reached:
+            alert.rearmed_at = now
+    session.flush()
+    return evaluate(session, [lic.id], tz, now)
 
 
 def alert_payload(alert: Alert, org: Organization) -> dict[str, Any]:
@@ -156,3 +217,37 @@ def list_alerts(
         query.order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit).offset(offset)
     )
     return list(rows.all()), total
+
+
+def deliveries_of(
+    session: Session, alert_ids: list[int]
+) -> dict[int, list[tuple[WebhookDelivery, Webhook]]]:
+    """The webhook deliveries of these alerts, with their webhook, per alert."""
+    result: dict[int, list[tuple[WebhookDelivery, Webhook]]] = {}
+    if not alert_ids:
+        return result
+    rows = session.execute(
+        select(WebhookDelivery, Webhook)
+        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+        .where(WebhookDelivery.alert_id.in_(alert_ids))
+        .order_by(WebhookDelivery.id)
+    ).all()
+    for delivery, hook in rows:
+        result.setdefault(delivery.alert_id, []).append((delivery, hook))
+    return result
+
+
+def list_deliveries(
+    session: Session, webhook_id: int | None, limit: int
+) -> list[tuple[WebhookDelivery, Alert, Organization]]:
+    """The delivery log, newest first: status, attempts and last error of each delivery."""
+    query = (
+        select(WebhookDelivery, Alert, Organization)
+        .join(Alert, Alert.id == WebhookDelivery.alert_id)
+        .join(Organization, Organization.id == Alert.organization_id)
+        .order_by(WebhookDelivery.id.desc())
+        .limit(limit)
+    )
+    if webhook_id is not None:
+        query = query.where(WebhookDelivery.webhook_id == webhook_id)
+    return [(d, a, o) for d, a, o in session.execute(query).all()]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import secrets
 import socket
@@ -23,22 +26,61 @@ from tokenledger.errors import DomainError
 
 log = logging.getLogger("tokenledger.webhooks")
 
-SIGNATURE_HEADER = "X-Tokenledger-Signature"
+SECRET_PREFIX = "whsec_"
+# Sent, besides the Standard Webhooks headers, only to endpoints whose secret predates them.
+LEGACY_SIGNATURE_HEADER = "X-Tokenledger-Signature"
 RETRY_FOR = timedelta(hours=24)
 FIRST_RETRY_SECONDS = 30
 MAX_RETRY_SECONDS = 3600
 REQUEST_TIMEOUT_SECONDS = 10
 CLAIM_BATCH = 20
-# A claim outlives the slowest round (every delivery timing out), so that no other
-# worker takes the same deliveries while this one still sends them.
-CLAIM_SECONDS = CLAIM_BATCH * REQUEST_TIMEOUT_SECONDS + 60
+# A delivery is claimed for a lease; a worker killed mid-send leaves a lease that runs
+# out, and the delivery is then sent again (same webhook-id) by any worker.
+DEFAULT_LEASE_SECONDS = 60
 _METADATA_HOSTS = {"metadata.google.internal", "metadata"}
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """HMAC-SHA256 over "<timestamp>.<body>", sent as t=<timestamp>,v1=<hex>."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
+def new_secret() -> str:
+    """A Standard Webhooks secret: whsec_ and the base64 of 32 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _secret_key(secret: str) -> tuple[bytes, bool]:
+    """The HMAC key of a secret, and whether it is of the URL-safe form made before.
+
+    Secrets made before Standard Webhooks are whsec_ and 43 URL-safe base64 characters
+    (no padding); their receivers still check the legacy header, which keys the HMAC with
+    the whole secret text, so both are sent to them.
+    """
+    body = secret.removeprefix(SECRET_PREFIX)
+    try:
+        return base64.b64decode(body, validate=True), False
+    except binascii.Error:
+        return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)), True
+
+
+def webhook_id(delivery_id: int) -> str:
+    """The id a receiver deduplicates on: one per delivery, the same on every retry."""
+    return f"msg_tl_{delivery_id}"
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """Standard Webhooks: v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">."""
+    key, _legacy = _secret_key(secret)
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def signed_headers(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    headers = {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, message_id, timestamp, body),
+    }
+    if _secret_key(secret)[1]:
+        mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+        headers[LEGACY_SIGNATURE_HEADER] = f"t={timestamp},v1={mac.hexdigest()}"
+    return headers
 
 
 def _forbidden_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -122,17 +164,30 @@ def pinned_request(
 
 def create_webhook(session: Session, url: str, description: str, allow_private: bool) -> Webhook:
     check_target(url, allow_private)
-    hook = Webhook(url=url, secret="whsec_" + secrets.token_urlsafe(32), description=description)
+    hook = Webhook(url=url, secret=new_secret(), description=description)
     session.add(hook)
     session.flush()
     return hook
+
+
+def send_test(hook: Webhook, allow_private: bool) -> tuple[int | None, str | None]:
+    """Send a signed test event to a webhook now: (HTTP status or None, error or None)."""
+    payload = json.dumps(
+        {"type": "webhook.test", "webhook_id": hook.id, "created_at": utcnow().isoformat()},
+        sort_keys=True,
+    )
+    with httpx.Client(timeout=REQUEST_TIMEOUT_SECONDS, follow_redirects=False) as client:
+        # A test is not a delivery of the outbox: an id of its own, never one of a delivery's.
+        message_id = f"msg_tl_test_{secrets.token_hex(8)}"
+        return _post(client, hook.url, hook.secret, message_id, payload, allow_private)
 
 
 def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** (attempts - 1)))
 
 
-def _claim(database: Database, now: datetime, limit: int) -> list[int]:
+def _claim(database: Database, now: datetime, lease_seconds: float) -> int | None:
+    """Lease the oldest due delivery that no live worker holds; None when there is none."""
     with database.session(write=True) as session:
         query = (
             select(WebhookDelivery)
@@ -142,51 +197,74 @@ def _claim(database: Database, now: datetime, limit: int) -> list[int]:
                 or_(WebhookDelivery.locked_until.is_(None), WebhookDelivery.locked_until < now),
             )
             .order_by(WebhookDelivery.id)
-            .limit(limit)
+            .limit(1)
             .with_for_update(skip_locked=True)
         )
-        claimed = list(session.scalars(query).all())
-        for delivery in claimed:
-            delivery.locked_until = now + timedelta(seconds=CLAIM_SECONDS)
-        return [delivery.id for delivery in claimed]
+        delivery = session.scalars(query).first()
+        if delivery is None:
+            return None
+        delivery.locked_until = now + timedelta(seconds=lease_seconds)
+        return delivery.id
 
 
 def deliver_due(
-    database: Database, client: httpx.Client, allow_private: bool, limit: int = CLAIM_BATCH
+    database: Database,
+    client: httpx.Client,
+    allow_private: bool,
+    limit: int = CLAIM_BATCH,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> int:
-    """Send every due delivery once; returns how many were attempted."""
-    now = utcnow()
-    ids = _claim(database, now, limit)
-    for delivery_id in ids:
-        with database.session(write=False) as session:
-            delivery = session.get(WebhookDelivery, delivery_id)
-            hook = session.get(Webhook, delivery.webhook_id) if delivery else None
-            if delivery is None or hook is None:
-                continue
-            url, secret, payload = hook.url, hook.secret, delivery.payload
-            attempts, created_at = delivery.attempts + 1, delivery.created_at
-        status_code, error = _post(client, url, secret, payload, allow_private)
-        with database.session(write=True) as session:
-            delivery = session.get(WebhookDelivery, delivery_id)
-            if delivery is None:
-                continue
-            done = utcnow()
-            delivery.attempts = attempts
-            delivery.last_status_code = status_code
-            delivery.last_error = error
-            delivery.locked_until = None
-            if status_code is not None and 200 <= status_code < 300:
-                delivery.status = "delivered"
-                delivery.delivered_at = done
-            elif done - created_at >= RETRY_FOR:
-                delivery.status = "failed"
-            else:
-                delivery.next_attempt_at = done + backoff(attempts)
-    return len(ids)
+    """Send due deliveries once each, up to `limit`; returns how many were attempted.
+
+    Each is leased on its own, for longer than one request may take: a worker that dies
+    holds at most one delivery, until its lease runs out.
+    """
+    attempted = 0
+    while attempted < limit:
+        delivery_id = _claim(database, utcnow(), lease_seconds)
+        if delivery_id is None:
+            break
+        attempted += 1
+        _attempt(database, client, allow_private, delivery_id)
+    return attempted
+
+
+def _attempt(
+    database: Database, client: httpx.Client, allow_private: bool, delivery_id: int
+) -> None:
+    with database.session(write=False) as session:
+        delivery = session.get(WebhookDelivery, delivery_id)
+        hook = session.get(Webhook, delivery.webhook_id) if delivery else None
+        if delivery is None or hook is None:
+            return
+        url, secret, payload = hook.url, hook.secret, delivery.payload
+        attempts, created_at = delivery.attempts + 1, delivery.created_at
+    status_code, error = _post(client, url, secret, webhook_id(delivery_id), payload, allow_private)
+    with database.session(write=True) as session:
+        delivery = session.get(WebhookDelivery, delivery_id)
+        if delivery is None:
+            return
+        done = utcnow()
+        delivery.attempts = attempts
+        delivery.last_status_code = status_code
+        delivery.last_error = error
+        delivery.locked_until = None
+        if status_code is not None and 200 <= status_code < 300:
+            delivery.status = "delivered"
+            delivery.delivered_at = done
+        elif done - created_at >= RETRY_FOR:
+            delivery.status = "failed"
+        else:
+            delivery.next_attempt_at = done + backoff(attempts)
 
 
 def _post(
-    client: httpx.Client, url: str, secret: str, payload: str, allow_private: bool
+    client: httpx.Client,
+    url: str,
+    secret: str,
+    message_id: str,
+    payload: str,
+    allow_private: bool,
 ) -> tuple[int | None, str | None]:
     try:
         # Checked again at delivery: a name may resolve elsewhere than when it was saved.
@@ -195,7 +273,7 @@ def _post(
         body = payload.encode()
         headers = {
             "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(secret, int(time.time()), body),
+            **signed_headers(secret, message_id, int(time.time()), body),
             "User-Agent": "tokenledger-webhooks",
             **pin_headers,
         }
@@ -213,10 +291,17 @@ def _post(
 class WebhookWorker:
     """A background thread that drains the outbox; every worker process may run one."""
 
-    def __init__(self, database: Database, allow_private: bool, interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        database: Database,
+        allow_private: bool,
+        interval: float = 2.0,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> None:
         self.database = database
         self.allow_private = allow_private
         self.interval = interval
+        self.lease_seconds = lease_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="webhook-worker", daemon=True)
 
@@ -228,10 +313,14 @@ class WebhookWorker:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        with httpx.Client(timeout=REQUEST_TIMEOUT_SECONDS, follow_redirects=False) as client:
+        # A request never outlives its lease: another worker would send it meanwhile.
+        timeout = min(REQUEST_TIMEOUT_SECONDS, self.lease_seconds / 2)
+        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
             while not self._stop.is_set():
                 try:
-                    sent = deliver_due(self.database, client, self.allow_private)
+                    sent = deliver_due(
+                        self.database, client, self.allow_private, lease_seconds=self.lease_seconds
+                    )
                 except Exception:
                     log.exception("webhook delivery round failed")
                     sent = 0

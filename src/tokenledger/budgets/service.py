@@ -27,6 +27,17 @@ from tokenledger.usage.periods import current_month, month_bounds, month_of
 FORECAST_DAYS = 7
 
 
+def limit_state(committed: int, limit: int | None, warn_percent: int) -> str:
+    """One limit's state: unlimited, ok, warning (from the warning percent) or exhausted."""
+    if limit is None:
+        return "unlimited"
+    if committed >= limit:
+        return "exhausted"
+    if committed * 100 >= limit * warn_percent:
+        return "warning"
+    return "ok"
+
+
 @dataclass(slots=True)
 class Figures:
     """What a license has used, spent and holds, in integer units."""
@@ -59,18 +70,14 @@ class Figures:
 
     def state(self) -> str:
         warn = self.license.budget_warning_percent
-        state = "ok"
-        for committed, limit in (
-            (self.credits_committed, self.credit_limit),
-            (self.usd_committed, self.usd_limit),
-        ):
-            if limit is None:
-                continue
-            if committed >= limit:
-                return "exhausted"
-            if committed * 100 >= limit * warn:
-                state = "warning"
-        return state
+        states = {
+            limit_state(self.credits_committed, self.credit_limit, warn),
+            limit_state(self.usd_committed, self.usd_limit, warn),
+        }
+        for state in ("exhausted", "warning"):
+            if state in states:
+                return state
+        return "ok"
 
     def remaining_nano(self) -> int | None:
         """USD that may still be committed: the tighter of the budget and the credits."""
@@ -127,6 +134,29 @@ def figures_for(
             reserved_nano=int(reserved.get(lic.id) or 0),
         )
     return result
+
+
+def month_figures(session: Session, lic: License, months: list[str]) -> dict[str, Figures]:
+    """A monthly budget's figures for given (earlier) months: their spend, no holds."""
+    if not months:
+        return {}
+    spent = dict(
+        session.execute(
+            select(LicenseUsage.year_month, LicenseUsage.cost_nano).where(
+                LicenseUsage.license_id == lic.id, LicenseUsage.year_month.in_(months)
+            )
+        ).all()
+    )
+    return {
+        month: Figures(
+            license=lic,
+            period=month,
+            credits_used_micro=lic.credits_used_micro,
+            spent_nano=int(spent.get(month) or 0),
+            reserved_nano=0,
+        )
+        for month in months
+    }
 
 
 def _governing(licenses: list[License], now: datetime) -> tuple[License | None, bool]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from tokenledger.alerts import service as alerts
 from tokenledger.audit import service as audit
-from tokenledger.deps import Admin, RowId, Session, Viewer
+from tokenledger.db import utcnow
+from tokenledger.deps import Admin, AppSettings, RowId, Session, Viewer
 from tokenledger.licenses import service
 from tokenledger.licenses.schemas import LicenseCreate, LicenseRead, LicenseUpdate
 
@@ -34,7 +36,7 @@ def get_license(license_id: RowId, session: Session, _viewer: Viewer) -> License
 
 @router.patch("/api/licenses/{license_id}")
 def update_license(
-    license_id: RowId, data: LicenseUpdate, session: Session, admin: Admin
+    license_id: RowId, data: LicenseUpdate, session: Session, admin: Admin, settings: AppSettings
 ) -> LicenseRead:
     lic = service.get(session, license_id, for_update=True)
     before = service.snapshot(lic)
@@ -48,6 +50,8 @@ def update_license(
         before=before,
         after=service.snapshot(lic),
     )
+    # A top-up re-arms the thresholds it moves below; a lower limit may fire one now.
+    alerts.rearm(session, lic, settings.timezone, utcnow())
     return service.to_read(lic)
 
 

@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterator
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime
-from sqlalchemy import select
 
-from tokenledger.alerts import service as alerts
-from tokenledger.audit import service as audit
-from tokenledger.db import Database, utcnow
+from tokenledger.db import utcnow
 from tokenledger.deps import Admin, AppSettings, RowId, Session, Viewer, get_database
 from tokenledger.errors import DomainError
 from tokenledger.licenses import service as licenses
-from tokenledger.licenses.schemas import Credits, PricePerCredit, UsdAmount, WarningPercent
-from tokenledger.money import credits_to_micro, format_credits, format_usd
+from tokenledger.licenses.budget import change_budget
+from tokenledger.licenses.schemas import BudgetUpdate
 from tokenledger.organizations import service as organizations
-from tokenledger.schemas import InputModel
-from tokenledger.usage import queries
-from tokenledger.usage.models import UsageEvent
+from tokenledger.usage import export, queries
+from tokenledger.usage.export import ClosingStreamingResponse
 
 router = APIRouter(tags=["token-usage"])
-
-
-class BudgetUpdate(InputModel):
-    """The origin's budget keys, typed and bounded; nothing else is accepted."""
-
-    token_budget_usd: UsdAmount | None = None
-    credits_total: Credits | None = None
-    cost_per_credit: PricePerCredit | None = None
-    budget_warning_percent: WarningPercent | None = None
-    credits_used: Credits | None = None
 
 
 @router.get("/api/token-usage/overview")
@@ -47,9 +28,11 @@ def usage_overview(
 
 
 @router.get("/api/token-usage/{org_id}")
-def organization_usage(org_id: RowId, session: Session, _viewer: Viewer) -> list[dict[str, Any]]:
+def organization_usage(
+    org_id: RowId, session: Session, _viewer: Viewer, settings: AppSettings
+) -> list[dict[str, Any]]:
     organizations.get(session, org_id)
-    return queries.monthly(session, org_id)
+    return queries.monthly(session, org_id, settings.timezone)
 
 
 @router.get("/api/token-usage/{org_id}/current")
@@ -90,86 +73,6 @@ def organization_daily(
     return queries.daily_series(session, org_id, days, settings.timezone, utcnow())
 
 
-_CSV_COLUMNS = (
-    "id",
-    "timestamp",
-    "received_at",
-    "provider",
-    "model",
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-    "cache_write_1h_tokens",
-    "api_calls",
-    "refresh_id",
-    "reservation_id",
-    "license_id",
-    "pricing",
-    "cost_usd",
-    "credits",
-    "price_source",
-    "price_version",
-    "priced_model",
-    "year_month",
-)
-
-
-def _csv_rows(database: Database, org_id: int, start: datetime, end: datetime) -> Iterator[str]:
-    """Stream in constant memory: a server-side cursor, a fixed-size buffer per chunk."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(_CSV_COLUMNS)
-    yield buffer.getvalue()
-    E = UsageEvent
-    query = (
-        select(E)
-        .where(E.organization_id == org_id, E.timestamp >= start, E.timestamp < end)
-        .order_by(E.timestamp, E.id)
-        .execution_options(yield_per=1000, stream_results=True)
-    )
-    with database.session(write=False) as session:
-        for partition in session.scalars(query).partitions():
-            buffer.seek(0)
-            buffer.truncate()
-            for e in partition:
-                writer.writerow(
-                    (
-                        _cell(e.external_id),
-                        e.timestamp.isoformat(),
-                        e.received_at.isoformat(),
-                        _cell(e.provider),
-                        _cell(e.model),
-                        e.input_tokens,
-                        e.output_tokens,
-                        e.cache_creation_input_tokens,
-                        e.cache_read_input_tokens,
-                        e.cache_write_1h_tokens,
-                        e.api_calls,
-                        _cell(e.refresh_id or ""),
-                        _cell(e.reservation_id or ""),
-                        e.license_id or "",
-                        e.pricing,
-                        format_usd(e.cost_nano) or "",
-                        format_credits(e.credits_micro) or "",
-                        e.price_source or "",
-                        e.price_version or "",
-                        e.priced_model or "",
-                        e.year_month,
-                    )
-                )
-            session.expunge_all()
-            yield buffer.getvalue()
-
-
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(text: str) -> str:
-    """Caller-supplied text, defused so that a spreadsheet does not run it as a formula."""
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
 @router.get("/api/token-usage/{org_id}/events.csv")
 def export_events(
     org_id: RowId,
@@ -178,13 +81,13 @@ def export_events(
     _viewer: Viewer,
     start: Annotated[AwareDatetime, Query(alias="from")],
     end: Annotated[AwareDatetime, Query(alias="to")],
-) -> StreamingResponse:
+) -> ClosingStreamingResponse:
     org = organizations.get(session, org_id)
     if end <= start:
         raise DomainError(422, "invalid_range", "'to' must be after 'from'")
     filename = f"{org.slug}-events-{start.date()}-{end.date()}.csv"
-    return StreamingResponse(
-        _csv_rows(get_database(request), org_id, start, end),
+    return ClosingStreamingResponse(
+        export.csv_chunks(get_database(request), org_id, start, end),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
@@ -194,57 +97,8 @@ def export_events(
 def update_budget(
     license_id: RowId, data: BudgetUpdate, session: Session, admin: Admin, settings: AppSettings
 ) -> dict[str, bool]:
-    given = data.model_fields_set
-    if not given:
-        raise DomainError(400, "no_fields", "no fields to update")
-    for name in given - {"token_budget_usd"}:
-        if getattr(data, name) is None:
-            raise DomainError(422, "invalid_value", f"{name} must not be null")
     lic = licenses.get(session, license_id, for_update=True)
-    before = licenses.snapshot(lic)
-    licenses.apply_budget(
-        lic,
-        credits_total=data.credits_total,
-        cost_per_credit=data.cost_per_credit,
-        token_budget_usd=data.token_budget_usd,
-        token_budget_given="token_budget_usd" in given,
-        budget_warning_percent=data.budget_warning_percent,
-    )
-    lic.updated_at = utcnow()
-    session.flush()
-    if data.credits_used is not None:
-        adjustment = licenses.adjust_credits_used(
-            session,
-            lic,
-            credits_to_micro(data.credits_used),
-            actor=admin.email,
-            reason="credits_used set through PUT /api/token-usage/budget",
-        )
-        audit.record_change(
-            session,
-            admin,
-            "license.credits_adjustment",
-            "license",
-            lic.id,
-            before={
-                "credits_used": format_credits(lic.credits_used_micro - adjustment.delta_micro)
-            },
-            after={
-                "credits_used": format_credits(lic.credits_used_micro),
-                "delta": format_credits(adjustment.delta_micro),
-            },
-        )
-    audit.record_change(
-        session,
-        admin,
-        "license.budget_update",
-        "license",
-        lic.id,
-        before=before,
-        after=licenses.snapshot(lic),
-    )
-    # A lower limit can put present consumption over a threshold.
-    alerts.evaluate(session, [lic.id], settings.timezone, utcnow())
+    change_budget(session, lic, data, admin, settings.timezone, utcnow())
     return {"ok": True}
 
 

@@ -15,6 +15,7 @@ from tokenledger.deps import AppSettings, IngestKey, Session
 from tokenledger.errors import DomainError
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
+from tokenledger.schemas import PathText
 from tokenledger.usage import ingest as ingest_service
 from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, RefreshRead, UsageBatch, UsageResponse
@@ -61,7 +62,8 @@ def record_usage(
         session, batch, key_org_id=key.organization_id, settings=settings, now=now
     )
     budgets.settle_reservations(session, outcome.created_rows, now)
-    alerts.evaluate(session, outcome.license_ids, settings.timezone, now)
+    months = alerts.months_by_license(outcome.created_rows)
+    alerts.evaluate(session, outcome.license_ids, settings.timezone, now, months)
     orgs = [session.get(Organization, org_id) for org_id in outcome.organization_ids]
     states = budgets.budget_states(session, [org for org in orgs if org], settings.timezone, now)
     metrics = request.app.state.metrics
@@ -72,7 +74,7 @@ def record_usage(
 
 @router.put("/refreshes/{refresh_id:path}")
 def put_refresh(
-    refresh_id: str, data: RefreshIn, session: Session, key: IngestKey, settings: AppSettings
+    refresh_id: PathText, data: RefreshIn, session: Session, key: IngestKey, settings: AppSettings
 ) -> RefreshRead:
     org = organization_for_key(session, key, data.organization)
     refresh = record_refresh(session, org, refresh_id, data, settings.timezone, utcnow())

@@ -180,12 +180,11 @@ def ingest(
     prepared: list[Prepared] = []
     seen: dict[tuple[int, str], Prepared] = {}
     in_batch_duplicates: list[tuple[int, Prepared]] = []
+    aged: list[Prepared] = []
     for index, (event, org) in enumerate(zip(batch.events, orgs, strict=True)):
         at = event.timestamp or now
         if at > now + MAX_FUTURE:
             raise _invalid(index, "timestamp", "more than 5 minutes in the future")
-        if at < oldest:
-            raise _invalid(index, "timestamp", f"older than {settings.backfill_max_age_days} days")
         digest = content_hash(event, org.id)
         key = (org.id, event.id)
         twin = seen.get(key)
@@ -199,16 +198,27 @@ def ingest(
                 )
             in_batch_duplicates.append((index, twin))
             continue
+        if at < oldest:
+            # Too old only if new: a retry of a stored event is still answered `duplicate`.
+            aged.append(Prepared(index=index, event=event, org=org, row={"content_hash": digest}))
+            seen[key] = aged[-1]
+            continue
         row = _priced_row(index, event, org, at, now, digest, periods, candidates[org.id], book)
         item = Prepared(index=index, event=event, org=org, row=row)
         seen[key] = item
         prepared.append(item)
 
+    aged_twins = _stored_twins(session, aged)
+    for item in aged:
+        if _key(item) not in aged_twins:
+            days = settings.backfill_max_age_days
+            raise _invalid(item.index, "timestamp", f"older than {days} days")
     created_keys, stored = _write_events(session, prepared)
+    stored.update(aged_twins)
 
     results: list[dict[str, Any] | None] = [None] * len(batch.events)
     created_rows: list[dict[str, Any]] = []
-    for item in prepared:
+    for item in [*prepared, *aged]:
         if _key(item) in created_keys:
             created_rows.append(item.row)
             results[item.index] = _result(item, "created", item.row)
