@@ -48,6 +48,7 @@ from pydantic import ValidationError
 from tokenledger.db import utcnow
 from tokenledger.deps import AppSettings, IngestKey, Session
 from tokenledger.errors import DomainError
+from tokenledger.middleware import check_json
 from tokenledger.usage.api import record_usage
 from tokenledger.usage.ingest import MAX_FUTURE
 from tokenledger.usage.schemas import UsageBatch, UsageEventIn
@@ -202,6 +203,10 @@ def _parse(body: bytes, media: str) -> ExportTraceServiceRequest:
         if media == PROTOBUF:
             export.ParseFromString(body)
         else:
+            # The same rule as for every JSON body (middleware.py), also after inflating.
+            problem = check_json(body)
+            if problem is not None:
+                raise DomainError(422, "validation_error", f"body: {problem}")
             data = json.loads(body)
             _hex_ids_to_base64(data)
             json_format.ParseDict(data, export, ignore_unknown_fields=True)
