@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field, StrictInt, StrictStr
+from fastapi import APIRouter, Query, Response
+from pydantic import AwareDatetime, BaseModel, Field, StrictInt, StrictStr
 from sqlalchemy import func, select
 
 from tokenledger.deps import Admin, Session, Viewer
@@ -20,12 +20,35 @@ router = APIRouter(prefix="/api/pricing", tags=["pricing"])
 RateText = StrictStr | StrictInt | None
 
 
+class OverrideTier(InputModel):
+    """Rates for prompts above a size (input, cache reads and writes): all the request's
+    tokens are then priced at them, as genai-prices' long-context tiers are."""
+
+    above_prompt_tokens: StrictInt = Field(ge=0)
+    input: RateText = None
+    output: RateText = None
+    cache_write_5m: RateText = None
+    cache_write_1h: RateText = None
+    cache_read: RateText = None
+
+
 class OverrideSet(InputModel):
     input: StrictStr | StrictInt = Field(description="USD per million input tokens")
     output: StrictStr | StrictInt
     cache_write_5m: RateText = None
     cache_write_1h: RateText = None
     cache_read: RateText = None
+    valid_from: AwareDatetime | None = Field(
+        default=None, description="first event timestamp it prices; default: now"
+    )
+    valid_until: AwareDatetime | None = Field(default=None, description="end, exclusive")
+    tiers: list[OverrideTier] | None = Field(default=None, max_length=8)
+    units: dict[Annotated[str, Field(max_length=64)], StrictStr | StrictInt] | None = Field(
+        default=None,
+        max_length=16,
+        description="further units by genai-prices price key, USD per 1000 "
+        "(e.g. requests_kcount, web_searches_kcount)",
+    )
 
 
 class UnpricedModel(BaseModel):
@@ -54,17 +77,33 @@ def set_override(
         session,
         provider=provider,
         model=model,
-        rates=data.model_dump(),
+        rates=data.model_dump(include=set(overrides.RATE_FIELDS)),
         actor=admin.email,
         client_address=admin.address,
+        valid_from=data.valid_from,
+        valid_until=data.valid_until,
+        tiers=[tier.model_dump(exclude_none=True) for tier in data.tiers or []],
+        units=data.units,
     )
     return overrides.rates_json(row)
 
 
 @router.delete("/overrides/{provider}/{model:path}", status_code=204)
-def unset_override(provider: str, model: str, session: Session, admin: Admin) -> Response:
+def unset_override(
+    provider: str,
+    model: str,
+    session: Session,
+    admin: Admin,
+    valid_from: Annotated[AwareDatetime | None, Query()] = None,
+) -> Response:
+    """Remove the override that starts at valid_from, or without it every one of the model."""
     overrides.unset_override(
-        session, provider=provider, model=model, actor=admin.email, client_address=admin.address
+        session,
+        provider=provider,
+        model=model,
+        actor=admin.email,
+        client_address=admin.address,
+        valid_from=valid_from,
     )
     return Response(status_code=204)
 
