@@ -17,6 +17,7 @@ from tokenledger.config import Settings, get_settings
 from tokenledger.db import Database
 from tokenledger.errors import install_error_handlers
 from tokenledger.licenses.api import router as licenses_router
+from tokenledger.middleware import SecurityHeaders, StrictJson
 from tokenledger.ops import BodyLimit, Metrics, install_metrics
 from tokenledger.ops import router as ops_router
 from tokenledger.organizations.api import router as organizations_router
@@ -24,6 +25,8 @@ from tokenledger.pricing.api import router as pricing_router
 from tokenledger.ratelimit import Rate, RateLimiter
 from tokenledger.usage.admin_api import router as token_usage_router
 from tokenledger.usage.api import router as usage_router
+from tokenledger.usage.otlp import router as otlp_router
+from tokenledger.web import install as install_web
 
 log = logging.getLogger("tokenledger")
 
@@ -54,9 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     rate = settings.ingest_rate_limit
     app.state.ingest_limiter = RateLimiter(Rate.parse(rate)) if rate else None
     install_error_handlers(app)
+    app.add_middleware(StrictJson)  # inside the body cap: it reads whole bodies
     # Added first, so it runs inside the metrics middleware: 413s are counted too.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     install_metrics(app, app.state.metrics)
+    app.add_middleware(SecurityHeaders)  # outermost: every answer carries them
     for router in (
         ops_router,
         auth_router,
@@ -68,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         alerts_router,
         pricing_router,
         token_usage_router,
+        otlp_router,
     ):
         app.include_router(router)
+    install_web(app)
     return app

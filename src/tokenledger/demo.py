@@ -1,14 +1,23 @@
-"""Demo data: organizations, licenses and months of refreshes, through the real ingest path."""
+"""Demo data: organizations, licenses and six months of runs, through the real ingest path.
+
+A fixed seed makes every load the same shape: a dozen organizations, some healthy, some
+near or past their limits, one projected to run out, one with an unpriced model, one
+without a license, one suspended; alerts with webhook deliveries in every state.
+"""
 
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from tokenledger.alerts.models import Webhook, WebhookDelivery
+from tokenledger.audit import service as audit
 from tokenledger.config import Settings
 from tokenledger.db import utcnow
 from tokenledger.licenses import service as licenses
@@ -20,72 +29,102 @@ from tokenledger.usage.ingest import ingest
 from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, UsageBatch, UsageEventIn
 
-# name, slug, credits, USD per credit, USD budget, period, enforcement, refreshes per day
+
+@dataclass(frozen=True)
+class DemoOrg:
+    name: str
+    slug: str
+    runs_per_day: float
+    credits: int | None = None  # None: no license
+    per_credit: str = "0.01"
+    budget: str | None = None  # monthly (or license-term) USD budget
+    period: str = "monthly"
+    enforcement: str = "soft"
+    days: int = 183  # how long it has been a customer
+    ramp: float = 1.0  # pace in the last two weeks, relative to before
+    status: str = "active"
+    ends_in_days: int | None = None
+
+
 DEMO_ORGS = (
-    ("Nordlicht Energie GmbH", "nordlicht-energie", 50_000, "0.01", "400", "monthly", "hard", 9),
-    ("Hafenstadt Logistik AG", "hafenstadt-logistik", 20_000, "0.01", "150", "monthly", "soft", 6),
-    ("Alpenblick Versicherung", "alpenblick", 120_000, "0.008", "900", "monthly", "soft", 12),
-    ("Rheinwerk Medien", "rheinwerk-medien", 8_000, "0.012", "60", "monthly", "hard", 5),
-    ("Bergmann & Söhne", "bergmann-soehne", 5_000, "0.01", "500", "license", "soft", 2),
-    ("Elbtal Kliniken", "elbtal-kliniken", 30_000, "0.01", None, "monthly", "soft", 4),
-    ("Küstenwind Stiftung", "kuestenwind", None, None, None, None, None, 3),
+    DemoOrg(
+        "Nordlicht Energie GmbH", "nordlicht-energie", 4, 60_000, "0.01", "30", enforcement="hard"
+    ),
+    DemoOrg("Hafenstadt Logistik AG", "hafenstadt-logistik", 4, 40_000, "0.01", "14"),
+    DemoOrg("Alpenblick Versicherung", "alpenblick", 7, 150_000, "0.008", "60"),
+    DemoOrg("Rheinwerk Medien", "rheinwerk-medien", 3, 30_000, "0.012", "6", enforcement="hard"),
+    DemoOrg("Bergmann & Söhne", "bergmann-soehne", 1.5, 3_000, "0.01", "70", period="license"),
+    DemoOrg("Elbtal Kliniken", "elbtal-kliniken", 2.5, 6_000, "0.01", None),
+    DemoOrg("Küstenwind Stiftung", "kuestenwind", 1),
+    DemoOrg(
+        "Sonnenhof Hotels",
+        "sonnenhof-hotels",
+        1.5,
+        50_000,
+        "0.01",
+        "40",
+        period="license",
+        ramp=4.0,
+        ends_in_days=20,
+    ),
+    DemoOrg("Falkenstein Software", "falkenstein-software", 2.5, 4_000, "0.01", None),
+    DemoOrg("Mainufer Bank", "mainufer-bank", 5, 200_000, "0.009", "40", enforcement="hard"),
+    DemoOrg("Isartal Robotik", "isartal-robotik", 2, 20_000, "0.01", "40", days=20),
+    DemoOrg("Weserbogen Verlag", "weserbogen-verlag", 1, 10_000, "0.01", "20", status="suspended"),
 )
 MODELS = (
-    ("claude-sonnet-4-5", 0.70),
-    ("claude-haiku-4-5", 0.25),
+    ("claude-sonnet-4-5", 0.68),
+    ("claude-haiku-4-5", 0.27),
     ("claude-opus-4-1", 0.05),
 )
-DAYS = 120
+DAYS = 183
+DEMO_WEBHOOK = "https://hooks.example.com/tokenledger"
 
 
 def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
     """Load the demo set once; a second run changes nothing."""
-    slugs = [row[1] for row in DEMO_ORGS]
+    slugs = [org.slug for org in DEMO_ORGS]
     existing = session.scalars(select(Organization.slug).where(Organization.slug.in_(slugs)))
     if existing.first() is not None:
         return "already present, nothing changed"
     rng = random.Random(seed)
     now = utcnow().replace(microsecond=0)
-    start = now - timedelta(days=DAYS)
+    # An endpoint for the alerts (example.com never answers: deliveries show retries).
+    hook = Webhook(url=DEMO_WEBHOOK, secret="whsec_demo", description="Demo: on-call channel")
+    session.add(hook)
+    session.flush()
     events = refreshes = 0
-    for name, slug, credits, per_credit, budget, period, enforcement, per_day in DEMO_ORGS:
-        org = organizations.create(session, OrganizationCreate(name=name, slug=slug))
-        if credits is not None:
-            licenses.create(
+    for demo in DEMO_ORGS:
+        org = organizations.create(session, OrganizationCreate(name=demo.name, slug=demo.slug))
+        _audit(session, "organization.create", "organization", org.id, organizations.snapshot(org))
+        start = now - timedelta(days=demo.days)
+        if demo.credits is not None:
+            lic = licenses.create(
                 session,
                 LicenseCreate(
                     organization_id=org.id,
+                    status=demo.status,
                     valid_from=start - timedelta(days=1),
-                    credits_total=Decimal(credits),
-                    cost_per_credit=Decimal(per_credit or "0.01"),
-                    token_budget_usd=Decimal(budget) if budget else None,
-                    budget_period=period or "monthly",
-                    enforcement=enforcement or "soft",
+                    valid_until=(
+                        now + timedelta(days=demo.ends_in_days) if demo.ends_in_days else None
+                    ),
+                    credits_total=Decimal(demo.credits),
+                    cost_per_credit=Decimal(demo.per_credit),
+                    token_budget_usd=Decimal(demo.budget) if demo.budget else None,
+                    budget_period=demo.period,
+                    enforcement=demo.enforcement,
                 ),
             )
+            _audit(session, "license.create", "license", lic.id, licenses.snapshot(lic))
         batch: list[UsageEventIn] = []
-        for day in range(DAYS):
-            for run in range(max(0, int(rng.gauss(per_day, per_day / 3)))):
+        for day in range(demo.days):
+            pace = demo.runs_per_day * (demo.ramp if demo.days - day <= 14 else 1.0)
+            for run in range(max(0, round(rng.gauss(pace, pace / 3)))):
                 at = start + timedelta(days=day, seconds=rng.randrange(86_400))
-                if at > now - timedelta(minutes=1):
+                if at > now - timedelta(minutes=5):
                     continue
-                refresh_id = f"demo-{slug}-{day}-{run}"
-                for call in range(rng.randint(2, 5)):
-                    model = rng.choices([m for m, _ in MODELS], [w for _, w in MODELS])[0]
-                    cached = rng.random() < 0.6
-                    batch.append(
-                        UsageEventIn(
-                            id=f"{refresh_id}-{call}",
-                            organization=slug,
-                            timestamp=at + timedelta(seconds=call * 20),
-                            model=model,
-                            input_tokens=rng.randint(800, 6_000),
-                            output_tokens=rng.randint(200, 2_500),
-                            cache_read_input_tokens=rng.randint(5_000, 40_000) if cached else 0,
-                            cache_creation_input_tokens=0 if cached else rng.randint(2_000, 9_000),
-                            refresh_id=refresh_id,
-                        )
-                    )
+                refresh_id = f"demo-{demo.slug}-{day}-{run}"
+                batch.extend(_calls(rng, demo.slug, refresh_id, at))
                 failed = rng.random() < 0.04
                 record_refresh(
                     session,
@@ -103,37 +142,90 @@ def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
                 if len(batch) >= 900:
                     events += _flush(session, batch, settings, now)
         events += _flush(session, batch, settings, now)
-    # One unpriced model, so that the UI has something to show for it.
+    # One model nobody can price, so that the UI has something to show for it.
     events += _flush(
         session,
         [
             UsageEventIn(
-                id="demo-unpriced-1",
+                id=f"demo-unpriced-{n}",
                 organization="rheinwerk-medien",
-                timestamp=now - timedelta(days=2),
+                timestamp=now - timedelta(days=2, hours=n),
                 model="claude-experimental-preview",
-                input_tokens=1200,
+                input_tokens=1200 + n * 50,
                 output_tokens=300,
             )
+            for n in range(3)
         ],
         settings,
         now,
     )
+    _settle_some_deliveries(session, now)
     return f"{len(DEMO_ORGS)} organizations, {refreshes} refreshes, {events} usage events"
 
 
-def _flush(session: Session, batch: list[UsageEventIn], settings: Settings, now: object) -> int:
+def _audit(session: Session, action: str, kind: str, entity_id: int, after: dict[str, Any]) -> None:
+    audit.record(
+        session,
+        actor="demo-data",
+        action=action,
+        entity_type=kind,
+        entity_id=entity_id,
+        before=None,
+        after=after,
+        client_address=None,
+    )
+
+
+def _calls(rng: random.Random, slug: str, refresh_id: str, at: datetime) -> list[UsageEventIn]:
+    calls = []
+    for call in range(rng.randint(2, 4)):
+        model = rng.choices([m for m, _ in MODELS], [w for _, w in MODELS])[0]
+        cached = rng.random() < 0.65
+        calls.append(
+            UsageEventIn(
+                id=f"{refresh_id}-{call}",
+                organization=slug,
+                timestamp=at + timedelta(seconds=call * 20),
+                model=model,
+                input_tokens=rng.randint(600, 4_000),
+                output_tokens=rng.randint(150, 1_800),
+                cache_read_input_tokens=rng.randint(4_000, 30_000) if cached else 0,
+                cache_creation_input_tokens=0 if cached else rng.randint(1_500, 7_000),
+                refresh_id=refresh_id,
+            )
+        )
+    return calls
+
+
+def _settle_some_deliveries(session: Session, now: datetime) -> None:
+    """Most demo deliveries went through; the newest still retry against the demo host."""
+    ids = list(session.scalars(select(WebhookDelivery.id).order_by(WebhookDelivery.id)))
+    delivered, failing = ids[:-3], ids[-3:]
+    if delivered:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(delivered))
+            .values(status="delivered", attempts=1, last_status_code=200, delivered_at=now)
+        )
+    if failing:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(failing))
+            .values(
+                attempts=3,
+                last_status_code=503,
+                last_error="HTTP 503",
+                next_attempt_at=now + timedelta(minutes=2),
+            )
+        )
+
+
+def _flush(session: Session, batch: list[UsageEventIn], settings: Settings, now: datetime) -> int:
     if not batch:
         return 0
     from tokenledger.alerts import service as alerts
 
-    outcome = ingest(
-        session,
-        UsageBatch(events=batch),
-        key_org_id=None,
-        settings=settings,
-        now=now,  # type: ignore[arg-type]
-    )
-    alerts.evaluate(session, outcome.license_ids, settings.timezone, now)  # type: ignore[arg-type]
+    outcome = ingest(session, UsageBatch(events=batch), key_org_id=None, settings=settings, now=now)
+    alerts.evaluate(session, outcome.license_ids, settings.timezone, now)
     batch.clear()
     return outcome.created

@@ -94,6 +94,13 @@ def _same_secret(given: str, expected: str) -> bool:
 
 
 def current_principal(request: Request, session: Session, settings: AppSettings) -> Principal:
+    return authenticate(request, session, settings, request.headers.get(CSRF_HEADER, ""))
+
+
+def authenticate(
+    request: Request, session: OrmSession, settings: Settings, csrf_given: str
+) -> Principal:
+    """The caller of a request; on a cookie session's write, csrf_given must be its token."""
     token = _bearer(request)
     via_cookie = False
     if token is None:
@@ -112,7 +119,7 @@ def current_principal(request: Request, session: Session, settings: AppSettings)
     if (
         via_cookie
         and request.method not in SAFE_METHODS
-        and not _same_secret(request.headers.get(CSRF_HEADER, ""), claims.csrf)
+        and not _same_secret(csrf_given, claims.csrf)
     ):
         raise DomainError(403, "csrf_failed", "missing or wrong CSRF token")
     return Principal(

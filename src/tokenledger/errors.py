@@ -83,5 +83,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        from tokenledger.middleware import security_headers
+
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+        # Answered from outside every middleware (Starlette's ServerErrorMiddleware), so
+        # it brings the headers every other answer gets on its way out.
+        return JSONResponse(
+            error_body("internal_error", "internal server error"),
+            status_code=500,
+            headers=security_headers(request.url.path),
+        )

@@ -2,12 +2,64 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Generic, TypeVar
+import math
+import re
+from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Query
-from pydantic import BaseModel, ConfigDict
+from fastapi import Path, Query
+from pydantic import AfterValidator, BaseModel, ConfigDict, StrictStr, StringConstraints
 
 T = TypeVar("T")
+
+# No identifier, name or label holds a control character: C0 (NUL to US), DEL, and C1
+# (U+0080 to U+009F, NEL among them). PostgreSQL cannot store NUL at all.
+PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def refuse_controls(value: Any) -> Any:
+    """Before any stripping (str.strip takes NEL for a space): a control is refused."""
+    if isinstance(value, str) and _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+# Text a caller gives: ids, names, slugs, labels. Lengths are set where it is used.
+Text = Annotated[StrictStr, StringConstraints(pattern=PRINTABLE)]
+# The same rule for text in a path or a query.
+PathText = Annotated[str, Path(min_length=1, max_length=128, pattern=PRINTABLE)]
+QueryText = Annotated[str | None, Query(max_length=200, pattern=PRINTABLE)]
+
+MAX_JSON_DEPTH = 16
+
+
+def _plain_json(value: Any, depth: int = 0) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("text must not contain NUL")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("numbers must be finite (no NaN or Infinity)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _plain_json(key, depth + 1)
+            _plain_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _plain_json(item, depth + 1)
+
+
+def _plain_json_object(value: dict[str, Any]) -> dict[str, Any]:
+    _plain_json(value)
+    return value
+
+
+# A small JSON object a caller attaches (metadata): standard JSON that every database
+# and reader takes the same way: no NUL in keys or text, finite numbers, little nesting.
+JsonObject = Annotated[dict[str, Any], AfterValidator(_plain_json_object)]
 
 
 class InputModel(BaseModel):

@@ -25,6 +25,9 @@ OPEN_PATHS = {
     "/docs/oauth2-redirect",
     "/redoc",
     "/login",
+    # Preferences of the browser (language, theme), no account data.
+    "/lang/{language}",
+    "/theme/{theme}",
 }
 INGEST_PREFIX = "/api/v1/"
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
@@ -78,7 +81,10 @@ def admin_api(app: FastAPI) -> list[Endpoint]:
 
 
 def call(client: TestClient, endpoint: Endpoint, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    return client.request(endpoint.method, endpoint.url, headers=headers or {})
+    # Not followed: a page answers an anonymous caller with a redirect to the login page.
+    return client.request(
+        endpoint.method, endpoint.url, headers=headers or {}, follow_redirects=False
+    )
 
 
 def test_every_route_refuses_an_anonymous_caller(app, client):

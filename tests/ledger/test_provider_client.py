@@ -207,8 +207,22 @@ def test_a_batch_call_through_the_client(
     ledger = InProcessClient("http://testserver", tenant.key, flush_interval=None)
     batch = claude_message(**{**CLAUDE, "service_tier": "batch"})
     ledger.record(tenant.slug, batch.model, batch, event_id="b", timestamp="2026-11-20T12:00:00Z")
-    assert ledger.close().created == 1
-    assert stored_events(database, tenant.org_id)["b"].cost_nano == 31_062_500
+    # OpenAI's Batch API says nothing in the usage: the caller names the tier.
+    # gpt-4o batch: input 1.25, output 5; the data has no batch rate for cached input, so
+    # it stays 1.25: 976*1.25 + 1024*1.25 + 300*5 = 1220 + 1280 + 1500 = 4000 micro-USD
+    completion = chat_completion(2000, 300, cached=1024)
+    ledger.record(
+        tenant.slug,
+        "gpt-4o",
+        completion,
+        event_id="o",
+        timestamp="2026-11-20T12:00:00Z",
+        service_tier="batch",
+    )
+    assert ledger.close().created == 2
+    stored = stored_events(database, tenant.org_id)
+    assert stored["b"].cost_nano == 31_062_500
+    assert stored["o"].cost_nano == 4_000_000
 
 
 @pytest.mark.parametrize(

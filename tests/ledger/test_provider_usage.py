@@ -43,6 +43,7 @@ from tests.ledger.conftest import (
     stored_events,
 )
 from tokenledger.db import Database
+from tokenledger.usage.providers import reread
 
 # Message Batches prices exist in the data from 2026-10-14 on.
 AT_BATCH = "2026-11-20T12:00:00Z"
@@ -96,7 +97,11 @@ def test_claude_usage_model_dump_merged_into_a_flat_event_is_accepted_and_fully_
     assert (result["pricing"], result["cost_usd"]) == ("priced", "0.042125")
     stored = stored_events(database)
     assert stored["nested"].provider == "anthropic"
-    assert stored["nested"].usage_object == {"usage": usage}
+    assert stored["nested"].usage_object == {"usage": usage, "shape": "anthropic"}
+    # a later price fix re-reads what was stored: the same usage, flat or nested
+    flat_reread = reread("anthropic", stored["flat"].usage_object)
+    assert flat_reread == reread("anthropic", stored["nested"].usage_object)
+    assert flat_reread.tokens.units == {"web_searches": 2, "output_reasoning_tokens": 120}
     for name in ("flat", "nested"):
         event = stored[name]
         assert (event.input_tokens, event.output_tokens) == (1000, 500)
@@ -117,7 +122,7 @@ def test_a_field_a_newer_sdk_adds_is_kept_and_a_billable_one_flags_the_event(
     # the tokens are priced (1000*3 + 100*15 = 4500 micro-USD), the executions are not
     assert (result["pricing"], result["cost_usd"]) == ("partially_priced", "0.0045")
     stored = stored_events(database)["newer"]
-    assert stored.usage_object == {"usage": usage}
+    assert stored.usage_object == {"usage": usage, "shape": "anthropic"}
     assert stored.unpriced_units == "usage.server_tool_use.code_execution_requests"
     # a unit the SDK knows but the price data has no rate for: deepseek-chat searches
     flat = {
@@ -266,7 +271,11 @@ def test_openai_usage_objects_with_cached_and_reasoning_tokens(
     assert (stored.input_tokens, stored.output_tokens, stored.cache_read_input_tokens) == (
         stored_tokens
     )
-    assert stored.usage_object == {"usage": usage}
+    assert stored.usage_object is not None
+    assert stored.usage_object["usage"] == usage
+    again = reread(stored.provider, stored.usage_object)
+    assert again.tokens.input_tokens == stored.input_tokens
+    assert again.tokens.cache_read_input_tokens == stored.cache_read_input_tokens
 
 
 def test_openai_priority_tier_from_the_response(client: TestClient, tenant: Tenant) -> None:
@@ -341,3 +350,13 @@ def test_a_reused_id_with_another_usage_object_is_a_conflict(
     response = post(client, tenant.headers, changed)
     assert response.status_code == 409, response.text
     assert len(stored_events(database)) == 1
+
+
+def test_a_reservation_for_an_openai_model_without_provider_is_priced(
+    client: TestClient, tenant: Tenant
+) -> None:
+    # gpt-4o: 1000*2.5 + 100*10 = 3500 micro-USD
+    body = {"model": "gpt-4o", "max_input_tokens": 1000, "max_output_tokens": 100}
+    response = client.post("/api/v1/reservations", json=body, headers=tenant.headers)
+    assert response.status_code == 201, response.text
+    assert response.json()["amount_usd"] == "0.0035"

@@ -14,7 +14,7 @@ from tokenledger.audit import service as audit
 from tokenledger.db import MAX_ROW_ID
 from tokenledger.deps import Admin, AppSettings, RowId, Session, Viewer
 from tokenledger.errors import not_found
-from tokenledger.schemas import InputModel, Limit, Offset, Page
+from tokenledger.schemas import PRINTABLE, InputModel, Limit, Offset, Page, QueryText
 
 router = APIRouter(tags=["alerts"])
 
@@ -32,9 +32,23 @@ class AlertRead(BaseModel):
     rearmed_at: datetime | None = None
 
 
+class DeliveryRead(BaseModel):
+    webhook_id: int
+    url: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+
+
+class AlertWithDeliveries(AlertRead):
+    deliveries: list[DeliveryRead]
+
+
 class WebhookCreate(InputModel):
-    url: str = Field(min_length=8, max_length=2000)
-    description: str = Field(default="", max_length=500)
+    url: str = Field(min_length=8, max_length=2000, pattern=PRINTABLE)
+    description: str = Field(default="", max_length=500, pattern=PRINTABLE)
 
 
 class WebhookRead(BaseModel):
@@ -56,12 +70,30 @@ def list_alerts(
     session: Session,
     _viewer: Viewer,
     organization_id: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
-    type: str | None = None,
+    type: QueryText = None,
     limit: Limit = 50,
     offset: Offset = 0,
-) -> Page[AlertRead]:
+) -> Page[AlertWithDeliveries]:
     rows, total = service.list_alerts(session, organization_id, type, limit, offset)
-    items = [AlertRead.model_validate(row) for row in rows]
+    deliveries = service.deliveries_of(session, [row.id for row in rows])
+    items = [
+        AlertWithDeliveries(
+            **AlertRead.model_validate(row).model_dump(),
+            deliveries=[
+                DeliveryRead(
+                    webhook_id=hook.id,
+                    url=hook.url,
+                    status=delivery.status,
+                    attempts=delivery.attempts,
+                    last_status_code=delivery.last_status_code,
+                    last_error=delivery.last_error,
+                    delivered_at=delivery.delivered_at,
+                )
+                for delivery, hook in deliveries.get(row.id, [])
+            ],
+        )
+        for row in rows
+    ]
     return Page(items=items, total=total, limit=limit, offset=offset)
 
 

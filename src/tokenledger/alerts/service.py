@@ -217,3 +217,37 @@ def list_alerts(
         query.order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit).offset(offset)
     )
     return list(rows.all()), total
+
+
+def deliveries_of(
+    session: Session, alert_ids: list[int]
+) -> dict[int, list[tuple[WebhookDelivery, Webhook]]]:
+    """The webhook deliveries of these alerts, with their webhook, per alert."""
+    result: dict[int, list[tuple[WebhookDelivery, Webhook]]] = {}
+    if not alert_ids:
+        return result
+    rows = session.execute(
+        select(WebhookDelivery, Webhook)
+        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+        .where(WebhookDelivery.alert_id.in_(alert_ids))
+        .order_by(WebhookDelivery.id)
+    ).all()
+    for delivery, hook in rows:
+        result.setdefault(delivery.alert_id, []).append((delivery, hook))
+    return result
+
+
+def list_deliveries(
+    session: Session, webhook_id: int | None, limit: int
+) -> list[tuple[WebhookDelivery, Alert, Organization]]:
+    """The delivery log, newest first: status, attempts and last error of each delivery."""
+    query = (
+        select(WebhookDelivery, Alert, Organization)
+        .join(Alert, Alert.id == WebhookDelivery.alert_id)
+        .join(Organization, Organization.id == Alert.organization_id)
+        .order_by(WebhookDelivery.id.desc())
+        .limit(limit)
+    )
+    if webhook_id is not None:
+        query = query.where(WebhookDelivery.webhook_id == webhook_id)
+    return [(d, a, o) for d, a, o in session.execute(query).all()]

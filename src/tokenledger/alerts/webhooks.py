@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import secrets
 import socket
@@ -169,6 +170,18 @@ def create_webhook(session: Session, url: str, description: str, allow_private: 
     return hook
 
 
+def send_test(hook: Webhook, allow_private: bool) -> tuple[int | None, str | None]:
+    """Send a signed test event to a webhook now: (HTTP status or None, error or None)."""
+    payload = json.dumps(
+        {"type": "webhook.test", "webhook_id": hook.id, "created_at": utcnow().isoformat()},
+        sort_keys=True,
+    )
+    with httpx.Client(timeout=REQUEST_TIMEOUT_SECONDS, follow_redirects=False) as client:
+        # A test is not a delivery of the outbox: an id of its own, never one of a delivery's.
+        message_id = f"msg_tl_test_{secrets.token_hex(8)}"
+        return _post(client, hook.url, hook.secret, message_id, payload, allow_private)
+
+
 def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** (attempts - 1)))
 
@@ -226,7 +239,7 @@ def _attempt(
             return
         url, secret, payload = hook.url, hook.secret, delivery.payload
         attempts, created_at = delivery.attempts + 1, delivery.created_at
-    status_code, error = _post(client, url, secret, delivery_id, payload, allow_private)
+    status_code, error = _post(client, url, secret, webhook_id(delivery_id), payload, allow_private)
     with database.session(write=True) as session:
         delivery = session.get(WebhookDelivery, delivery_id)
         if delivery is None:
@@ -249,7 +262,7 @@ def _post(
     client: httpx.Client,
     url: str,
     secret: str,
-    delivery_id: int,
+    message_id: str,
     payload: str,
     allow_private: bool,
 ) -> tuple[int | None, str | None]:
@@ -260,7 +273,7 @@ def _post(
         body = payload.encode()
         headers = {
             "Content-Type": "application/json",
-            **signed_headers(secret, webhook_id(delivery_id), int(time.time()), body),
+            **signed_headers(secret, message_id, int(time.time()), body),
             "User-Agent": "tokenledger-webhooks",
             **pin_headers,
         }

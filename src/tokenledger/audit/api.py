@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tokenledger.audit import service
 from tokenledger.deps import Session, Viewer
-from tokenledger.schemas import Limit, Offset, Page
+from tokenledger.schemas import Limit, Offset, Page, QueryText
 
 router = APIRouter(prefix="/api/audit-log", tags=["audit"])
 
@@ -33,13 +33,19 @@ class AuditEntryRead(BaseModel):
 def audit_log(
     session: Session,
     _viewer: Viewer,
-    entity_type: str | None = None,
-    entity_id: str | None = None,
+    entity_type: QueryText = None,
+    entity_id: QueryText = None,
+    actor: QueryText = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[AuditEntryRead]:
     rows, total = service.list_entries(
-        session, entity_type=entity_type, entity_id=entity_id, limit=limit, offset=offset
+        session,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        actor=actor,
+        limit=limit,
+        offset=offset,
     )
     items = [AuditEntryRead.model_validate(row) for row in rows]
     return Page(items=items, total=total, limit=limit, offset=offset)

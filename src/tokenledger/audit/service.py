@@ -41,8 +41,11 @@ def list_entries(
     entity_id: str | None,
     limit: int,
     offset: int,
+    actor: str | None = None,
 ) -> tuple[list[AuditEntry], int]:
     query = select(AuditEntry)
+    if actor:
+        query = query.where(AuditEntry.actor == actor)
     if entity_type:
         query = query.where(AuditEntry.entity_type == entity_type)
     if entity_id:
@@ -84,4 +87,13 @@ def record_change(
         before=before,
         after=after,
         client_address=by.address,
+    )
+
+
+def entity_types(session: Session) -> list[str]:
+    """The kinds of entity the log holds entries for, to filter by."""
+    return list(
+        session.scalars(
+            select(AuditEntry.entity_type).distinct().order_by(AuditEntry.entity_type)
+        ).all()
     )

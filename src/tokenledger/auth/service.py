@@ -132,8 +132,11 @@ def create_api_key(session: Session, name: str, org_slug: str | None) -> tuple[A
     return key, secret
 
 
-def list_api_keys(session: Session) -> list[ApiKey]:
-    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)).all())
+def list_api_keys(session: Session, organization_id: int | None = None) -> list[ApiKey]:
+    query = select(ApiKey).order_by(ApiKey.id)
+    if organization_id is not None:
+        query = query.where(ApiKey.organization_id == organization_id)
+    return list(session.scalars(query).all())
 
 
 def revoke_api_key(session: Session, key_id: int) -> ApiKey:
@@ -157,3 +160,21 @@ def resolve_api_key(session: Session, secret: str) -> ApiKey | None:
 
 def touch_api_key(session: Session, key_id: int) -> None:
     session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
+
+
+def list_admins(session: Session) -> list[AdminUser]:
+    return list(session.scalars(select(AdminUser).order_by(AdminUser.email)).all())
+
+
+def set_disabled(session: Session, user_id: int, disabled: bool) -> AdminUser:
+    """Disable an account (its sessions end at once) or enable it again."""
+    user = session.get(AdminUser, user_id) if 1 <= user_id <= MAX_ROW_ID else None
+    if user is None:
+        raise DomainError(404, "admin_not_found", f"no admin user with id {user_id}")
+    if disabled and user.disabled_at is None:
+        user.disabled_at = utcnow()
+        user.token_version += 1
+    elif not disabled:
+        user.disabled_at = None
+    session.flush()
+    return user

@@ -15,7 +15,7 @@ from tokenledger.errors import DomainError
 from tokenledger.money import format_usd, usd_to_nano
 from tokenledger.pricing.engine import TokenUsage
 from tokenledger.pricing.overrides import price_book
-from tokenledger.schemas import InputModel
+from tokenledger.schemas import PRINTABLE, InputModel, PathText, Text
 from tokenledger.usage.api import organization_for_key
 from tokenledger.usage.schemas import BudgetStateRead, TokenCount, UsdInput
 
@@ -23,10 +23,11 @@ router = APIRouter(prefix="/api/v1", tags=["budgets"])
 
 
 class ReservationCreate(InputModel):
-    organization: StrictStr | StrictInt | None = None
+    organization: Text | StrictInt | None = None
     max_cost_usd: UsdInput | None = None
-    provider: StrictStr = Field(default="anthropic", min_length=1, max_length=64)
-    model: StrictStr | None = Field(default=None, min_length=1, max_length=128)
+    # Inferred from the model when not given, as for usage events.
+    provider: StrictStr | None = Field(default=None, min_length=1, max_length=64, pattern=PRINTABLE)
+    model: StrictStr | None = Field(default=None, min_length=1, max_length=128, pattern=PRINTABLE)
     max_input_tokens: TokenCount | None = None
     max_output_tokens: TokenCount | None = None
     ttl_seconds: Annotated[StrictInt, Field(ge=1, le=86_400)] | None = None
@@ -57,7 +58,7 @@ def get_budget(
     session: Session,
     key: IngestKey,
     settings: AppSettings,
-    organization: Annotated[str | None, Query(max_length=64)] = None,
+    organization: Annotated[str | None, Query(max_length=64, pattern=PRINTABLE)] = None,
 ) -> BudgetStateRead:
     org = organization_for_key(session, key, organization)
     state = service.budget_states(session, [org], settings.timezone, utcnow(), forecast=True)[0]
@@ -68,8 +69,10 @@ def _estimate_nano(session: Session, data: ReservationCreate, now: datetime) -> 
     if data.max_cost_usd is not None:
         return usd_to_nano(data.max_cost_usd)
     assert data.model is not None
-    quote = price_book(session).quote(
-        data.provider.lower(),
+    book = price_book(session)
+    provider = data.provider or book.provider_for(data.model) or "unknown"
+    quote = book.quote(
+        provider.lower(),
         data.model,
         TokenUsage(
             input_tokens=data.max_input_tokens or 0, output_tokens=data.max_output_tokens or 0
@@ -78,7 +81,7 @@ def _estimate_nano(session: Session, data: ReservationCreate, now: datetime) -> 
     )
     if quote is None:
         raise DomainError(
-            422, "unpriced_model", f"cannot price {data.provider}/{data.model}: give max_cost_usd"
+            422, "unpriced_model", f"cannot price {provider}/{data.model}: give max_cost_usd"
         )
     return quote.cost_nano
 
@@ -105,6 +108,6 @@ def create_reservation(
 
 
 @router.delete("/reservations/{reservation_id}", status_code=204)
-def delete_reservation(reservation_id: str, session: Session, key: IngestKey) -> Response:
+def delete_reservation(reservation_id: PathText, session: Session, key: IngestKey) -> Response:
     service.release_reservation(session, reservation_id, key.organization_id, utcnow())
     return Response(status_code=204)

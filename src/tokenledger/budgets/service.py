@@ -27,6 +27,17 @@ from tokenledger.usage.periods import current_month, month_bounds, month_of
 FORECAST_DAYS = 7
 
 
+def limit_state(committed: int, limit: int | None, warn_percent: int) -> str:
+    """One limit's state: unlimited, ok, warning (from the warning percent) or exhausted."""
+    if limit is None:
+        return "unlimited"
+    if committed >= limit:
+        return "exhausted"
+    if committed * 100 >= limit * warn_percent:
+        return "warning"
+    return "ok"
+
+
 @dataclass(slots=True)
 class Figures:
     """What a license has used, spent and holds, in integer units."""
@@ -59,18 +70,14 @@ class Figures:
 
     def state(self) -> str:
         warn = self.license.budget_warning_percent
-        state = "ok"
-        for committed, limit in (
-            (self.credits_committed, self.credit_limit),
-            (self.usd_committed, self.usd_limit),
-        ):
-            if limit is None:
-                continue
-            if committed >= limit:
-                return "exhausted"
-            if committed * 100 >= limit * warn:
-                state = "warning"
-        return state
+        states = {
+            limit_state(self.credits_committed, self.credit_limit, warn),
+            limit_state(self.usd_committed, self.usd_limit, warn),
+        }
+        for state in ("exhausted", "warning"):
+            if state in states:
+                return state
+        return "ok"
 
     def remaining_nano(self) -> int | None:
         """USD that may still be committed: the tighter of the budget and the credits."""

@@ -83,6 +83,7 @@ class AsyncTokenLedgerClient(ClientCore[httpx.AsyncClient]):
         reservation_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         api_calls: int = 1,
+        service_tier: str | None = None,
     ) -> str:
         """Queue one event (spooled durably first, if spooling) and return its id."""
         event = build_event(
@@ -97,6 +98,7 @@ class AsyncTokenLedgerClient(ClientCore[httpx.AsyncClient]):
             reservation_id=reservation_id,
             metadata=metadata,
             api_calls=api_calls,
+            service_tier=service_tier,
         )
         pending = await self._blocking_io(self._ledger.add, event)
         self._start()

@@ -301,6 +301,7 @@ def build_event(
     reservation_id: str | None,
     metadata: Mapping[str, Any] | None,
     api_calls: int,
+    service_tier: str | None = None,
 ) -> Event:
     """Validate what the client can, stamp id and time, and serialize once."""
     if isinstance(organization, bool) or not isinstance(organization, str | int):
@@ -326,6 +327,11 @@ def build_event(
     }
     if provider is not None:
         body["provider"] = provider
+    if service_tier is not None:
+        # the caller's word wins (e.g. "batch" for OpenAI's or Gemini's batch APIs)
+        if not isinstance(service_tier, str) or not service_tier:
+            raise TypeError("service_tier must be a non-empty string")
+        body["service_tier"] = service_tier
     if refresh_id is not None:
         body["refresh_id"] = refresh_id
     if cost_usd is not None:

@@ -80,6 +80,7 @@ class TokenLedgerClient(ClientCore[httpx.Client]):
         reservation_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         api_calls: int = 1,
+        service_tier: str | None = None,
     ) -> str:
         """Queue one event (spooled durably first, if spooling) and return its id."""
         event = build_event(
@@ -94,6 +95,7 @@ class TokenLedgerClient(ClientCore[httpx.Client]):
             reservation_id=reservation_id,
             metadata=metadata,
             api_calls=api_calls,
+            service_tier=service_tier,
         )
         if self._ledger.add(event) >= self.batch_size:
             if self._thread is not None:

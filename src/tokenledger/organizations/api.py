@@ -12,7 +12,7 @@ from tokenledger.organizations.schemas import (
     OrganizationRead,
     OrganizationUpdate,
 )
-from tokenledger.schemas import Limit, Offset, Page
+from tokenledger.schemas import Limit, Offset, Page, QueryText
 
 router = APIRouter(prefix="/api/organizations", tags=["organizations"])
 
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/api/organizations", tags=["organizations"])
 def list_organizations(
     session: Session,
     _viewer: Viewer,
-    q: str | None = None,
+    q: QueryText = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[OrganizationRead]:

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import AwareDatetime, BaseModel, Field, StrictInt, StrictStr
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session as OrmSession
 
 from tokenledger.deps import Admin, Session, Viewer
 from tokenledger.pricing import overrides
-from tokenledger.schemas import InputModel
+from tokenledger.schemas import InputModel, PathText
 from tokenledger.usage.models import INCOMPLETE_PRICING, UsageEvent
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
@@ -71,7 +72,7 @@ def list_overrides(session: Session, _viewer: Viewer) -> list[dict[str, Any]]:
 # {model:path}: model ids may hold slashes (e.g. "meta-llama/llama-3.1-70b-instruct").
 @router.put("/overrides/{provider}/{model:path}")
 def set_override(
-    provider: str, model: str, data: OverrideSet, session: Session, admin: Admin
+    provider: PathText, model: PathText, data: OverrideSet, session: Session, admin: Admin
 ) -> dict[str, Any]:
     row = overrides.set_override(
         session,
@@ -90,8 +91,8 @@ def set_override(
 
 @router.delete("/overrides/{provider}/{model:path}", status_code=204)
 def unset_override(
-    provider: str,
-    model: str,
+    provider: PathText,
+    model: PathText,
     session: Session,
     admin: Admin,
     valid_from: Annotated[AwareDatetime | None, Query()] = None,
@@ -110,6 +111,10 @@ def unset_override(
 
 @router.get("/unpriced")
 def unpriced(session: Session, _viewer: Viewer) -> list[UnpricedModel]:
+    return unpriced_models(session)
+
+
+def unpriced_models(session: OrmSession) -> list[UnpricedModel]:
     """Models and units nobody could price: unpriced and partially priced events."""
     rows = session.execute(
         select(

@@ -7,30 +7,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import AwareDatetime
 
-from tokenledger.alerts import service as alerts
-from tokenledger.audit import service as audit
 from tokenledger.db import utcnow
 from tokenledger.deps import Admin, AppSettings, RowId, Session, Viewer, get_database
 from tokenledger.errors import DomainError
 from tokenledger.licenses import service as licenses
-from tokenledger.licenses.schemas import Credits, PricePerCredit, UsdAmount, WarningPercent
-from tokenledger.money import credits_to_micro, format_credits
+from tokenledger.licenses.budget import change_budget
+from tokenledger.licenses.schemas import BudgetUpdate
 from tokenledger.organizations import service as organizations
-from tokenledger.schemas import InputModel
 from tokenledger.usage import export, queries
 from tokenledger.usage.export import ClosingStreamingResponse
 
 router = APIRouter(tags=["token-usage"])
-
-
-class BudgetUpdate(InputModel):
-    """The origin's budget keys, typed and bounded; nothing else is accepted."""
-
-    token_budget_usd: UsdAmount | None = None
-    credits_total: Credits | None = None
-    cost_per_credit: PricePerCredit | None = None
-    budget_warning_percent: WarningPercent | None = None
-    credits_used: Credits | None = None
 
 
 @router.get("/api/token-usage/overview")
@@ -41,9 +28,11 @@ def usage_overview(
 
 
 @router.get("/api/token-usage/{org_id}")
-def organization_usage(org_id: RowId, session: Session, _viewer: Viewer) -> list[dict[str, Any]]:
+def organization_usage(
+    org_id: RowId, session: Session, _viewer: Viewer, settings: AppSettings
+) -> list[dict[str, Any]]:
     organizations.get(session, org_id)
-    return queries.monthly(session, org_id)
+    return queries.monthly(session, org_id, settings.timezone)
 
 
 @router.get("/api/token-usage/{org_id}/current")
@@ -108,57 +97,8 @@ def export_events(
 def update_budget(
     license_id: RowId, data: BudgetUpdate, session: Session, admin: Admin, settings: AppSettings
 ) -> dict[str, bool]:
-    given = data.model_fields_set
-    if not given:
-        raise DomainError(400, "no_fields", "no fields to update")
-    for name in given - {"token_budget_usd"}:
-        if getattr(data, name) is None:
-            raise DomainError(422, "invalid_value", f"{name} must not be null")
     lic = licenses.get(session, license_id, for_update=True)
-    before = licenses.snapshot(lic)
-    licenses.apply_budget(
-        lic,
-        credits_total=data.credits_total,
-        cost_per_credit=data.cost_per_credit,
-        token_budget_usd=data.token_budget_usd,
-        token_budget_given="token_budget_usd" in given,
-        budget_warning_percent=data.budget_warning_percent,
-    )
-    lic.updated_at = utcnow()
-    session.flush()
-    if data.credits_used is not None:
-        adjustment = licenses.adjust_credits_used(
-            session,
-            lic,
-            credits_to_micro(data.credits_used),
-            actor=admin.email,
-            reason="credits_used set through PUT /api/token-usage/budget",
-        )
-        audit.record_change(
-            session,
-            admin,
-            "license.credits_adjustment",
-            "license",
-            lic.id,
-            before={
-                "credits_used": format_credits(lic.credits_used_micro - adjustment.delta_micro)
-            },
-            after={
-                "credits_used": format_credits(lic.credits_used_micro),
-                "delta": format_credits(adjustment.delta_micro),
-            },
-        )
-    audit.record_change(
-        session,
-        admin,
-        "license.budget_update",
-        "license",
-        lic.id,
-        before=before,
-        after=licenses.snapshot(lic),
-    )
-    # A top-up re-arms the thresholds it moves below; a lower limit may fire one now.
-    alerts.rearm(session, lic, settings.timezone, utcnow())
+    change_budget(session, lic, data, admin, settings.timezone, utcnow())
     return {"ok": True}
 
 

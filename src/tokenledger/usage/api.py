@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -12,6 +15,7 @@ from tokenledger.deps import AppSettings, IngestKey, Session
 from tokenledger.errors import DomainError
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
+from tokenledger.schemas import PathText
 from tokenledger.usage import ingest as ingest_service
 from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, RefreshRead, UsageBatch, UsageResponse
@@ -39,7 +43,21 @@ def organization_for_key(session: Session, key: IngestKey, ref: str | int | None
 def post_usage(
     request: Request, batch: UsageBatch, session: Session, key: IngestKey, settings: AppSettings
 ) -> JSONResponse:
-    now = utcnow()
+    outcome, states = record_usage(request, session, batch, key, settings, utcnow())
+    # Built from plain values in the documented shape: validating a thousand results
+    # again on the way out would cost more than the rest of the response.
+    return JSONResponse({"results": outcome.results, "budgets": states})
+
+
+def record_usage(
+    request: Request,
+    session: Session,
+    batch: UsageBatch,
+    key: IngestKey,
+    settings: AppSettings,
+    now: datetime,
+) -> tuple[ingest_service.IngestOutcome, list[dict[str, Any]]]:
+    """One batch of usage (from /api/v1/usage or /v1/traces): ingest, settle, alert."""
     outcome = ingest_service.ingest(
         session, batch, key_org_id=key.organization_id, settings=settings, now=now
     )
@@ -51,14 +69,12 @@ def post_usage(
     metrics = request.app.state.metrics
     metrics.events.labels("created").inc(outcome.created)
     metrics.events.labels("duplicate").inc(outcome.duplicates)
-    # Built from plain values in the documented shape: validating a thousand results
-    # again on the way out would cost more than the rest of the response.
-    return JSONResponse({"results": outcome.results, "budgets": states})
+    return outcome, states
 
 
 @router.put("/refreshes/{refresh_id:path}")
 def put_refresh(
-    refresh_id: str, data: RefreshIn, session: Session, key: IngestKey, settings: AppSettings
+    refresh_id: PathText, data: RefreshIn, session: Session, key: IngestKey, settings: AppSettings
 ) -> RefreshRead:
     org = organization_for_key(session, key, data.organization)
     refresh = record_refresh(session, org, refresh_id, data, settings.timezone, utcnow())

@@ -150,13 +150,20 @@ def shape_of(provider: str | None, usage: Mapping[str, Any]) -> str:
 
 
 def read_usage(
-    provider: str | None, usage: Mapping[str, Any], service_tier: str | None = None
+    provider: str | None,
+    usage: Mapping[str, Any],
+    service_tier: str | None = None,
+    shape: str | None = None,
 ) -> ReadUsage:
-    """Read a provider's usage object; ``service_tier`` is the event's (OpenAI's is there)."""
+    """Read a provider's usage object; ``service_tier`` is the event's (OpenAI's is there).
+
+    ``shape`` is known when re-reading a stored object; else it is told by the fields.
+    """
     size = len(json.dumps(usage, separators=(",", ":")))
     if size > MAX_USAGE_BYTES:
         raise UsageReadError(f"usage is limited to {MAX_USAGE_BYTES} bytes of JSON")
-    shape = shape_of(provider, usage)
+    if shape not in _READERS:
+        shape = shape_of(provider, usage)
     data = _camel(usage) if shape == "gemini" else usage
     reader_provider, flavor = _READERS[shape]
     extractor = _extractor(reader_provider, flavor)
@@ -177,7 +184,8 @@ def read_usage(
         )
     if service_tier is not None:
         context.update(price_context(service_tier))
-    unknown = tuple(f"usage.{path}" for path in _unknown_counts(data, _known_paths(shape)))
+    # named as the caller sent them (Gemini's known paths come in both spellings)
+    unknown = tuple(f"usage.{path}" for path in _unknown_counts(usage, _known_paths(shape)))
     return ReadUsage(tokens=tokens, context=context, unknown_units=unknown, shape=shape)
 
 
@@ -203,7 +211,7 @@ def event_usage(event: UsageEventIn, book: PriceBook) -> EventUsage:
     if event.usage is not None:
         reading = read_usage(event.provider, event.usage, event.service_tier)
         provider = provider or _SHAPE_PROVIDERS.get(reading.shape) or UNKNOWN_PROVIDER
-        stored: dict[str, Any] = {"usage": event.usage}
+        stored: dict[str, Any] = {"usage": event.usage, "shape": reading.shape}
         if event.service_tier is not None:
             stored["service_tier"] = event.service_tier
         return EventUsage(provider, reading.tokens, reading.context, reading.unknown_units, stored)
@@ -227,10 +235,14 @@ def event_usage(event: UsageEventIn, book: PriceBook) -> EventUsage:
     if event.cache_creation is not None:
         usage["cache_creation"] = event.cache_creation.model_dump()
     usage.update(extras)
-    reading = read_usage("anthropic", usage)
-    return EventUsage(
-        provider, reading.tokens, reading.context, reading.unknown_units, {"usage": usage}
-    )
+    reading = read_usage("anthropic", usage, shape="anthropic")
+    stored = {"usage": usage, "shape": "anthropic"}
+    return EventUsage(provider, reading.tokens, reading.context, reading.unknown_units, stored)
+
+
+def reread(provider: str, stored: Mapping[str, Any]) -> ReadUsage:
+    """A stored event's ``usage_object`` read again, e.g. to price it anew after a fix."""
+    return read_usage(provider, stored["usage"], stored.get("service_tier"), stored.get("shape"))
 
 
 def _token_usage(values: dict[str, int]) -> TokenUsage:
@@ -288,6 +300,8 @@ def _known_paths(shape: str) -> frozenset[str]:
                 break
             names.append(step)
             known.add(".".join(names))
+    if shape == "gemini":  # the SDK's snake_case dump as well as the API's camelCase
+        known |= {".".join(_snake(part) for part in path.split(".")) for path in known}
     return frozenset(known)
 
 

@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tokenledger.budgets.service import budget_states, figures_for
+from tokenledger.budgets.service import (
+    Figures,
+    budget_states,
+    burn_forecast,
+    figures_for,
+    recent_cost,
+)
 from tokenledger.licenses.models import License
 from tokenledger.money import format_usd, percent, round_credits, round_usd
 from tokenledger.organizations.models import Organization
-from tokenledger.usage.models import LicenseUsage, TokenUsageMonthly, UsageDaily
-from tokenledger.usage.periods import month_of
+from tokenledger.usage.models import (
+    LicenseUsage,
+    Refresh,
+    TokenUsageMonthly,
+    UsageDaily,
+    UsageEvent,
+)
+from tokenledger.usage.periods import month_bounds, month_of
 
 M = TokenUsageMonthly
 
@@ -87,7 +100,54 @@ def license_columns(lic: License | None, spent_nano: int) -> dict[str, Any]:
     }
 
 
-def overview(session: Session, tz: Any, now: datetime) -> list[dict[str, Any]]:
+@dataclass(slots=True)
+class OrganizationRow:
+    """One organization's figures in integer units: what the overview and the UI show."""
+
+    org: Organization
+    license: License | None
+    figures: Figures | None
+    totals: dict[str, int]
+    cost_this_month_nano: int
+    state: str
+    forecast: dict[str, Any] | None = None
+    runs_out_this_period: bool = False
+
+    @property
+    def percent_used(self) -> float | None:
+        """The higher of credits and budget used, in percent (None without any limit)."""
+        fig = self.figures
+        if fig is None:
+            return None
+        found = [
+            percent(used, limit)
+            for used, limit in (
+                (fig.credits_used_micro, fig.credit_limit),
+                (fig.spent_nano, fig.usd_limit),
+            )
+            if limit
+        ]
+        values = [value for value in found if value is not None]
+        return max(values) if values else None
+
+
+def _runs_out_this_period(fig: Figures, forecast: dict[str, Any], tz: Any, now: datetime) -> bool:
+    """At the recent pace, the budget runs out before its period ends, or the credits this month.
+
+    Not when it has run out already: that is the exhausted state, not a projection.
+    """
+    if fig.state() == "exhausted":
+        return False
+    if forecast["budget_exhausted_before_period_end"]:
+        return True
+    credits_at = forecast["credits_exhausted_at"]
+    if credits_at is None or fig.credit_limit is None:
+        return False
+    _start, month_end = month_bounds(month_of(now, tz), tz)
+    return datetime.fromisoformat(credits_at) < month_end
+
+
+def organization_rows(session: Session, tz: Any, now: datetime) -> list[OrganizationRow]:
     """One row per organization (with or without a license), from rollups only."""
     orgs = list(session.scalars(select(Organization).order_by(Organization.name, Organization.id)))
     totals = _totals_by_org(session)
@@ -99,16 +159,37 @@ def overview(session: Session, tz: Any, now: datetime) -> list[dict[str, Any]]:
     this_month = dict(
         session.execute(select(M.organization_id, M.cost_nano).where(M.year_month == month)).all()
     )
+    windows = recent_cost(session, [org.id for org in orgs], tz, now)
     rows = []
     for org in orgs:
         lic = active.get(org.id)
-        sums = totals.get(org.id, defaultdict(int))
         fig = figures.get(lic.id) if lic else None
-        rows.append(
+        row = OrganizationRow(
+            org=org,
+            license=lic,
+            figures=fig,
+            totals=dict(totals.get(org.id, defaultdict(int))),
+            cost_this_month_nano=int(this_month.get(org.id) or 0),
+            state=states[org.id],
+        )
+        if fig is not None:
+            row.forecast = burn_forecast(fig, windows.get(org.id, 0), tz, now)
+            row.runs_out_this_period = _runs_out_this_period(fig, row.forecast, tz, now)
+        rows.append(row)
+    return rows
+
+
+def overview(session: Session, tz: Any, now: datetime) -> list[dict[str, Any]]:
+    """The origin's overview rows, with additions."""
+    rendered = []
+    for row in organization_rows(session, tz, now):
+        sums: dict[str, int] = defaultdict(int, row.totals)
+        lic, fig = row.license, row.figures
+        rendered.append(
             {
-                "org_id": org.id,
-                "org_name": org.name,
-                "org_slug": org.slug,
+                "org_id": row.org.id,
+                "org_name": row.org.name,
+                "org_slug": row.org.slug,
                 **license_columns(lic, fig.spent_nano if fig else 0),
                 "total_cost_usd": round_usd(sums["cost"]),
                 "total_input_tokens": sums["input"],
@@ -118,21 +199,40 @@ def overview(session: Session, tz: Any, now: datetime) -> list[dict[str, Any]]:
                 # Additions to the origin's fields:
                 "total_cache_creation_tokens": sums["cache_creation"],
                 "total_cache_read_tokens": sums["cache_read"],
-                "cost_this_month_usd": round_usd(int(this_month.get(org.id) or 0)),
+                "cost_this_month_usd": round_usd(row.cost_this_month_nano),
                 "unpriced_events": sums["unpriced"],
                 "license_id": lic.id if lic else None,
                 "budget_period": lic.budget_period if lic else None,
-                "state": states[org.id],
-                "archived": org.archived_at is not None,
+                "state": row.state,
+                "archived": row.org.archived_at is not None,
+                "forecast": row.forecast,
+                "runs_out_this_period": row.runs_out_this_period,
             }
         )
-    return rows
+    return rendered
 
 
-def monthly(session: Session, org_id: int) -> list[dict[str, Any]]:
+def failed_runs_by_month(session: Session, org_id: int, tz: Any) -> dict[str, int]:
+    """Failed runs of an organization per billing month of their end (they were paid for)."""
+    counts: dict[str, int] = defaultdict(int)
+    for (finished_at,) in session.execute(
+        select(Refresh.finished_at).where(
+            Refresh.organization_id == org_id,
+            Refresh.status == "failed",
+            Refresh.finished_at.is_not(None),
+        )
+    ):
+        if finished_at is not None:
+            counts[month_of(finished_at, tz)] += 1
+    return dict(counts)
+
+
+def monthly(session: Session, org_id: int, tz: Any = None) -> list[dict[str, Any]]:
+    """The origin's monthly rows, newest first; with a time zone also the failed runs."""
     rows = session.scalars(
         select(M).where(M.organization_id == org_id).order_by(M.year_month.desc())
     )
+    failed = failed_runs_by_month(session, org_id, tz) if tz is not None else {}
     return [
         {
             "year_month": row.year_month,
@@ -144,6 +244,9 @@ def monthly(session: Session, org_id: int) -> list[dict[str, Any]]:
             "api_calls": row.api_calls,
             "refresh_count": row.refresh_count,
             "unpriced_events": row.unpriced_events,
+            # Additions: the exact cost, and failed runs (None when not counted).
+            "cost_usd": format_usd(row.cost_nano),
+            "failed_refreshes": failed.get(row.year_month, 0) if tz is not None else None,
         }
         for row in rows
     ]
@@ -222,16 +325,16 @@ def models_of_month(session: Session, org_id: int, year_month: str) -> list[dict
     ]
 
 
-def daily_series(
-    session: Session, org_id: int, days: int, tz: Any, now: datetime
-) -> list[dict[str, Any]]:
-    """The last `days` billing days, oldest first, with zeros for days without usage."""
+def days_of_month(year_month: str) -> list[str]:
+    year, month = (int(part) for part in year_month.split("-"))
+    first = date(year, month, 1)
+    following = date(year + (month == 12), month % 12 + 1, 1)
+    return [(first + timedelta(days=n)).isoformat() for n in range((following - first).days)]
+
+
+def daily_for_days(session: Session, org_id: int, days: list[str]) -> list[dict[str, Any]]:
+    """Sums per billing day for these days (ascending), with zeros for days without usage."""
     D = UsageDaily
-    # Calendar days counted back from today's date: 24-hour steps skip or repeat a day
-    # around a daylight-saving change.
-    today = now.astimezone(tz).date()
-    series_days = [(today - timedelta(days=offset)).isoformat() for offset in range(days)][::-1]
-    first = series_days[0]
     sums = {
         day: (int(cost), int(calls), int(inp), int(out))
         for day, cost, calls, inp, out in session.execute(
@@ -242,17 +345,18 @@ def daily_series(
                 func.sum(D.input_tokens),
                 func.sum(D.output_tokens),
             )
-            .where(D.organization_id == org_id, D.day >= first)
+            .where(D.organization_id == org_id, D.day >= days[0], D.day <= days[-1])
             .group_by(D.day)
         )
     }
     series = []
-    for day in series_days:
+    for day in days:
         cost, calls, inp, out = sums.get(day, (0, 0, 0, 0))
         series.append(
             {
                 "day": day,
                 "total_cost_usd": round_usd(cost),
+                "cost_usd": format_usd(cost),
                 "api_calls": calls,
                 "input_tokens": inp,
                 "output_tokens": out,
@@ -261,7 +365,49 @@ def daily_series(
     return series
 
 
-def dashboard(session: Session, tz: Any, now: datetime) -> dict[str, Any]:
+def daily_series(
+    session: Session, org_id: int, days: int, tz: Any, now: datetime
+) -> list[dict[str, Any]]:
+    """The last `days` billing days, oldest first, with zeros for days without usage."""
+    # Calendar days counted back from today's date: 24-hour steps skip or repeat a day
+    # around a daylight-saving change.
+    today = now.astimezone(tz).date()
+    series_days = [(today - timedelta(days=offset)).isoformat() for offset in range(days)][::-1]
+    return daily_for_days(session, org_id, series_days)
+
+
+def monthly_costs(session: Session) -> list[tuple[str, int]]:
+    """Cost of all organizations per billing month, oldest first, in nano-USD."""
+    rows = session.execute(
+        select(M.year_month, func.sum(M.cost_nano)).group_by(M.year_month).order_by(M.year_month)
+    ).all()
+    return [(year_month, int(cost or 0)) for year_month, cost in rows]
+
+
+@dataclass(slots=True)
+class DashboardFigures:
+    """The dashboard's figures in integer units."""
+
+    year_month: str
+    total_cost_nano: int
+    month_cost_nano: int
+    organizations: int
+    active_licenses: int
+    states: dict[str, int]
+    unpriced_events: int
+    credits_sold_micro: int
+    credits_consumed_micro: int
+    sold_value_nano: int
+    consumed_value_nano: int
+    provider_cost_nano: int
+    months: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def margin_nano(self) -> int:
+        return self.sold_value_nano - self.provider_cost_nano
+
+
+def dashboard_figures(session: Session, tz: Any, now: datetime) -> DashboardFigures:
     month = month_of(now, tz)
     total_cost, unpriced = session.execute(
         select(
@@ -285,31 +431,62 @@ def dashboard(session: Session, tz: Any, now: datetime) -> dict[str, Any]:
         if active
         else {}
     )
-    sold_micro = sum(lic.credits_total_micro for lic in active)
-    used_micro = sum(lic.credits_used_micro for lic in active)
-    # Revenue of the credits sold (at each license's price per credit), and what was consumed.
-    sold_value_nano = sum(
-        lic.credits_total_micro * lic.cost_per_credit_nano // 10**6 for lic in active
+    counts: dict[str, int] = defaultdict(int)
+    for state in states:
+        counts[state["state"]] += 1
+    return DashboardFigures(
+        year_month=month,
+        total_cost_nano=int(total_cost),
+        month_cost_nano=int(month_cost or 0),
+        organizations=len(orgs),
+        active_licenses=len(active),
+        states=dict(counts),
+        unpriced_events=int(unpriced),
+        credits_sold_micro=sum(lic.credits_total_micro for lic in active),
+        credits_consumed_micro=sum(lic.credits_used_micro for lic in active),
+        # Revenue of the credits sold (at each license's price per credit), and consumed.
+        sold_value_nano=sum(
+            lic.credits_total_micro * lic.cost_per_credit_nano // 10**6 for lic in active
+        ),
+        consumed_value_nano=sum(
+            lic.credits_used_micro * lic.cost_per_credit_nano // 10**6 for lic in active
+        ),
+        provider_cost_nano=sum(int(spend.get(lic.id) or 0) for lic in active),
+        months=monthly_costs(session),
     )
-    consumed_value_nano = sum(
-        lic.credits_used_micro * lic.cost_per_credit_nano // 10**6 for lic in active
-    )
-    provider_cost_nano = sum(int(spend.get(lic.id) or 0) for lic in active)
+
+
+def dashboard(session: Session, tz: Any, now: datetime) -> dict[str, Any]:
+    fig = dashboard_figures(session, tz, now)
     return {
-        "total_cost_usd": round_usd(int(total_cost)),
-        "cost_this_month_usd": round_usd(int(month_cost or 0)),
-        "year_month": month,
-        "organizations": len(orgs),
-        "active_licenses": len(active),
-        "organizations_ok": sum(1 for s in states if s["state"] == "ok"),
-        "organizations_warning": sum(1 for s in states if s["state"] == "warning"),
-        "organizations_exhausted": sum(1 for s in states if s["state"] == "exhausted"),
-        "organizations_without_license": sum(1 for s in states if s["state"] == "no_license"),
-        "unpriced_events": int(unpriced),
-        "credits_sold": round_credits(sold_micro),
-        "credits_consumed": round_credits(used_micro),
-        "credits_sold_value_usd": round_usd(sold_value_nano),
-        "credits_consumed_value_usd": round_usd(consumed_value_nano),
-        "provider_cost_usd": round_usd(provider_cost_nano),
-        "margin_usd": round_usd(sold_value_nano - provider_cost_nano),
+        "total_cost_usd": round_usd(fig.total_cost_nano),
+        "cost_this_month_usd": round_usd(fig.month_cost_nano),
+        "year_month": fig.year_month,
+        "organizations": fig.organizations,
+        "active_licenses": fig.active_licenses,
+        "organizations_ok": fig.states.get("ok", 0),
+        "organizations_warning": fig.states.get("warning", 0),
+        "organizations_exhausted": fig.states.get("exhausted", 0),
+        "organizations_without_license": fig.states.get("no_license", 0),
+        "unpriced_events": fig.unpriced_events,
+        "credits_sold": round_credits(fig.credits_sold_micro),
+        "credits_consumed": round_credits(fig.credits_consumed_micro),
+        "credits_sold_value_usd": round_usd(fig.sold_value_nano),
+        "credits_consumed_value_usd": round_usd(fig.consumed_value_nano),
+        "provider_cost_usd": round_usd(fig.provider_cost_nano),
+        "margin_usd": round_usd(fig.margin_nano),
+        # Additions: exact figures, and the cost of every month (all organizations).
+        "total_cost": format_usd(fig.total_cost_nano),
+        "months": [
+            {"year_month": year_month, "cost_usd": format_usd(cost)}
+            for year_month, cost in fig.months
+        ],
     }
+
+
+def recent_events(session: Session, org_id: int | None = None, limit: int = 50) -> list[UsageEvent]:
+    """The newest events (of one organization), with how each was priced."""
+    query = select(UsageEvent).order_by(UsageEvent.timestamp.desc(), UsageEvent.id.desc())
+    if org_id is not None:
+        query = query.where(UsageEvent.organization_id == org_id)
+    return list(session.scalars(query.limit(limit)).all())

@@ -21,8 +21,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from tokenledger import schemas
 from tokenledger.money import MAX_USD, MoneyError, to_decimal
-from tokenledger.schemas import InputModel
+from tokenledger.schemas import InputModel, JsonObject
 
 MAX_TOKENS = 10**9
 MAX_METADATA_BYTES = 4096
@@ -37,8 +38,8 @@ _ANTHROPIC_EXTRAS = (
 
 TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
 # Identifiers are stored as text: PostgreSQL cannot hold NUL, and no control character
-# belongs in an id or a model name.
-_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+# (C0, DEL or C1) belongs in an id or a model name.
+_PRINTABLE = schemas.PRINTABLE
 PRINTABLE = re.compile(_PRINTABLE)
 # RFC 3339's date-time (T or space, Z or a numeric offset with a colon); the ISO 8601
 # variants that datetime.fromisoformat also takes (week dates, basic format) are refused.
@@ -110,19 +111,19 @@ class UsageEventIn(InputModel):
     reservation_id: StrictStr | None = Field(
         default=None, min_length=1, max_length=64, pattern=_PRINTABLE
     )
-    metadata: dict[str, Any] | None = None
+    metadata: JsonObject | None = None
     # The provider's own usage object, untouched (instead of the flat counts above).
-    usage: dict[str, Any] | None = None
+    usage: JsonObject | None = None
     # batch, priority, flex, ...: Anthropic's usage field, or the tier an OpenAI or Gemini
     # response names (or the caller knows, for their batch APIs).
     service_tier: StrictStr | None = Field(
         default=None, min_length=1, max_length=32, pattern=_PRINTABLE
     )
     # Anthropic's further usage fields, so that message.usage.model_dump() can be merged in.
-    server_tool_use: dict[str, Any] | None = None
+    server_tool_use: JsonObject | None = None
     inference_geo: StrictStr | None = Field(default=None, max_length=64, pattern=_PRINTABLE)
     speed: StrictStr | None = Field(default=None, max_length=32, pattern=_PRINTABLE)
-    output_tokens_details: dict[str, Any] | None = None
+    output_tokens_details: JsonObject | None = None
 
     @field_validator("provider")
     @classmethod

@@ -1,0 +1,171 @@
+"""HTTP rules that hold for every route: what a JSON body may be, and response headers.
+
+Plain ASGI middleware (not BaseHTTPMiddleware), so streamed responses pass untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tokenledger.errors import error_body
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class AmbiguousJson(ValueError):
+    """A body that two JSON readers could understand differently."""
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise AmbiguousJson(f"duplicate key {key!r}")
+            seen.add(key)
+    return result
+
+
+def _refuse_constant(name: str) -> Any:
+    raise AmbiguousJson(f"{name} is not a JSON number")
+
+
+def check_json(body: bytes) -> str | None:
+    """Why this body is not one plain JSON document (UTF-8, unique keys, finite
+    numbers, nesting the parser can follow), or None when it is."""
+    try:
+        json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_refuse_duplicate_keys,
+            parse_constant=_refuse_constant,
+        )
+    except UnicodeDecodeError:
+        return "the body is not UTF-8"
+    except AmbiguousJson as exc:
+        return str(exc)
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    except RecursionError:
+        return "JSON nested too deeply"
+    return None
+
+
+def _is_json(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media_type: bytes = value.split(b";", 1)[0].strip().lower()
+            return media_type == b"application/json" or media_type.endswith(b"+json")
+    return False
+
+
+class StrictJson:
+    """422 for a JSON body with a duplicate key, NaN or Infinity, bad UTF-8 or too deep.
+
+    Python's parser keeps the last of two equal keys; another reader may keep the
+    first. A usage event billed differently by two readers of one body is refused here,
+    once for every route, before FastAPI parses the body.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message]), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        problem = check_json(body) if body else None
+        if problem is not None:
+            # The shape of every other payload error (errors.py's validation handler).
+            details = [{"loc": ["body"], "msg": problem, "type": "json_invalid"}]
+            body_error = error_body("validation_error", f"body: {problem}", details)
+            response = JSONResponse(body_error, status_code=422)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, _replay([{"type": "http.request", "body": body}], receive), send)
+
+
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+# Pages and the docs load their scripts and styles as files from this server; nothing
+# inline, nothing from elsewhere, never inside a frame.
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-frame-options": "DENY",
+}
+# Answers, tokens above all (RFC 6749 section 5.1), are never stored by a cache; static
+# files (paths under these prefixes) may be, for a while.
+NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
+CACHEABLE_PREFIXES = ("/static/",)
+CACHEABLE = {"cache-control": "public, max-age=3600"}
+
+
+def security_headers(path: str) -> dict[str, str]:
+    """The headers every response carries, for a request of this path."""
+    caching = CACHEABLE if path.startswith(CACHEABLE_PREFIXES) else NO_STORE
+    return {**SECURITY_HEADERS, **caching}
+
+
+class SecurityHeaders:
+    """Adds security_headers() to every response that does not set them itself."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = [
+            (name.encode(), value.encode())
+            for name, value in security_headers(scope["path"]).items()
+        ]
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _value in headers}
+                headers += [(name, value) for name, value in extra if name not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

@@ -1,0 +1,783 @@
+"""Pages of the admin UI: dashboard, organizations and their tabs, licenses.
+
+Every figure comes from the services the API routes call (usage.queries, budgets,
+licenses, alerts); these routes only parse, call and render.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.datastructures import FormData
+
+from tokenledger.alerts import service as alerts
+from tokenledger.audit import service as audit
+from tokenledger.auth import service as auth_service
+from tokenledger.budgets.service import budget_states, figures_for
+from tokenledger.db import MAX_ROW_ID
+from tokenledger.errors import DomainError
+from tokenledger.licenses import service as licenses
+from tokenledger.licenses.budget import budget_fields, change_budget
+from tokenledger.licenses.models import BUDGET_PERIODS, ENFORCEMENTS, LICENSE_STATUSES, License
+from tokenledger.licenses.schemas import LicenseCreate, LicenseUpdate
+from tokenledger.money import format_usd, nano_to_usd, percent
+from tokenledger.organizations import service as organizations
+from tokenledger.organizations.models import Organization
+from tokenledger.organizations.schemas import OrganizationCreate, OrganizationUpdate
+from tokenledger.usage import queries
+from tokenledger.usage.periods import month_bounds, month_of
+from tokenledger.web import forms
+from tokenledger.web.charts import bar_chart, meters
+from tokenledger.web.common import (
+    AdminPage,
+    DbSession,
+    Form,
+    Page,
+    PageRoute,
+    ViewerPage,
+    redirect,
+)
+from tokenledger.web.i18n import N_
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+PageId = Annotated[int, Query(ge=1, le=MAX_ROW_ID)]
+Month = Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+
+STATE_LABELS = {
+    "ok": N_("OK"),
+    "warning": N_("Warning"),
+    "exhausted": N_("Exhausted"),
+    "no_license": N_("No license"),
+    "suspended": N_("Suspended"),
+    "unlimited": N_("Unlimited"),
+}
+STATUS_LABELS = {
+    "active": N_("Active"),
+    "suspended": N_("Suspended"),
+    "expired": N_("Expired"),
+    "cancelled": N_("Cancelled"),
+}
+PERIOD_LABELS = {"monthly": N_("Monthly"), "license": N_("License term")}
+ENFORCEMENT_LABELS = {
+    "soft": N_("Soft: warn, keep serving"),
+    "hard": N_("Hard: refuse when exhausted"),
+}
+ALERT_LABELS = {
+    "budget.warning": N_("Budget warning"),
+    "budget.exhausted": N_("Budget exhausted"),
+    "credits.warning": N_("Credits warning"),
+    "credits.exhausted": N_("Credits exhausted"),
+    "budget.forecast": N_("Budget forecast"),
+}
+DELIVERY_LABELS = {
+    "pending": N_("Pending"),
+    "delivered": N_("Delivered"),
+    "failed": N_("Failed"),
+}
+SORTS = {
+    "name": N_("Name"),
+    "used": N_("% used"),
+    "month": N_("Cost this month"),
+    "total": N_("Total cost"),
+}
+FILTERS = {
+    "": N_("All organizations"),
+    "near": N_("Near limit (warning)"),
+    "exhausted": N_("Exhausted"),
+    "runs_out": N_("Projected to run out this period"),
+    "no_license": N_("No license"),
+}
+MIN_USED = (0, 25, 50, 80, 100)
+
+common_context = {
+    "STATE_LABELS": STATE_LABELS,
+    "STATUS_LABELS": STATUS_LABELS,
+    "PERIOD_LABELS": PERIOD_LABELS,
+    "ENFORCEMENT_LABELS": ENFORCEMENT_LABELS,
+    "ALERT_LABELS": ALERT_LABELS,
+    "DELIVERY_LABELS": DELIVERY_LABELS,
+}
+
+
+def render(page: Page, template: str, status_code: int = 200, **context: Any) -> Response:
+    return page.render(template, status_code, **common_context, **context)
+
+
+# Dashboard ---------------------------------------------------------------------------
+
+
+@router.get("/")
+def dashboard(page: ViewerPage, session: DbSession) -> Response:
+    tz = page.settings.timezone
+    figures = queries.dashboard_figures(session, tz, page.now)
+    months = figures.months[-12:]
+    chart = bar_chart(
+        [(page.fmt.month_short(ym), nano_to_usd(cost), page.fmt.month(ym)) for ym, cost in months]
+    )
+    recent, _total = alerts.list_alerts(session, None, None, 8, 0)
+    deliveries = alerts.deliveries_of(session, [alert.id for alert in recent])
+    names = _org_names(session, {alert.organization_id for alert in recent})
+    return render(
+        page,
+        "dashboard.html",
+        figures=figures,
+        months=list(reversed(figures.months)),
+        chart=chart,
+        recent_alerts=recent,
+        deliveries=deliveries,
+        org_names=names,
+        format_usd=format_usd,
+    )
+
+
+def _org_names(session: DbSession, ids: set[int]) -> dict[int, Organization]:
+    return {org_id: organizations.get(session, org_id) for org_id in ids}
+
+
+# Organizations -------------------------------------------------------------------------
+
+
+@router.get("/organizations")
+def organization_list(
+    page: ViewerPage,
+    session: DbSession,
+    q: Annotated[str, Query(max_length=200)] = "",
+    show: Annotated[str, Query(max_length=20)] = "",
+    min_used: Annotated[int, Query(ge=0, le=100)] = 0,
+    sort: Annotated[str, Query(max_length=20)] = "name",
+    archived: Annotated[bool, Query()] = False,
+) -> Response:
+    rows = queries.organization_rows(session, page.settings.timezone, page.now)
+    if q.strip():
+        matches, _count = organizations.search(session, q.strip(), 500, 0)
+        wanted = {org.id for org in matches}
+        rows = [row for row in rows if row.org.id in wanted]
+    if not archived:
+        rows = [row for row in rows if row.org.archived_at is None]
+    if show == "near":
+        rows = [row for row in rows if row.state == "warning"]
+    elif show == "exhausted":
+        rows = [row for row in rows if row.state == "exhausted"]
+    elif show == "runs_out":
+        rows = [row for row in rows if row.runs_out_this_period]
+    elif show == "no_license":
+        rows = [row for row in rows if row.state == "no_license"]
+    if min_used:
+        rows = [row for row in rows if (row.percent_used or 0) >= min_used]
+    if sort == "used":
+        rows.sort(key=lambda row: -(row.percent_used or -1))
+    elif sort == "month":
+        rows.sort(key=lambda row: -row.cost_this_month_nano)
+    elif sort == "total":
+        rows.sort(key=lambda row: -row.totals.get("cost", 0))
+    total_nano = sum(row.totals.get("cost", 0) for row in rows)
+    month_nano = sum(row.cost_this_month_nano for row in rows)
+    filtered = bool(q.strip() or show or min_used)
+    return render(
+        page,
+        "organizations.html",
+        rows=[(row, meters(row.figures)) for row in rows],
+        total_nano=total_nano,
+        month_nano=month_nano,
+        q=q,
+        show=show,
+        min_used=min_used,
+        sort=sort,
+        archived=archived,
+        filtered=filtered,
+        SORTS=SORTS,
+        FILTERS=FILTERS,
+        MIN_USED=MIN_USED,
+        year_month=month_of(page.now, page.settings.timezone),
+        format_usd=format_usd,
+        parse_iso=datetime.fromisoformat,
+    )
+
+
+@router.get("/organizations/new")
+def organization_new(page: AdminPage) -> Response:
+    return render(page, "organization_form.html", org=None, values={}, errors={})
+
+
+@router.post("/organizations/new")
+def organization_create(page: AdminPage, session: DbSession, form: Form) -> Response:
+    values = {"name": forms.text(form, "name"), "slug": forms.optional(form, "slug")}
+    try:
+        data = OrganizationCreate.model_validate(values)
+    except ValidationError as exc:
+        return render(
+            page,
+            "organization_form.html",
+            422,
+            org=None,
+            values=values,
+            errors=forms.field_errors(exc),
+        )
+    try:
+        org = organizations.create(session, data)
+    except DomainError as exc:
+        session.rollback()
+        errors = forms.error("slug", SLUG_TAKEN) if exc.code == "slug_taken" else {}
+        return render(
+            page, "organization_form.html", exc.status, org=None, values=values, errors=errors
+        )
+    assert page.principal is not None
+    audit.record_change(
+        session,
+        page.principal,
+        "organization.create",
+        "organization",
+        org.id,
+        before=None,
+        after=organizations.snapshot(org),
+    )
+    return redirect(
+        f"/organizations/{org.id}",
+        flash=("success", N_("Organization %(name)s created."), {"name": org.name}),
+    )
+
+
+SLUG_TAKEN = N_("Another organization has this slug.")
+
+
+@router.get("/organizations/{org_id}/edit")
+def organization_edit(org_id: int, page: AdminPage, session: DbSession) -> Response:
+    org = organizations.get(session, org_id)
+    values = {"name": org.name, "slug": org.slug, "archived": org.archived_at is not None}
+    return render(page, "organization_form.html", org=org, values=values, errors={})
+
+
+@router.post("/organizations/{org_id}/edit")
+def organization_update(org_id: int, page: AdminPage, session: DbSession, form: Form) -> Response:
+    org = organizations.get(session, org_id)
+    values: dict[str, Any] = {
+        "name": forms.text(form, "name"),
+        "slug": forms.text(form, "slug"),
+        "archived": form.get("archived") == "on",
+    }
+    try:
+        data = OrganizationUpdate.model_validate(values)
+    except ValidationError as exc:
+        return render(
+            page,
+            "organization_form.html",
+            422,
+            org=org,
+            values=values,
+            errors=forms.field_errors(exc),
+        )
+    before = organizations.snapshot(org)
+    try:
+        organizations.update(session, org, data)
+    except DomainError as exc:
+        session.rollback()
+        errors = forms.error("slug", SLUG_TAKEN) if exc.code == "slug_taken" else {}
+        org = organizations.get(session, org_id)
+        return render(
+            page, "organization_form.html", exc.status, org=org, values=values, errors=errors
+        )
+    assert page.principal is not None
+    audit.record_change(
+        session,
+        page.principal,
+        "organization.update",
+        "organization",
+        org.id,
+        before=before,
+        after=organizations.snapshot(org),
+    )
+    return redirect(
+        f"/organizations/{org.id}",
+        flash=("success", N_("Organization %(name)s saved."), {"name": org.name}),
+    )
+
+
+def _governing(session: DbSession, page: Page, org: Organization) -> dict[str, Any]:
+    """The budget state, license, figures and forecast that govern an organization now."""
+    tz = page.settings.timezone
+    state = budget_states(session, [org], tz, page.now, forecast=True)[0]
+    lic = licenses.get(session, state["license_id"]) if state["license_id"] else None
+    fig = figures_for(session, [lic], tz, page.now)[lic.id] if lic else None
+    return {"state": state, "license": lic, "figures": fig, "meters": meters(fig)}
+
+
+def _org_context(session: DbSession, page: Page, org_id: int, tab: str) -> dict[str, Any]:
+    org = organizations.get(session, org_id)
+    return {"org": org, "tab": tab, **_governing(session, page, org)}
+
+
+@router.get("/organizations/{org_id}")
+def organization_overview(org_id: int, page: ViewerPage, session: DbSession) -> Response:
+    context = _org_context(session, page, org_id, "overview")
+    tz = page.settings.timezone
+    monthly = queries.monthly(session, org_id, tz)
+    this_month = month_of(page.now, tz)
+    current = next((row for row in monthly if row["year_month"] == this_month), None)
+    totals = _monthly_totals(monthly)
+    return render(
+        page,
+        "organization.html",
+        **context,
+        current=current,
+        totals=totals,
+        months_count=len(monthly),
+        period=_period(page, context["license"]),
+        parse_iso=datetime.fromisoformat,
+    )
+
+
+@router.get("/organizations/{org_id}/licenses")
+def organization_licenses(org_id: int, page: ViewerPage, session: DbSession) -> Response:
+    context = _org_context(session, page, org_id, "licenses")
+    rows = licenses.for_organization(session, org_id)
+    return render(
+        page,
+        "organization.html",
+        **context,
+        licenses=rows,
+        contract_value=contract_value,
+    )
+
+
+def contract_value(lic: License) -> int:
+    """The contract value a license implies: credits sold times the price per credit (nano)."""
+    return lic.credits_total_micro * lic.cost_per_credit_nano // 10**6
+
+
+def _monthly_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = (
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_tokens",
+        "cache_read_tokens",
+        "api_calls",
+        "refresh_count",
+        "failed_refreshes",
+        "unpriced_events",
+    )
+    totals: dict[str, Any] = {key: sum(row[key] or 0 for row in rows) for key in keys}
+    totals["cost"] = sum(Decimal(row["cost_usd"]) for row in rows)
+    return totals
+
+
+def _period(page: Page, lic: License | None) -> dict[str, Any] | None:
+    """The budget period of a license now: its dates, time zone and when it resets."""
+    if lic is None:
+        return None
+    tz = page.settings.timezone
+    if lic.budget_period == "monthly":
+        start, end = month_bounds(month_of(page.now, tz), tz)
+        return {
+            "kind": "monthly",
+            "label": page.fmt.interval(start.date(), (end - timedelta(days=1)).date()),
+            "resets": page.fmt.relative(end - page.now),
+        }
+    start_day = lic.valid_from.astimezone(tz).date()
+    if lic.valid_until is None:
+        return {"kind": "license", "label": None, "since": page.fmt.day(start_day), "resets": None}
+    last_day = (lic.valid_until.astimezone(tz) - timedelta(microseconds=1)).date()
+    return {
+        "kind": "license",
+        "label": page.fmt.interval(start_day, last_day),
+        "resets": page.fmt.relative(lic.valid_until - page.now),
+    }
+
+
+@router.get("/organizations/{org_id}/usage")
+def organization_usage(
+    org_id: int, page: ViewerPage, session: DbSession, month: Month = None
+) -> Response:
+    context = _org_context(session, page, org_id, "usage")
+    tz = page.settings.timezone
+    this_month = month_of(page.now, tz)
+    monthly = queries.monthly(session, org_id, tz)
+    months = sorted({row["year_month"] for row in monthly} | {this_month}, reverse=True)
+    selected = month or this_month
+    if selected not in months:
+        months = sorted({*months, selected}, reverse=True)
+    models = queries.models_of_month(session, org_id, selected)
+    month_row = next((row for row in monthly if row["year_month"] == selected), None)
+    month_cost = Decimal(month_row["cost_usd"]) if month_row else Decimal(0)
+    model_rows = [
+        (
+            model,
+            percent(int(Decimal(model["cost_usd"]) * 10**9), int(month_cost * 10**9))
+            if month_cost
+            else None,
+        )
+        for model in models
+    ]
+    daily = queries.daily_for_days(session, org_id, queries.days_of_month(selected))
+    chart = bar_chart(
+        [
+            (page.fmt.day_short(day["day"]), Decimal(day["cost_usd"]), page.fmt.day(day["day"]))
+            for day in daily
+        ],
+        label_every=5,
+    )
+    start, end = month_bounds(selected, tz)
+    return render(
+        page,
+        "organization.html",
+        **context,
+        monthly=monthly,
+        totals=_monthly_totals(monthly),
+        months=months,
+        selected=selected,
+        month_row=month_row,
+        month_cost=month_cost,
+        models=model_rows,
+        models_cost=sum((Decimal(m["cost_usd"]) for m in models), Decimal(0)),
+        daily=daily,
+        daily_cost=sum((Decimal(d["cost_usd"]) for d in daily), Decimal(0)),
+        chart=chart,
+        csv_from=start.isoformat(),
+        csv_to=end.isoformat(),
+        period=_period(page, context["license"]),
+        parse_iso=datetime.fromisoformat,
+        events=queries.recent_events(session, org_id, 10),
+    )
+
+
+@router.get("/organizations/{org_id}/keys")
+def organization_keys(org_id: int, page: ViewerPage, session: DbSession) -> Response:
+    context = _org_context(session, page, org_id, "keys")
+    keys = auth_service.list_api_keys(session, org_id)
+    return render(page, "organization.html", **context, keys=keys, new_key=None, errors={})
+
+
+@router.post("/organizations/{org_id}/keys")
+def organization_key_create(
+    org_id: int, page: AdminPage, session: DbSession, form: Form
+) -> Response:
+    context = _org_context(session, page, org_id, "keys")
+    org: Organization = context["org"]
+    name = forms.text(form, "name")
+    if not name or len(name) > 200:
+        keys = auth_service.list_api_keys(session, org_id)
+        errors = forms.error("name", N_("Give the key a name of at most 200 characters."))
+        return render(
+            page, "organization.html", 422, **context, keys=keys, new_key=None, errors=errors
+        )
+    key, secret = auth_service.create_api_key(session, name, org.slug)
+    assert page.principal is not None
+    audit.record_change(
+        session,
+        page.principal,
+        "api_key.create",
+        "api_key",
+        key.id,
+        before=None,
+        after={"name": key.name, "organization": org.slug},
+    )
+    keys = auth_service.list_api_keys(session, org_id)
+    # Shown in this answer only: the key is not stored, only its hash.
+    return render(page, "organization.html", 201, **context, keys=keys, new_key=secret, errors={})
+
+
+@router.get("/organizations/{org_id}/alerts")
+def organization_alerts(org_id: int, page: ViewerPage, session: DbSession) -> Response:
+    context = _org_context(session, page, org_id, "alerts")
+    rows, total = alerts.list_alerts(session, org_id, None, 100, 0)
+    deliveries = alerts.deliveries_of(session, [alert.id for alert in rows])
+    return render(
+        page,
+        "organization.html",
+        **context,
+        alerts=rows,
+        alerts_total=total,
+        deliveries=deliveries,
+    )
+
+
+# Licenses ----------------------------------------------------------------------------
+
+
+def _license_values(lic: License | None, page: Page) -> dict[str, Any]:
+    tz = page.settings.timezone
+    if lic is None:
+        return {
+            "status": "active",
+            "valid_from": page.now.astimezone(tz).date().isoformat(),
+            "valid_until": "",
+            "credits_total": "",
+            "credits_unlimited": False,
+            "cost_per_credit": "0.01",
+            "token_budget_usd": "",
+            "budget_unlimited": False,
+            "budget_period": "monthly",
+            "budget_warning_percent": "80",
+            "enforcement": "soft",
+            "credits_used": "",
+        }
+    read = licenses.to_read(lic)
+    return {
+        "status": read.status,
+        "valid_from": forms.day_of(lic.valid_from, tz),
+        "valid_until": forms.day_of(lic.valid_until, tz, before=True),
+        "credits_total": _plain(read.credits_total) if lic.credits_total_micro else "",
+        "credits_unlimited": lic.credits_total_micro == 0,
+        "cost_per_credit": _plain(read.cost_per_credit),
+        "token_budget_usd": _plain(read.token_budget_usd) if lic.token_budget_nano else "",
+        "budget_unlimited": not lic.token_budget_nano,
+        "budget_period": read.budget_period,
+        "budget_warning_percent": str(read.budget_warning_percent),
+        "enforcement": read.enforcement,
+        "credits_used": "",
+    }
+
+
+def _plain(value: Decimal | None) -> str:
+    """Decimal text without trailing zeros, as a number field takes it."""
+    if value is None:
+        return ""
+    text = f"{value.normalize():f}"
+    return text
+
+
+def _form_values(form: FormData) -> dict[str, Any]:
+    names = (
+        "status",
+        "valid_from",
+        "valid_until",
+        "credits_total",
+        "cost_per_credit",
+        "token_budget_usd",
+        "budget_period",
+        "budget_warning_percent",
+        "enforcement",
+        "credits_used",
+    )
+    values: dict[str, Any] = {name: forms.text(form, name) for name in names}
+    values["credits_unlimited"] = form.get("credits_unlimited") == "on"
+    values["budget_unlimited"] = form.get("budget_unlimited") == "on"
+    return values
+
+
+def _limits(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[str, dict[str, Any]]]]:
+    """credits_total and token_budget_usd from the form: unlimited is its own choice, not 0.
+
+    The ledger stores "no credit limit" as 0 credits and "no USD budget" as null, and
+    treats a 0 budget as no limit too: so 0 is refused here, and unlimited says it.
+    """
+    limits: dict[str, Any] = {}
+    errors: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, unlimited, none_value in (
+        ("credits_total", "credits_unlimited", "0"),
+        ("token_budget_usd", "budget_unlimited", None),
+    ):
+        if values[unlimited]:
+            limits[name] = none_value
+            continue
+        raw = values[name]
+        if not raw:
+            errors[name] = (forms.POSITIVE_OR_UNLIMITED, {})
+            continue
+        try:
+            if Decimal(raw) == 0:
+                errors[name] = (forms.POSITIVE_OR_UNLIMITED, {})
+                continue
+        except ArithmeticError:
+            pass  # the schema names the error
+        limits[name] = raw
+    return limits, errors
+
+
+def _license_form(
+    page: Page,
+    org: Organization,
+    lic: License | None,
+    values: dict[str, Any],
+    errors: dict[str, Any],
+    status_code: int = 200,
+    message: str | None = None,
+) -> Response:
+    return render(
+        page,
+        "license_form.html",
+        status_code,
+        org=org,
+        license=lic,
+        values=values,
+        errors=errors,
+        message=message,
+        statuses=LICENSE_STATUSES,
+        periods=BUDGET_PERIODS,
+        enforcements=ENFORCEMENTS,
+        implied=_implied_value(values),
+    )
+
+
+def _implied_value(values: dict[str, Any]) -> Decimal | None:
+    """Credits times price per credit, for the form's 'contract value' line."""
+    try:
+        credits = Decimal(values.get("credits_total") or "0")
+        price = Decimal(values.get("cost_per_credit") or "0")
+    except ArithmeticError:
+        return None
+    if values.get("credits_unlimited") or credits <= 0 or price <= 0:
+        return None
+    return credits * price
+
+
+@router.get("/organizations/{org_id}/licenses/new")
+def license_new(org_id: int, page: AdminPage, session: DbSession) -> Response:
+    org = organizations.get(session, org_id)
+    return _license_form(page, org, None, _license_values(None, page), {})
+
+
+@router.post("/organizations/{org_id}/licenses/new")
+def license_create(org_id: int, page: AdminPage, session: DbSession, form: Form) -> Response:
+    org = organizations.get(session, org_id)
+    tz = page.settings.timezone
+    values = _form_values(form)
+    limits, errors = _limits(values)
+    data = {
+        "organization_id": org.id,
+        "status": values["status"] or "active",
+        "valid_from": forms.day_start(form, "valid_from", tz),
+        "valid_until": forms.day_start(form, "valid_until", tz, after=True),
+        "credits_total": limits.get("credits_total", "0"),
+        "cost_per_credit": values["cost_per_credit"] or None,
+        "token_budget_usd": limits.get("token_budget_usd"),
+        "budget_period": values["budget_period"] or "monthly",
+        "budget_warning_percent": forms.whole_number(form, "budget_warning_percent"),
+        "enforcement": values["enforcement"] or "soft",
+    }
+    if data["budget_warning_percent"] is None:
+        data["budget_warning_percent"] = 80
+    try:
+        parsed = LicenseCreate.model_validate(data)
+    except ValidationError as exc:
+        errors = {**forms.field_errors(exc), **errors}
+    if errors:
+        return _license_form(page, org, None, values, errors, 422)
+    try:
+        lic = licenses.create(session, parsed)
+    except DomainError as exc:
+        session.rollback()
+        return _license_form(page, org, None, values, {}, exc.status, _license_error(exc))
+    assert page.principal is not None
+    audit.record_change(
+        session,
+        page.principal,
+        "license.create",
+        "license",
+        lic.id,
+        before=None,
+        after=licenses.snapshot(lic),
+    )
+    return redirect(
+        f"/organizations/{org.id}/licenses", flash=("success", N_("License created."), {})
+    )
+
+
+LICENSE_ERRORS = {
+    "active_license_exists": N_(
+        "This organization has an active license already: end or suspend it first."
+    ),
+    "organization_archived": N_("The organization is archived."),
+    "invalid_validity": forms.VALIDITY_ERROR,
+}
+
+
+def _license_error(exc: DomainError) -> str:
+    return LICENSE_ERRORS.get(exc.code, exc.message)
+
+
+@router.get("/licenses/{license_id}/edit")
+def license_edit(license_id: int, page: AdminPage, session: DbSession) -> Response:
+    lic = licenses.get(session, license_id)
+    org = organizations.get(session, lic.organization_id)
+    return _license_form(page, org, lic, _license_values(lic, page), {})
+
+
+@router.post("/licenses/{license_id}/edit")
+def license_update(license_id: int, page: AdminPage, session: DbSession, form: Form) -> Response:
+    lic = licenses.get(session, license_id, for_update=True)
+    org = organizations.get(session, lic.organization_id)
+    tz = page.settings.timezone
+    values = _form_values(form)
+    shown = _license_values(lic, page)
+    limits, errors = _limits(values)
+    terms: dict[str, Any] = {
+        "status": values["status"] or None,
+        "budget_period": values["budget_period"] or None,
+        "enforcement": values["enforcement"] or None,
+    }
+    # Validity changes only when its field was changed (a day field cannot show the hour).
+    if values["valid_from"] != shown["valid_from"]:
+        terms["valid_from"] = forms.day_start(form, "valid_from", tz)
+        if terms["valid_from"] is None:
+            errors["valid_from"] = (N_("This field is required."), {})
+    if values["valid_until"] != shown["valid_until"]:
+        terms["valid_until"] = forms.day_start(form, "valid_until", tz, after=True)
+    budget: dict[str, Any] = {
+        **limits,
+        "cost_per_credit": values["cost_per_credit"] or None,
+        "budget_warning_percent": forms.whole_number(form, "budget_warning_percent"),
+    }
+    if values["credits_used"]:
+        budget["credits_used"] = values["credits_used"]
+    # Only what changed: an unchanged budget writes no audit entry and no adjustment.
+    current = {
+        "credits_total": "0" if shown["credits_unlimited"] else shown["credits_total"],
+        "token_budget_usd": None if shown["budget_unlimited"] else shown["token_budget_usd"],
+        "cost_per_credit": shown["cost_per_credit"],
+        "budget_warning_percent": int(shown["budget_warning_percent"]),
+    }
+    changed = {
+        key: value
+        for key, value in budget.items()
+        if key == "credits_used" or not _same(value, current.get(key))
+    }
+    try:
+        update = LicenseUpdate.model_validate(terms)
+    except ValidationError as exc:
+        errors = {**forms.field_errors(exc), **errors}
+    try:
+        budget_update = budget_fields(changed)
+    except ValidationError as exc:
+        errors = {**forms.field_errors(exc), **errors}
+    if errors:
+        return _license_form(page, org, lic, values, errors, 422)
+    assert page.principal is not None
+    try:
+        before = licenses.snapshot(lic)
+        licenses.update_license(session, lic, update)
+        audit.record_change(
+            session,
+            page.principal,
+            "license.update",
+            "license",
+            lic.id,
+            before=before,
+            after=licenses.snapshot(lic),
+        )
+        # As PATCH /api/licenses/{id}: a change of term or period re-arms or fires alerts.
+        alerts.rearm(session, lic, tz, page.now)
+        if budget_update.model_fields_set:
+            # The rules of PUT /api/token-usage/budget/{id}: one service for both.
+            change_budget(session, lic, budget_update, page.principal, tz, page.now)
+    except DomainError as exc:
+        session.rollback()
+        lic = licenses.get(session, license_id)
+        return _license_form(page, org, lic, values, {}, exc.status, _license_error(exc))
+    return redirect(
+        f"/organizations/{org.id}/licenses", flash=("success", N_("License saved."), {})
+    )
+
+
+def _same(given: Any, current: Any) -> bool:
+    if given is None or current is None:
+        return given is None and current is None
+    try:
+        return Decimal(str(given)) == Decimal(str(current))
+    except ArithmeticError:
+        return False
