@@ -342,6 +342,50 @@ def cmd_prices(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_reprice(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenledger.db import utcnow
+    from tokenledger.usage.reprice import Selection, reprice
+
+    database = _database(settings)
+    _require_migrated(database)
+    selection = Selection(
+        unpriced=args.unpriced,
+        provider=args.provider,
+        model=args.model,
+        start=args.start,
+        end=args.end,
+    )
+    with database.session(write=not args.dry_run) as session:
+        outcome = reprice(
+            session,
+            selection,
+            settings=settings,
+            now=utcnow(),
+            dry_run=args.dry_run,
+            actor="cli",
+            client_address=None,
+        ).render()
+    head = "dry run, nothing changed: " if args.dry_run else ""
+    print(
+        f"{head}{outcome['changed']} of {outcome['examined']} events of {outcome['selection']} "
+        f"{'would change' if args.dry_run else 'repriced'}"
+    )
+    for org in outcome["organizations"]:
+        before, after = org["before"], org["after"]
+        print(
+            f"  {org['organization']}: {org['events']} events, "
+            f"{before['cost_usd']} -> {after['cost_usd']} USD, "
+            f"{before['credits']} -> {after['credits']} credits, "
+            f"unpriced {before['unpriced_events']} -> {after['unpriced_events']}"
+        )
+    before, after = outcome["before"], outcome["after"]
+    print(
+        f"total: {before['cost_usd']} -> {after['cost_usd']} USD, "
+        f"unpriced {before['unpriced_events']} -> {after['unpriced_events']}"
+    )
+    return 0
+
+
 def _instant(text: str) -> datetime:
     """An ISO 8601 date or time; a date means its midnight UTC, a time without zone UTC."""
     try:
@@ -415,6 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile = sub.add_parser("reconcile", help="recompute rollups and balances from events")
     reconcile.add_argument("--fix", action="store_true")
     reconcile.set_defaults(handler=cmd_reconcile)
+
+    reprice = sub.add_parser(
+        "reprice", help="price stored events again with the prices now in force at their times"
+    )
+    which = reprice.add_mutually_exclusive_group(required=True)
+    which.add_argument("--unpriced", action="store_true", help="unpriced and partially priced")
+    which.add_argument("--model", help="this model's events (with --from and --to)")
+    reprice.add_argument("--provider", help="with --model: only this provider's")
+    reprice.add_argument("--from", dest="start", type=_instant, help="first event time")
+    reprice.add_argument("--to", dest="end", type=_instant, help="end, exclusive")
+    reprice.add_argument("--dry-run", action="store_true", help="show the change per organization")
+    reprice.set_defaults(handler=cmd_reprice)
 
     backup = sub.add_parser(
         "backup", help="copy the SQLite database while it serves (PostgreSQL: pg_dump)"

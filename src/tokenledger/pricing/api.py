@@ -10,10 +10,12 @@ from pydantic import AwareDatetime, BaseModel, Field, StrictInt, StrictStr
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session as OrmSession
 
-from tokenledger.deps import Admin, Session, Viewer
+from tokenledger.db import utcnow
+from tokenledger.deps import Admin, AppSettings, Session, Viewer
 from tokenledger.pricing import overrides
 from tokenledger.schemas import InputModel, PathText
 from tokenledger.usage.models import INCOMPLETE_PRICING, UsageEvent
+from tokenledger.usage.reprice import Selection, reprice
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
 
@@ -151,3 +153,38 @@ def unpriced_models(session: OrmSession) -> list[UnpricedModel]:
         group.first_seen = min(group.first_seen, first)
         group.last_seen = max(group.last_seen, last)
     return sorted(groups.values(), key=lambda group: (-group.events, group.provider, group.model))
+
+
+class RepriceIn(InputModel):
+    """Either the unpriced events, or one model's events in [from, to)."""
+
+    unpriced: bool = False
+    provider: str | None = Field(default=None, min_length=1, max_length=64)
+    model: str | None = Field(default=None, min_length=1, max_length=128)
+    from_: AwareDatetime | None = Field(default=None, alias="from")
+    to: AwareDatetime | None = None
+    dry_run: bool = False
+
+
+@router.post("/reprice")
+def reprice_events(
+    data: RepriceIn, session: Session, admin: Admin, settings: AppSettings
+) -> dict[str, Any]:
+    """Price stored events again with the prices now in force at their timestamps."""
+    selection = Selection(
+        unpriced=data.unpriced,
+        provider=data.provider,
+        model=data.model,
+        start=data.from_,
+        end=data.to,
+    )
+    outcome = reprice(
+        session,
+        selection,
+        settings=settings,
+        now=utcnow(),
+        dry_run=data.dry_run,
+        actor=admin.email,
+        client_address=admin.address,
+    )
+    return outcome.render()
