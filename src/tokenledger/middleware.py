@@ -14,9 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenledger.errors import error_body
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# OTLP/HTTP (POST /v1/traces) answers 400 to a body it cannot take, as its protocol
-# says; every other payload error is a 422.
-OTLP_PREFIX = "/v1/"
+INFLATING_ROUTE = "/v1/traces"
 
 
 class AmbiguousJson(ValueError):
@@ -58,16 +56,20 @@ def check_json(body: bytes) -> str | None:
     return None
 
 
-def _is_plain_json(scope: Scope) -> bool:
-    """A JSON body as sent; a compressed one is checked by the route that inflates it."""
-    is_json = False
+def _is_json(scope: Scope) -> bool:
+    """A JSON body to check here. A compressed one sent to the OTLP route (exporters gzip
+    theirs) is checked by that route once inflated (usage/otlp.py, with check_json too);
+    on every other route a compressed body is checked as it is, and so refused."""
+    json_type = compressed = False
     for name, value in scope["headers"]:
         if name == b"content-type":
             media_type: bytes = value.split(b";", 1)[0].strip().lower()
-            is_json = media_type == b"application/json" or media_type.endswith(b"+json")
-        elif name == b"content-encoding" and value.strip().lower() != b"identity":
-            return False
-    return is_json
+            json_type = media_type == b"application/json" or media_type.endswith(b"+json")
+        elif name == b"content-encoding":
+            compressed = value.strip().lower() not in (b"", b"identity")
+    if compressed and scope.get("path") == INFLATING_ROUTE:
+        return False
+    return json_type
 
 
 class StrictJson:
@@ -82,11 +84,7 @@ class StrictJson:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] not in _BODY_METHODS
-            or not _is_plain_json(scope)
-        ):
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS or not _is_json(scope):
             await self.app(scope, receive, send)
             return
         chunks = []
@@ -103,12 +101,8 @@ class StrictJson:
         if problem is not None:
             # The shape of every other payload error (errors.py's validation handler).
             details = [{"loc": ["body"], "msg": problem, "type": "json_invalid"}]
-            if scope["path"].startswith(OTLP_PREFIX):
-                body_error, status = error_body("invalid_body", f"body: {problem}"), 400
-            else:
-                body_error = error_body("validation_error", f"body: {problem}", details)
-                status = 422
-            response = JSONResponse(body_error, status_code=status)
+            body_error = error_body("validation_error", f"body: {problem}", details)
+            response = JSONResponse(body_error, status_code=422)
             await response(scope, receive, send)
             return
         await self.app(scope, _replay([{"type": "http.request", "body": body}], receive), send)
@@ -148,9 +142,9 @@ SECURITY_HEADERS = {
     "x-frame-options": "DENY",
 }
 # Answers, tokens above all (RFC 6749 section 5.1), are never stored by a cache; static
-# files (the UI's, the docs' assets) may be, for a while.
+# files (paths under these prefixes) may be, for a while.
 NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
-CACHEABLE_PREFIXES = ("/static/", "/docs/assets/")
+CACHEABLE_PREFIXES = ("/static/",)
 CACHEABLE = {"cache-control": "public, max-age=3600"}
 
 

@@ -19,7 +19,6 @@ from tokenledger.alerts import service as alerts
 from tokenledger.audit import service as audit
 from tokenledger.auth import service as auth_service
 from tokenledger.budgets.service import budget_states, figures_for
-from tokenledger.db import MAX_ROW_ID
 from tokenledger.deps import RowId
 from tokenledger.errors import DomainError
 from tokenledger.licenses import service as licenses
@@ -47,7 +46,6 @@ from tokenledger.web.i18n import N_
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
-PageId = Annotated[int, Query(ge=1, le=MAX_ROW_ID)]
 Month = Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
 
 STATE_LABELS = {
