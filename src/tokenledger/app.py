@@ -16,6 +16,7 @@ from tokenledger.budgets.api import router as budgets_router
 from tokenledger.config import Settings, get_settings
 from tokenledger.db import Database
 from tokenledger.errors import install_error_handlers
+from tokenledger.hot import HotReads
 from tokenledger.licenses.api import router as licenses_router
 from tokenledger.middleware import SecurityHeaders, StrictJson
 from tokenledger.ops import BodyLimit, Metrics, install_metrics
@@ -26,6 +27,7 @@ from tokenledger.ratelimit import Rate, RateLimiter
 from tokenledger.usage.admin_api import router as token_usage_router
 from tokenledger.usage.api import router as usage_router
 from tokenledger.usage.otlp import router as otlp_router
+from tokenledger.usage.writer import UsageWriter
 from tokenledger.web import install as install_web
 
 log = logging.getLogger("tokenledger")
@@ -48,12 +50,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         if worker is not None:
             worker.stop()
+        app.state.usage_writer.stop()
         database.dispose()
 
     app = FastAPI(title="tokenledger", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.database = database
     app.state.metrics = Metrics()
+    app.state.hot = HotReads(database, settings.cache_seconds)
+    app.state.usage_writer = UsageWriter(database, settings, app.state.metrics)
     rate = settings.ingest_rate_limit
     app.state.ingest_limiter = RateLimiter(Rate.parse(rate)) if rate else None
     install_error_handlers(app)

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     login_window_seconds: int = Field(default=15 * 60, ge=1)
     cookie_secure: bool | None = None
     webhook_worker: bool = True
+    # How long ingest keys, organizations and price overrides are kept in memory: a change
+    # made by another process (a worker, the command line) is seen within this time.
+    cache_seconds: float = Field(default=5, ge=0, le=300)
     # How long a worker holds a delivery it sends; after a crash, the wait before a resend.
     webhook_lease_seconds: int = Field(default=60, ge=2)
     # Requests per ingest key, e.g. "100/s" or "6000/m"; empty: no limit.

@@ -1,17 +1,23 @@
 """Engine, sessions and column types shared by every domain.
 
-SQLite: WAL so that readers go on while one writer writes, foreign keys on, a busy
-timeout, and write transactions opened with BEGIN IMMEDIATE so that two writers queue
-for the lock instead of failing to upgrade a read lock ("database is locked").
-PostgreSQL: READ COMMITTED, with atomic increments and row locks where rows are shared.
+SQLite: WAL so that readers go on while one writer writes, foreign keys on, and one
+writer per process: every write transaction runs on the one write connection, under
+the process's writer lock, so write transactions queue in the process instead of
+sleeping in SQLite's busy handler; reads use a pool of their own. Write transactions
+still open with BEGIN IMMEDIATE (and a busy timeout) against writers of other processes
+(the command line, a second server).
+PostgreSQL: READ COMMITTED, with atomic increments and row locks where rows are shared;
+writers run concurrently.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -20,6 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
 from tokenledger.config import Settings
@@ -62,6 +69,50 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(value: datetime) -> int:
+    """Microseconds since 1970-01-01 UTC, exactly (integer arithmetic, no float)."""
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+class Instant(TypeDecorator[datetime]):
+    """An aware instant of the events table: on SQLite an integer of microseconds since
+    1970 (8 bytes instead of 26 characters, in the row and in its index), elsewhere a
+    timestamp as UTCDateTime stores it. Returned aware in UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        if dialect.name == "sqlite":
+            return to_micros(value)
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return from_micros(int(value))
+        result: datetime = value.replace(tzinfo=UTC)
+        return result
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -74,14 +125,18 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
-def make_engine(settings: Settings) -> Engine:
+def make_engine(settings: Settings, *, pool_size: int = 8) -> Engine:
     url = sqlalchemy_url(settings.database_url)
     if url.startswith("sqlite"):
         path = settings.sqlite_path()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
+            url,
+            connect_args={"check_same_thread": False, "timeout": WRITER_TIMEOUT},
+            poolclass=QueuePool,
+            pool_size=pool_size,
+            max_overflow=0 if pool_size == 1 else 10,
         )
         _configure_sqlite(engine, settings.sqlite_synchronous)
     else:
@@ -136,31 +191,120 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+class WriterBusy(RuntimeError):
+    """The process's writer was held longer than a write may wait (as SQLite's timeout)."""
+
+
+# As long as SQLite's busy timeout: what a writer waits for the lock before it gives up.
+WRITER_TIMEOUT = 30
+
+
+# What a committed write changed, by table name: caches of those tables are dropped.
+ChangeListener = Callable[[frozenset[str]], None]
+_listeners: dict[str, weakref.WeakSet[Any]] = {}
+_listeners_lock = threading.Lock()
+
+
 class Database:
-    """The engine and the two session factories: reads, and writes (which lock early)."""
+    """The engine and the two session factories: reads (a pool), and writes (one writer).
+
+    On SQLite the writer is one connection behind a lock, so that the process has one
+    writer; on PostgreSQL write sessions come from the pool and run concurrently.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine = make_engine(settings)
         self.dialect_name = self.engine.dialect.name
-        write_engine = self.engine.execution_options(tl_write=True)
+        self.url = settings.database_url
+        if self.dialect_name == "sqlite":
+            self._write_engine: Engine | None = make_engine(settings, pool_size=1)
+            write_bind = self._write_engine.execution_options(tl_write=True)
+            self._writer: threading.Lock | None = threading.Lock()
+        else:
+            self._write_engine = None
+            write_bind = self.engine.execution_options(tl_write=True)
+            self._writer = None
         self._read = sessionmaker(self.engine, expire_on_commit=False)
-        self._write = sessionmaker(write_engine, expire_on_commit=False)
+        self._write = sessionmaker(write_bind, expire_on_commit=False)
+        self.caches: list[ChangeListener] = []
+        with _listeners_lock:
+            _listeners.setdefault(self.url, weakref.WeakSet()).add(self)
 
     @contextmanager
     def session(self, *, write: bool) -> Iterator[Session]:
-        """One unit of work: committed when the block ends, rolled back on any error."""
-        factory = self._write if write else self._read
-        with factory() as session:
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+        """One unit of work: committed when the block ends, rolled back on any error.
+
+        A write session on SQLite first waits for the process's writer, as long as SQLite
+        would wait for a lock (WRITER_TIMEOUT), then fails with WriterBusy.
+        """
+        if not write:
+            with self._read() as session:
+                yield from self._unit_of_work(session)
+            return
+        if self._writer is None:
+            with self._write() as session:
+                yield from self._unit_of_work(session)
+            return
+        # Acquired and released by whichever threads enter and leave the block (a request's
+        # session dependency may leave it in another pool thread): a plain Lock allows that.
+        if not self._writer.acquire(timeout=WRITER_TIMEOUT):
+            raise WriterBusy(f"the database writer stayed busy for {WRITER_TIMEOUT} s")
+        try:
+            with self._write() as session:
+                yield from self._unit_of_work(session)
+        finally:
+            self._writer.release()
+
+    def _unit_of_work(self, session: Session) -> Iterator[Session]:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        changed = session.info.pop(CHANGED_TABLES, None)
+        if changed:
+            notify_changed(self.url, frozenset(changed))
+
+    @property
+    def write_engine(self) -> Engine:
+        """The engine of write sessions (SQLite: its own, with the one write connection)."""
+        return self._write_engine if self._write_engine is not None else self.engine
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._write_engine is not None:
+            self._write_engine.dispose()
+
+
+# session.info key: names of the tables whose rows a write session added, changed or deleted
+# through the ORM (bulk UPDATE statements of counters are not tracked: nothing caches them).
+CHANGED_TABLES = "tl_changed_tables"
+
+
+@event.listens_for(Session, "after_flush")
+def _track_changes(session: Session, _context: Any) -> None:
+    tables = session.info.setdefault(CHANGED_TABLES, set())
+    for instance in (*session.new, *session.dirty, *session.deleted):
+        table = getattr(instance, "__tablename__", None)
+        if table is not None:
+            tables.add(table)
+
+
+def mark_changed(session: Session, *tables: str) -> None:
+    """Tell the caches that this transaction changed these tables (for Core statements)."""
+    session.info.setdefault(CHANGED_TABLES, set()).update(tables)
+
+
+def notify_changed(url: str, tables: frozenset[str]) -> None:
+    """After a commit: every Database of this process on the same database drops its
+    cached rows of these tables (other processes see the change within the caches' TTL)."""
+    with _listeners_lock:
+        databases = list(_listeners.get(url, ()))
+    for database in databases:
+        for listener in database.caches:
+            listener(tables)
 
 
 def insert_for(session: Session) -> Any:

@@ -27,9 +27,9 @@ from tokenledger.licenses.schemas import LicenseCreate
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.schemas import OrganizationCreate
-from tokenledger.usage.ingest import ingest
 from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, UsageBatch, UsageEventIn
+from tokenledger.usage.service import record_batch
 
 
 @dataclass(frozen=True)
@@ -228,9 +228,8 @@ def _settle_some_deliveries(session: Session, now: datetime) -> None:
 def _flush(session: Session, batch: list[UsageEventIn], settings: Settings, now: datetime) -> int:
     if not batch:
         return 0
-    from tokenledger.alerts import service as alerts
-
-    outcome = ingest(session, UsageBatch(events=batch), key_org_id=None, settings=settings, now=now)
-    alerts.evaluate(session, outcome.license_ids, settings.timezone, now)
+    answer = record_batch(
+        session, UsageBatch(events=batch), key_org_id=None, settings=settings, now=now
+    )
     batch.clear()
-    return outcome.created
+    return answer.created

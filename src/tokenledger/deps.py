@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session as OrmSession
+from starlette.concurrency import run_in_threadpool
 
 from tokenledger.auth import service as auth_service
 from tokenledger.auth.models import AdminUser
@@ -17,6 +18,7 @@ from tokenledger.auth.tokens import decode_token
 from tokenledger.config import Settings
 from tokenledger.db import MAX_ROW_ID, Database, utcnow
 from tokenledger.errors import DomainError
+from tokenledger.hot import HotReads, KeyRef
 from tokenledger.ratelimit import RateLimiter, retry_after
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -148,16 +150,35 @@ Admin = Annotated[Principal, Depends(require_admin)]
 
 @dataclass(frozen=True, slots=True)
 class IngestPrincipal:
-    """An ingest key: for one organization, or a service key for all (organization_id None)."""
+    """An ingest key: for one organization, or a service key for all (organization_id None).
+
+    touch_due: its last use should be recorded (at most once a minute), by the caller.
+    """
 
     key_id: int
     organization_id: int | None
+    touch_due: bool = False
 
 
-def require_ingest_key(request: Request, session: Session) -> IngestPrincipal:
-    secret = _bearer(request)
-    if secret is None:
-        raise _unauthenticated()
+KEY_TOUCH_INTERVAL = timedelta(minutes=1)
+
+
+def get_hot(request: Request) -> HotReads:
+    hot: HotReads = request.app.state.hot
+    return hot
+
+
+def _live_key(request: Request, key: KeyRef | None, secret: str) -> IngestPrincipal:
+    if key is None:
+        raise DomainError(401, "invalid_api_key", "unknown or revoked API key")
+    now = utcnow()
+    due = key.last_used_at is None or now - key.last_used_at > KEY_TOUCH_INTERVAL
+    if due:
+        get_hot(request).key_used(secret, key, now)
+    return IngestPrincipal(key_id=key.id, organization_id=key.organization_id, touch_due=due)
+
+
+def _limit_rate(request: Request, secret: str) -> None:
     # Before any query: a refused request costs no database work.
     limiter: RateLimiter | None = getattr(request.app.state, "ingest_limiter", None)
     if limiter is not None and (wait := limiter.take(secret)):
@@ -168,17 +189,37 @@ def require_ingest_key(request: Request, session: Session) -> IngestPrincipal:
             "with this key",
             headers={"Retry-After": retry_after(wait)},
         )
-    key = auth_service.resolve_api_key(session, secret)
-    if key is None:
-        raise DomainError(401, "invalid_api_key", "unknown or revoked API key")
-    if key.last_used_at is None or utcnow() - key.last_used_at > timedelta(minutes=1):
+
+
+def require_ingest_key(request: Request, session: Session) -> IngestPrincipal:
+    secret = _bearer(request)
+    if secret is None:
+        raise _unauthenticated()
+    _limit_rate(request, secret)
+    principal = _live_key(request, get_hot(request).api_key(secret), secret)
+    if principal.touch_due:
         if request.method in SAFE_METHODS:
             # Its own short transaction, so that read-only requests stay read-only.
             with get_database(request).session(write=True) as touch:
-                auth_service.touch_api_key(touch, key.id)
+                auth_service.touch_api_key(touch, principal.key_id)
         else:
-            auth_service.touch_api_key(session, key.id)
-    return IngestPrincipal(key_id=key.id, organization_id=key.organization_id)
+            auth_service.touch_api_key(session, principal.key_id)
+    return principal
+
+
+async def require_usage_key(request: Request) -> IngestPrincipal:
+    """The ingest key of POST /api/v1/usage, from memory; its use is recorded by the write
+    of the usage itself (touch_due), which holds no request session meanwhile."""
+    secret = _bearer(request)
+    if secret is None:
+        raise _unauthenticated()
+    _limit_rate(request, secret)
+    hot = get_hot(request)
+    key = hot.cached_key(secret)
+    if key is None:
+        key = await run_in_threadpool(hot.api_key, secret)
+    return _live_key(request, key, secret)
 
 
 IngestKey = Annotated[IngestPrincipal, Depends(require_ingest_key)]
+UsageKey = Annotated[IngestPrincipal, Depends(require_usage_key)]

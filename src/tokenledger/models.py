@@ -14,6 +14,7 @@ from tokenledger.usage.models import (
     TokenUsageMonthly,
     UsageDaily,
     UsageEvent,
+    UsagePrice,
 )
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "TokenUsageMonthly",
     "UsageDaily",
     "UsageEvent",
+    "UsagePrice",
     "Webhook",
     "WebhookDelivery",
 ]

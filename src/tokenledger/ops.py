@@ -53,6 +53,12 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self.usage_group_requests = Histogram(
+            "tokenledger_usage_group_requests",
+            "Ingest requests written per group commit.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
 
 
 def install_metrics(app: FastAPI, metrics: Metrics) -> None:

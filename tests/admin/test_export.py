@@ -25,9 +25,9 @@ from tests.admin.conftest import Tenant, serve
 from tests.conftest import ADMIN_PASSWORD, add_admin, bearer
 from tokenledger.config import Settings
 from tokenledger.db import Database
-from tokenledger.usage import ingest as ingest_service
 from tokenledger.usage.models import UsageEvent
 from tokenledger.usage.schemas import UsageBatch
+from tokenledger.usage.service import record_batch
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 FROM = "2026-01-01T00:00:00Z"
@@ -59,9 +59,7 @@ def _store(database: Database, settings: Settings, tenant: Tenant, events: list[
     for first in range(0, len(events), 1000):
         batch = UsageBatch.model_validate({"events": events[first : first + 1000]})
         with database.session(write=True) as session:
-            ingest_service.ingest(
-                session, batch, key_org_id=tenant.org_id, settings=settings, now=NOW
-            )
+            record_batch(session, batch, key_org_id=tenant.org_id, settings=settings, now=NOW)
 
 
 def _stored(database: Database, org_id: int) -> list[UsageEvent]:
@@ -128,7 +126,9 @@ def _corrupt(database: Database, external_id: str) -> None:
     """Make one stored row unreadable, as a damaged row or a value the driver refuses is."""
     with database.engine.begin() as connection:
         if database.dialect_name == "sqlite":
-            sql = "UPDATE usage_events SET model = CAST(X'C328' AS TEXT) WHERE external_id = :id"
+            sql = (
+                "UPDATE usage_events SET refresh_id = CAST(X'C328' AS TEXT) WHERE external_id = :id"
+            )
         else:  # a timestamp past Python's year 9999
             sql = "UPDATE usage_events SET received_at = 'infinity' WHERE external_id = :id"
         connection.execute(text(sql), {"id": external_id})

@@ -12,7 +12,7 @@ from tokenledger.auth.service import create_api_key
 from tokenledger.db import utcnow
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.service import by_slug_or_id, slugify
-from tokenledger.usage.models import UsageEvent
+from tokenledger.usage.models import UsageEvent, UsagePrice
 
 
 def _usage_event(org_id: int) -> UsageEvent:
@@ -20,20 +20,23 @@ def _usage_event(org_id: int) -> UsageEvent:
     return UsageEvent(
         organization_id=org_id,
         external_id="evt-1",
-        content_hash="0" * 64,
+        content_hash=bytes(32),
         timestamp=now,
         received_at=now,
         year_month=now.strftime("%Y-%m"),
         day=now.strftime("%Y-%m-%d"),
-        provider="anthropic",
-        model="claude-sonnet-4-5",
+        price=UsagePrice(
+            fingerprint="0" * 64,
+            provider="anthropic",
+            model="claude-sonnet-4-5",
+            pricing="unpriced",
+        ),
         input_tokens=10,
         output_tokens=5,
         cache_creation_input_tokens=0,
         cache_read_input_tokens=0,
         cache_write_1h_tokens=0,
         api_calls=1,
-        pricing="unpriced",
     )
 
 

@@ -25,6 +25,8 @@ from tests.ledger.conftest import (
     stored_events,
 )
 from tests.ledger.conftest import bare_event as event
+from tokenledger.app import create_app
+from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.pricing.engine import LIBRARY_VERSION
 
@@ -364,11 +366,14 @@ def test_override_rates_are_validated(
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_prices_cli_sets_lists_and_unsets_overrides(
     database_url: str,
-    client: TestClient,
+    settings: Settings,
     database: Database,
     tenant: Tenant,
     tmp_path: Path,
 ) -> None:
+    # The command line is another process: the server sees its changes within
+    # cache_seconds; with 0 at once, so that the next request is priced with them.
+    client = TestClient(create_app(settings.model_copy(update={"cache_seconds": 0})))
     set_args = ["--model", "claude-sonnet-4-5", "--input", "10", "--output", "20"]
     dated = ["--valid-from", "2026-01-01", "--cache-read", "0.5"]
     done = cli(database_url, tmp_path, "prices", "set", *set_args, *dated)

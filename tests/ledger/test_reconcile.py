@@ -105,20 +105,24 @@ def test_reconcile_is_consistent_while_usage_arrives(
         )
 
     thread = threading.Thread(target=send)
+    waited: list[bool] = []
 
     def before_execute(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if not sent.is_set() and "FROM token_usage_monthly" in statement:
             sent.set()
             thread.start()
             thread.join(timeout=1.5)
+            # The batch waits for reconcile: SQLite's one writer, PostgreSQL's table locks.
+            waited.append(thread.is_alive())
 
     with write(database) as session:
-        sa_event.listen(database.engine, "before_cursor_execute", before_execute)
+        sa_event.listen(database.write_engine, "before_cursor_execute", before_execute)
         try:
             drift = reconcile(session, fix=True)
         finally:
-            sa_event.remove(database.engine, "before_cursor_execute", before_execute)
+            sa_event.remove(database.write_engine, "before_cursor_execute", before_execute)
     thread.join(timeout=30)
+    assert waited == [True]
     assert statuses == [200]
     assert drift == []
     with database.session(write=False) as session:

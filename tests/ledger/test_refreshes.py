@@ -18,11 +18,11 @@ from tests.ledger.conftest import (
 from tokenledger.config import Settings
 from tokenledger.db import Database, utcnow
 from tokenledger.organizations.models import Organization
-from tokenledger.usage.ingest import ingest
 from tokenledger.usage.periods import month_of
 from tokenledger.usage.reconcile import reconcile
 from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, UsageBatch
+from tokenledger.usage.service import record_batch as ingest
 
 
 def put(client: TestClient, headers: dict[str, str], refresh_id: str, **body: Any) -> Any:

@@ -90,7 +90,23 @@ def evaluate(
         session.scalars(select(License).where(License.id.in_(license_ids)).order_by(License.id))
     )
     figures = figures_for(session, licenses, tz, now)
-    budgeted = sorted({lic.organization_id for lic in licenses if lic.token_budget_nano})
+    return record_crossings(session, [figures[lic.id] for lic in licenses], tz, now, months)
+
+
+def record_crossings(
+    session: Session,
+    figures: list[Figures],
+    tz: Any,
+    now: datetime,
+    months: Mapping[int, set[str]] | None = None,
+) -> list[int]:
+    """Record the alerts these figures cross (once each), and queue them for every webhook.
+
+    `months` as for evaluate: earlier months of monthly budgets that got usage.
+    """
+    if not figures:
+        return []
+    budgeted = sorted({f.license.organization_id for f in figures if f.license.token_budget_nano})
     windows = recent_cost(session, budgeted, tz, now)
     rows = []
 
@@ -107,8 +123,8 @@ def evaluate(
                 }
             )
 
-    for lic in licenses:
-        fig = figures[lic.id]
+    for fig in figures:
+        lic = fig.license
         window = windows.get(lic.organization_id, 0)
         forecast = burn_forecast(fig, window, tz, now) if fig.usd_limit is not None else None
         add(lic, crossings(fig, forecast))

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
@@ -159,7 +159,15 @@ def month_figures(session: Session, lic: License, months: list[str]) -> dict[str
     }
 
 
-def _governing(licenses: list[License], now: datetime) -> tuple[License | None, bool]:
+class OrgLike(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def slug(self) -> str: ...
+
+
+def governing(licenses: list[License], now: datetime) -> tuple[License | None, bool]:
     """The active license in force now, or (None, suspended?) when there is none."""
     for lic in licenses:
         if lic.status != "active" or lic.valid_from > now:
@@ -185,21 +193,22 @@ def budget_states(
             .order_by(License.id.desc())
         ):
             by_org[row.organization_id].append(row)
-    governing = {org.id: _governing(by_org[org.id], now) for org in orgs}
+    in_force = {org.id: governing(by_org[org.id], now) for org in orgs}
     figures = figures_for(
-        session, [lic for lic, _ in governing.values() if lic is not None], tz, now
+        session, [lic for lic, _ in in_force.values() if lic is not None], tz, now
     )
     states = []
     for org in orgs:
-        lic, suspended = governing[org.id]
-        states.append(_render(org, figures.get(lic.id) if lic else None, suspended))
+        lic, suspended = in_force[org.id]
+        states.append(render_state(org, figures.get(lic.id) if lic else None, suspended))
         if forecast and lic is not None:
             window = recent_cost(session, [org.id], tz, now).get(org.id, 0)
             states[-1]["forecast"] = burn_forecast(figures[lic.id], window, tz, now)
     return states
 
 
-def _render(org: Organization, fig: Figures | None, suspended: bool) -> dict[str, Any]:
+def render_state(org: OrgLike, fig: Figures | None, suspended: bool) -> dict[str, Any]:
+    """An organization's budget state as the API renders it, from figures in hand."""
     base: dict[str, Any] = {
         "organization": org.slug,
         "organization_id": org.id,
@@ -311,7 +320,7 @@ def create_reservation(
             .execution_options(populate_existing=True)
         ).all()
     )
-    lic, suspended = _governing(sorted(licenses, key=lambda x: -x.id), now)
+    lic, suspended = governing(sorted(licenses, key=lambda x: -x.id), now)
     if lic is None and suspended:
         raise DomainError(402, "license_suspended", "the organization's license is suspended")
     if lic is not None:

@@ -7,14 +7,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from pydantic import AwareDatetime, BaseModel, Field, StrictInt, StrictStr
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session as OrmSession
 
 from tokenledger.db import utcnow
 from tokenledger.deps import Admin, AppSettings, Session, Viewer
 from tokenledger.pricing import overrides
 from tokenledger.schemas import InputModel, PathText
-from tokenledger.usage.models import INCOMPLETE_PRICING, UsageEvent
+from tokenledger.usage.models import INCOMPLETE_PRICING, UsageEvent, UsagePrice
 from tokenledger.usage.reprice import Selection, reprice
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
@@ -120,17 +120,23 @@ def unpriced_models(session: OrmSession) -> list[UnpricedModel]:
     """Models and units nobody could price: unpriced and partially priced events."""
     rows = session.execute(
         select(
-            UsageEvent.provider,
-            UsageEvent.model,
-            UsageEvent.pricing,
+            UsagePrice.provider,
+            UsagePrice.model,
+            UsagePrice.pricing,
             UsageEvent.unpriced_units,
             func.count(),
             func.min(UsageEvent.timestamp),
             func.max(UsageEvent.timestamp),
         )
-        .where(UsageEvent.pricing.in_(INCOMPLETE_PRICING))
+        .select_from(UsageEvent)
+        .join(UsagePrice, UsagePrice.id == UsageEvent.price_id)
+        # The first condition is the partial index's: incomplete events are within it.
+        .where(
+            or_(UsageEvent.cost_nano.is_(None), UsageEvent.unpriced_units.is_not(None)),
+            UsagePrice.pricing.in_(INCOMPLETE_PRICING),
+        )
         .group_by(
-            UsageEvent.provider, UsageEvent.model, UsageEvent.pricing, UsageEvent.unpriced_units
+            UsagePrice.provider, UsagePrice.model, UsagePrice.pricing, UsageEvent.unpriced_units
         )
     ).all()
     groups: dict[tuple[str, str, str], UnpricedModel] = {}

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from tokenledger.alerts import service as alerts
-from tokenledger.budgets import service as budgets
+from tokenledger.config import Settings
 from tokenledger.db import utcnow
-from tokenledger.deps import AppSettings, IngestKey, Session
+from tokenledger.deps import AppSettings, IngestKey, Session, UsageKey, get_hot
 from tokenledger.errors import DomainError
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.schemas import PathText
-from tokenledger.usage import ingest as ingest_service
+from tokenledger.usage import ingest
 from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, RefreshRead, UsageBatch, UsageResponse
+from tokenledger.usage.service import UsageAnswer, record_batch
+from tokenledger.usage.writer import UsageWriter
 
 router = APIRouter(prefix="/api/v1", tags=["ingestion"])
 
@@ -40,13 +41,26 @@ def organization_for_key(session: Session, key: IngestKey, ref: str | int | None
 
 
 @router.post("/usage", response_model=UsageResponse)
-def post_usage(
-    request: Request, batch: UsageBatch, session: Session, key: IngestKey, settings: AppSettings
-) -> JSONResponse:
-    outcome, states = record_usage(request, session, batch, key, settings, utcnow())
+async def post_usage(request: Request, batch: UsageBatch, key: UsageKey) -> JSONResponse:
+    """Validate and price here; the writer stores it with the requests of its group and
+    answers after the commit. The whole unit of work is usage.service.record_usage."""
+    settings: Settings = request.app.state.settings
+    writer: UsageWriter = request.app.state.usage_writer
+    hot = get_hot(request)
+    prepared = ingest.prepare(
+        batch,
+        key_org_id=key.organization_id,
+        organizations=hot.organizations,
+        book=hot.price_book(),
+        settings=settings,
+        now=utcnow(),
+    )
+    if key.touch_due:
+        prepared.touch_key_id = key.key_id
+    answer = await asyncio.wrap_future(writer.submit(prepared))
     # Built from plain values in the documented shape: validating a thousand results
     # again on the way out would cost more than the rest of the response.
-    return JSONResponse({"results": outcome.results, "budgets": states})
+    return JSONResponse(answer.body())
 
 
 def record_usage(
@@ -56,20 +70,16 @@ def record_usage(
     key: IngestKey,
     settings: AppSettings,
     now: datetime,
-) -> tuple[ingest_service.IngestOutcome, list[dict[str, Any]]]:
-    """One batch of usage (from /api/v1/usage or /v1/traces): ingest, settle, alert."""
-    outcome = ingest_service.ingest(
+) -> UsageAnswer:
+    """One batch in the caller's own write session (POST /v1/traces): the same unit of work
+    as the group commit's, usage.service.record_usage, for this one batch."""
+    answer = record_batch(
         session, batch, key_org_id=key.organization_id, settings=settings, now=now
     )
-    budgets.settle_reservations(session, outcome.created_rows, now)
-    months = alerts.months_by_license(outcome.created_rows)
-    alerts.evaluate(session, outcome.license_ids, settings.timezone, now, months)
-    orgs = [session.get(Organization, org_id) for org_id in outcome.organization_ids]
-    states = budgets.budget_states(session, [org for org in orgs if org], settings.timezone, now)
     metrics = request.app.state.metrics
-    metrics.events.labels("created").inc(outcome.created)
-    metrics.events.labels("duplicate").inc(outcome.duplicates)
-    return outcome, states
+    metrics.events.labels("created").inc(answer.created)
+    metrics.events.labels("duplicate").inc(answer.duplicates)
+    return answer
 
 
 @router.put("/refreshes/{refresh_id:path}")

@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from tokenledger.db import Database
 from tokenledger.money import format_credits, format_usd
-from tokenledger.usage.models import UsageEvent
+from tokenledger.usage.models import UsageEvent, UsagePrice
 
 PAGE_SIZE = 1000
 
@@ -53,13 +53,14 @@ COLUMNS = (
 )
 
 E = UsageEvent
+P = UsagePrice  # how each event was priced: its own row in usage_prices
 _SELECTED = (
     E.id,
     E.external_id,
     E.timestamp,
     E.received_at,
-    E.provider,
-    E.model,
+    P.provider,
+    P.model,
     E.input_tokens,
     E.output_tokens,
     E.cache_creation_input_tokens,
@@ -69,12 +70,12 @@ _SELECTED = (
     E.refresh_id,
     E.reservation_id,
     E.license_id,
-    E.pricing,
+    P.pricing,
     E.cost_nano,
     E.credits_micro,
-    E.price_source,
-    E.price_version,
-    E.priced_model,
+    P.price_source,
+    P.price_version,
+    P.priced_model,
     E.year_month,
 )
 
@@ -127,7 +128,7 @@ def csv_chunks(
             session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         after: tuple[datetime, int] | None = None
         while True:
-            query = select(*_SELECTED).where(*in_range)
+            query = select(*_SELECTED).select_from(E).join(P, P.id == E.price_id).where(*in_range)
             if after is not None:
                 at, row_id = after
                 query = query.where(or_(E.timestamp > at, and_(E.timestamp == at, E.id > row_id)))

@@ -1,8 +1,13 @@
-"""Batch ingestion: validate, price, insert-or-skip, and roll up, in one transaction.
+"""Batch ingestion: validate and price, then insert-or-skip and roll up, for many batches
+in one transaction.
 
-Round trips per batch are constant: one query each for organizations, licenses (locked in
-id order), price overrides, the insert, the stored twins of duplicates, and one upsert per
-rollup table, however many events the batch holds.
+`prepare` does what needs no lock (organizations from the hot cache, timestamps, digests,
+conflicts inside the batch, cost); it runs in the request, outside the writer. `write`
+then settles, for a group of prepared batches at once, which events are new, which are
+duplicates and which batches conflict with what is stored (those fail alone, claiming
+nothing); `roll_up` adds the new events to every rollup. Round trips per group are
+constant: one query for the stored twins of every event, one insert, one upsert per
+rollup table, however many batches and events the group holds.
 """
 
 from __future__ import annotations
@@ -10,22 +15,23 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from tokenledger.config import Settings
-from tokenledger.db import MAX_ROW_ID, insert_for
+from tokenledger.db import MAX_ROW_ID, insert_for, to_micros
 from tokenledger.errors import DomainError
+from tokenledger.hot import OrgRef
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import License
 from tokenledger.money import credits_for_cost, format_credits, format_usd, usd_to_nano
 from tokenledger.organizations.models import Organization
-from tokenledger.pricing.engine import UsageError
-from tokenledger.pricing.overrides import price_book
+from tokenledger.pricing.engine import PriceBook, UsageError
 from tokenledger.usage import providers
 from tokenledger.usage.models import (
     INCOMPLETE_PRICING,
@@ -35,6 +41,7 @@ from tokenledger.usage.models import (
     TokenUsageMonthly,
     UsageDaily,
     UsageEvent,
+    UsagePrice,
 )
 from tokenledger.usage.periods import day_of, month_of
 from tokenledger.usage.schemas import UsageBatch, UsageEventIn
@@ -42,13 +49,30 @@ from tokenledger.usage.schemas import UsageBatch, UsageEventIn
 MAX_FUTURE = timedelta(minutes=5)
 _EVENTS = UsageEvent.__table__
 
+# Organizations by slug and by id, for the references given: (by_slug, by_id).
+OrganizationLookup = Callable[[set[str], set[int]], tuple[dict[str, OrgRef], dict[int, OrgRef]]]
+Key = tuple[int, str]
+
 
 @dataclass(slots=True)
 class Prepared:
     index: int
     event: UsageEventIn
-    org: Organization
-    row: dict[str, Any]
+    org: OrgRef
+    row: dict[str, Any]  # the event's row, but for its license and credits
+    # Past the backfill limit: refused (this message) unless it is a stored event's retry.
+    too_old: str | None = None
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """One request's events, validated and priced; nothing stored yet."""
+
+    events: list[Prepared]  # one per distinct (organization, id)
+    repeats: list[tuple[int, Prepared]]  # later copies inside the batch: (index, first)
+    size: int
+    orgs: dict[int, OrgRef]
+    touch_key_id: int | None = None  # record this ingest key's use with the events
 
 
 @dataclass(slots=True)
@@ -57,7 +81,6 @@ class IngestOutcome:
     organization_ids: list[int]
     created: int
     duplicates: int
-    license_ids: list[int] = field(default_factory=list)
     created_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -78,31 +101,48 @@ def _as_org_id(ref: str) -> int | None:
     return value if 1 <= value <= MAX_ROW_ID else None
 
 
+def session_lookup(session: Session) -> OrganizationLookup:
+    """Organizations read in this session (for callers without the hot cache)."""
+
+    def lookup(slugs: set[str], ids: set[int]) -> tuple[dict[str, OrgRef], dict[int, OrgRef]]:
+        conditions = []
+        if slugs:
+            conditions.append(Organization.slug.in_(slugs))
+        if ids:
+            conditions.append(Organization.id.in_(ids))
+        if not conditions:
+            return {}, {}
+        refs = [
+            OrgRef(org_id, slug)
+            for org_id, slug in session.execute(
+                select(Organization.id, Organization.slug).where(or_(*conditions))
+            )
+        ]
+        return (
+            {ref.slug: ref for ref in refs if ref.slug in slugs},
+            {ref.id: ref for ref in refs if ref.id in ids},
+        )
+
+    return lookup
+
+
 def _resolve_organizations(
-    session: Session, batch: UsageBatch, key_org_id: int | None
-) -> list[Organization]:
+    batch: UsageBatch, key_org_id: int | None, lookup: OrganizationLookup
+) -> list[OrgRef]:
     refs = {str(e.organization) for e in batch.events if e.organization is not None}
     ids = {org_id for org_id in map(_as_org_id, refs) if org_id is not None}
     if key_org_id is not None:
         ids.add(key_org_id)
-    conditions = []
-    if refs:
-        conditions.append(Organization.slug.in_(refs))
-    if ids:
-        conditions.append(Organization.id.in_(ids))
-    found = (
-        list(session.scalars(select(Organization).where(or_(*conditions))).all())
-        if conditions
-        else []
-    )
-    by_slug = {org.slug: org for org in found}
-    by_id = {org.id: org for org in found}
+    by_slug, by_id = lookup(refs, ids) if refs or ids else ({}, {})
     result = []
     for index, event in enumerate(batch.events):
         if event.organization is None:
             if key_org_id is None:
                 raise _invalid(index, "organization", "required with a service key")
-            result.append(by_id[key_org_id])
+            own = by_id.get(key_org_id)
+            if own is None:
+                raise _invalid(index, "organization", "the key's organization is gone")
+            result.append(own)
             continue
         ref = str(event.organization)
         org = by_slug.get(ref)
@@ -121,7 +161,7 @@ def _resolve_organizations(
     return result
 
 
-def content_hash(event: UsageEventIn, org_id: int) -> str:
+def content_hash(event: UsageEventIn, org_id: int) -> bytes:
     """A digest of what the event says; a reused id with another digest is a conflict.
 
     The timestamp counts only when the caller gave it: a retry of an event stamped at
@@ -155,32 +195,25 @@ def content_hash(event: UsageEventIn, org_id: int) -> str:
     if extras:
         content.append(extras)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(canonical.encode()).digest()
 
 
-def ingest(
-    session: Session,
+def prepare(
     batch: UsageBatch,
     *,
     key_org_id: int | None,
+    organizations: OrganizationLookup,
+    book: PriceBook,
     settings: Settings,
     now: datetime,
-) -> IngestOutcome:
-    tz = settings.timezone
-    orgs = _resolve_organizations(session, batch, key_org_id)
+) -> PreparedBatch:
+    """Everything about a batch that needs no lock; a DomainError refuses the batch."""
+    orgs = _resolve_organizations(batch, key_org_id, organizations)
     oldest = now - timedelta(days=settings.backfill_max_age_days)
-
-    # Lock every license these events may belong to, in id order (no deadlocks between
-    # batches), before reading their rates: credits use the rate that is committed.
-    org_ids = sorted({org.id for org in orgs})
-    candidates = licenses.candidates_for(session, org_ids, lock=True)
-    book = price_book(session)
-
-    periods = _PeriodCache(tz)
+    periods = _PeriodCache(settings.timezone)
     prepared: list[Prepared] = []
-    seen: dict[tuple[int, str], Prepared] = {}
-    in_batch_duplicates: list[tuple[int, Prepared]] = []
-    aged: list[Prepared] = []
+    seen: dict[Key, Prepared] = {}
+    repeats: list[tuple[int, Prepared]] = []
     for index, (event, org) in enumerate(zip(batch.events, orgs, strict=True)):
         at = event.timestamp or now
         if at > now + MAX_FUTURE:
@@ -196,34 +229,78 @@ def ingest(
                     f"events[{index}]: id {event.id!r} appears twice with different content",
                     details={"index": index, "id": event.id},
                 )
-            in_batch_duplicates.append((index, twin))
+            repeats.append((index, twin))
             continue
         if at < oldest:
-            # Too old only if new: a retry of a stored event is still answered `duplicate`.
-            aged.append(Prepared(index=index, event=event, org=org, row={"content_hash": digest}))
-            seen[key] = aged[-1]
-            continue
-        row = _priced_row(index, event, org, at, now, digest, periods, candidates[org.id], book)
-        item = Prepared(index=index, event=event, org=org, row=row)
+            # Too old only if new: a retry of a stored event is still answered `duplicate`
+            # (write() tells which, with the stored twins in hand).
+            item = Prepared(index=index, event=event, org=org, row={"content_hash": digest})
+            item.too_old = f"older than {settings.backfill_max_age_days} days"
+        else:
+            row = _priced_row(index, event, org, at, now, digest, periods, book)
+            item = Prepared(index=index, event=event, org=org, row=row)
         seen[key] = item
         prepared.append(item)
+    return PreparedBatch(
+        events=prepared,
+        repeats=repeats,
+        size=len(batch.events),
+        orgs={org.id: org for org in orgs},
+    )
 
-    aged_twins = _stored_twins(session, aged)
-    for item in aged:
-        if _key(item) not in aged_twins:
-            days = settings.backfill_max_age_days
-            raise _invalid(item.index, "timestamp", f"older than {days} days")
-    created_keys, stored = _write_events(session, prepared)
-    stored.update(aged_twins)
 
-    results: list[dict[str, Any] | None] = [None] * len(batch.events)
-    created_rows: list[dict[str, Any]] = []
-    for item in [*prepared, *aged]:
-        if _key(item) in created_keys:
-            created_rows.append(item.row)
-            results[item.index] = _result(item, "created", item.row)
+def write(
+    session: Session, batches: list[PreparedBatch], candidates: dict[int, list[License]]
+) -> list[IngestOutcome | DomainError]:
+    """Insert-or-skip the events of several batches, in order, in the session's transaction.
+
+    A batch with an id already used (stored, or by an earlier batch of the group) for
+    other content fails alone with a 409 and claims none of its events; the others go on.
+    The caller holds the writer (SQLite) or the organizations' row locks (PostgreSQL), so
+    no other transaction inserts these keys meanwhile.
+    """
+    stored = _stored_twins(session, [_key(item) for batch in batches for item in batch.events])
+    claimed: dict[Key, dict[str, Any]] = {}
+    outcomes: list[IngestOutcome | DomainError] = []
+    new_rows: list[dict[str, Any]] = []
+    for batch in batches:
+        try:
+            outcome, rows = _claim(batch, stored, claimed, candidates)
+        except DomainError as exc:
+            outcomes.append(exc)
             continue
-        previous = stored[_key(item)]
+        for row in rows:
+            claimed[(row["organization_id"], row["external_id"])] = row
+        new_rows += rows
+        outcomes.append(outcome)
+    # Key order: on PostgreSQL an insert waits on the unique keys another transaction holds.
+    new_rows.sort(key=lambda row: (row["organization_id"], row["external_id"]))
+    _insert(session, new_rows)
+    return outcomes
+
+
+def _claim(
+    batch: PreparedBatch,
+    stored: dict[Key, dict[str, Any]],
+    claimed: dict[Key, dict[str, Any]],
+    candidates: dict[int, list[License]],
+) -> tuple[IngestOutcome, list[dict[str, Any]]]:
+    results: list[dict[str, Any] | None] = [None] * batch.size
+    rows: list[dict[str, Any]] = []
+    for item in batch.events:
+        key = _key(item)
+        previous = stored.get(key) or claimed.get(key)
+        if previous is None:
+            if item.too_old is not None:
+                raise _invalid(item.index, "timestamp", item.too_old)
+            row = item.row
+            lic = licenses.in_force_at(candidates.get(item.org.id, []), row["timestamp"])
+            row["license_id"] = lic.id if lic else None
+            if lic is not None and row["cost_nano"] is not None:
+                row["credits_micro"] = credits_for_cost(row["cost_nano"], lic.cost_per_credit_nano)
+            rows.append(row)
+            results[item.index] = _result(item, "created", row)
+            continue
         if previous["content_hash"] != item.row["content_hash"]:
             raise DomainError(
                 409,
@@ -233,39 +310,37 @@ def ingest(
                 details={"index": item.index, "id": item.event.id},
             )
         results[item.index] = _result(item, "duplicate", previous)
-    for index, twin in in_batch_duplicates:
-        original = results[twin.index]
+    for index, first in batch.repeats:
+        original = results[first.index]
         assert original is not None
         results[index] = {**original, "status": "duplicate"}
-
-    _roll_up(session, created_rows)
     final = [result for result in results if result is not None]
-    return IngestOutcome(
-        results=final,
-        organization_ids=org_ids,
-        created=len(created_rows),
-        duplicates=len(final) - len(created_rows),
-        license_ids=sorted({r["license_id"] for r in created_rows if r["license_id"]}),
-        created_rows=created_rows,
+    return (
+        IngestOutcome(
+            results=final,
+            organization_ids=sorted(batch.orgs),
+            created=len(rows),
+            duplicates=len(final) - len(rows),
+            created_rows=rows,
+        ),
+        rows,
     )
 
 
-def _key(item: Prepared) -> tuple[int, str]:
+def _key(item: Prepared) -> Key:
     return (item.org.id, item.event.id)
 
 
 def _priced_row(
     index: int,
     event: UsageEventIn,
-    org: Organization,
+    org: OrgRef,
     at: datetime,
     now: datetime,
-    digest: str,
+    digest: bytes,
     periods: _PeriodCache,
-    candidates: list[License],
-    book: Any,
+    book: PriceBook,
 ) -> dict[str, Any]:
-    lic = licenses.in_force_at(candidates, at)
     year_month, day = periods.of(at)
     try:
         read = providers.event_usage(event, book)
@@ -290,7 +365,7 @@ def _priced_row(
         "api_calls": event.api_calls,
         "refresh_id": event.refresh_id,
         "reservation_id": event.reservation_id,
-        "license_id": lic.id if lic else None,
+        "license_id": None,
         "cost_nano": None,
         "credits_micro": None,
         "pricing": "unpriced",
@@ -301,11 +376,14 @@ def _priced_row(
         "metadata": event.metadata,
         "usage_object": read.stored,
         "unpriced_units": ",".join(read.unknown_units) or None,
+        "price_key": None,
+        "price_id": None,
     }
     if event.cost_usd is not None:
         row["cost_nano"] = usd_to_nano(event.cost_usd)
         row["pricing"] = "provided"
         row["price_source"] = "caller"
+        row["price_key"] = price_fingerprint(row)
     else:
         try:
             quote = book.quote(read.provider, event.model, tokens, at, read.context)
@@ -323,42 +401,81 @@ def _priced_row(
                 rates=quote.rates,
                 unpriced_units=",".join(unpriced) or None,
             )
-    if lic is not None and row["cost_nano"] is not None:
-        row["credits_micro"] = credits_for_cost(row["cost_nano"], lic.cost_per_credit_nano)
+        row["price_key"] = price_fingerprint(row)
     return row
 
 
-def _write_events(
-    session: Session, items: list[Prepared]
-) -> tuple[set[tuple[int, str]], dict[tuple[int, str], dict[str, Any]]]:
-    """Insert-or-skip: the keys that were new, and the stored rows of those that were not.
+_PRICE_FIELDS = (
+    "provider",
+    "model",
+    "pricing",
+    "price_source",
+    "price_version",
+    "priced_model",
+    "rates",
+)
+_fingerprints: dict[tuple[Any, ...], str] = {}
 
-    Rows go in key order: a batch waits on the unique keys another uncommitted batch has
-    inserted, so two batches with the same ids in different orders would deadlock.
-    """
-    if not items:
-        return set(), {}
-    items = sorted(items, key=_key)
-    if session.get_bind().dialect.name == "sqlite":
-        # The transaction began with BEGIN IMMEDIATE and holds SQLite's one write lock, so
-        # no key can appear between this read and the insert: read the twins, then insert
-        # the rest with the driver's own executemany, which runs in C.
-        stored = _stored_twins(session, items)
-        new_rows = [item.row for item in items if _key(item) not in stored]
-        _insert_sqlite(session, new_rows)
-        return {(row["organization_id"], row["external_id"]) for row in new_rows}, stored
-    statement = (
-        insert_for(session)(_EVENTS)
-        .on_conflict_do_nothing(index_elements=["organization_id", "external_id"])
-        .returning(_EVENTS.c.organization_id, _EVENTS.c.external_id)
+
+def price_fingerprint(row: dict[str, Any]) -> str:
+    """The identity of the row's price (usage_prices.fingerprint): a digest of its fields."""
+    rates = row["rates"]
+    key = (
+        *(row[name] for name in _PRICE_FIELDS[:-1]),
+        tuple(sorted(rates.items())) if rates else None,
     )
-    returned = session.execute(statement, [item.row for item in items]).all()
-    created = {(org_id, external_id) for org_id, external_id in returned}
-    return created, _stored_twins(session, [item for item in items if _key(item) not in created])
+    found = _fingerprints.get(key)
+    if found is None:
+        canonical = json.dumps([row[name] for name in _PRICE_FIELDS], sort_keys=True)
+        found = hashlib.sha256(canonical.encode()).hexdigest()
+        if len(_fingerprints) >= 100_000:  # callers may send any model names: bounded
+            _fingerprints.clear()
+        _fingerprints[key] = found
+    return found
+
+
+_PRICES = cast(Table, UsagePrice.__table__)
+
+
+def assign_price_ids(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Set each row's price_id, adding the prices not stored yet (one query when none)."""
+    wanted = {row["price_key"]: row for row in rows}
+    if not wanted:
+        return
+    select_ids = select(_PRICES.c.fingerprint, _PRICES.c.id).where(
+        _PRICES.c.fingerprint.in_(sorted(wanted))
+    )
+    ids: dict[str, int] = dict(session.execute(select_ids).all())
+    missing = sorted(set(wanted) - ids.keys())
+    if missing:
+        session.execute(
+            insert_for(session)(_PRICES).on_conflict_do_nothing(index_elements=["fingerprint"]),
+            [
+                {"fingerprint": key, **{name: wanted[key][name] for name in _PRICE_FIELDS}}
+                for key in missing
+            ],
+        )
+        ids = dict(session.execute(select_ids).all())
+    for row in rows:
+        row["price_id"] = ids[row["price_key"]]
+
+
+def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    assign_price_ids(session, rows)
+    if session.get_bind().dialect.name == "sqlite":
+        _insert_sqlite(session, rows)
+    else:
+        # A plain insert: a key that appeared meanwhile fails the whole group (and the
+        # caller retries its batches one by one) instead of being reported as created.
+        session.execute(
+            insert_for(session)(_EVENTS), [{name: row[name] for name in _COLUMNS} for row in rows]
+        )
 
 
 _COLUMNS = [column.name for column in _EVENTS.columns if column.name != "id"]
-_JSON_COLUMNS = {"rates", "metadata", "usage_object"}
+_JSON_COLUMNS = {"metadata", "usage_object"}
 _TIME_COLUMNS = {"timestamp", "received_at"}
 _CONVERTED = _JSON_COLUMNS | _TIME_COLUMNS
 _SQLITE_INSERT = (
@@ -369,8 +486,7 @@ _SQLITE_INSERT = (
 def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
     """Bind values as SQLAlchemy would on SQLite (the same text for times and JSON).
 
-    Many rows share a value (the receipt time, the rates of one price): each distinct
-    object is converted once.
+    Many rows share a value (the receipt time): each distinct object is converted once.
     """
     if not rows:
         return
@@ -379,13 +495,10 @@ def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
     def bind(name: str, value: Any) -> Any:
         if value is None or name not in _CONVERTED:
             return value
-        # Rates are equal dicts for every event of one model and price: keyed by content.
         key: tuple[str, object] = (name, id(value))
-        if name == "rates":
-            key = (name, tuple(value.items()))  # values are decimal text: hashable
         if key not in converted:
             if name in _TIME_COLUMNS:
-                converted[key] = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+                converted[key] = to_micros(value)  # as db.Instant stores it on SQLite
             else:
                 converted[key] = json.dumps(value)
         return converted[key]
@@ -395,32 +508,34 @@ def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
     )
 
 
-def _stored_twins(session: Session, items: list[Prepared]) -> dict[tuple[int, str], dict[str, Any]]:
-    if not items:
+_TWIN_COLUMNS = (
+    "e.organization_id, e.external_id, e.content_hash, e.cost_nano, e.credits_micro, p.pricing"
+)
+_PRICE_JOIN = "JOIN usage_prices AS p ON p.id = e.price_id"
+# The keys go in as one JSON array (SQLite) or two arrays (PostgreSQL), joined with the
+# unique index: one statement for any number of events and organizations.
+_TWINS_SQLITE = text(
+    f"SELECT {_TWIN_COLUMNS} FROM json_each(:keys) AS k CROSS JOIN usage_events AS e "
+    "ON e.organization_id = k.value ->> 0 AND e.external_id = k.value ->> 1 " + _PRICE_JOIN
+)
+_TWINS_POSTGRESQL = text(
+    f"SELECT {_TWIN_COLUMNS} FROM unnest(CAST(:orgs AS integer[]), CAST(:ids AS text[])) "
+    "AS k(org, ext) JOIN usage_events AS e ON e.organization_id = k.org "
+    "AND e.external_id = k.ext " + _PRICE_JOIN
+)
+
+
+def _stored_twins(session: Session, keys: list[Key]) -> dict[Key, dict[str, Any]]:
+    """The stored rows with these (organization, id) keys."""
+    if not keys:
         return {}
-    ids_by_org: dict[int, list[str]] = defaultdict(list)
-    for item in items:
-        ids_by_org[item.org.id].append(item.event.id)
-    columns = _EVENTS.c
-    # Per organization an IN list over the unique index; cheaper than a row-value IN.
-    rows = session.execute(
-        select(
-            columns.organization_id,
-            columns.external_id,
-            columns.content_hash,
-            columns.cost_nano,
-            columns.credits_micro,
-            columns.pricing,
-        ).where(
-            or_(
-                *(
-                    and_(columns.organization_id == org_id, columns.external_id.in_(ids))
-                    for org_id, ids in sorted(ids_by_org.items())
-                )
-            )
+    if session.get_bind().dialect.name == "sqlite":
+        rows = session.execute(_TWINS_SQLITE, {"keys": json.dumps(keys)})
+    else:
+        rows = session.execute(
+            _TWINS_POSTGRESQL, {"orgs": [k[0] for k in keys], "ids": [k[1] for k in keys]}
         )
-    ).mappings()
-    return {(row["organization_id"], row["external_id"]): dict(row) for row in rows}
+    return {(row.organization_id, row.external_id): dict(row._mapping) for row in rows}
 
 
 def _result(item: Prepared, status: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -462,7 +577,7 @@ def _sums(
     }
 
 
-def _roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
+def roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
     """Add the new events to every rollup: aggregated in memory, one upsert per table."""
     if not rows:
         return

@@ -11,43 +11,68 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
     text,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from tokenledger.db import Base, BigId, UTCDateTime, utcnow
+from tokenledger.db import Base, BigId, Instant, UTCDateTime, utcnow
+
+
+class UsagePrice(Base):
+    """One distinct price that events were written with: stored once, referenced by id.
+
+    Also the provider and model an event named, and how it was priced, so that an unpriced
+    or caller-priced event points at a row too. Rows are never changed or deleted.
+    """
+
+    __tablename__ = "usage_prices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # sha256 of the canonical JSON of every field below: the identity of the row.
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))
+    pricing: Mapped[str] = mapped_column(String(16))
+    price_source: Mapped[str | None] = mapped_column(String(64))
+    price_version: Mapped[str | None] = mapped_column(String(128))
+    priced_model: Mapped[str | None] = mapped_column(String(128))
+    rates: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class UsageEvent(Base):
-    """One model call (or a few, api_calls), priced once when written and never changed."""
+    """One model call (or a few, api_calls), priced once when written and never changed.
+
+    Lean on purpose (the largest table): what the price was lives in usage_prices, the
+    digest is 32 bytes, and on SQLite instants are integers (microseconds since 1970).
+    """
 
     __tablename__ = "usage_events"
     __table_args__ = (
         # Permanent idempotency: (organization, caller's id) is unique forever.
         UniqueConstraint("organization_id", "external_id"),
         Index("ix_usage_events_org_timestamp", "organization_id", "timestamp"),
+        # Events without a cost or with units left unpriced (every unpriced and partially
+        # priced one), by price row: for the list of models to price.
         Index(
             "ix_usage_events_unpriced",
-            "provider",
-            "model",
-            sqlite_where=text("pricing IN ('unpriced', 'partially_priced')"),
-            postgresql_where=text("pricing IN ('unpriced', 'partially_priced')"),
+            "price_id",
+            sqlite_where=text("cost_nano IS NULL OR unpriced_units IS NOT NULL"),
+            postgresql_where=text("cost_nano IS NULL OR unpriced_units IS NOT NULL"),
         ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"))
     external_id: Mapped[str] = mapped_column(String(128))
-    content_hash: Mapped[str] = mapped_column(String(64))
-    timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    content_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    timestamp: Mapped[datetime] = mapped_column(Instant)
+    received_at: Mapped[datetime] = mapped_column(Instant)
     year_month: Mapped[str] = mapped_column(String(7))
     day: Mapped[str] = mapped_column(String(10))
-    provider: Mapped[str] = mapped_column(String(64))
-    model: Mapped[str] = mapped_column(String(128))
     input_tokens: Mapped[int] = mapped_column(BigInteger)
     output_tokens: Mapped[int] = mapped_column(BigInteger)
     cache_creation_input_tokens: Mapped[int] = mapped_column(BigInteger)
@@ -56,20 +81,47 @@ class UsageEvent(Base):
     api_calls: Mapped[int] = mapped_column(Integer)
     refresh_id: Mapped[str | None] = mapped_column(String(128))
     reservation_id: Mapped[str | None] = mapped_column(String(64))
-    license_id: Mapped[int | None] = mapped_column(ForeignKey("licenses.id"), index=True)
-    pricing: Mapped[str] = mapped_column(String(16))
+    license_id: Mapped[int | None] = mapped_column(ForeignKey("licenses.id"))
+    price_id: Mapped[int] = mapped_column(ForeignKey("usage_prices.id"))
     cost_nano: Mapped[int | None] = mapped_column(BigInteger)
     credits_micro: Mapped[int | None] = mapped_column(BigInteger)
-    price_source: Mapped[str | None] = mapped_column(String(64))
-    price_version: Mapped[str | None] = mapped_column(String(128))
-    priced_model: Mapped[str | None] = mapped_column(String(128))
-    rates: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON(none_as_null=True))
     # The provider's usage object as given ({"usage": ..., "service_tier": ...}), when the
     # flat columns do not tell it all: a later price fix re-reads it.
     usage_object: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     # Units the call used that no rate covered, comma-separated (partially_priced events).
     unpriced_units: Mapped[str | None] = mapped_column(Text)
+
+    price: Mapped[UsagePrice] = relationship(lazy="joined", innerjoin=True)
+
+    # What the price row says, read as the event's own fields.
+    @property
+    def provider(self) -> str:
+        return self.price.provider
+
+    @property
+    def model(self) -> str:
+        return self.price.model
+
+    @property
+    def pricing(self) -> str:
+        return self.price.pricing
+
+    @property
+    def price_source(self) -> str | None:
+        return self.price.price_source
+
+    @property
+    def price_version(self) -> str | None:
+        return self.price.price_version
+
+    @property
+    def priced_model(self) -> str | None:
+        return self.price.priced_model
+
+    @property
+    def rates(self) -> dict[str, Any] | None:
+        return self.price.rates
 
 
 # Events whose cost is missing or incomplete: counted in the rollups' unpriced_events and

@@ -19,6 +19,7 @@ from tokenledger.usage.models import (
     TokenUsageMonthly,
     UsageDaily,
     UsageEvent,
+    UsagePrice,
 )
 
 E = UsageEvent
@@ -34,15 +35,19 @@ def _event_sums() -> dict[str, Any]:
         "cost_nano": func.sum(func.coalesce(E.cost_nano, 0)),
         "api_calls": func.sum(E.api_calls),
         "event_count": func.count(),
-        "unpriced_events": func.sum(case((E.pricing.in_(INCOMPLETE_PRICING), 1), else_=0)),
+        "unpriced_events": func.sum(case((UsagePrice.pricing.in_(INCOMPLETE_PRICING), 1), else_=0)),
     }
 
 
 def _expected_rollup(session: Session, keys: list[Any]) -> dict[tuple[Any, ...], dict[str, int]]:
     sums = _event_sums()
-    rows = session.execute(
-        select(*keys, *(expr.label(name) for name, expr in sums.items())).group_by(*keys)
-    ).all()
+    # How an event was priced lives in its price row (unpriced_events, provider, model).
+    query = (
+        select(*keys, *(expr.label(name) for name, expr in sums.items()))
+        .select_from(E)
+        .join(UsagePrice, UsagePrice.id == E.price_id)
+    )
+    rows = session.execute(query.group_by(*keys)).all()
     width = len(keys)
     return {
         tuple(row[:width]): {
@@ -119,7 +124,9 @@ def reconcile(session: Session, *, fix: bool) -> list[str]:
         session,
         UsageDaily,
         ("organization_id", "day", "provider", "model"),
-        _expected_rollup(session, [E.organization_id, E.day, E.provider, E.model]),
+        _expected_rollup(
+            session, [E.organization_id, E.day, UsagePrice.provider, UsagePrice.model]
+        ),
         ROLLUP_FIELDS,
         fix=fix,
     )

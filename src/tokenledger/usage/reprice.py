@@ -29,15 +29,18 @@ from tokenledger.organizations.models import Organization
 from tokenledger.pricing.engine import PriceBook, TokenUsage, UsageError
 from tokenledger.pricing.overrides import price_book
 from tokenledger.usage import providers
+from tokenledger.usage.ingest import assign_price_ids, price_fingerprint
 from tokenledger.usage.models import (
     INCOMPLETE_PRICING,
     LicenseUsage,
     TokenUsageMonthly,
     UsageDaily,
     UsageEvent,
+    UsagePrice,
 )
 
 E = UsageEvent
+P = UsagePrice
 CHUNK = 1000
 # What repricing may change on an event; everything else stays as stored.
 PRICE_COLUMNS = (
@@ -206,20 +209,23 @@ def reprice(
 
 def _selected(session: Session, selection: Selection, *, lock: bool) -> Iterator[UsageEvent]:
     """The selected events, a chunk at a time in id order; never the caller-priced ones."""
-    query = select(E).where(
-        E.pricing != "provided", or_(E.price_source.is_(None), E.price_source != "caller")
+    # What the price was lives in usage_prices (one row per distinct price).
+    query = (
+        select(E)
+        .join(P, E.price_id == P.id)
+        .where(P.pricing != "provided", or_(P.price_source.is_(None), P.price_source != "caller"))
     )
     if selection.unpriced:
-        query = query.where(E.pricing.in_(INCOMPLETE_PRICING))
+        query = query.where(P.pricing.in_(INCOMPLETE_PRICING))
     else:
         assert selection.model is not None
         query = query.where(
-            func.lower(E.model) == selection.model.strip().lower(),
+            func.lower(P.model) == selection.model.strip().lower(),
             E.timestamp >= selection.start,
             E.timestamp < selection.end,
         )
         if selection.provider:
-            query = query.where(E.provider == selection.provider.strip().lower())
+            query = query.where(P.provider == selection.provider.strip().lower())
     last_id = 0
     while True:
         chunk = query.where(E.id > last_id).order_by(E.id).limit(CHUNK)
@@ -325,9 +331,19 @@ def _apply(session: Session, changes: list[tuple[UsageEvent, dict[str, Any]]]) -
             by_license[(event.license_id, event.year_month)][0] += cost
             by_license[(event.license_id, event.year_month)][1] += credit
             credits[event.license_id] += credit
-        for name, value in new.items():
-            setattr(event, name, value)
+    # The event's provider and model stay as stored; its price row is the new price's.
+    prices = [{"provider": event.provider, "model": event.model, **new} for event, new in changes]
+    for price in prices:
+        price["price_key"] = price_fingerprint(price)
+    assign_price_ids(session, prices)
+    for (event, new), price in zip(changes, prices, strict=True):
+        event.cost_nano = new["cost_nano"]
+        event.credits_micro = new["credits_micro"]
+        event.unpriced_units = new["unpriced_units"]
+        event.price_id = price["price_id"]
     session.flush()
+    for event, _new in changes:
+        session.expire(event, ["price"])
     _add(session, TokenUsageMonthly, ("organization_id", "year_month"), monthly, "unpriced_events")
     _add(
         session,

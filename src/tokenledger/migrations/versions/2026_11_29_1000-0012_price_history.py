@@ -1,7 +1,7 @@
 """price history: overrides in force by the event's timestamp, with tiers and units
 
 Revision ID: 0012_price_history
-Revises: 0011_alerts_rearm
+Revises: 0009_lean_events
 Create Date: 2026-11-29 10:00:00
 
 Overrides made before applied to every event received while they existed; they become
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012_price_history"
-down_revision: str | None = "0011_alerts_rearm"
+down_revision: str | None = "0009_lean_events"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

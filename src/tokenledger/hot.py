@@ -1,0 +1,156 @@
+"""Rows that every ingest request reads, kept in memory: ingest keys, organizations, prices.
+
+A write of this process that changes one of their tables drops the cached rows of that
+table when it commits (`db.notify_changed`, for every Database of the process on the same
+database). Changes made by another process (a second worker, the command line) are seen
+after at most the TTL (settings.cache_seconds), when everything cached is dropped and read
+again. Misses are not cached: a key or organization created elsewhere works at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import or_, select
+
+from tokenledger.auth import service as auth_service
+from tokenledger.db import Database
+from tokenledger.organizations.models import Organization
+from tokenledger.pricing.engine import PriceBook
+from tokenledger.pricing.overrides import price_book
+
+# The default staleness bound across processes (TOKENLEDGER_CACHE_SECONDS), in the README.
+TTL_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRef:
+    """A live ingest key: for one organization, or a service key (organization_id None)."""
+
+    id: int
+    organization_id: int | None
+    last_used_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class OrgRef:
+    """What ingestion needs of an organization."""
+
+    id: int
+    slug: str
+
+
+class HotReads:
+    def __init__(self, database: Database, ttl: float = TTL_SECONDS) -> None:
+        self.database = database
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._keys: dict[str, KeyRef] = {}
+        self._orgs_by_slug: dict[str, OrgRef] = {}
+        self._orgs_by_id: dict[int, OrgRef] = {}
+        self._book: PriceBook | None = None
+        self._loaded_at = time.monotonic()
+        # Raised by every drop: a row read before a drop is not stored after it.
+        self._generation = 0
+        database.caches.append(self.changed)
+
+    def changed(self, tables: frozenset[str]) -> None:
+        with self._lock:
+            self._generation += 1
+            if "api_keys" in tables:
+                self._keys = {}
+            if "organizations" in tables:
+                self._orgs_by_slug, self._orgs_by_id = {}, {}
+            if "price_overrides" in tables:
+                self._book = None
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        if now - self._loaded_at > self.ttl:
+            with self._lock:
+                self._generation += 1
+                self._keys, self._orgs_by_slug, self._orgs_by_id = {}, {}, {}
+                self._book = None
+                self._loaded_at = now
+
+    def cached_key(self, secret: str) -> KeyRef | None:
+        """The key if it is in memory (no database read)."""
+        self._expire()
+        return self._keys.get(secret)
+
+    def api_key(self, secret: str) -> KeyRef | None:
+        """The live key for a presented secret, or None."""
+        self._expire()
+        found = self._keys.get(secret)
+        if found is not None:
+            return found
+        generation = self._generation
+        with self.database.session(write=False) as session:
+            key = auth_service.resolve_api_key(session, secret)
+            if key is None:
+                return None
+            found = KeyRef(key.id, key.organization_id, key.last_used_at)
+        with self._lock:
+            if generation == self._generation:
+                self._keys[secret] = found
+        return found
+
+    def key_used(self, secret: str, ref: KeyRef, at: datetime) -> None:
+        """Remember a recorded use, so that the next one is recorded a minute later."""
+        with self._lock:
+            if self._keys.get(secret) is ref:
+                self._keys[secret] = KeyRef(ref.id, ref.organization_id, at)
+
+    def organizations(
+        self, slugs: set[str], ids: set[int]
+    ) -> tuple[dict[str, OrgRef], dict[int, OrgRef]]:
+        """Organizations by slug and by id, for the references given (unknown ones absent)."""
+        self._expire()
+        by_slug = {s: self._orgs_by_slug[s] for s in slugs if s in self._orgs_by_slug}
+        by_id = {i: self._orgs_by_id[i] for i in ids if i in self._orgs_by_id}
+        missing_slugs, missing_ids = slugs - by_slug.keys(), ids - by_id.keys()
+        if missing_slugs or missing_ids:
+            for ref in self._load_organizations(missing_slugs, missing_ids):
+                if ref.slug in slugs:
+                    by_slug[ref.slug] = ref
+                if ref.id in ids:
+                    by_id[ref.id] = ref
+        return by_slug, by_id
+
+    def _load_organizations(self, slugs: set[str], ids: set[int]) -> list[OrgRef]:
+        conditions = []
+        if slugs:
+            conditions.append(Organization.slug.in_(slugs))
+        if ids:
+            conditions.append(Organization.id.in_(ids))
+        generation = self._generation
+        with self.database.session(write=False) as session:
+            refs = [
+                OrgRef(org_id, slug)
+                for org_id, slug in session.execute(
+                    select(Organization.id, Organization.slug).where(or_(*conditions))
+                )
+            ]
+        with self._lock:
+            if generation == self._generation:
+                by_slug, by_id = dict(self._orgs_by_slug), dict(self._orgs_by_id)
+                for ref in refs:
+                    by_slug[ref.slug] = ref
+                    by_id[ref.id] = ref
+                self._orgs_by_slug, self._orgs_by_id = by_slug, by_id
+        return refs
+
+    def price_book(self) -> PriceBook:
+        self._expire()
+        book = self._book
+        if book is None:
+            generation = self._generation
+            with self.database.session(write=False) as session:
+                book = price_book(session)
+            with self._lock:
+                if generation == self._generation:
+                    self._book = book
+        return book

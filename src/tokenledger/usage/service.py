@@ -1,0 +1,148 @@
+"""The unit of work of usage ingestion: events, rollups, holds, alerts and budget states.
+
+`record_usage` is the whole write of a group of ingest requests, in the caller's one
+transaction: the group commit (usage/writer.py) runs it for every request that arrived
+while the previous group was being written; demo data and tests run it for one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from tokenledger.alerts import service as alerts
+from tokenledger.auth.models import ApiKey
+from tokenledger.budgets import service as budgets
+from tokenledger.config import Settings
+from tokenledger.errors import DomainError
+from tokenledger.licenses import service as licenses
+from tokenledger.licenses.models import License
+from tokenledger.organizations.models import Organization
+from tokenledger.pricing.overrides import price_book
+from tokenledger.usage import ingest
+from tokenledger.usage.ingest import IngestOutcome, PreparedBatch
+from tokenledger.usage.schemas import UsageBatch
+
+
+@dataclass(slots=True)
+class UsageAnswer:
+    """What POST /api/v1/usage answers for one batch (schemas.UsageResponse's shape)."""
+
+    results: list[dict[str, Any]]
+    budgets: list[dict[str, Any]]
+    created: int
+    duplicates: int
+
+    def body(self) -> dict[str, Any]:
+        return {"results": self.results, "budgets": self.budgets}
+
+
+def record_usage(
+    session: Session, batches: list[PreparedBatch], settings: Settings, now: datetime
+) -> list[UsageAnswer | DomainError]:
+    """Store a group of prepared batches; an answer (or the refusal) for each, in order.
+
+    A batch refused for its own reason (an id reused for other content) stores nothing;
+    the others are written. Then, once for the group: rollups and credits, the holds the
+    new events settle, alerts for the licenses they reached, and every organization's
+    budget state after the group, from the figures read once.
+    """
+    org_ids = sorted({org_id for batch in batches for org_id in batch.orgs})
+    if session.get_bind().dialect.name == "postgresql":
+        # Every writer of events locks their organizations first, in id order: two groups
+        # touching the same organizations run one after the other (no unique-key waits,
+        # no deadlocks), and the stored twins read next cannot change before the insert.
+        session.execute(
+            select(Organization.id)
+            .where(Organization.id.in_(org_ids))
+            .order_by(Organization.id)
+            .with_for_update(key_share=True)
+        ).all()
+    candidates = licenses.candidates_for(session, org_ids, lock=True)
+    outcomes = ingest.write(session, batches, candidates)
+    created_rows = [
+        row
+        for outcome in outcomes
+        if isinstance(outcome, IngestOutcome)
+        for row in outcome.created_rows
+    ]
+    ingest.roll_up(session, created_rows)
+    budgets.settle_reservations(session, created_rows, now)
+    keys = sorted({batch.touch_key_id for batch in batches if batch.touch_key_id is not None})
+    if keys:
+        session.execute(update(ApiKey).where(ApiKey.id.in_(keys)).values(last_used_at=now))
+
+    # The licenses whose figures changed, and the ones governing each organization now.
+    touched = {row["license_id"] for row in created_rows if row["license_id"]}
+    governing = {
+        org_id: budgets.governing(
+            [lic for lic in reversed(candidates[org_id]) if lic.status in ("active", "suspended")],
+            now,
+        )
+        for org_id in org_ids
+    }
+    wanted = touched | {lic.id for lic, _ in governing.values() if lic is not None}
+    fresh = _licenses(session, wanted)
+    figures = budgets.figures_for(session, list(fresh.values()), settings.timezone, now)
+    # Back-dated usage is judged in its own month too (monthly budgets).
+    months = alerts.months_by_license(created_rows)
+    alerts.record_crossings(
+        session, [figures[i] for i in sorted(touched)], settings.timezone, now, months
+    )
+
+    answers: list[UsageAnswer | DomainError] = []
+    for batch, outcome in zip(batches, outcomes, strict=True):
+        if isinstance(outcome, DomainError):
+            answers.append(outcome)
+            continue
+        states = []
+        for org_id in outcome.organization_ids:
+            lic, suspended = governing[org_id]
+            fig = figures.get(lic.id) if lic is not None else None
+            states.append(budgets.render_state(batch.orgs[org_id], fig, suspended))
+        answers.append(
+            UsageAnswer(
+                results=outcome.results,
+                budgets=states,
+                created=outcome.created,
+                duplicates=outcome.duplicates,
+            )
+        )
+    return answers
+
+
+def _licenses(session: Session, ids: set[int]) -> dict[int, License]:
+    """These licenses as committed now in this transaction (credits_used included)."""
+    if not ids:
+        return {}
+    rows = session.scalars(
+        select(License).where(License.id.in_(sorted(ids))).execution_options(populate_existing=True)
+    )
+    return {lic.id: lic for lic in rows}
+
+
+def record_batch(
+    session: Session,
+    batch: UsageBatch,
+    *,
+    key_org_id: int | None,
+    settings: Settings,
+    now: datetime,
+) -> UsageAnswer:
+    """One batch as its own unit of work (demo data, scripts): its answer, or the refusal."""
+    prepared = ingest.prepare(
+        batch,
+        key_org_id=key_org_id,
+        organizations=ingest.session_lookup(session),
+        book=price_book(session),
+        settings=settings,
+        now=now,
+    )
+    (answer,) = record_usage(session, [prepared], settings, now)
+    if isinstance(answer, DomainError):
+        raise answer
+    return answer

@@ -1,0 +1,131 @@
+"""Group commit of ingest requests: one thread per process writes them, many per commit.
+
+Requests that arrive while a group is being written wait in a queue; when the group has
+committed, everything waiting (up to MAX_GROUP_EVENTS events) becomes the next group, in
+one transaction with one commit. A lone request is written at once: no fixed delay.
+Every request is answered only after the commit that stored it. A batch refused for its
+own reason fails alone (usage.service.record_usage); if the group's transaction fails as
+a whole, each of its batches is tried again in a transaction of its own, so that one bad
+batch cannot take the others down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from tokenledger.config import Settings
+from tokenledger.db import Database, utcnow
+from tokenledger.errors import DomainError
+from tokenledger.ops import Metrics
+from tokenledger.usage.ingest import PreparedBatch
+from tokenledger.usage.service import UsageAnswer, record_usage
+
+log = logging.getLogger("tokenledger.writer")
+
+# The most events one group takes (a group always takes at least one batch).
+MAX_GROUP_EVENTS = 5000
+
+
+@dataclass(slots=True)
+class _Pending:
+    batch: PreparedBatch
+    future: Future[UsageAnswer]
+
+
+class UsageWriter:
+    def __init__(self, database: Database, settings: Settings, metrics: Metrics) -> None:
+        self.database = database
+        self.settings = settings
+        self.metrics = metrics
+        self._queue: deque[_Pending] = deque()
+        self._ready = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, batch: PreparedBatch) -> Future[UsageAnswer]:
+        """Queue a prepared batch; the future holds its answer once it is committed."""
+        future: Future[UsageAnswer] = Future()
+        with self._ready:
+            if self._stopping:
+                raise RuntimeError("the usage writer has stopped")
+            if self._thread is None:
+                # Started on first use: an app served without its lifespan still writes.
+                self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
+                self._thread.start()
+            self._queue.append(_Pending(batch, future))
+            self._ready.notify()
+        return future
+
+    def queued(self) -> int:
+        """Requests waiting for the next group."""
+        with self._ready:
+            return len(self._queue)
+
+    def stop(self) -> None:
+        """Write what is queued, then end the thread."""
+        with self._ready:
+            self._stopping = True
+            self._ready.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=30)
+
+    def _next_group(self) -> list[_Pending] | None:
+        with self._ready:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._ready.wait()
+            group = [self._queue.popleft()]
+            events = len(group[0].batch.events)
+            while self._queue and events + len(self._queue[0].batch.events) <= MAX_GROUP_EVENTS:
+                pending = self._queue.popleft()
+                events += len(pending.batch.events)
+                group.append(pending)
+            return group
+
+    def _run(self) -> None:
+        while (group := self._next_group()) is not None:
+            try:
+                self._write(group)
+            except BaseException as exc:  # never leave a request waiting
+                log.exception("usage group failed")
+                for pending in group:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+
+    def _write(self, group: list[_Pending]) -> None:
+        self.metrics.usage_group_requests.observe(len(group))
+        try:
+            answers = self._commit([pending.batch for pending in group])
+        except Exception:
+            if len(group) == 1:
+                raise
+            # Which batch made the group fail is unknown: each alone, in its own commit.
+            log.warning("usage group of %d failed; writing its batches one by one", len(group))
+            for pending in group:
+                try:
+                    (answer,) = self._commit([pending.batch])
+                except Exception as exc:
+                    pending.future.set_exception(exc)
+                else:
+                    self._answer(pending, answer)
+            return
+        for pending, answer in zip(group, answers, strict=True):
+            self._answer(pending, answer)
+
+    def _commit(self, batches: list[PreparedBatch]) -> list[UsageAnswer | DomainError]:
+        with self.database.session(write=True) as session:
+            return record_usage(session, batches, self.settings, utcnow())
+
+    def _answer(self, pending: _Pending, answer: UsageAnswer | DomainError) -> None:
+        if isinstance(answer, DomainError):
+            pending.future.set_exception(answer)
+            return
+        self.metrics.events.labels("created").inc(answer.created)
+        self.metrics.events.labels("duplicate").inc(answer.duplicates)
+        pending.future.set_result(answer)
