@@ -189,7 +189,7 @@ def _pricing_page(page: Page, session: DbSession, status_code: int = 200, **extr
     context: dict[str, Any] = {"errors": {}, "values": {}}
     context.update(extra)
     events = queries.recent_events(session, None, 25)
-    org_ids = {event.organization_id for event in events}
+    org_ids = {event.organization_id for event, _price in events}
     names = (
         dict(
             session.execute(
