@@ -83,13 +83,8 @@ DAYS = 183
 DEMO_WEBHOOK = "https://hooks.example.com/tokenledger"
 
 
-def load_demo_data(
-    session: Session, settings: Settings, seed: int = 7, history_days: int = DAYS
-) -> str:
-    """Load the demo set once; a second run changes nothing.
-
-    history_days shortens the history (tests that only need the shape load less).
-    """
+def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
+    """Load the demo set once; a second run changes nothing."""
     slugs = [org.slug for org in DEMO_ORGS]
     existing = session.scalars(select(Organization.slug).where(Organization.slug.in_(slugs)))
     if existing.first() is not None:
@@ -104,8 +99,7 @@ def load_demo_data(
     for demo in DEMO_ORGS:
         org = organizations.create(session, OrganizationCreate(name=demo.name, slug=demo.slug))
         _audit(session, "organization.create", "organization", org.id, organizations.snapshot(org))
-        days = min(demo.days, history_days)
-        start = now - timedelta(days=days)
+        start = now - timedelta(days=demo.days)
         if demo.credits is not None:
             lic = licenses.create(
                 session,
@@ -125,8 +119,8 @@ def load_demo_data(
             )
             _audit(session, "license.create", "license", lic.id, licenses.snapshot(lic))
         batch: list[UsageEventIn] = []
-        for day in range(days):
-            pace = demo.runs_per_day * (demo.ramp if days - day <= 14 else 1.0)
+        for day in range(demo.days):
+            pace = demo.runs_per_day * (demo.ramp if demo.days - day <= 14 else 1.0)
             for run in range(max(0, round(rng.gauss(pace, pace / 3)))):
                 at = start + timedelta(days=day, seconds=rng.randrange(86_400))
                 if at > now - timedelta(minutes=5):

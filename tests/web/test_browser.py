@@ -82,8 +82,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     database = Database(settings)
     runner.upgrade(database.engine)
     with database.session(write=True) as session:
-        # Three months of history: the pages' shape, at a third of the loading time.
-        load_demo_data(session, settings, history_days=92)
+        load_demo_data(session, settings)
         _key, secret = create_api_key(session, "browser test", None)
     add_admin(database, "admin@example.com", "admin")
     add_admin(database, "viewer@example.com", "viewer")
