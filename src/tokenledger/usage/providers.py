@@ -173,7 +173,13 @@ def read_usage(
         )
     except (ValueError, TypeError) as exc:
         raise UsageReadError(f"usage: {exc}") from exc
-    values = {key: int(value) for key, value in vars(extracted).items() if key in REPORTED_UNITS}
+    values: dict[str, int] = {}
+    for key, value in vars(extracted).items():
+        if key not in REPORTED_UNITS:
+            continue
+        if type(value) is not int:  # 2.5 tokens is no count: never rounded silently
+            raise UsageReadError(f"usage: {key} must be a whole number, got {value!r}")
+        values[key] = value
     tokens = _token_usage(values)
     context: dict[str, str] = {}
     if shape == "anthropic":
