@@ -214,15 +214,15 @@ class Rates:
     (e.g. ``{"web_searches_kcount": Decimal("10")}``, USD per 1000 searches).
     """
 
-    input: Decimal
-    output: Decimal
-    cache_write_5m: Decimal | None = None
-    cache_write_1h: Decimal | None = None
-    cache_read: Decimal | None = None
+    input: Decimal | TieredPrices
+    output: Decimal | TieredPrices
+    cache_write_5m: Decimal | TieredPrices | None = None
+    cache_write_1h: Decimal | TieredPrices | None = None
+    cache_read: Decimal | TieredPrices | None = None
     units: Mapping[str, Decimal] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        values: dict[str, Decimal | None] = {
+        values: dict[str, Decimal | TieredPrices | None] = {
             name: getattr(self, name)
             for name in ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
         }
@@ -232,6 +232,11 @@ class Rates:
         values.update(self.units)
         for name, value in values.items():
             if value is None and name not in ("input", "output"):
+                continue
+            # A token rate may have long-context tiers, as genai-prices' own prices do.
+            if isinstance(value, TieredPrices) and name not in self.units:
+                if _valid_price(value) is None:
+                    raise ValueError(f"rate {name}: tiers must be valid, in ascending order")
                 continue
             if not isinstance(value, Decimal):
                 raise TypeError(f"rate {name} must be a Decimal")

@@ -101,11 +101,11 @@ async def export_body(request: Request) -> bytes:
     try:
         data = inflater.decompress(body, limit + 1)
     except zlib.error as exc:
-        raise DomainError(400, "invalid_body", f"not {encoding}: {exc}") from exc
+        raise DomainError(422, "invalid_body", f"not {encoding}: {exc}") from exc
     if len(data) > limit or inflater.unconsumed_tail:
         raise DomainError(413, "body_too_large", f"decompressed body over {limit} bytes")
     if not inflater.eof:
-        raise DomainError(400, "invalid_body", f"truncated {encoding} body")
+        raise DomainError(422, "invalid_body", f"truncated {encoding} body")
     return data
 
 
@@ -194,7 +194,7 @@ def _record(
                 raise
             rejected.add(exc.message)
             events = events[:index] + events[index + 1 :]
-    raise DomainError(400, "too_many_rejected_spans", "too many spans refused in one export")
+    raise DomainError(422, "too_many_rejected_spans", "too many spans refused in one export")
 
 
 def _parse(body: bytes, media: str) -> ExportTraceServiceRequest:
@@ -211,7 +211,7 @@ def _parse(body: bytes, media: str) -> ExportTraceServiceRequest:
             _hex_ids_to_base64(data)
             json_format.ParseDict(data, export, ignore_unknown_fields=True)
     except (DecodeError, json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
-        raise DomainError(400, "invalid_body", f"not an OTLP trace export: {_short(exc)}") from exc
+        raise DomainError(422, "invalid_body", f"not an OTLP trace export: {_short(exc)}") from exc
     return export
 
 

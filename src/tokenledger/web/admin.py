@@ -16,6 +16,7 @@ from tokenledger.audit import service as audit
 from tokenledger.auth import service as auth_service
 from tokenledger.auth.models import ROLES
 from tokenledger.db import MAX_ROW_ID
+from tokenledger.deps import RowId
 from tokenledger.errors import DomainError, not_found
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing import overrides
@@ -158,7 +159,7 @@ def _hook(session: DbSession, webhook_id: int) -> Webhook:
 
 
 @router.post("/admin/webhooks/{webhook_id}/delete")
-def webhook_delete(webhook_id: int, page: AdminPage, session: DbSession, form: Form) -> Response:
+def webhook_delete(webhook_id: RowId, page: AdminPage, session: DbSession, form: Form) -> Response:
     hook = _hook(session, webhook_id)
     before = {"url": hook.url, "description": hook.description}
     session.delete(hook)
@@ -171,7 +172,7 @@ def webhook_delete(webhook_id: int, page: AdminPage, session: DbSession, form: F
 
 
 @router.post("/admin/webhooks/{webhook_id}/test")
-def webhook_test(webhook_id: int, page: AdminPage, session: DbSession, form: Form) -> Response:
+def webhook_test(webhook_id: RowId, page: AdminPage, session: DbSession, form: Form) -> Response:
     hook = _hook(session, webhook_id)
     status, error = webhooks.send_test(hook, page.settings.webhooks_allow_private)
     ok = status is not None and 200 <= status < 300
@@ -327,12 +328,12 @@ def user_create(page: AdminPage, session: DbSession, form: Form) -> Response:
 
 
 @router.post("/admin/users/{user_id}/disable")
-def user_disable(user_id: int, page: AdminPage, session: DbSession, form: Form) -> Response:
+def user_disable(user_id: RowId, page: AdminPage, session: DbSession, form: Form) -> Response:
     return _set_disabled(page, session, user_id, True)
 
 
 @router.post("/admin/users/{user_id}/enable")
-def user_enable(user_id: int, page: AdminPage, session: DbSession, form: Form) -> Response:
+def user_enable(user_id: RowId, page: AdminPage, session: DbSession, form: Form) -> Response:
     return _set_disabled(page, session, user_id, False)
 
 
@@ -405,7 +406,7 @@ def key_create(page: AdminPage, session: DbSession, form: Form) -> Response:
 
 
 @router.post("/keys/{key_id}/revoke")
-def key_revoke(key_id: int, page: AdminPage, session: DbSession, form: Form) -> Response:
+def key_revoke(key_id: RowId, page: AdminPage, session: DbSession, form: Form) -> Response:
     key = auth_service.revoke_api_key(session, key_id)
     assert page.principal is not None
     audit.record_change(
