@@ -246,7 +246,7 @@ def event_usage(event: UsageEventIn, book: PriceBook) -> EventUsage:
     return EventUsage(provider, reading.tokens, reading.context, reading.unknown_units, stored)
 
 
-def reread(provider: str, stored: Mapping[str, Any]) -> ReadUsage:
+def reread(provider: str | None, stored: Mapping[str, Any]) -> ReadUsage:
     """A stored event's ``usage_object`` read again, e.g. to price it anew after a fix."""
     return read_usage(provider, stored["usage"], stored.get("service_tier"), stored.get("shape"))
 
