@@ -9,7 +9,9 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -77,6 +79,8 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from tokenledger.app import UVICORN_OPTIONS
+
     database = _database(settings)
     _require_migrated(database)
     try:
@@ -95,7 +99,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             port=args.port,
             workers=args.workers,
             log_level="info",
-            proxy_headers=True,
+            **UVICORN_OPTIONS,
         )
     finally:
         if metrics_directory is not None:
@@ -317,14 +321,99 @@ def cmd_prices(args: argparse.Namespace, settings: Settings) -> int:
                 },
                 actor="cli",
                 client_address=None,
+                valid_from=args.valid_from,
+                valid_until=args.valid_until,
+                tiers=[_tier(text) for text in args.tier],
+                units=dict(_pair(text, "--unit") for text in args.unit),
             )
-            print(f"price override for {row.provider}/{row.model} set")
+            until = row.valid_until.isoformat() if row.valid_until else "open-ended"
+            print(
+                f"price override for {row.provider}/{row.model} set, "
+                f"from {row.valid_from.isoformat()} until {until}"
+            )
         else:
-            overrides.unset_override(
-                session, provider=args.provider, model=args.model, actor="cli", client_address=None
+            count = overrides.unset_override(
+                session,
+                provider=args.provider,
+                model=args.model,
+                actor="cli",
+                client_address=None,
+                valid_from=args.valid_from,
             )
-            print(f"price override for {args.provider}/{args.model} removed")
+            print(f"{count} price override(s) for {args.provider}/{args.model} removed")
     return 0
+
+
+def cmd_reprice(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenledger.db import utcnow
+    from tokenledger.usage.reprice import Selection, reprice
+
+    database = _database(settings)
+    _require_migrated(database)
+    selection = Selection(
+        unpriced=args.unpriced,
+        provider=args.provider,
+        model=args.model,
+        start=args.start,
+        end=args.end,
+    )
+    with database.session(write=not args.dry_run) as session:
+        outcome = reprice(
+            session,
+            selection,
+            settings=settings,
+            now=utcnow(),
+            dry_run=args.dry_run,
+            actor="cli",
+            client_address=None,
+        ).render()
+    head = "dry run, nothing changed: " if args.dry_run else ""
+    print(
+        f"{head}{outcome['changed']} of {outcome['examined']} events of {outcome['selection']} "
+        f"{'would change' if args.dry_run else 'repriced'}"
+    )
+    for org in outcome["organizations"]:
+        before, after = org["before"], org["after"]
+        print(
+            f"  {org['organization']}: {org['events']} events, "
+            f"{before['cost_usd']} -> {after['cost_usd']} USD, "
+            f"{before['credits']} -> {after['credits']} credits, "
+            f"unpriced {before['unpriced_events']} -> {after['unpriced_events']}"
+        )
+    before, after = outcome["before"], outcome["after"]
+    print(
+        f"total: {before['cost_usd']} -> {after['cost_usd']} USD, "
+        f"unpriced {before['unpriced_events']} -> {after['unpriced_events']}"
+    )
+    return 0
+
+
+def _instant(text: str) -> datetime:
+    """An ISO 8601 date or time; a date means its midnight UTC, a time without zone UTC."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from exc
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _pair(text: str, option: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise CliError(f"{option} takes NAME=VALUE, not {text!r}")
+    return name.strip(), value.strip()
+
+
+def _tier(text: str) -> dict[str, Any]:
+    """'200000:input=6,output=22.5' as a tier of prompts above 200000 tokens."""
+    start, sep, rates = text.partition(":")
+    if not sep or not start.strip().isdigit():
+        raise CliError(f"--tier takes PROMPT_TOKENS:RATE=USD,..., not {text!r}")
+    tier: dict[str, Any] = {"above_prompt_tokens": int(start)}
+    for part in rates.split(","):
+        name, value = _pair(part, "--tier")
+        tier[name.replace("-", "_")] = value
+    return tier
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,6 +462,18 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--fix", action="store_true")
     reconcile.set_defaults(handler=cmd_reconcile)
 
+    reprice = sub.add_parser(
+        "reprice", help="price stored events again with the prices now in force at their times"
+    )
+    which = reprice.add_mutually_exclusive_group(required=True)
+    which.add_argument("--unpriced", action="store_true", help="unpriced and partially priced")
+    which.add_argument("--model", help="this model's events (with --from and --to)")
+    reprice.add_argument("--provider", help="with --model: only this provider's")
+    reprice.add_argument("--from", dest="start", type=_instant, help="first event time")
+    reprice.add_argument("--to", dest="end", type=_instant, help="end, exclusive")
+    reprice.add_argument("--dry-run", action="store_true", help="show the change per organization")
+    reprice.set_defaults(handler=cmd_reprice)
+
     backup = sub.add_parser(
         "backup", help="copy the SQLite database while it serves (PostgreSQL: pg_dump)"
     )
@@ -394,6 +495,27 @@ def build_parser() -> argparse.ArgumentParser:
     price_set.add_argument("--cache-write-5m")
     price_set.add_argument("--cache-write-1h")
     price_set.add_argument("--cache-read")
+    price_set.add_argument(
+        "--valid-from", type=_instant, help="first event time it prices (default: now)"
+    )
+    price_set.add_argument("--valid-until", type=_instant, help="end of its validity, exclusive")
+    price_set.add_argument(
+        "--tier",
+        action="append",
+        default=[],
+        metavar="PROMPT_TOKENS:RATE=USD,...",
+        help="long-context tier, e.g. 200000:input=6,output=22.5,cache_read=0.6 (repeatable)",
+    )
+    price_set.add_argument(
+        "--unit",
+        action="append",
+        default=[],
+        metavar="PRICE_KEY=USD",
+        help="a further unit per 1000, e.g. requests_kcount=1.5 (repeatable)",
+    )
+    price_unset.add_argument(
+        "--valid-from", type=_instant, help="only the override starting then (default: all)"
+    )
     return parser
 
 

@@ -17,7 +17,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tokenledger.alerts.models import Webhook, WebhookDelivery
+from tokenledger.alerts.webhooks import new_secret
 from tokenledger.audit import service as audit
+from tokenledger.auth.service import create_api_key
 from tokenledger.config import Settings
 from tokenledger.db import utcnow
 from tokenledger.licenses import service as licenses
@@ -90,7 +92,7 @@ def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
     rng = random.Random(seed)
     now = utcnow().replace(microsecond=0)
     # An endpoint for the alerts (example.com never answers: deliveries show retries).
-    hook = Webhook(url=DEMO_WEBHOOK, secret="whsec_demo", description="Demo: on-call channel")
+    hook = Webhook(url=DEMO_WEBHOOK, secret=new_secret(), description="Demo: on-call channel")
     session.add(hook)
     session.flush()
     events = refreshes = 0
@@ -160,6 +162,9 @@ def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
         now,
     )
     _settle_some_deliveries(session, now)
+    # Ingest keys as an operator has them (their secrets are not kept anywhere).
+    create_api_key(session, "Production ingest (all organizations)", None)
+    create_api_key(session, "Nordlicht worker", "nordlicht-energie")
     return f"{len(DEMO_ORGS)} organizations, {refreshes} refreshes, {events} usage events"
 
 

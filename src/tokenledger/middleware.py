@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenledger.errors import error_body
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+INFLATING_ROUTE = "/v1/traces"
 
 
 class AmbiguousJson(ValueError):
@@ -56,11 +57,19 @@ def check_json(body: bytes) -> str | None:
 
 
 def _is_json(scope: Scope) -> bool:
+    """A JSON body to check here. A compressed one sent to the OTLP route (exporters gzip
+    theirs) is checked by that route once inflated (usage/otlp.py, with check_json too);
+    on every other route a compressed body is checked as it is, and so refused."""
+    json_type = compressed = False
     for name, value in scope["headers"]:
         if name == b"content-type":
             media_type: bytes = value.split(b";", 1)[0].strip().lower()
-            return media_type == b"application/json" or media_type.endswith(b"+json")
-    return False
+            json_type = media_type == b"application/json" or media_type.endswith(b"+json")
+        elif name == b"content-encoding":
+            compressed = value.strip().lower() not in (b"", b"identity")
+    if compressed and scope.get("path") == INFLATING_ROUTE:
+        return False
+    return json_type
 
 
 class StrictJson:
@@ -133,9 +142,9 @@ SECURITY_HEADERS = {
     "x-frame-options": "DENY",
 }
 # Answers, tokens above all (RFC 6749 section 5.1), are never stored by a cache; static
-# files (paths under these prefixes) may be, for a while.
+# files (the UI's, the docs' assets) may be, for a while.
 NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
-CACHEABLE_PREFIXES = ("/static/",)
+CACHEABLE_PREFIXES = ("/static/", "/docs/assets/")
 CACHEABLE = {"cache-control": "public, max-age=3600"}
 
 

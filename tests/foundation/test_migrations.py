@@ -61,3 +61,42 @@ def test_one_active_license_index_is_partial_in_the_database(database):
     where = options.get("postgresql_where") or options.get("sqlite_where")
     assert where is not None
     assert "active" in str(where)
+
+
+def test_overrides_made_before_effective_dates_stay_in_force(empty_database_url):
+    """Migration 0012: an override of before prices every event as it did (since 1970)."""
+    from datetime import UTC, datetime
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from tokenledger.pricing.engine import TokenUsage
+    from tokenledger.pricing.overrides import price_book
+
+    database = Database(make_settings(empty_database_url))
+    try:
+        config = runner.alembic_config()
+        with database.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0011_alerts_rearm")
+            connection.execute(
+                text(
+                    "INSERT INTO price_overrides (provider, model, input_nano_per_mtok, "
+                    "output_nano_per_mtok, created_at, updated_at) VALUES ('anthropic', "
+                    "'house-model', 2000000000, 4000000000, :at, :at)"
+                ),
+                {"at": datetime(2026, 11, 1)},
+            )
+        runner.upgrade(database.engine)
+        with database.session(write=False) as session:
+            book = price_book(session)
+            quote = book.quote(
+                "anthropic",
+                "house-model",
+                TokenUsage(input_tokens=10**6),
+                datetime(2001, 1, 1, tzinfo=UTC),
+            )
+        assert quote is not None
+        assert quote.cost_nano == 2 * 10**9  # 1M tokens at $2/MTok, even for 2001
+    finally:
+        database.dispose()

@@ -220,7 +220,10 @@ def test_json_export_with_partial_success(
             "eee91bc0b4c2f1a4", **GPT_4O, tokenledger__organization="someone-else"
         ),  # another organization than the key's: refused
     )
-    response = client.post("/v1/traces", json=body, headers=tenant.headers)
+    # as a JavaScript exporter sends it: JSON, gzipped
+    compressed = gzip.compress(json.dumps(body).encode())
+    headers = {**tenant.headers, "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    response = client.post("/v1/traces", content=compressed, headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/json"
     answer = response.json()
@@ -269,14 +272,30 @@ def test_refused_bodies(client: TestClient, database: Database, tenant: Tenant) 
     )
     assert response.status_code == 413
     assert (
-        client.post("/v1/traces", content=b"\xff\x00garbage", headers=protobuf).status_code == 400
+        client.post("/v1/traces", content=b"\xff\x00garbage", headers=protobuf).status_code == 422
     )
     plain = {**tenant.headers, "Content-Type": "text/plain"}
     assert client.post("/v1/traces", content=b"{}", headers=plain).status_code == 415
     assert client.post("/v1/traces", json=json_export()).status_code == 401
+    # malformed or ambiguous JSON is refused as for every JSON body, compressed or not
     not_json = {**tenant.headers, "Content-Type": "application/json"}
-    assert client.post("/v1/traces", content=b"[1, 2", headers=not_json).status_code == 400
+    for bad in (b"[1, 2", b'{"resourceSpans": [], "resourceSpans": []}'):
+        assert client.post("/v1/traces", content=bad, headers=not_json).status_code == 422
+        gzipped = {**not_json, "Content-Encoding": "gzip"}
+        response = client.post("/v1/traces", content=gzip.compress(bad), headers=gzipped)
+        assert response.status_code == 422, response.text
+    assert client.post("/v1/traces", content=b"[1, 2]", headers=not_json).status_code == 422
     assert (
         json.loads(client.post("/v1/traces", json=json_export(), headers=tenant.headers).text) == {}
     )
     assert snapshot(database) == before
+
+
+def test_a_compressed_label_does_not_smuggle_ambiguous_json_elsewhere(
+    client: TestClient, tenant: Tenant
+) -> None:
+    # a plain body that claims to be gzip, with a duplicate key, to the usage API
+    body = b'{"events": [{"id": "a", "model": "gpt-4o", "input_tokens": 1, "input_tokens": 9}]}'
+    headers = {**tenant.headers, "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    response = client.post("/api/v1/usage", content=body, headers=headers)
+    assert response.status_code == 422, response.text

@@ -20,8 +20,8 @@ from tests.ledger.conftest import (
     LICENSE,
     Tenant,
     cli,
+    monthly_rows,
     ok,
-    snapshot,
     stored_events,
 )
 from tests.ledger.conftest import bare_event as event
@@ -230,12 +230,14 @@ def test_an_override_wins_from_then_on_and_history_is_never_rewritten(
         event("before", input_tokens=1000, output_tokens=100),  # 3000 + 1500 = 4500
         event("imaginary-before", model="claude-imaginary-9", input_tokens=1000),
     )
+    # In force for every event stamped from 2026 on (the fixed AT is in June 2026).
     rates = {
         "input": "10",
         "output": "20",
         "cache_write_5m": "12.5",
         "cache_write_1h": 16,
         "cache_read": "0.000000001",
+        "valid_from": "2026-01-01T00:00:00Z",
     }
     response = client.put(
         "/api/pricing/overrides/anthropic/claude-sonnet-4-5", json=rates, headers=viewer_headers
@@ -291,10 +293,10 @@ def test_an_override_wins_from_then_on_and_history_is_never_rewritten(
     }
 
     # A change of the override and its removal: stored events keep their cost and rates.
-    before = snapshot(database)
+    before = monthly_rows(database, tenant.org_id)["2026-06"]
     response = client.put(
         "/api/pricing/overrides/anthropic/claude-sonnet-4-5",
-        json={"input": "1", "output": "2"},
+        json={"input": "1", "output": "2", "valid_from": "2026-01-01T00:00:00Z"},
         headers=admin_headers,
     )
     assert response.status_code == 200, response.text
@@ -311,7 +313,15 @@ def test_an_override_wins_from_then_on_and_history_is_never_rewritten(
         assert stored_now[id].cost_nano == stored[id].cost_nano, id
         assert stored_now[id].rates == stored[id].rates, id
         assert stored_now[id].price_version == stored[id].price_version, id
-    assert snapshot(database).monthly != before.monthly  # only by the two new events
+    # The month grew by the two new events only: 1000 * $1/MTok and 1000 * $3/MTok.
+    grown = monthly_rows(database, tenant.org_id)["2026-06"]
+    assert {name: grown[name] - before[name] for name in grown} == {
+        **dict.fromkeys(grown, 0),
+        "input_tokens": 2000,
+        "cost_nano": 1_000_000 + 3_000_000,
+        "api_calls": 2,
+        "event_count": 2,
+    }
     assert stored_now["changed"].price_version != after.price_version
 
 
@@ -323,7 +333,8 @@ def test_an_override_for_a_model_id_with_a_slash(
 ) -> None:
     tenant = make_tenant()
     url = "/api/pricing/overrides/openrouter/meta-llama/Llama-3.1-70B-Instruct"
-    response = client.put(url, json={"input": "1", "output": "2"}, headers=admin_headers)
+    price = {"input": "1", "output": "2", "valid_from": "2026-01-01T00:00:00Z"}
+    response = client.put(url, json=price, headers=admin_headers)
     assert response.status_code == 200, response.text
     assert response.json()["model"] == "meta-llama/llama-3.1-70b-instruct"
     model = {"provider": "openrouter", "model": "meta-llama/llama-3.1-70b-instruct"}
@@ -364,11 +375,15 @@ def test_prices_cli_sets_lists_and_unsets_overrides(
     # cache_seconds; with 0 at once, so that the next request is priced with them.
     client = TestClient(create_app(settings.model_copy(update={"cache_seconds": 0})))
     set_args = ["--model", "claude-sonnet-4-5", "--input", "10", "--output", "20"]
-    done = cli(database_url, tmp_path, "prices", "set", *set_args, "--cache-read", "0.5")
+    dated = ["--valid-from", "2026-01-01", "--cache-read", "0.5"]
+    done = cli(database_url, tmp_path, "prices", "set", *set_args, *dated)
     assert done.returncode == 0, done.stderr
     done = cli(database_url, tmp_path, "prices", "list")
     assert done.returncode == 0, done.stderr
-    assert "anthropic/claude-sonnet-4-5: input 10, output 20, cache_read 0.5" in done.stdout
+    assert done.stdout.strip() == (
+        "anthropic/claude-sonnet-4-5 from 2026-01-01T00:00:00+00:00 until open-ended: "
+        "input 10, output 20, cache_read 0.5 (USD per million tokens, units per 1000)"
+    )
 
     # 1000*10 + 100*20 + 1000*0.5 = 12500 micro-USD
     body = ok(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -47,10 +48,10 @@ def sign_in(client: TestClient, database: Database, email: str, role: str) -> Br
 
 
 @pytest.fixture
-def web(app: Any) -> TestClient:
+def web(app: Any) -> Iterator[TestClient]:
     app.state.clock = lambda: NOW
     with TestClient(app, follow_redirects=False) as client:
-        yield client  # type: ignore[misc]
+        yield client
 
 
 @pytest.fixture
@@ -59,10 +60,11 @@ def admin_browser(web: TestClient, database: Database) -> Browser:
 
 
 @pytest.fixture
-def viewer_browser(app: Any, database: Database) -> Browser:
+def viewer_browser(app: Any, database: Database) -> Iterator[Browser]:
     app.state.clock = lambda: NOW
-    client = TestClient(app, follow_redirects=False)
-    return sign_in(client, database, "viewer@example.com", "viewer")
+    # Entered, so that the app's lifespan closes its database connections at the end.
+    with TestClient(app, follow_redirects=False) as client:
+        yield sign_in(client, database, "viewer@example.com", "viewer")
 
 
 @dataclass
@@ -163,3 +165,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(
             f"web UI screenshots: {len(test_browser.SHOTS)} in {folder}", bold=True
         )
+
+
+from tests.admin.conftest import receiver  # noqa: E402, F401

@@ -359,6 +359,9 @@ def _photograph(
             f"{page.url.split('/login')[0]}/theme/{theme}?next=/lang/{language}%3Fnext%3D/login"
         )
     path = folder / f"{name}-{theme}-{language}-{width}.png"
+    # Nothing pushes the page sideways: wide tables scroll inside their own box.
+    page_width = page.evaluate("document.documentElement.scrollWidth")
+    assert page_width <= width, f"{name} ({theme}, {language}) is {page_width}px wide at {width}px"
     page.screenshot(path=str(path), full_page=True)
     SHOTS.append(path)
     assert re.fullmatch(r"[a-z-]+-(dark|light)-(en|de)-\d+\.png", path.name)

@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field, StrictInt, StrictStr
+from fastapi import APIRouter, Query, Response
+from pydantic import AwareDatetime, BaseModel, Field, StrictInt, StrictStr
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session as OrmSession
 
-from tokenledger.deps import Admin, Session, Viewer
+from tokenledger.db import utcnow
+from tokenledger.deps import Admin, AppSettings, Session, Viewer
 from tokenledger.pricing import overrides
 from tokenledger.schemas import InputModel, PathText
 from tokenledger.usage.models import INCOMPLETE_PRICING, UsageEvent, UsagePrice
+from tokenledger.usage.reprice import Selection, reprice
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
 
 # Decimal text or a whole number; strict, so that true is not taken for 1.
 RateText = StrictStr | StrictInt | None
+
+
+class OverrideTier(InputModel):
+    """Rates for prompts above a size (input, cache reads and writes): all the request's
+    tokens are then priced at them, as genai-prices' long-context tiers are."""
+
+    above_prompt_tokens: StrictInt = Field(ge=0)
+    input: RateText = None
+    output: RateText = None
+    cache_write_5m: RateText = None
+    cache_write_1h: RateText = None
+    cache_read: RateText = None
 
 
 class OverrideSet(InputModel):
@@ -27,6 +41,17 @@ class OverrideSet(InputModel):
     cache_write_5m: RateText = None
     cache_write_1h: RateText = None
     cache_read: RateText = None
+    valid_from: AwareDatetime | None = Field(
+        default=None, description="first event timestamp it prices; default: now"
+    )
+    valid_until: AwareDatetime | None = Field(default=None, description="end, exclusive")
+    tiers: list[OverrideTier] | None = Field(default=None, max_length=8)
+    units: dict[Annotated[str, Field(max_length=64)], StrictStr | StrictInt] | None = Field(
+        default=None,
+        max_length=16,
+        description="further units by genai-prices price key, USD per 1000 "
+        "(e.g. requests_kcount, web_searches_kcount)",
+    )
 
 
 class UnpricedModel(BaseModel):
@@ -55,17 +80,33 @@ def set_override(
         session,
         provider=provider,
         model=model,
-        rates=data.model_dump(),
+        rates=data.model_dump(include=set(overrides.RATE_FIELDS)),
         actor=admin.email,
         client_address=admin.address,
+        valid_from=data.valid_from,
+        valid_until=data.valid_until,
+        tiers=[tier.model_dump(exclude_none=True) for tier in data.tiers or []],
+        units=data.units,
     )
     return overrides.rates_json(row)
 
 
 @router.delete("/overrides/{provider}/{model:path}", status_code=204)
-def unset_override(provider: PathText, model: PathText, session: Session, admin: Admin) -> Response:
+def unset_override(
+    provider: PathText,
+    model: PathText,
+    session: Session,
+    admin: Admin,
+    valid_from: Annotated[AwareDatetime | None, Query()] = None,
+) -> Response:
+    """Remove the override that starts at valid_from, or without it every one of the model."""
     overrides.unset_override(
-        session, provider=provider, model=model, actor=admin.email, client_address=admin.address
+        session,
+        provider=provider,
+        model=model,
+        actor=admin.email,
+        client_address=admin.address,
+        valid_from=valid_from,
     )
     return Response(status_code=204)
 
@@ -118,3 +159,38 @@ def unpriced_models(session: OrmSession) -> list[UnpricedModel]:
         group.first_seen = min(group.first_seen, first)
         group.last_seen = max(group.last_seen, last)
     return sorted(groups.values(), key=lambda group: (-group.events, group.provider, group.model))
+
+
+class RepriceIn(InputModel):
+    """Either the unpriced events, or one model's events in [from, to)."""
+
+    unpriced: bool = False
+    provider: str | None = Field(default=None, min_length=1, max_length=64)
+    model: str | None = Field(default=None, min_length=1, max_length=128)
+    from_: AwareDatetime | None = Field(default=None, alias="from")
+    to: AwareDatetime | None = None
+    dry_run: bool = False
+
+
+@router.post("/reprice")
+def reprice_events(
+    data: RepriceIn, session: Session, admin: Admin, settings: AppSettings
+) -> dict[str, Any]:
+    """Price stored events again with the prices now in force at their timestamps."""
+    selection = Selection(
+        unpriced=data.unpriced,
+        provider=data.provider,
+        model=data.model,
+        start=data.from_,
+        end=data.to,
+    )
+    outcome = reprice(
+        session,
+        selection,
+        settings=settings,
+        now=utcnow(),
+        dry_run=data.dry_run,
+        actor=admin.email,
+        client_address=admin.address,
+    )
+    return outcome.render()

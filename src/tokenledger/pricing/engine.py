@@ -119,6 +119,9 @@ _CATEGORIES: Final = (
 )
 
 
+_NO_UNITS: Final[Mapping[str, int]] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
     """Token counts with the Anthropic Messages API meaning, and any further billable units.
@@ -145,9 +148,16 @@ class TokenUsage:
             "cache_read_input_tokens",
             "cache_write_1h_tokens",
         ):
-            _check_count(name, getattr(self, name))
+            value = getattr(self, name)
+            if type(value) is not int:
+                raise TypeError(f"{name} must be an int")
+            if not 0 <= value <= MAX_TOKENS:
+                raise ValueError(f"{name} must be between 0 and {MAX_TOKENS}")
         if self.cache_write_1h_tokens > self.cache_creation_input_tokens:
             raise ValueError("cache_write_1h_tokens cannot exceed cache_creation_input_tokens")
+        if not self.units:  # the common case, kept cheap: one shared empty mapping
+            object.__setattr__(self, "units", _NO_UNITS)
+            return
         units = dict(self.units)
         for key, value in units.items():
             if key in _CORE_KEYS or key not in REPORTED_UNITS:
@@ -204,15 +214,15 @@ class Rates:
     (e.g. ``{"web_searches_kcount": Decimal("10")}``, USD per 1000 searches).
     """
 
-    input: Decimal
-    output: Decimal
-    cache_write_5m: Decimal | None = None
-    cache_write_1h: Decimal | None = None
-    cache_read: Decimal | None = None
+    input: Decimal | TieredPrices
+    output: Decimal | TieredPrices
+    cache_write_5m: Decimal | TieredPrices | None = None
+    cache_write_1h: Decimal | TieredPrices | None = None
+    cache_read: Decimal | TieredPrices | None = None
     units: Mapping[str, Decimal] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        values: dict[str, Decimal | None] = {
+        values: dict[str, Decimal | TieredPrices | None] = {
             name: getattr(self, name)
             for name in ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
         }
@@ -222,6 +232,11 @@ class Rates:
         values.update(self.units)
         for name, value in values.items():
             if value is None and name not in ("input", "output"):
+                continue
+            # A token rate may have long-context tiers, as genai-prices' own prices do.
+            if isinstance(value, TieredPrices) and name not in self.units:
+                if _valid_price(value) is None:
+                    raise ValueError(f"rate {name}: tiers must be valid, in ascending order")
                 continue
             if not isinstance(value, Decimal):
                 raise TypeError(f"rate {name} must be a Decimal")
@@ -276,9 +291,34 @@ class _RateSet:
     text: Mapping[str, str]  # the category rates, tier and per-request price
     unit_text: Mapping[str, tuple[str, str]]  # usage key -> (price key, rate) of further units
     covered: Callable[[str], bool]  # whether some priced unit takes this usage key
+    # The rate of each token category (the most specific priced unit containing it), and
+    # whether every category has one: then usage of those categories alone is priced by
+    # five multiplications, which is what the decomposition below comes to for it.
+    input: Decimal
+    output: Decimal
+    cache_write_5m: Decimal
+    cache_write_1h: Decimal
+    cache_read: Decimal
+    categories_priced: bool
 
-    def cost(self, values: Mapping[str, int]) -> tuple[int, tuple[str, ...], dict[str, str]]:
+    def cost(self, usage: TokenUsage) -> tuple[int, tuple[str, ...], dict[str, str]]:
         """Cost in nano-USD, the units used that no rate covers, and the rates applied."""
+        if not usage.units and self.categories_priced:
+            with localcontext(_EXACT):
+                total = (
+                    self.input * usage.input_tokens
+                    + self.output * usage.output_tokens
+                    + self.cache_write_5m * usage.cache_write_5m_tokens
+                    + self.cache_write_1h * usage.cache_write_1h_tokens
+                    + self.cache_read * usage.cache_read_input_tokens
+                ) / _MTOK + self.fixed_usd
+                return usd_to_nano(total), (), dict(self.text)
+        return self.decomposed_cost(library_usage_values(usage))
+
+    def decomposed_cost(
+        self, values: Mapping[str, int]
+    ) -> tuple[int, tuple[str, ...], dict[str, str]]:
+        """genai-prices' own way, for any units: each priced unit takes its leaf."""
         leaves: list[int] = []
         total = _ZERO
         with localcontext(_EXACT):
@@ -511,6 +551,14 @@ class _Units:
                     text=text,
                     unit_text=unit_text,
                     covered=covered,
+                    input=rates["input"],
+                    output=rates["output"],
+                    cache_write_5m=rates["cache_write_5m"],
+                    cache_write_1h=rates["cache_write_1h"],
+                    cache_read=rates["cache_read"],
+                    categories_priced=all(
+                        category_prices[name] is not None for name, _ in _CATEGORIES
+                    ),
                 )
             )
         return _PriceTable(starts=starts, levels=tuple(levels))
@@ -652,10 +700,9 @@ class PriceBook:
         """
         _require_aware(at)
         key = _key(provider, model)
-        values = library_usage_values(usage)
         override = self._overrides.get(key)
         if override is not None:
-            cost, unpriced, text = override.table.rate_set(usage.prompt_tokens).cost(values)
+            cost, unpriced, text = override.table.rate_set(usage.prompt_tokens).cost(usage)
             return PriceQuote(
                 cost_nano=cost,
                 source=OVERRIDE_SOURCE,
@@ -673,7 +720,7 @@ class PriceBook:
         table = self._table(entry, at, period)
         if table is None:
             return None
-        cost, unpriced, text = table.rate_set(usage.prompt_tokens).cost(values)
+        cost, unpriced, text = table.rate_set(usage.prompt_tokens).cost(usage)
         if period[2]:
             text["context"] = ",".join(f"{name}={value}" for name, value in period[2])
         return PriceQuote(

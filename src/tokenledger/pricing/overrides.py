@@ -1,11 +1,23 @@
-"""Operator price overrides: stored rates, the price book built from them, audited changes."""
+"""Operator price overrides by effective date: stored rates, the price book built from them,
+audited changes.
+
+An override is in force for events whose timestamp lies in [valid_from, valid_until); an
+event outside every override of its model is priced from the bundled data, so a price
+correction never rewrites the history before it. Overrides of one model never overlap.
+"""
 
 from __future__ import annotations
 
 import threading
+from bisect import bisect_right
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from genai_prices.types import Tier, TieredPrices
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -13,56 +25,152 @@ from tokenledger.audit import service as audit
 from tokenledger.db import utcnow
 from tokenledger.errors import DomainError
 from tokenledger.money import MoneyError, to_decimal
-from tokenledger.pricing.engine import PriceBook, PriceOverride, Rates
+from tokenledger.pricing.engine import PriceBook, PriceOverride, PriceQuote, Rates, TokenUsage
 from tokenledger.pricing.models import PriceOverrideRow
 
-_RATE_FIELDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+RATE_FIELDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+# Where history begins: overrides made before effective dates existed start here.
+BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
 _NANO = Decimal(10**9)
+_MAX_RATE = Decimal(1_000_000)
 _lock = threading.Lock()
 _books: dict[tuple[Any, ...], PriceBook] = {}
 
 
-def _to_nano_per_mtok(name: str, value: Any) -> int | None:
+def _to_rate(name: str, value: Any) -> Decimal | None:
+    """USD per million tokens (or per 1000 units), exact to a nano-dollar."""
     if value is None:
         return None
     try:
         amount = to_decimal(value)
     except MoneyError as exc:
         raise DomainError(422, "invalid_rate", f"{name}: {exc}") from exc
-    if amount < 0 or amount > 1_000_000:
-        raise DomainError(422, "invalid_rate", f"{name}: must be between 0 and 1000000 USD/MTok")
-    nano = amount * _NANO
-    if nano != nano.to_integral_value():
+    if amount < 0 or amount > _MAX_RATE:
+        raise DomainError(422, "invalid_rate", f"{name}: must be between 0 and 1000000 USD")
+    if amount * _NANO != (amount * _NANO).to_integral_value():
         raise DomainError(422, "invalid_rate", f"{name}: at most 9 decimal places")
-    return int(nano)
+    return amount
+
+
+def _to_nano(amount: Decimal | None) -> int | None:
+    return None if amount is None else int(amount * _NANO)
 
 
 def _rate(nano: int | None) -> Decimal | None:
     return None if nano is None else Decimal(nano) / _NANO
 
 
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else f"{value.normalize():f}"
+
+
+def _tiered(base: Decimal | None, tiers: list[dict[str, Any]], name: str) -> Any:
+    """A rate with its long-context tiers, as genai-prices writes its own."""
+    steps = [
+        Tier(start=int(tier["above_prompt_tokens"]), price=Decimal(tier[name]))
+        for tier in tiers
+        if tier.get(name) is not None
+    ]
+    if base is None or not steps:
+        return base
+    return TieredPrices(base=base, tiers=steps)
+
+
 def to_override(row: PriceOverrideRow) -> PriceOverride:
+    tiers = row.tiers or []
+    rates = {
+        "input": _rate(row.input_nano_per_mtok),
+        "output": _rate(row.output_nano_per_mtok),
+        "cache_write_5m": _rate(row.cache_write_5m_nano_per_mtok),
+        "cache_write_1h": _rate(row.cache_write_1h_nano_per_mtok),
+        "cache_read": _rate(row.cache_read_nano_per_mtok),
+    }
+    # A cache rate left unset but named in a tier starts from the rate the engine would fall
+    # back to: writes and reads to input, 1-hour writes to 5-minute writes.
+    for name, fallback in (
+        ("cache_write_5m", "input"),
+        ("cache_write_1h", "cache_write_5m"),
+        ("cache_read", "input"),
+    ):
+        if rates[name] is None and any(name in tier for tier in tiers):
+            rates[name] = rates[fallback] if rates[fallback] is not None else rates["input"]
     return PriceOverride(
         provider=row.provider,
         model=row.model,
         rates=Rates(
-            input=Decimal(row.input_nano_per_mtok) / _NANO,
-            output=Decimal(row.output_nano_per_mtok) / _NANO,
-            cache_write_5m=_rate(row.cache_write_5m_nano_per_mtok),
-            cache_write_1h=_rate(row.cache_write_1h_nano_per_mtok),
-            cache_read=_rate(row.cache_read_nano_per_mtok),
+            **{name: _tiered(rate, tiers, name) for name, rate in rates.items()},
+            units={key: Decimal(value) for key, value in (row.unit_rates or {}).items()},
         ),
-        version=f"override:{row.updated_at.isoformat()}",
+        version=f"override:{row.valid_from.isoformat()}:{row.updated_at.isoformat()}",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Dated:
+    valid_from: datetime
+    valid_until: datetime | None
+    book: PriceBook
+
+
+class DatedPriceBook(PriceBook):
+    """genai-prices' bundled prices, and the overrides each in force over its own dates."""
+
+    def __init__(self, rows: Iterable[PriceOverrideRow]) -> None:
+        super().__init__()
+        dated: dict[tuple[str, str], list[_Dated]] = defaultdict(list)
+        self._model_providers: dict[str, str] = {}
+        for row in rows:
+            override = to_override(row)
+            # A book of one override prices its model exactly as overrides always did.
+            dated[(row.provider, row.model)].append(
+                _Dated(row.valid_from, row.valid_until, PriceBook([override]))
+            )
+        for (provider, model), spans in sorted(dated.items()):
+            spans.sort(key=lambda span: span.valid_from)
+            self._model_providers.setdefault(model, provider)
+        self._dated = dict(dated)
+        self._starts = {key: [span.valid_from for span in spans] for key, spans in dated.items()}
+
+    def _in_force(self, provider: str, model: str, at: datetime) -> PriceBook | None:
+        key = (provider.strip().lower(), model.lower())
+        spans = self._dated.get(key)
+        if spans is None:
+            return None
+        position = bisect_right(self._starts[key], at) - 1
+        if position < 0:
+            return None
+        span = spans[position]
+        if span.valid_until is not None and at >= span.valid_until:
+            return None
+        return span.book
+
+    def quote(
+        self,
+        provider: str,
+        model: str,
+        usage: TokenUsage,
+        at: datetime,
+        context: Mapping[str, str] | None = None,
+    ) -> PriceQuote | None:
+        book = self._in_force(provider, model, at)
+        if book is not None:
+            return book.quote(provider, model, usage, at, context)
+        return super().quote(provider, model, usage, at, context)
+
+    def known(self, provider: str, model: str, at: datetime) -> bool:
+        return self._in_force(provider, model, at) is not None or super().known(provider, model, at)
+
+    def provider_for(self, model: str) -> str | None:
+        return self._model_providers.get(model.lower()) or super().provider_for(model)
 
 
 def price_book(session: Session) -> PriceBook:
     """The price book for the overrides now stored; reused while they do not change."""
     rows = list(session.scalars(select(PriceOverrideRow).order_by(PriceOverrideRow.id)).all())
-    key = tuple((row.id, row.updated_at) for row in rows)
+    key = tuple((row.id, row.updated_at, row.valid_from, row.valid_until) for row in rows)
     book = _books.get(key)
     if book is None:
-        book = PriceBook(to_override(row) for row in rows)
+        book = DatedPriceBook(rows)
         with _lock:
             _books.clear()  # only the newest set of overrides is worth keeping
             _books[key] = book
@@ -70,23 +178,28 @@ def price_book(session: Session) -> PriceBook:
 
 
 def rates_json(row: PriceOverrideRow) -> dict[str, Any]:
-    rates = to_override(row).rates
     return {
         "provider": row.provider,
         "model": row.model,
-        **{name: _text(getattr(rates, name)) for name in _RATE_FIELDS},
+        "valid_from": row.valid_from.isoformat(),
+        "valid_until": row.valid_until.isoformat() if row.valid_until else None,
+        "input": _text(_rate(row.input_nano_per_mtok)),
+        "output": _text(_rate(row.output_nano_per_mtok)),
+        "cache_write_5m": _text(_rate(row.cache_write_5m_nano_per_mtok)),
+        "cache_write_1h": _text(_rate(row.cache_write_1h_nano_per_mtok)),
+        "cache_read": _text(_rate(row.cache_read_nano_per_mtok)),
+        "tiers": row.tiers or [],
+        "units": row.unit_rates or {},
         "updated_at": row.updated_at.isoformat(),
     }
-
-
-def _text(value: Decimal | None) -> str | None:
-    return None if value is None else f"{value.normalize():f}"
 
 
 def list_overrides(session: Session) -> list[PriceOverrideRow]:
     return list(
         session.scalars(
-            select(PriceOverrideRow).order_by(PriceOverrideRow.provider, PriceOverrideRow.model)
+            select(PriceOverrideRow).order_by(
+                PriceOverrideRow.provider, PriceOverrideRow.model, PriceOverrideRow.valid_from
+            )
         ).all()
     )
 
@@ -98,9 +211,68 @@ def describe(session: Session) -> list[str]:
     lines = []
     for row in rows:
         data = rates_json(row)
-        rates = ", ".join(f"{name} {data[name]}" for name in _RATE_FIELDS if data[name])
-        lines.append(f"{row.provider}/{row.model}: {rates} (USD per million tokens)")
+        rates = ", ".join(f"{name} {data[name]}" for name in RATE_FIELDS if data[name])
+        until = data["valid_until"] or "open-ended"
+        extra = "".join(
+            f"; above {tier['above_prompt_tokens']} prompt tokens: "
+            + ", ".join(f"{name} {tier[name]}" for name in RATE_FIELDS if tier.get(name))
+            for tier in data["tiers"]
+        )
+        units = "".join(f"; {key} {value}" for key, value in sorted(data["units"].items()))
+        lines.append(
+            f"{row.provider}/{row.model} from {data['valid_from']} until {until}: "
+            f"{rates}{extra}{units} (USD per million tokens, units per 1000)"
+        )
     return lines
+
+
+def _normalized_tiers(tiers: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    if not tiers:
+        return None
+    result = []
+    previous = -1
+    for index, tier in enumerate(tiers):
+        unknown = set(tier) - {"above_prompt_tokens", *RATE_FIELDS}
+        if unknown:
+            raise DomainError(422, "invalid_tier", f"tiers[{index}]: unknown {sorted(unknown)}")
+        start = tier.get("above_prompt_tokens")
+        if type(start) is not int or start <= previous:
+            raise DomainError(
+                422,
+                "invalid_tier",
+                f"tiers[{index}].above_prompt_tokens: a whole number above the previous tier's",
+            )
+        previous = start
+        rates = {
+            name: _text(_to_rate(f"tiers[{index}].{name}", tier.get(name)))
+            for name in RATE_FIELDS
+            if tier.get(name) is not None
+        }
+        if not rates:
+            raise DomainError(422, "invalid_tier", f"tiers[{index}]: give at least one rate")
+        result.append({"above_prompt_tokens": start, **rates})
+    return result
+
+
+def _normalized_units(units: Mapping[str, Any] | None) -> dict[str, str] | None:
+    if not units:
+        return None
+    result = {}
+    for key, value in units.items():
+        rate = _to_rate(f"units.{key}", value)
+        assert rate is not None
+        try:
+            Rates(input=Decimal(0), output=Decimal(0), units={key: rate})
+        except ValueError as exc:
+            raise DomainError(422, "invalid_unit", f"units.{key}: {exc}") from exc
+        result[key] = _text(rate) or "0"
+    return result
+
+
+def _overlap(valid_from: datetime, valid_until: datetime | None, other: PriceOverrideRow) -> bool:
+    ends_after_start = other.valid_until is None or other.valid_until > valid_from
+    starts_before_end = valid_until is None or other.valid_from < valid_until
+    return ends_after_start and starts_before_end
 
 
 def set_override(
@@ -111,63 +283,130 @@ def set_override(
     rates: dict[str, Any],
     actor: str,
     client_address: str | None,
+    valid_from: datetime | None = None,
+    valid_until: datetime | None = None,
+    tiers: list[dict[str, Any]] | None = None,
+    units: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
 ) -> PriceOverrideRow:
+    """Set the price of a model from `valid_from` (default: now) until `valid_until`.
+
+    The same start replaces that override. An open-ended override that began earlier ends
+    where the new one begins; any other overlap is refused (409).
+    """
     provider, model = provider.strip().lower(), model.strip().lower()
     if not provider or not model:
         raise DomainError(422, "invalid_model", "provider and model are required")
-    values = {name: _to_nano_per_mtok(name, rates.get(name)) for name in _RATE_FIELDS}
+    values = {name: _to_rate(name, rates.get(name)) for name in RATE_FIELDS}
     if values["input"] is None or values["output"] is None:
         raise DomainError(422, "invalid_rate", "input and output rates are required")
-    row = session.scalar(
-        select(PriceOverrideRow).where(
-            PriceOverrideRow.provider == provider, PriceOverrideRow.model == model
-        )
+    start = (valid_from or now or utcnow()).astimezone(UTC)
+    end = valid_until.astimezone(UTC) if valid_until is not None else None
+    if end is not None and end <= start:
+        raise DomainError(422, "invalid_validity", "valid_until must be after valid_from")
+    tier_list = _normalized_tiers(tiers)
+    unit_rates = _normalized_units(units)
+
+    existing = list(
+        session.scalars(
+            select(PriceOverrideRow)
+            .where(PriceOverrideRow.provider == provider, PriceOverrideRow.model == model)
+            .order_by(PriceOverrideRow.valid_from)
+            .with_for_update()
+        ).all()
     )
+    row = next((other for other in existing if other.valid_from == start), None)
+    ended: list[tuple[PriceOverrideRow, dict[str, Any]]] = []
+    for other in existing:
+        if other is row or not _overlap(start, end, other):
+            continue
+        if other.valid_from < start and other.valid_until is None:
+            ended.append((other, rates_json(other)))
+            other.valid_until = start
+            other.updated_at = utcnow()
+            continue
+        raise DomainError(
+            409,
+            "overlapping_override",
+            f"{provider}/{model} has an override from {other.valid_from.isoformat()} until "
+            f"{other.valid_until.isoformat() if other.valid_until else 'open-ended'}: "
+            "choose dates that do not overlap it",
+        )
     before = rates_json(row) if row else None
     if row is None:
-        row = PriceOverrideRow(provider=provider, model=model)
+        row = PriceOverrideRow(provider=provider, model=model, valid_from=start)
         session.add(row)
-    row.input_nano_per_mtok = values["input"]
-    row.output_nano_per_mtok = values["output"]
-    row.cache_write_5m_nano_per_mtok = values["cache_write_5m"]
-    row.cache_write_1h_nano_per_mtok = values["cache_write_1h"]
-    row.cache_read_nano_per_mtok = values["cache_read"]
+    row.valid_until = end
+    row.input_nano_per_mtok = int(values["input"] * _NANO)
+    row.output_nano_per_mtok = int(values["output"] * _NANO)
+    row.cache_write_5m_nano_per_mtok = _to_nano(values["cache_write_5m"])
+    row.cache_write_1h_nano_per_mtok = _to_nano(values["cache_write_1h"])
+    row.cache_read_nano_per_mtok = _to_nano(values["cache_read"])
+    row.tiers = tier_list
+    row.unit_rates = unit_rates
     row.updated_at = utcnow()
+    try:
+        to_override(row)  # the engine accepts it, or nothing is stored
+    except ValueError as exc:
+        raise DomainError(422, "invalid_rate", str(exc)) from exc
     session.flush()
+    for other, other_before in ended:
+        _audit(session, actor, client_address, "price_override.end", other, other_before)
+    _audit(session, actor, client_address, "price_override.set", row, before)
+    return row
+
+
+def _audit(
+    session: Session,
+    actor: str,
+    client_address: str | None,
+    action: str,
+    row: PriceOverrideRow,
+    before: dict[str, Any] | None,
+) -> None:
     audit.record(
         session,
         actor=actor,
-        action="price_override.set",
+        action=action,
         entity_type="price_override",
-        entity_id=f"{provider}/{model}",
+        entity_id=row.id,  # provider, model and dates are in before and after
         before=before,
         after=rates_json(row),
         client_address=client_address,
     )
-    return row
 
 
 def unset_override(
-    session: Session, *, provider: str, model: str, actor: str, client_address: str | None
-) -> None:
+    session: Session,
+    *,
+    provider: str,
+    model: str,
+    actor: str,
+    client_address: str | None,
+    valid_from: datetime | None = None,
+) -> int:
+    """Remove a model's override starting at `valid_from`, or all of them; returns how many."""
     provider, model = provider.strip().lower(), model.strip().lower()
-    row = session.scalar(
-        select(PriceOverrideRow).where(
-            PriceOverrideRow.provider == provider, PriceOverrideRow.model == model
-        )
+    query = select(PriceOverrideRow).where(
+        PriceOverrideRow.provider == provider, PriceOverrideRow.model == model
     )
-    if row is None:
+    if valid_from is not None:
+        query = query.where(PriceOverrideRow.valid_from == valid_from.astimezone(UTC))
+    rows = list(session.scalars(query).all())
+    if not rows:
         raise DomainError(404, "price_override_not_found", f"no override for {provider}/{model}")
-    before = rates_json(row)
-    session.delete(row)
-    session.flush()
-    audit.record(
-        session,
-        actor=actor,
-        action="price_override.unset",
-        entity_type="price_override",
-        entity_id=f"{provider}/{model}",
-        before=before,
-        after=None,
-        client_address=client_address,
-    )
+    for row in rows:
+        before, row_id = rates_json(row), row.id
+        session.delete(row)
+        session.flush()
+        audit.record(
+            session,
+            actor=actor,
+            action="price_override.unset",
+            entity_type="price_override",
+            entity_id=row_id,
+            before=before,
+            after=None,
+            client_address=client_address,
+        )
+    return len(rows)

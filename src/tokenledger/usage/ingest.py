@@ -437,7 +437,7 @@ def price_fingerprint(row: dict[str, Any]) -> str:
 _PRICES = cast(Table, UsagePrice.__table__)
 
 
-def _price_ids(session: Session, rows: list[dict[str, Any]]) -> None:
+def assign_price_ids(session: Session, rows: list[dict[str, Any]]) -> None:
     """Set each row's price_id, adding the prices not stored yet (one query when none)."""
     wanted = {row["price_key"]: row for row in rows}
     if not wanted:
@@ -463,7 +463,7 @@ def _price_ids(session: Session, rows: list[dict[str, Any]]) -> None:
 def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    _price_ids(session, rows)
+    assign_price_ids(session, rows)
     if session.get_bind().dialect.name == "sqlite":
         _insert_sqlite(session, rows)
     else:

@@ -48,6 +48,7 @@ from pydantic import ValidationError
 from tokenledger.db import utcnow
 from tokenledger.deps import AppSettings, IngestKey, Session
 from tokenledger.errors import DomainError
+from tokenledger.middleware import check_json
 from tokenledger.usage.api import record_usage
 from tokenledger.usage.ingest import MAX_FUTURE
 from tokenledger.usage.schemas import UsageBatch, UsageEventIn
@@ -100,11 +101,11 @@ async def export_body(request: Request) -> bytes:
     try:
         data = inflater.decompress(body, limit + 1)
     except zlib.error as exc:
-        raise DomainError(400, "invalid_body", f"not {encoding}: {exc}") from exc
+        raise DomainError(422, "invalid_body", f"not {encoding}: {exc}") from exc
     if len(data) > limit or inflater.unconsumed_tail:
         raise DomainError(413, "body_too_large", f"decompressed body over {limit} bytes")
     if not inflater.eof:
-        raise DomainError(400, "invalid_body", f"truncated {encoding} body")
+        raise DomainError(422, "invalid_body", f"truncated {encoding} body")
     return data
 
 
@@ -193,7 +194,7 @@ def _record(
                 raise
             rejected.add(exc.message)
             events = events[:index] + events[index + 1 :]
-    raise DomainError(400, "too_many_rejected_spans", "too many spans refused in one export")
+    raise DomainError(422, "too_many_rejected_spans", "too many spans refused in one export")
 
 
 def _parse(body: bytes, media: str) -> ExportTraceServiceRequest:
@@ -202,11 +203,15 @@ def _parse(body: bytes, media: str) -> ExportTraceServiceRequest:
         if media == PROTOBUF:
             export.ParseFromString(body)
         else:
+            # The same rule as for every JSON body (middleware.py), also after inflating.
+            problem = check_json(body)
+            if problem is not None:
+                raise DomainError(422, "validation_error", f"body: {problem}")
             data = json.loads(body)
             _hex_ids_to_base64(data)
             json_format.ParseDict(data, export, ignore_unknown_fields=True)
     except (DecodeError, json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
-        raise DomainError(400, "invalid_body", f"not an OTLP trace export: {_short(exc)}") from exc
+        raise DomainError(422, "invalid_body", f"not an OTLP trace export: {_short(exc)}") from exc
     return export
 
 

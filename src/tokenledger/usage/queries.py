@@ -28,6 +28,7 @@ from tokenledger.usage.models import (
     TokenUsageMonthly,
     UsageDaily,
     UsageEvent,
+    UsagePrice,
 )
 from tokenledger.usage.periods import month_bounds, month_of
 
@@ -504,9 +505,15 @@ def dashboard(session: Session, tz: Any, now: datetime) -> dict[str, Any]:
     }
 
 
-def recent_events(session: Session, org_id: int | None = None, limit: int = 50) -> list[UsageEvent]:
-    """The newest events (of one organization), with how each was priced."""
-    query = select(UsageEvent).order_by(UsageEvent.timestamp.desc(), UsageEvent.id.desc())
+def recent_events(
+    session: Session, org_id: int | None = None, limit: int = 50
+) -> list[tuple[UsageEvent, UsagePrice]]:
+    """The newest events (of one organization), each with the price row it was written with."""
+    query = (
+        select(UsageEvent, UsagePrice)
+        .join(UsagePrice, UsagePrice.id == UsageEvent.price_id)
+        .order_by(UsageEvent.timestamp.desc(), UsageEvent.id.desc())
+    )
     if org_id is not None:
         query = query.where(UsageEvent.organization_id == org_id)
-    return list(session.scalars(query.limit(limit)).all())
+    return [(event, price) for event, price in session.execute(query.limit(limit)).all()]

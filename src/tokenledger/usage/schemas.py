@@ -15,6 +15,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
@@ -112,8 +113,6 @@ class UsageEventIn(InputModel):
         default=None, min_length=1, max_length=64, pattern=_PRINTABLE
     )
     metadata: JsonObject | None = None
-    # The provider's own usage object, untouched (instead of the flat counts above).
-    usage: JsonObject | None = None
     # batch, priority, flex, ...: Anthropic's usage field, or the tier an OpenAI or Gemini
     # response names (or the caller knows, for their batch APIs).
     service_tier: StrictStr | None = Field(
@@ -124,6 +123,9 @@ class UsageEventIn(InputModel):
     inference_geo: StrictStr | None = Field(default=None, max_length=64, pattern=_PRINTABLE)
     speed: StrictStr | None = Field(default=None, max_length=32, pattern=_PRINTABLE)
     output_tokens_details: JsonObject | None = None
+    # The provider's own usage object, untouched (instead of the flat counts above). Declared
+    # last: its validator sees every other field.
+    usage: JsonObject | None = None
 
     @field_validator("provider")
     @classmethod
@@ -136,17 +138,23 @@ class UsageEventIn(InputModel):
         # The Anthropic SDK's model_dump() gives None for counts it did not receive.
         return 0 if value is None else value
 
-    @field_validator("usage", "server_tool_use", "output_tokens_details")
+    @field_validator("server_tool_use", "output_tokens_details")
     @classmethod
     def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None and len(json.dumps(value)) > MAX_USAGE_BYTES:
             raise ValueError(f"limited to {MAX_USAGE_BYTES} bytes of JSON")
         return value
 
-    @model_validator(mode="after")
-    def _one_kind_of_usage(self) -> UsageEventIn:
-        if self.usage is None:
-            return self
+    @field_validator("usage")
+    @classmethod
+    def _one_kind_of_usage(
+        cls, value: dict[str, Any] | None, info: ValidationInfo
+    ) -> dict[str, Any] | None:
+        # A field validator, not a model validator: it runs only when usage is given.
+        if value is None:
+            return value
+        if len(json.dumps(value)) > MAX_USAGE_BYTES:
+            raise ValueError(f"limited to {MAX_USAGE_BYTES} bytes of JSON")
         flat = [
             name
             for name in (
@@ -157,14 +165,14 @@ class UsageEventIn(InputModel):
                 "cache_creation",
                 *(name for name in _ANTHROPIC_EXTRAS if name != "service_tier"),
             )
-            if name in self.model_fields_set and getattr(self, name) not in (None, 0)
+            if info.data.get(name) not in (None, 0)
         ]
         if flat:
             raise ValueError(
                 "give the counts either in usage (the provider's object) or as flat fields, "
                 f"not both: {', '.join(flat)}"
             )
-        return self
+        return value
 
     def anthropic_extras(self) -> dict[str, Any]:
         """The Anthropic usage fields this flat event carries beside the token counts."""

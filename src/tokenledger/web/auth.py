@@ -17,6 +17,7 @@ from tokenledger.web import forms, i18n
 from tokenledger.web.common import (
     LANGUAGE_COOKIE,
     LOGIN_CSRF_COOKIE,
+    SIGNED_IN_COOKIE,
     THEME_COOKIE,
     THEMES,
     YEAR,
@@ -89,6 +90,7 @@ def login_submit(request: Request, page: PublicPage, form: Form) -> Response:
         return _login_page(page, next_path, email, message, 401)
     response = RedirectResponse(next_path, status_code=303)
     set_session_cookies(response, request, settings, token, csrf, max_age)
+    response.set_cookie(SIGNED_IN_COOKIE, "1", max_age=YEAR, httponly=True, samesite="lax")
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return response
 
@@ -100,6 +102,7 @@ def logout(page: ViewerPage, session: DbSession, form: Form) -> Response:
     response = redirect("/login", flash=("info", N_("You are signed out."), {}))
     response.delete_cookie(SESSION_COOKIE)
     response.delete_cookie(CSRF_COOKIE)
+    response.delete_cookie(SIGNED_IN_COOKIE)
     return response
 
 
@@ -114,10 +117,8 @@ def switch_language(language: str, next: Next = "/") -> Response:
 
 @router.get("/theme/{theme}")
 def switch_theme(theme: str, next: Next = "/") -> Response:
-    """Remember a theme; "auto" follows the system's preference again."""
+    """Remember a theme: dark, light, or auto (the system's preference)."""
     response = RedirectResponse(safe_next(next), status_code=303)
     if theme in THEMES:
         response.set_cookie(THEME_COOKIE, theme, max_age=YEAR, samesite="lax")
-    else:
-        response.delete_cookie(THEME_COOKIE)
     return response

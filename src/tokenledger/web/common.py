@@ -40,7 +40,10 @@ LANGUAGE_COOKIE = "tl_lang"
 THEME_COOKIE = "tl_theme"
 FLASH_COOKIE = "tl_flash"
 LOGIN_CSRF_COOKIE = "tl_login_csrf"
-THEMES = ("dark", "light")
+# Outlives the session cookie, so that a lapsed session is told from never having signed in.
+SIGNED_IN_COOKIE = "tl_signed_in"
+THEMES = ("dark", "light", "auto")
+DEFAULT_THEME = "dark"
 YEAR = 365 * 24 * 3600
 
 templates = Jinja2Templates(directory=WEB_DIR / "templates")
@@ -62,7 +65,7 @@ def language_of(request: Request) -> str:
 
 def theme_of(request: Request) -> str:
     theme = request.cookies.get(THEME_COOKIE, "")
-    return theme if theme in THEMES else ""
+    return theme if theme in THEMES else DEFAULT_THEME
 
 
 def safe_next(target: str | None, default: str = "/") -> str:
@@ -204,13 +207,13 @@ DbSession = Annotated[OrmSession, Depends(page_session, scope="function")]
 def _principal(
     request: Request, session: OrmSession, settings: Settings, form: FormData
 ) -> Principal:
-    token = request.cookies.get(SESSION_COOKIE)
+    had_session = SESSION_COOKIE in request.cookies or SIGNED_IN_COOKIE in request.cookies
     csrf = str(form.get("csrf_token", ""))
     try:
         return authenticate(request, session, settings, csrf)
     except DomainError as exc:
         if exc.status == 401:
-            raise LoginRequired(expired=token is not None) from exc
+            raise LoginRequired(expired=had_session) from exc
         if exc.code == "csrf_failed":
             raise DomainError(
                 403, "csrf_failed", N_("The form has expired. Reload the page and try again.")
@@ -291,6 +294,7 @@ class PageRoute(APIRoute):
                 response = RedirectResponse(f"/login?{urlencode(params)}", status_code=303)
                 if exc.expired:
                     response.delete_cookie(SESSION_COOKIE)
+                    response.delete_cookie(SIGNED_IN_COOKIE)
             except DomainError as exc:
                 response = error_page(request, exc.status, exc.message)
             except RequestValidationError:

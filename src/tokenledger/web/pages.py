@@ -19,7 +19,7 @@ from tokenledger.alerts import service as alerts
 from tokenledger.audit import service as audit
 from tokenledger.auth import service as auth_service
 from tokenledger.budgets.service import budget_states, figures_for
-from tokenledger.db import MAX_ROW_ID
+from tokenledger.deps import RowId
 from tokenledger.errors import DomainError
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.budget import budget_fields, change_budget
@@ -46,7 +46,6 @@ from tokenledger.web.i18n import N_
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
-PageId = Annotated[int, Query(ge=1, le=MAX_ROW_ID)]
 Month = Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
 
 STATE_LABELS = {
@@ -247,14 +246,14 @@ SLUG_TAKEN = N_("Another organization has this slug.")
 
 
 @router.get("/organizations/{org_id}/edit")
-def organization_edit(org_id: int, page: AdminPage, session: DbSession) -> Response:
+def organization_edit(org_id: RowId, page: AdminPage, session: DbSession) -> Response:
     org = organizations.get(session, org_id)
     values = {"name": org.name, "slug": org.slug, "archived": org.archived_at is not None}
     return render(page, "organization_form.html", org=org, values=values, errors={})
 
 
 @router.post("/organizations/{org_id}/edit")
-def organization_update(org_id: int, page: AdminPage, session: DbSession, form: Form) -> Response:
+def organization_update(org_id: RowId, page: AdminPage, session: DbSession, form: Form) -> Response:
     org = organizations.get(session, org_id)
     values: dict[str, Any] = {
         "name": forms.text(form, "name"),
@@ -313,7 +312,7 @@ def _org_context(session: DbSession, page: Page, org_id: int, tab: str) -> dict[
 
 
 @router.get("/organizations/{org_id}")
-def organization_overview(org_id: int, page: ViewerPage, session: DbSession) -> Response:
+def organization_overview(org_id: RowId, page: ViewerPage, session: DbSession) -> Response:
     context = _org_context(session, page, org_id, "overview")
     tz = page.settings.timezone
     monthly = queries.monthly(session, org_id, tz)
@@ -333,7 +332,7 @@ def organization_overview(org_id: int, page: ViewerPage, session: DbSession) -> 
 
 
 @router.get("/organizations/{org_id}/licenses")
-def organization_licenses(org_id: int, page: ViewerPage, session: DbSession) -> Response:
+def organization_licenses(org_id: RowId, page: ViewerPage, session: DbSession) -> Response:
     context = _org_context(session, page, org_id, "licenses")
     rows = licenses.for_organization(session, org_id)
     return render(
@@ -391,7 +390,7 @@ def _period(page: Page, lic: License | None) -> dict[str, Any] | None:
 
 @router.get("/organizations/{org_id}/usage")
 def organization_usage(
-    org_id: int, page: ViewerPage, session: DbSession, month: Month = None
+    org_id: RowId, page: ViewerPage, session: DbSession, month: Month = None
 ) -> Response:
     context = _org_context(session, page, org_id, "usage")
     tz = page.settings.timezone
@@ -441,12 +440,11 @@ def organization_usage(
         csv_to=end.isoformat(),
         period=_period(page, context["license"]),
         parse_iso=datetime.fromisoformat,
-        events=queries.recent_events(session, org_id, 10),
     )
 
 
 @router.get("/organizations/{org_id}/keys")
-def organization_keys(org_id: int, page: ViewerPage, session: DbSession) -> Response:
+def organization_keys(org_id: RowId, page: ViewerPage, session: DbSession) -> Response:
     context = _org_context(session, page, org_id, "keys")
     keys = auth_service.list_api_keys(session, org_id)
     return render(page, "organization.html", **context, keys=keys, new_key=None, errors={})
@@ -454,7 +452,7 @@ def organization_keys(org_id: int, page: ViewerPage, session: DbSession) -> Resp
 
 @router.post("/organizations/{org_id}/keys")
 def organization_key_create(
-    org_id: int, page: AdminPage, session: DbSession, form: Form
+    org_id: RowId, page: AdminPage, session: DbSession, form: Form
 ) -> Response:
     context = _org_context(session, page, org_id, "keys")
     org: Organization = context["org"]
@@ -482,7 +480,7 @@ def organization_key_create(
 
 
 @router.get("/organizations/{org_id}/alerts")
-def organization_alerts(org_id: int, page: ViewerPage, session: DbSession) -> Response:
+def organization_alerts(org_id: RowId, page: ViewerPage, session: DbSession) -> Response:
     context = _org_context(session, page, org_id, "alerts")
     rows, total = alerts.list_alerts(session, org_id, None, 100, 0)
     deliveries = alerts.deliveries_of(session, [alert.id for alert in rows])
@@ -627,13 +625,13 @@ def _implied_value(values: dict[str, Any]) -> Decimal | None:
 
 
 @router.get("/organizations/{org_id}/licenses/new")
-def license_new(org_id: int, page: AdminPage, session: DbSession) -> Response:
+def license_new(org_id: RowId, page: AdminPage, session: DbSession) -> Response:
     org = organizations.get(session, org_id)
     return _license_form(page, org, None, _license_values(None, page), {})
 
 
 @router.post("/organizations/{org_id}/licenses/new")
-def license_create(org_id: int, page: AdminPage, session: DbSession, form: Form) -> Response:
+def license_create(org_id: RowId, page: AdminPage, session: DbSession, form: Form) -> Response:
     org = organizations.get(session, org_id)
     tz = page.settings.timezone
     values = _form_values(form)
@@ -692,14 +690,14 @@ def _license_error(exc: DomainError) -> str:
 
 
 @router.get("/licenses/{license_id}/edit")
-def license_edit(license_id: int, page: AdminPage, session: DbSession) -> Response:
+def license_edit(license_id: RowId, page: AdminPage, session: DbSession) -> Response:
     lic = licenses.get(session, license_id)
     org = organizations.get(session, lic.organization_id)
     return _license_form(page, org, lic, _license_values(lic, page), {})
 
 
 @router.post("/licenses/{license_id}/edit")
-def license_update(license_id: int, page: AdminPage, session: DbSession, form: Form) -> Response:
+def license_update(license_id: RowId, page: AdminPage, session: DbSession, form: Form) -> Response:
     lic = licenses.get(session, license_id, for_update=True)
     org = organizations.get(session, lic.organization_id)
     tz = page.settings.timezone

@@ -1,0 +1,395 @@
+"""Repricing: events stored unpriced (or in a range an operator corrects) priced again with
+the price now in force at their timestamps; rollups, balances and alerts in the same
+transaction; a dry run first; an audit entry with the totals before and after.
+
+Events the caller priced (`cost_usd`, price source "caller") are never repriced. An
+event's tokens, provider, license and month stay as stored: only its price changes, so
+each rollup moves by the difference of cost (and of unpriced events), and each license's
+credits by the difference of credits, applied as atomic increments.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, bindparam, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from tokenledger.alerts import service as alerts
+from tokenledger.audit import service as audit
+from tokenledger.config import Settings
+from tokenledger.errors import DomainError
+from tokenledger.licenses.models import License
+from tokenledger.money import credits_for_cost, format_credits, format_usd
+from tokenledger.organizations.models import Organization
+from tokenledger.pricing.engine import PriceBook, TokenUsage, UsageError
+from tokenledger.pricing.overrides import price_book
+from tokenledger.usage import providers
+from tokenledger.usage.ingest import assign_price_ids, price_fingerprint
+from tokenledger.usage.models import (
+    INCOMPLETE_PRICING,
+    LicenseUsage,
+    TokenUsageMonthly,
+    UsageDaily,
+    UsageEvent,
+    UsagePrice,
+)
+
+E = UsageEvent
+P = UsagePrice
+CHUNK = 1000
+# What repricing may change on an event; everything else stays as stored.
+PRICE_COLUMNS = (
+    "cost_nano",
+    "credits_micro",
+    "pricing",
+    "price_source",
+    "price_version",
+    "priced_model",
+    "rates",
+    "unpriced_units",
+)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which events: the unpriced ones, or one model's between two instants [start, end)."""
+
+    unpriced: bool = False
+    provider: str | None = None
+    model: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def __post_init__(self) -> None:
+        ranged = self.model is not None or self.start is not None or self.end is not None
+        if self.unpriced == ranged:
+            raise DomainError(
+                422, "invalid_selection", "give either unpriced, or model with from and to"
+            )
+        if ranged:
+            if self.model is None or self.start is None or self.end is None:
+                raise DomainError(422, "invalid_selection", "a range needs model, from and to")
+            if self.end <= self.start:
+                raise DomainError(422, "invalid_selection", "to must be after from")
+
+    def describe(self) -> str:
+        if self.unpriced:
+            return "unpriced"
+        assert self.start is not None
+        assert self.end is not None
+        model = f"{self.provider}/{self.model}" if self.provider else str(self.model)
+        return f"{model} {self.start.isoformat()}..{self.end.isoformat()}"
+
+
+@dataclass
+class Totals:
+    events: int = 0  # events whose price changes
+    cost_before_nano: int = 0
+    cost_after_nano: int = 0
+    credits_before_micro: int = 0
+    credits_after_micro: int = 0
+    unpriced_before: int = 0
+    unpriced_after: int = 0
+
+    def add(self, before: dict[str, Any], after: dict[str, Any]) -> None:
+        self.events += 1
+        self.cost_before_nano += before["cost_nano"] or 0
+        self.cost_after_nano += after["cost_nano"] or 0
+        self.credits_before_micro += before["credits_micro"] or 0
+        self.credits_after_micro += after["credits_micro"] or 0
+        self.unpriced_before += before["pricing"] in INCOMPLETE_PRICING
+        self.unpriced_after += after["pricing"] in INCOMPLETE_PRICING
+
+    def side(self, when: str) -> dict[str, Any]:
+        return {
+            "cost_usd": format_usd(getattr(self, f"cost_{when}_nano")) or "0.00",
+            "credits": format_credits(getattr(self, f"credits_{when}_micro")) or "0.0",
+            "unpriced_events": getattr(self, f"unpriced_{when}"),
+        }
+
+    def render(self) -> dict[str, Any]:
+        return {"events": self.events, "before": self.side("before"), "after": self.side("after")}
+
+
+@dataclass
+class Outcome:
+    dry_run: bool
+    selection: str
+    examined: int = 0
+    totals: Totals = field(default_factory=Totals)
+    by_organization: dict[int, Totals] = field(default_factory=lambda: defaultdict(Totals))
+    slugs: dict[int, str] = field(default_factory=dict)
+    new_alerts: int = 0
+
+    def render(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "selection": self.selection,
+            "examined": self.examined,
+            "changed": self.totals.events,
+            **{key: value for key, value in self.totals.render().items() if key != "events"},
+            "organizations": [
+                {
+                    "organization_id": org_id,
+                    "organization": self.slugs.get(org_id),
+                    **totals.render(),
+                }
+                for org_id, totals in sorted(self.by_organization.items())
+            ],
+            "new_alerts": self.new_alerts,
+        }
+
+
+def reprice(
+    session: Session,
+    selection: Selection,
+    *,
+    settings: Settings,
+    now: datetime,
+    dry_run: bool,
+    actor: str,
+    client_address: str | None,
+) -> Outcome:
+    """Price the selected events again; with dry_run, only say what would change."""
+    outcome = Outcome(dry_run=dry_run, selection=selection.describe())
+    book = price_book(session)
+    changes: list[tuple[UsageEvent, dict[str, Any]]] = []
+    rates_of: dict[int, int] = {}  # license id -> cost per credit
+    for event in _selected(session, selection, lock=not dry_run):
+        outcome.examined += 1
+        new = _priced(event, book, rates_of, session)
+        old = {name: getattr(event, name) for name in PRICE_COLUMNS}
+        if new == old:
+            continue
+        changes.append((event, new))
+        outcome.totals.add(old, new)
+        outcome.by_organization[event.organization_id].add(old, new)
+    if outcome.by_organization:
+        outcome.slugs = dict(
+            session.execute(
+                select(Organization.id, Organization.slug).where(
+                    Organization.id.in_(list(outcome.by_organization))
+                )
+            ).all()
+        )
+    if dry_run or not changes:
+        return outcome
+    _apply(session, changes)
+    license_ids = sorted({event.license_id for event, _ in changes if event.license_id})
+    months: dict[int, set[str]] = defaultdict(set)
+    for event, _new in changes:
+        if event.license_id is not None:
+            months[event.license_id].add(event.year_month)
+    for lic in session.scalars(select(License).where(License.id.in_(license_ids))):
+        # A correction downwards re-arms thresholds; upwards, crossings alert now.
+        outcome.new_alerts += len(alerts.rearm(session, lic, settings.timezone, now))
+    outcome.new_alerts += len(alerts.evaluate(session, license_ids, settings.timezone, now, months))
+    audit.record(
+        session,
+        actor=actor,
+        action="pricing.reprice",
+        entity_type="usage_events",
+        entity_id=selection.describe()[:64],
+        before={"selection": selection.describe(), **outcome.totals.side("before")},
+        after={
+            "selection": selection.describe(),
+            "events": outcome.totals.events,
+            **outcome.totals.side("after"),
+            "organizations": outcome.render()["organizations"],
+        },
+        client_address=client_address,
+    )
+    return outcome
+
+
+def _selected(session: Session, selection: Selection, *, lock: bool) -> Iterator[UsageEvent]:
+    """The selected events, a chunk at a time in id order; never the caller-priced ones."""
+    # What the price was lives in usage_prices (one row per distinct price).
+    query = (
+        select(E)
+        .join(P, E.price_id == P.id)
+        .where(P.pricing != "provided", or_(P.price_source.is_(None), P.price_source != "caller"))
+    )
+    if selection.unpriced:
+        query = query.where(P.pricing.in_(INCOMPLETE_PRICING))
+    else:
+        assert selection.model is not None
+        query = query.where(
+            func.lower(P.model) == selection.model.strip().lower(),
+            E.timestamp >= selection.start,
+            E.timestamp < selection.end,
+        )
+        if selection.provider:
+            query = query.where(P.provider == selection.provider.strip().lower())
+    last_id = 0
+    while True:
+        chunk = query.where(E.id > last_id).order_by(E.id).limit(CHUNK)
+        if lock:
+            # Two repricings of the same events take turns: each sees the other's prices.
+            chunk = chunk.with_for_update()
+        rows = list(session.scalars(chunk.execution_options(populate_existing=True)).all())
+        if not rows:
+            return
+        yield from rows
+        last_id = rows[-1].id
+
+
+def _stored_usage(event: UsageEvent) -> tuple[TokenUsage, dict[str, str], tuple[str, ...]]:
+    """The usage as read when the event was written: its usage object, or its counts."""
+    if event.usage_object:
+        provider = None if event.provider == providers.UNKNOWN_PROVIDER else event.provider
+        # reread: the shape stored with the object (a flat event's Anthropic fields of an
+        # OpenAI model are still Anthropic's meaning)
+        reading = providers.reread(provider, event.usage_object)
+        return reading.tokens, reading.context, reading.unknown_units
+    tokens = TokenUsage(
+        input_tokens=event.input_tokens,
+        output_tokens=event.output_tokens,
+        cache_creation_input_tokens=event.cache_creation_input_tokens,
+        cache_read_input_tokens=event.cache_read_input_tokens,
+        cache_write_1h_tokens=event.cache_write_1h_tokens,
+    )
+    return tokens, {}, ()
+
+
+def _priced(
+    event: UsageEvent, book: PriceBook, rates_of: dict[int, int], session: Session
+) -> dict[str, Any]:
+    """The price columns of the event with the price now in force at its timestamp."""
+    try:
+        tokens, context, unknown = _stored_usage(event)
+    except providers.UsageReadError:
+        # A stored object this version cannot read: the event stays as it is.
+        return {name: getattr(event, name) for name in PRICE_COLUMNS}
+    provider = event.provider
+    if provider == providers.UNKNOWN_PROVIDER:
+        # Nobody knew the model when it was written; an override may name it now.
+        provider = book.provider_for(event.model) or provider
+    try:
+        quote = book.quote(provider, event.model, tokens, event.timestamp, context)
+    except UsageError:
+        # Counts no price can take (ingestion refuses them): the event stays as it is.
+        return {name: getattr(event, name) for name in PRICE_COLUMNS}
+    new: dict[str, Any] = {
+        "cost_nano": None,
+        "credits_micro": None,
+        "pricing": "unpriced",
+        "price_source": None,
+        "price_version": None,
+        "priced_model": None,
+        "rates": None,
+        "unpriced_units": ",".join(unknown) or None,
+    }
+    if quote is not None:
+        unpriced = quote.unpriced_units + unknown
+        new.update(
+            cost_nano=quote.cost_nano,
+            # A cost that leaves out a unit the call used is never shown as complete.
+            pricing="partially_priced" if unpriced else "priced",
+            price_source=quote.source,
+            price_version=quote.version,
+            priced_model=quote.priced_model,
+            rates=quote.rates,
+            unpriced_units=",".join(unpriced) or None,
+        )
+    if event.license_id is not None and new["cost_nano"] is not None:
+        if event.license_id not in rates_of:
+            rate = session.scalar(
+                select(License.cost_per_credit_nano).where(License.id == event.license_id)
+            )
+            assert rate is not None
+            rates_of[event.license_id] = rate
+        new["credits_micro"] = credits_for_cost(new["cost_nano"], rates_of[event.license_id])
+    return new
+
+
+def _apply(session: Session, changes: list[tuple[UsageEvent, dict[str, Any]]]) -> None:
+    """The new prices on the events, and each difference on every rollup and balance."""
+    license_ids = sorted({event.license_id for event, _ in changes if event.license_id})
+    # Licenses first, in id order, as ingestion locks them: no deadlock between the two.
+    session.execute(
+        select(License.id).where(License.id.in_(license_ids)).order_by(License.id).with_for_update()
+    ).all()
+    monthly: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
+    daily: dict[tuple[int, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    by_license: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
+    credits: dict[int, int] = defaultdict(int)
+    for event, new in changes:
+        cost = (new["cost_nano"] or 0) - (event.cost_nano or 0)
+        unpriced = int(new["pricing"] in INCOMPLETE_PRICING) - int(
+            event.pricing in INCOMPLETE_PRICING
+        )
+        credit = (new["credits_micro"] or 0) - (event.credits_micro or 0)
+        for key, target in (
+            ((event.organization_id, event.year_month), monthly),
+            ((event.organization_id, event.day, event.provider, event.model), daily),
+        ):
+            target[key][0] += cost  # type: ignore[index]
+            target[key][1] += unpriced  # type: ignore[index]
+        if event.license_id is not None:
+            by_license[(event.license_id, event.year_month)][0] += cost
+            by_license[(event.license_id, event.year_month)][1] += credit
+            credits[event.license_id] += credit
+    # The event's provider and model stay as stored; its price row is the new price's.
+    prices = [{"provider": event.provider, "model": event.model, **new} for event, new in changes]
+    for price in prices:
+        price["price_key"] = price_fingerprint(price)
+    assign_price_ids(session, prices)
+    for (event, new), price in zip(changes, prices, strict=True):
+        event.cost_nano = new["cost_nano"]
+        event.credits_micro = new["credits_micro"]
+        event.unpriced_units = new["unpriced_units"]
+        event.price_id = price["price_id"]
+    session.flush()
+    for event, _new in changes:
+        session.expire(event, ["price"])
+    _add(session, TokenUsageMonthly, ("organization_id", "year_month"), monthly, "unpriced_events")
+    _add(
+        session,
+        UsageDaily,
+        ("organization_id", "day", "provider", "model"),
+        daily,
+        "unpriced_events",
+    )
+    _add(session, LicenseUsage, ("license_id", "year_month"), by_license, "credits_micro")
+    table: Table = License.__table__  # type: ignore[assignment]
+    deltas = [{"key": lid, "delta": delta} for lid, delta in sorted(credits.items()) if delta]
+    if deltas:
+        session.execute(
+            update(table)
+            .where(table.c.id == bindparam("key"))
+            .values(credits_used_micro=table.c.credits_used_micro + bindparam("delta")),
+            deltas,
+        )
+
+
+def _add(
+    session: Session,
+    model: Any,
+    keys: tuple[str, ...],
+    deltas: dict[Any, list[int]],
+    second: str,
+) -> None:
+    """cost_nano and `second` of existing rollup rows moved by their differences."""
+    rows = [
+        {**{f"k_{name}": value for name, value in zip(keys, key, strict=True)}, "d0": d0, "d1": d1}
+        for key, (d0, d1) in sorted(deltas.items())
+        if d0 or d1
+    ]
+    if not rows:
+        return
+    table: Table = model.__table__
+    statement = (
+        update(table)
+        .where(*(table.c[name] == bindparam(f"k_{name}") for name in keys))
+        .values(
+            cost_nano=table.c.cost_nano + bindparam("d0"),
+            **{second: table.c[second] + bindparam("d1")},
+        )
+    )
+    session.execute(statement, rows)
