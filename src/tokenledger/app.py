@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from tokenledger.alerts.api import router as alerts_router
 from tokenledger.alerts.webhooks import WebhookWorker
+from tokenledger.apidocs import install_docs
 from tokenledger.audit.api import router as audit_router
 from tokenledger.auth.api import router as auth_router
 from tokenledger.budgets.api import router as budgets_router
@@ -19,6 +22,7 @@ from tokenledger.errors import install_error_handlers
 from tokenledger.hot import HotReads
 from tokenledger.licenses.api import router as licenses_router
 from tokenledger.middleware import SecurityHeaders, StrictJson
+from tokenledger.openapi import install_openapi
 from tokenledger.ops import BodyLimit, Metrics, install_metrics
 from tokenledger.ops import router as ops_router
 from tokenledger.organizations.api import router as organizations_router
@@ -31,6 +35,11 @@ from tokenledger.usage.writer import UsageWriter
 from tokenledger.web import install as install_web
 
 log = logging.getLogger("tokenledger")
+
+# How tokenledger's own commands run uvicorn: its proxy-header handling trusts 127.0.0.1
+# by default, so it is off; the app believes forwarded headers from
+# TOKENLEDGER_TRUSTED_PROXIES only.
+UVICORN_OPTIONS: dict[str, Any] = {"proxy_headers": False, "server_header": False}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -53,7 +62,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.usage_writer.stop()
         database.dispose()
 
-    app = FastAPI(title="tokenledger", version="0.1.0", lifespan=lifespan)
+    openapi_url = "/openapi.json" if settings.docs else None
+    app = FastAPI(
+        title="tokenledger",
+        version="0.1.0",
+        lifespan=lifespan,
+        openapi_url=openapi_url,
+        docs_url=None,  # served by apidocs, offline and under the CSP
+        redoc_url=None,
+    )
+    if openapi_url is not None:
+        install_docs(app, openapi_url)
     app.state.settings = settings
     app.state.database = database
     app.state.metrics = Metrics()
@@ -67,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     install_metrics(app, app.state.metrics)
     app.add_middleware(SecurityHeaders)  # outermost: every answer carries them
+    if settings.trusted_proxy_list:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
     for router in (
         ops_router,
         auth_router,
@@ -82,4 +103,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     install_web(app)
+    install_openapi(app)
     return app

@@ -79,6 +79,8 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from tokenledger.app import UVICORN_OPTIONS
+
     database = _database(settings)
     _require_migrated(database)
     try:
@@ -97,7 +99,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             port=args.port,
             workers=args.workers,
             log_level="info",
-            proxy_headers=True,
+            **UVICORN_OPTIONS,
         )
     finally:
         if metrics_directory is not None:

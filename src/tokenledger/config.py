@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import secrets
 import tempfile
@@ -43,6 +44,13 @@ class Settings(BaseSettings):
     webhook_lease_seconds: int = Field(default=60, ge=2)
     # Requests per ingest key, e.g. "100/s" or "6000/m"; empty: no limit.
     ingest_rate_limit: str = ""
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: comma-separated
+    # addresses or networks. Empty: the socket's peer is the client, whatever it claims.
+    trusted_proxies: str = ""
+    # When set, /metrics answers only to "Authorization: Bearer <this token>".
+    metrics_token: str = ""
+    # /docs, /redoc and /openapi.json; an operator may turn them off in production.
+    docs: bool = True
 
     @field_validator("billing_timezone")
     @classmethod
@@ -69,6 +77,20 @@ class Settings(BaseSettings):
         if value not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError("must be FULL, EXTRA or NORMAL")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: str) -> str:
+        for item in _split(value):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an address or network: {item!r}") from exc
+        return value
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return _split(self.trusted_proxies)
 
     @property
     def timezone(self) -> ZoneInfo:
@@ -107,6 +129,10 @@ class Settings(BaseSettings):
         if not raw or raw == ":memory:":
             return None
         return Path(raw)
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 @lru_cache(maxsize=1)

@@ -142,9 +142,9 @@ SECURITY_HEADERS = {
     "x-frame-options": "DENY",
 }
 # Answers, tokens above all (RFC 6749 section 5.1), are never stored by a cache; static
-# files (paths under these prefixes) may be, for a while.
+# files (the UI's, the docs' assets) may be, for a while.
 NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
-CACHEABLE_PREFIXES = ("/static/",)
+CACHEABLE_PREFIXES = ("/static/", "/docs/assets/")
 CACHEABLE = {"cache-control": "public, max-age=3600"}
 
 

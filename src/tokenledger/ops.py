@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 from collections.abc import Iterator
@@ -18,8 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenledger.alerts.models import WebhookDelivery
 from tokenledger.db import Database, utcnow
-from tokenledger.deps import get_database
-from tokenledger.errors import error_body
+from tokenledger.deps import get_database, get_settings
+from tokenledger.errors import DomainError, error_body
 from tokenledger.migrations.runner import is_migrated
 
 router = APIRouter(tags=["operations"])
@@ -161,6 +162,11 @@ def multiprocess_directory() -> str | None:
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> PlainTextResponse:
+    token = get_settings(request).metrics_token
+    if token and not _bearer_is(request, token):
+        raise DomainError(
+            401, "not_authenticated", "metrics need a token", headers={"WWW-Authenticate": "Bearer"}
+        )
     if multiprocess_directory():
         # Every worker writes its figures to files there; a scrape adds them all up.
         registry = CollectorRegistry()
@@ -175,6 +181,12 @@ def metrics(request: Request) -> PlainTextResponse:
     except SQLAlchemyError:
         request.app.state.metrics.db_errors.inc()
     return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _bearer_is(request: Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # Constant time, as bytes (compare_digest refuses non-ASCII text).
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode())
 
 
 class BodyLimit:

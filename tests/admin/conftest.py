@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from tests.factories import make_license, make_org
-from tokenledger.app import create_app
+from tokenledger.app import UVICORN_OPTIONS, create_app
 from tokenledger.auth.service import create_api_key
 from tokenledger.config import Settings
 from tokenledger.db import Database
@@ -148,7 +148,12 @@ def serve(settings: Settings) -> Iterator[str]:
     """A real uvicorn server with the app on 127.0.0.1, stopped and joined on exit."""
     port = _free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        **UVICORN_OPTIONS,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -462,7 +462,7 @@ def test_budget_update_empty_unknown_license_and_viewer(
 ):
     tenant = make_tenant(license={})
     response = _put(client, tenant.license_id, {}, admin_headers)
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert response.json()["error"]["code"] == "no_fields"
     response = _put(client, 999999, {"credits_total": 5}, admin_headers)
     assert response.status_code == 404

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import add_admin
+
 # Reported from outside: these gave 500 (OverflowError binding the number).
 HUGE = "2695404139111117750272"
 
@@ -81,3 +83,22 @@ def test_past_each_maximum_is_a_422_and_the_maximum_itself_is_served(
             assert response.status_code in expected, (url, parameter["name"], value)
         checked += 1
     assert checked >= 7
+
+
+def test_ids_in_page_paths_past_the_largest_row_id_are_refused(client, database):
+    """The web UI's pages take the same ids: a number past 64 bits was a 500 there too."""
+    from tests.conftest import SECRET
+    from tokenledger.auth.tokens import issue_token
+    from tokenledger.deps import SESSION_COOKIE
+
+    token, _claims = issue_token(SECRET, add_admin(database, "pages@example.com"), 60)
+    client.cookies.set(SESSION_COOKIE, token)
+    for path in (
+        f"/organizations/{HUGE}",
+        f"/organizations/{HUGE}/licenses",
+        f"/organizations/{HUGE}/usage",
+        f"/licenses/{HUGE}/edit",
+        "/organizations/2147483648",
+    ):
+        response = client.get(path, follow_redirects=False)
+        assert response.status_code in {404, 422}, (path, response.status_code)

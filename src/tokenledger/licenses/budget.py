@@ -28,7 +28,7 @@ def change_budget(
 
     given = data.model_fields_set
     if not given:
-        raise DomainError(400, "no_fields", "no fields to update")
+        raise DomainError(422, "no_fields", "no fields to update")
     for name in given - {"token_budget_usd"}:
         if getattr(data, name) is None:
             raise DomainError(422, "invalid_value", f"{name} must not be null")

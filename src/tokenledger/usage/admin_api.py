@@ -73,7 +73,17 @@ def organization_daily(
     return queries.daily_series(session, org_id, days, settings.timezone, utcnow())
 
 
-@router.get("/api/token-usage/{org_id}/events.csv")
+@router.get(
+    "/api/token-usage/{org_id}/events.csv",
+    response_class=ClosingStreamingResponse,
+    status_code=200,
+    responses={
+        200: {
+            "description": "The events, oldest first, as CSV with a header row.",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def export_events(
     org_id: RowId,
     request: Request,
