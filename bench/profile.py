@@ -33,13 +33,13 @@ def frame_name(frame: str) -> str:
     return f"{short}:{name}"
 
 
-def summarize(raw: Path, top: int = 25) -> str:
+def summarize(raw: Path, top: int = 60) -> str:
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not stack:
+        if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
         frames = [frame_name(f) for f in stack.split(";") if f and not f.startswith("thread")]

@@ -22,6 +22,8 @@ from tokenledger.organizations.models import Organization
 from tokenledger.pricing.engine import PriceBook
 from tokenledger.pricing.overrides import price_book
 
+# Up to this many organizations are read all at once (and again after each TTL).
+MAX_CACHED_ORGANIZATIONS = 20_000
 # The default staleness bound across processes (TOKENLEDGER_CACHE_SECONDS), in the README.
 TTL_SECONDS = 5.0
 
@@ -52,6 +54,7 @@ class HotReads:
         self._orgs_by_slug: dict[str, OrgRef] = {}
         self._orgs_by_id: dict[int, OrgRef] = {}
         self._book: PriceBook | None = None
+        self._complete = False  # every organization has been read (since the last drop)
         self._loaded_at = time.monotonic()
         # Raised by every drop: a row read before a drop is not stored after it.
         self._generation = 0
@@ -64,6 +67,7 @@ class HotReads:
                 self._keys = {}
             if "organizations" in tables:
                 self._orgs_by_slug, self._orgs_by_id = {}, {}
+                self._complete = False
             if "price_overrides" in tables:
                 self._book = None
 
@@ -73,6 +77,7 @@ class HotReads:
             with self._lock:
                 self._generation += 1
                 self._keys, self._orgs_by_slug, self._orgs_by_id = {}, {}, {}
+                self._complete = False
                 self._book = None
                 self._loaded_at = now
 
@@ -109,16 +114,36 @@ class HotReads:
     ) -> tuple[dict[str, OrgRef], dict[int, OrgRef]]:
         """Organizations by slug and by id, for the references given (unknown ones absent)."""
         self._expire()
+        if not self._complete:
+            self._load_all()
         by_slug = {s: self._orgs_by_slug[s] for s in slugs if s in self._orgs_by_slug}
         by_id = {i: self._orgs_by_id[i] for i in ids if i in self._orgs_by_id}
         missing_slugs, missing_ids = slugs - by_slug.keys(), ids - by_id.keys()
         if missing_slugs or missing_ids:
+            # Created since the last load (or more than fit in memory): asked for.
             for ref in self._load_organizations(missing_slugs, missing_ids):
                 if ref.slug in slugs:
                     by_slug[ref.slug] = ref
                 if ref.id in ids:
                     by_id[ref.id] = ref
         return by_slug, by_id
+
+    def _load_all(self) -> None:
+        """Every organization at once, when there are not too many: one query per TTL
+        instead of one per organization first seen."""
+        generation = self._generation
+        with self.database.session(write=False) as session:
+            rows = session.execute(
+                select(Organization.id, Organization.slug).limit(MAX_CACHED_ORGANIZATIONS + 1)
+            ).all()
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._complete = True
+            if len(rows) > MAX_CACHED_ORGANIZATIONS:
+                return  # too many: loaded one by one as they are asked for
+            self._orgs_by_slug = {slug: OrgRef(i, slug) for i, slug in rows}
+            self._orgs_by_id = {ref.id: ref for ref in self._orgs_by_slug.values()}
 
     def _load_organizations(self, slugs: set[str], ids: set[int]) -> list[OrgRef]:
         conditions = []

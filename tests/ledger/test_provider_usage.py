@@ -360,3 +360,32 @@ def test_a_reservation_for_an_openai_model_without_provider_is_priced(
     response = client.post("/api/v1/reservations", json=body, headers=tenant.headers)
     assert response.status_code == 201, response.text
     assert response.json()["amount_usd"] == "0.0035"
+
+
+def test_a_flat_event_of_an_openai_model_with_a_tier_is_reread_with_anthropic_meaning(
+    client: TestClient, database: Database, tenant: Tenant, admin_headers: dict[str, str]
+) -> None:
+    # Flat counts keep Anthropic's meaning whatever the model: 976 uncached, 1024 cached.
+    # gpt-4o batch: input 1.25, output 5; no batch rate for cached input in the data, so
+    # 1.25: 976*1.25 + 1024*1.25 + 300*5 = 1220 + 1280 + 1500 = 4000 micro-USD
+    event = {
+        "id": "flat-batch",
+        "timestamp": AT_BATCH,
+        "model": "gpt-4o",
+        "input_tokens": 976,
+        "output_tokens": 300,
+        "cache_read_input_tokens": 1024,
+        "service_tier": "batch",
+    }
+    assert one(client, tenant, event)["cost_usd"] == "0.004"
+    stored = stored_events(database)["flat-batch"]
+    assert stored.usage_object is not None
+    again = reread(stored.provider, stored.usage_object)
+    assert (again.tokens.input_tokens, again.tokens.cache_read_input_tokens) == (976, 1024)
+    assert again.context == {"processing": "batch"}
+    # and so does a repricing of it: the same price, nothing changes
+    selection = {"model": "gpt-4o", "from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"}
+    done = client.post("/api/pricing/reprice", json=selection, headers=admin_headers)
+    assert done.status_code == 200, done.text
+    assert (done.json()["examined"], done.json()["changed"]) == (1, 0)
+    assert stored_events(database)["flat-batch"].cost_nano == 4_000_000

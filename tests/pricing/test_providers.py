@@ -126,3 +126,5 @@ def test_contradictions_are_refused() -> None:
         read_usage("openai", {"prompt_tokens": -1, "completion_tokens": 1})
     with pytest.raises(UsageReadError):
         read_usage("openai", {"prompt_tokens": "12", "completion_tokens": 1})
+    with pytest.raises(UsageReadError, match="whole number"):
+        read_usage("openai", {"prompt_tokens": 12.5, "completion_tokens": 1})

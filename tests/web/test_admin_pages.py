@@ -142,3 +142,39 @@ def test_a_test_delivery_reaches_the_webhook_signed(
         != {k.lower(): v for k, v in receiver.requests[1].headers.items()}["webhook-id"]
     )
     assert json.loads(first.body)["webhook_id"] == hook_id
+
+
+def test_price_overrides_are_set_and_removed_through_the_page(admin_browser, database):
+    response = admin_browser.post(
+        "/admin/pricing",
+        {"provider": "anthropic", "model": "house-model-7", "input": "abc", "output": "4"},
+    )
+    assert response.status_code == 422
+    response = admin_browser.post(
+        "/admin/pricing",
+        {
+            "provider": "anthropic",
+            "model": "house-model-7",
+            "input": "3",
+            "output": "15",
+            "valid_from": "2026-11-01",
+        },
+    )
+    assert response.status_code == 303, response.text
+    page = admin_browser.get("/admin/pricing").text
+    row = page.split("<code>house-model-7</code>")[1].split("</tr>")[0]
+    assert "$3.00" in row
+    assert "$15.00" in row
+    with database.session(write=False) as session:
+        from tokenledger.pricing.models import PriceOverrideRow
+
+        stored = session.scalar(select(PriceOverrideRow))
+        assert stored.valid_from == datetime(2026, 11, 1, tzinfo=UTC)
+        valid_from = stored.valid_from.isoformat()
+    response = admin_browser.post(
+        "/admin/pricing/delete",
+        {"provider": "anthropic", "model": "house-model-7", "valid_from": valid_from},
+    )
+    assert response.status_code == 303
+    with database.session(write=False) as session:
+        assert session.scalar(select(PriceOverrideRow)) is None

@@ -16,7 +16,7 @@ from tokenledger.budgets.service import (
     Figures,
     burn_forecast,
     figures_for,
-    month_figures,
+    months_figures,
     recent_cost,
 )
 from tokenledger.db import insert_for
@@ -123,16 +123,18 @@ def record_crossings(
                 }
             )
 
+    earlier: dict[int, tuple[License, list[str]]] = {}
     for fig in figures:
         lic = fig.license
         window = windows.get(lic.organization_id, 0)
         forecast = burn_forecast(fig, window, tz, now) if fig.usd_limit is not None else None
         add(lic, crossings(fig, forecast))
         if lic.budget_period == "monthly" and fig.usd_limit is not None:
-            earlier = sorted((months or {}).get(lic.id, set()) - {fig.period})
-            for month, past in month_figures(session, lic, earlier).items():
-                # A closed month has no forecast; its credits are the license's, judged above.
-                add(lic, [c for c in crossings(past, None) if c[1] == month])
+            earlier[lic.id] = (lic, sorted((months or {}).get(lic.id, set()) - {fig.period}))
+    for license_id, by_month in months_figures(session, earlier).items():
+        for month, past in by_month.items():
+            # A closed month has no forecast; its credits are the license's, judged above.
+            add(earlier[license_id][0], [c for c in crossings(past, None) if c[1] == month])
     if not rows:
         return []
     table = Alert.__table__

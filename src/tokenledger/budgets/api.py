@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field, StrictInt, StrictStr, model_validator
+from starlette.concurrency import run_in_threadpool
 
+from tokenledger.auth.service import touch_api_key
 from tokenledger.budgets import service
+from tokenledger.config import Settings
 from tokenledger.db import utcnow
-from tokenledger.deps import AppSettings, IngestKey, Session
+from tokenledger.deps import AppSettings, IngestKey, Session, UsageKey, get_database, get_hot
 from tokenledger.errors import DomainError
 from tokenledger.money import format_usd, usd_to_nano
 from tokenledger.pricing.engine import TokenUsage
 from tokenledger.pricing.overrides import price_book
 from tokenledger.schemas import PRINTABLE, InputModel, PathText, Text
-from tokenledger.usage.api import organization_for_key
+from tokenledger.usage.api import organization_for_key, organization_ref_for_key
 from tokenledger.usage.schemas import BudgetStateRead, TokenCount, UsdInput
 
 router = APIRouter(prefix="/api/v1", tags=["budgets"])
@@ -54,15 +57,26 @@ class ReservationRead(BaseModel):
 
 
 @router.get("/budget")
-def get_budget(
-    session: Session,
-    key: IngestKey,
-    settings: AppSettings,
+async def get_budget(
+    request: Request,
+    key: UsageKey,
     organization: Annotated[str | None, Query(max_length=64, pattern=PRINTABLE)] = None,
 ) -> BudgetStateRead:
-    org = organization_for_key(session, key, organization)
-    state = service.budget_states(session, [org], settings.timezone, utcnow(), forecast=True)[0]
-    return BudgetStateRead.model_validate(state)
+    """The key and the organization from memory; the figures in one trip to a pool thread."""
+    settings: Settings = request.app.state.settings
+    database = get_database(request)
+    org = organization_ref_for_key(get_hot(request), key, organization)
+
+    def read() -> dict[str, Any]:
+        if key.touch_due:
+            with database.session(write=True) as touch:
+                touch_api_key(touch, key.key_id)
+        with database.session(write=False) as session:
+            return service.budget_states(
+                session, [org], settings.timezone, utcnow(), forecast=True
+            )[0]
+
+    return BudgetStateRead.model_validate(await run_in_threadpool(read))
 
 
 def _estimate_nano(session: Session, data: ReservationCreate, now: datetime) -> int:

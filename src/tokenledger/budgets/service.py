@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -97,21 +98,34 @@ def period_key(lic: License, tz: Any) -> str:
 def figures_for(
     session: Session, licenses: list[License], tz: Any, now: datetime
 ) -> dict[int, Figures]:
-    """Figures for several licenses in three queries."""
+    """Figures for several licenses in at most three queries."""
     if not licenses:
         return {}
     ids = [lic.id for lic in licenses]
     month = month_of(now, tz)
-    spent: dict[int, int] = defaultdict(int)
-    monthly: dict[int, int] = defaultdict(int)
-    for license_id, year_month, cost in session.execute(
-        select(LicenseUsage.license_id, LicenseUsage.year_month, LicenseUsage.cost_nano).where(
-            LicenseUsage.license_id.in_(ids)
+    # A monthly budget needs this month's row; a license-term budget the sum of its months.
+    monthly = dict(
+        session.execute(
+            select(LicenseUsage.license_id, LicenseUsage.cost_nano).where(
+                LicenseUsage.license_id.in_(
+                    [lic.id for lic in licenses if lic.budget_period == "monthly"]
+                ),
+                LicenseUsage.year_month == month,
+            )
+        ).all()
+    )
+    term = [lic.id for lic in licenses if lic.budget_period != "monthly"]
+    spent = (
+        dict(
+            session.execute(
+                select(LicenseUsage.license_id, func.sum(LicenseUsage.cost_nano))
+                .where(LicenseUsage.license_id.in_(term))
+                .group_by(LicenseUsage.license_id)
+            ).all()
         )
-    ):
-        spent[license_id] += cost
-        if year_month == month:
-            monthly[license_id] += cost
+        if term
+        else {}
+    )
     reserved = dict(
         session.execute(
             select(Reservation.license_id, func.sum(Reservation.amount_nano))
@@ -130,7 +144,7 @@ def figures_for(
             license=lic,
             period=month if is_monthly else "license",
             credits_used_micro=lic.credits_used_micro,
-            spent_nano=monthly[lic.id] if is_monthly else spent[lic.id],
+            spent_nano=int((monthly if is_monthly else spent).get(lic.id) or 0),
             reserved_nano=int(reserved.get(lic.id) or 0),
         )
     return result
@@ -138,24 +152,38 @@ def figures_for(
 
 def month_figures(session: Session, lic: License, months: list[str]) -> dict[str, Figures]:
     """A monthly budget's figures for given (earlier) months: their spend, no holds."""
-    if not months:
+    return months_figures(session, {lic.id: (lic, months)}).get(lic.id, {})
+
+
+def months_figures(
+    session: Session, wanted: dict[int, tuple[License, list[str]]]
+) -> dict[int, dict[str, Figures]]:
+    """month_figures for several licenses, in one query."""
+    wanted = {lid: (lic, months) for lid, (lic, months) in wanted.items() if months}
+    if not wanted:
         return {}
-    spent = dict(
-        session.execute(
-            select(LicenseUsage.year_month, LicenseUsage.cost_nano).where(
-                LicenseUsage.license_id == lic.id, LicenseUsage.year_month.in_(months)
+    all_months = sorted({month for _lic, months in wanted.values() for month in months})
+    spent = {
+        (license_id, month): cost
+        for license_id, month, cost in session.execute(
+            select(LicenseUsage.license_id, LicenseUsage.year_month, LicenseUsage.cost_nano).where(
+                LicenseUsage.license_id.in_(sorted(wanted)),
+                LicenseUsage.year_month.in_(all_months),
             )
-        ).all()
-    )
-    return {
-        month: Figures(
-            license=lic,
-            period=month,
-            credits_used_micro=lic.credits_used_micro,
-            spent_nano=int(spent.get(month) or 0),
-            reserved_nano=0,
         )
-        for month in months
+    }
+    return {
+        license_id: {
+            month: Figures(
+                license=lic,
+                period=month,
+                credits_used_micro=lic.credits_used_micro,
+                spent_nano=int(spent.get((license_id, month)) or 0),
+                reserved_nano=0,
+            )
+            for month in months
+        }
+        for license_id, (lic, months) in wanted.items()
     }
 
 
@@ -179,7 +207,7 @@ def governing(licenses: list[License], now: datetime) -> tuple[License | None, b
 
 
 def budget_states(
-    session: Session, orgs: list[Organization], tz: Any, now: datetime, forecast: bool = False
+    session: Session, orgs: Sequence[OrgLike], tz: Any, now: datetime, forecast: bool = False
 ) -> list[dict[str, Any]]:
     """The budget state of each organization, as the API renders it."""
     by_org: dict[int, list[License]] = defaultdict(list)

@@ -173,7 +173,13 @@ def read_usage(
         )
     except (ValueError, TypeError) as exc:
         raise UsageReadError(f"usage: {exc}") from exc
-    values = {key: int(value) for key, value in vars(extracted).items() if key in REPORTED_UNITS}
+    values: dict[str, int] = {}
+    for key, value in vars(extracted).items():
+        if key not in REPORTED_UNITS:
+            continue
+        if type(value) is not int:  # 2.5 tokens is no count: never rounded silently
+            raise UsageReadError(f"usage: {key} must be a whole number, got {value!r}")
+        values[key] = value
     tokens = _token_usage(values)
     context: dict[str, str] = {}
     if shape == "anthropic":
@@ -240,7 +246,7 @@ def event_usage(event: UsageEventIn, book: PriceBook) -> EventUsage:
     return EventUsage(provider, reading.tokens, reading.context, reading.unknown_units, stored)
 
 
-def reread(provider: str, stored: Mapping[str, Any]) -> ReadUsage:
+def reread(provider: str | None, stored: Mapping[str, Any]) -> ReadUsage:
     """A stored event's ``usage_object`` read again, e.g. to price it anew after a fix."""
     return read_usage(provider, stored["usage"], stored.get("service_tier"), stored.get("shape"))
 

@@ -16,6 +16,7 @@ from tokenledger.budgets.service import (
     budget_states,
     burn_forecast,
     figures_for,
+    governing,
     recent_cost,
 )
 from tokenledger.licenses.models import License
@@ -27,6 +28,7 @@ from tokenledger.usage.models import (
     TokenUsageMonthly,
     UsageDaily,
     UsageEvent,
+    UsagePrice,
 )
 from tokenledger.usage.periods import month_bounds, month_of
 
@@ -35,8 +37,8 @@ M = TokenUsageMonthly
 
 def _number(micro_or_nano: int, unit: int) -> int | float:
     """A JSON number for a configured amount: an int when whole, else the exact decimal."""
-    value = Decimal(micro_or_nano) / unit
-    return int(value) if value == value.to_integral_value() else float(value)
+    whole, rest = divmod(micro_or_nano, unit)
+    return whole if not rest else float(Decimal(micro_or_nano) / unit)
 
 
 def _totals_by_org(session: Session) -> dict[int, dict[str, int]]:
@@ -151,10 +153,29 @@ def organization_rows(session: Session, tz: Any, now: datetime) -> list[Organiza
     """One row per organization (with or without a license), from rollups only."""
     orgs = list(session.scalars(select(Organization).order_by(Organization.name, Organization.id)))
     totals = _totals_by_org(session)
-    active = _active_licenses(session)
-    figures = figures_for(session, list(active.values()), tz, now)
-    # The state is the one /api/v1/budget gives: of the license in force, or suspended.
-    states = {s["organization_id"]: s["state"] for s in budget_states(session, orgs, tz, now)}
+    # Active and suspended licenses, read once: the active one's columns, and the state
+    # /api/v1/budget gives (of the license in force, or suspended), from the same figures.
+    by_org: dict[int, list[License]] = defaultdict(list)
+    for held in session.scalars(
+        select(License)
+        .where(License.status.in_(("active", "suspended")))
+        .order_by(License.id.desc())
+    ):
+        by_org[held.organization_id].append(held)
+    active = {
+        org_id: one for org_id, found in by_org.items() for one in found if one.status == "active"
+    }
+    in_force = {org.id: governing(by_org[org.id], now) for org in orgs}
+    wanted = {one.id: one for one in active.values()}
+    wanted.update({one.id: one for one, _ in in_force.values() if one is not None})
+    figures = figures_for(session, list(wanted.values()), tz, now)
+    states = {}
+    for org in orgs:
+        governing_license, suspended = in_force[org.id]
+        if governing_license is None:
+            states[org.id] = "suspended" if suspended else "no_license"
+        else:
+            states[org.id] = figures[governing_license.id].state()
     month = month_of(now, tz)
     this_month = dict(
         session.execute(select(M.organization_id, M.cost_nano).where(M.year_month == month)).all()
@@ -484,9 +505,15 @@ def dashboard(session: Session, tz: Any, now: datetime) -> dict[str, Any]:
     }
 
 
-def recent_events(session: Session, org_id: int | None = None, limit: int = 50) -> list[UsageEvent]:
-    """The newest events (of one organization), with how each was priced."""
-    query = select(UsageEvent).order_by(UsageEvent.timestamp.desc(), UsageEvent.id.desc())
+def recent_events(
+    session: Session, org_id: int | None = None, limit: int = 50
+) -> list[tuple[UsageEvent, UsagePrice]]:
+    """The newest events (of one organization), each with the price row it was written with."""
+    query = (
+        select(UsageEvent, UsagePrice)
+        .join(UsagePrice, UsagePrice.id == UsageEvent.price_id)
+        .order_by(UsageEvent.timestamp.desc(), UsageEvent.id.desc())
+    )
     if org_id is not None:
         query = query.where(UsageEvent.organization_id == org_id)
-    return list(session.scalars(query.limit(limit)).all())
+    return [(event, price) for event, price in session.execute(query.limit(limit)).all()]

@@ -243,9 +243,9 @@ def _stored_usage(event: UsageEvent) -> tuple[TokenUsage, dict[str, str], tuple[
     """The usage as read when the event was written: its usage object, or its counts."""
     if event.usage_object:
         provider = None if event.provider == providers.UNKNOWN_PROVIDER else event.provider
-        reading = providers.read_usage(
-            provider, event.usage_object["usage"], event.usage_object.get("service_tier")
-        )
+        # reread: the shape stored with the object (a flat event's Anthropic fields of an
+        # OpenAI model are still Anthropic's meaning)
+        reading = providers.reread(provider, event.usage_object)
         return reading.tokens, reading.context, reading.unknown_units
     tokens = TokenUsage(
         input_tokens=event.input_tokens,
@@ -261,7 +261,11 @@ def _priced(
     event: UsageEvent, book: PriceBook, rates_of: dict[int, int], session: Session
 ) -> dict[str, Any]:
     """The price columns of the event with the price now in force at its timestamp."""
-    tokens, context, unknown = _stored_usage(event)
+    try:
+        tokens, context, unknown = _stored_usage(event)
+    except providers.UsageReadError:
+        # A stored object this version cannot read: the event stays as it is.
+        return {name: getattr(event, name) for name in PRICE_COLUMNS}
     provider = event.provider
     if provider == providers.UNKNOWN_PROVIDER:
         # Nobody knew the model when it was written; an override may name it now.

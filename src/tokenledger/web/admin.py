@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -188,7 +189,7 @@ def _pricing_page(page: Page, session: DbSession, status_code: int = 200, **extr
     context: dict[str, Any] = {"errors": {}, "values": {}}
     context.update(extra)
     events = queries.recent_events(session, None, 25)
-    org_ids = {event.organization_id for event in events}
+    org_ids = {event.organization_id for event, _price in events}
     names = (
         dict(
             session.execute(
@@ -221,10 +222,23 @@ def pricing(page: ViewerPage, session: DbSession) -> Response:
 def pricing_set(page: AdminPage, session: DbSession, form: Form) -> Response:
     values = {name: forms.text(form, name) for name in ("provider", "model")}
     values.update({name: forms.text(form, name) for name, _label in RATE_FIELDS})
+    values.update({name: forms.text(form, name) for name in ("valid_from", "valid_until")})
+    tz = page.settings.timezone
+    valid_from = forms.day_start(form, "valid_from", tz)
+    valid_until = forms.day_start(form, "valid_until", tz, after=True)
     errors: forms.Errors = {}
     for name in ("provider", "model", "input", "output"):
         if not values[name]:
             errors[name] = (N_("This field is required."), {})
+    for name, day in (("valid_from", valid_from), ("valid_until", valid_until)):
+        if isinstance(day, str):
+            errors[name] = (N_("Enter a date."), {})
+    if (
+        isinstance(valid_from, datetime)
+        and isinstance(valid_until, datetime)
+        and valid_until <= valid_from
+    ):
+        errors["valid_until"] = (forms.VALIDITY_ERROR, {})
     if errors:
         return _pricing_page(page, session, 422, errors=errors, values=values)
     assert page.principal is not None
@@ -236,6 +250,9 @@ def pricing_set(page: AdminPage, session: DbSession, form: Form) -> Response:
             rates={name: values[name] or None for name, _label in RATE_FIELDS},
             actor=page.principal.email,
             client_address=page.principal.address,
+            valid_from=valid_from,
+            valid_until=valid_until,
+            now=page.now,
         )
     except DomainError as exc:
         session.rollback()
@@ -256,6 +273,10 @@ def pricing_set(page: AdminPage, session: DbSession, form: Form) -> Response:
 @router.post("/admin/pricing/delete")
 def pricing_unset(page: AdminPage, session: DbSession, form: Form) -> Response:
     provider, model = forms.text(form, "provider"), forms.text(form, "model")
+    try:
+        valid_from = datetime.fromisoformat(forms.text(form, "valid_from"))
+    except ValueError as exc:
+        raise DomainError(422, "invalid_valid_from", "invalid valid_from") from exc
     assert page.principal is not None
     overrides.unset_override(
         session,
@@ -263,6 +284,7 @@ def pricing_unset(page: AdminPage, session: DbSession, form: Form) -> Response:
         model=model,
         actor=page.principal.email,
         client_address=page.principal.address,
+        valid_from=valid_from,
     )
     return redirect(
         "/admin/pricing",

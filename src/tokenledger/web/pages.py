@@ -440,7 +440,6 @@ def organization_usage(
         csv_to=end.isoformat(),
         period=_period(page, context["license"]),
         parse_iso=datetime.fromisoformat,
-        events=queries.recent_events(session, org_id, 10),
     )
 
 
