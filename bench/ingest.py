@@ -560,6 +560,18 @@ def bearer(token: str) -> dict[str, str]:
 # --- runs ----------------------------------------------------------------------------
 
 
+def group_sizes(base: str) -> dict[str, float]:
+    """Requests per group commit so far, from the server's own histogram."""
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    values = {}
+    for line in text.splitlines():
+        for name in ("sum", "count"):
+            if line.startswith(f"tokenledger_usage_group_requests_{name} "):
+                values[name] = float(line.split()[-1])
+    count = values.get("count", 0)
+    return {"groups": count, "mean_requests": round(values.get("sum", 0) / count, 1) if count else 0}
+
+
 def ingestion_figures(
     ledger_base: str, floor_base: str | None, key: str, tag: str
 ) -> dict[str, Any]:
@@ -572,6 +584,7 @@ def ingestion_figures(
                 ledger_base, "/api/v1/usage", key, connections, f"{tag}s{connections}"
             ).as_dict()
         }
+        result[name]["group_sizes_so_far"] = group_sizes(ledger_base)
         if floor_base:
             result[name]["floor"] = single_events(
                 floor_base, "/usage", "", connections, f"{tag}s{connections}"
@@ -715,6 +728,12 @@ def table(figures: dict[str, Any]) -> str:
         )
         if ours.get("errors"):
             lines.append(f"{'':<34} errors: {ours['errors']}")
+        if "group_sizes_so_far" in entry:
+            sizes = entry["group_sizes_so_far"]
+            lines.append(
+                f"{'':<34} group commits so far: {sizes['groups']:,.0f}, "
+                f"{sizes['mean_requests']} requests each on average"
+            )
 
     load_row("single events, 4 connections", "single_events_c4", "/s")
     load_row("single events, 32 connections", "single_events_c32", "/s")
