@@ -82,28 +82,38 @@ def test_model_costs_are_exact_decimal_text(client, admin_headers, make_tenant):
 
 
 def test_daily_series_of_the_last_days(client, admin_headers, make_tenant):
-    now = utcnow()
+    # The route reads the clock (no `now` to pass): events sit at fixed times of whole UTC
+    # days counted from the start of today, never minutes before now, so the test holds
+    # at any hour, midnight included (only a day change during the request itself moves it).
+    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
     tenant = make_tenant()
     ingest(
         client,
         tenant,
-        event("1", at=now - timedelta(minutes=1)),
-        event("2", at=now - timedelta(minutes=2), model="claude-haiku-4-5", api_calls=2),
-        event("4", at=now - timedelta(days=2)),
-        event("8", at=now - timedelta(days=3)),  # outside a 3-day window
+        event("1", at=today + timedelta(seconds=1)),
+        event("2", at=today + timedelta(seconds=2), model="claude-haiku-4-5", api_calls=2),
+        event("4", at=today - timedelta(days=2) + timedelta(hours=12)),
+        event("8", at=today - timedelta(days=3) + timedelta(hours=12)),  # outside 3 days
     )
     response = client.get(
         f"/api/token-usage/{tenant.org_id}/daily", params={"days": 3}, headers=admin_headers
     )
     assert response.status_code == 200
     series = response.json()
-    days = [(now - timedelta(days=n)).strftime("%Y-%m-%d") for n in (2, 1, 0)]
+    days = [(today - timedelta(days=n)).strftime("%Y-%m-%d") for n in (2, 1, 0)]
     assert [d["day"] for d in series] == days
     assert [d["total_cost_usd"] for d in series] == [4.0, 0, 3.0]
     assert [d["api_calls"] for d in series] == [1, 0, 3]
     assert series[2]["input_tokens"] == 2000
     assert series[2]["output_tokens"] == 200
-    assert len(client.get(f"/api/token-usage/{tenant.org_id}/daily", headers=admin_headers).json())
+    # Without `days`: the last 30 days, oldest first, ending today, all four events inside.
+    default = client.get(f"/api/token-usage/{tenant.org_id}/daily", headers=admin_headers)
+    assert default.status_code == 200
+    thirty = default.json()
+    assert len(thirty) == 30
+    assert thirty[0]["day"] == (today - timedelta(days=29)).strftime("%Y-%m-%d")
+    assert thirty[-1]["day"] == today.strftime("%Y-%m-%d")
+    assert sum(Decimal(str(d["total_cost_usd"])) for d in thirty) == Decimal(15)
     for bad in (0, 367, "x"):
         response = client.get(
             f"/api/token-usage/{tenant.org_id}/daily", params={"days": bad}, headers=admin_headers

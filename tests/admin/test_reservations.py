@@ -139,8 +139,10 @@ def test_usage_with_the_reservation_id_settles_it(client, make_tenant, database)
     ingest(client, tenant, event("0.5", reservation_id=held["id"]))
     assert _reservation(database, held["id"]).settled_cost_nano == 2_500_000_000
     assert budget(client, tenant)["remaining_usd"] == "7.50"
-    # A settled hold can no longer be released into something else.
-    assert client.delete(f"/api/v1/reservations/{held['id']}", headers=tenant.headers).status_code
+    # A settled hold can no longer be released into something else: the release is a
+    # harmless no-op (204, as releasing twice), the hold stays settled.
+    response = client.delete(f"/api/v1/reservations/{held['id']}", headers=tenant.headers)
+    assert response.status_code == 204, response.text
     assert _reservation(database, held["id"]).status == "settled"
 
 
@@ -179,14 +181,33 @@ def test_release_and_expiry(client, make_tenant, database, service_key):
     assert _reservation(database, second).status == "expired"
 
 
-def test_a_short_ttl_expires_by_itself(client, make_tenant):
-    import time
-
+def test_a_short_ttl_expires_by_itself(client, make_tenant, database):
+    """A hold past its expires_at stops counting without any release; time is moved in the
+    database (expires_at one second in the past), not waited for."""
     tenant = make_tenant(license={"credits_total": Decimal(0), "token_budget_usd": Decimal(10)})
-    assert _hold(client, tenant, max_cost_usd="4", ttl_seconds=1).status_code == 201
+    before = utcnow()
+    response = _hold(client, tenant, max_cost_usd="4", ttl_seconds=1)
+    assert response.status_code == 201, response.text
+    held = response.json()["id"]
+    row = _reservation(database, held)
+    assert before + timedelta(seconds=1) <= row.expires_at
+    assert row.expires_at <= utcnow() + timedelta(seconds=1)
+    # Within its TTL (expires_at moved an hour ahead, so a slow machine cannot expire it).
+    with database.session(write=True) as session:
+        session.execute(
+            update(Reservation)
+            .where(Reservation.id == held)
+            .values(expires_at=utcnow() + timedelta(hours=1))
+        )
     assert budget(client, tenant)["reserved_usd"] == "4.00"
-    time.sleep(1.1)
+    with database.session(write=True) as session:
+        session.execute(
+            update(Reservation)
+            .where(Reservation.id == held)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
     assert budget(client, tenant)["reserved_usd"] == "0.00"
+    assert budget(client, tenant)["remaining_usd"] == "10.00"
 
 
 def test_parallel_holds_never_exceed_what_remains(settings, make_tenant, database):
@@ -225,7 +246,10 @@ def test_parallel_holds_never_exceed_what_remains(settings, make_tenant, databas
             thread.start()
         for thread in threads:
             thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in threads)
+    assert len(statuses) == threads_count, statuses
     assert sorted(set(statuses)) == [201, 402], statuses
+    assert statuses.count(402) == threads_count - 6
     assert statuses.count(201) == 6
     with database.session(write=False) as session:
         held = session.scalars(

@@ -99,7 +99,14 @@ def test_retries_run_out_and_the_events_stay_pending() -> None:
     outcome, sent, slept = drive([events(2), events(2)], [down, down, down])
     assert len(sent) == 3  # the first batch, twice retried; the second is not tried
     assert len(slept) == 2
-    assert slept[1] <= 0.2  # backoff 0.1 doubled, jittered down to no less than half
+    # Backoff 0.1 s, doubled each retry, jittered down to no less than half:
+    # the first wait in [0.05, 0.1], the second in [0.1, 0.2]. Jitter is random: many runs.
+    assert 0.05 <= slept[0] <= 0.1, slept
+    assert 0.1 <= slept[1] <= 0.2, slept
+    for _ in range(200):
+        _, _, again = drive([events(1)], [down, down, down])
+        assert 0.05 <= again[0] <= 0.1, again
+        assert 0.1 <= again[1] <= 0.2, again
     assert outcome.unavailable == "ConnectError: refused"
     assert (outcome.acknowledged, outcome.rejected) == ([], [])
 

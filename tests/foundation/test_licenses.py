@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from tests.factories import make_license, make_org
@@ -271,6 +273,61 @@ def test_lost_race_for_the_active_license_is_a_conflict(database):
             licenses.create(session, data)
         session.rollback()
     assert (caught.value.status, caught.value.code) == (409, "active_license_exists")
+
+
+def test_two_sessions_racing_for_the_active_license_one_gets_a_conflict(database):
+    """Two real transactions on two connections: the first inserts an active license and
+    holds its transaction open; the second passes the service's own check (the first row
+    is not visible yet), then waits on the partial unique index, and is refused with 409
+    once the first commits. PostgreSQL only: SQLite's single writer never lets two write
+    transactions overlap (the sequential case is the test above)."""
+    if database.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer: two write transactions never overlap")
+    with database.session(write=True) as session:
+        org = make_org(session)
+    data = LicenseCreate(
+        organization_id=org.id, credits_total=Decimal(1), cost_per_credit=Decimal(1)
+    )
+    outcome: list[object] = []
+
+    def second() -> None:
+        try:
+            with database.session(write=True) as session:
+                licenses.create(session, data)
+            outcome.append("created")
+        except DomainError as exc:
+            outcome.append((exc.status, exc.code))
+        except Exception as exc:  # reported by the assertion below, not lost in the thread
+            outcome.append(exc)
+
+    with database.session(write=True) as first:
+        first.add(_raw_license(org.id))
+        first.flush()  # the row exists in this open transaction, on this connection
+        thread = threading.Thread(target=second)
+        thread.start()
+        waiting = 0
+        deadline = time.monotonic() + 30
+        with database.engine.connect() as observer:
+            while not waiting and time.monotonic() < deadline and thread.is_alive():
+                waiting = observer.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock' "
+                        "AND query ILIKE 'INSERT INTO licenses%'"
+                    )
+                ).scalar_one()
+                if not waiting:
+                    time.sleep(0.02)
+        # The second transaction is blocked by the first's uncommitted row, not yet answered.
+        assert waiting == 1
+        assert thread.is_alive()
+        assert outcome == []
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert outcome == [(409, "active_license_exists")]
+    with database.session(write=False) as session:
+        rows = session.scalars(select(License).where(License.organization_id == org.id)).all()
+    assert [row.status for row in rows] == ["active"]
 
 
 def test_get_and_list_404(client, database, viewer_headers):

@@ -6,6 +6,7 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -224,8 +225,11 @@ def test_identical_batches_sent_concurrently_are_stored_once(
                 for result in response.json()["results"]:
                     key = (result["organization"], result["id"])
                     per_event.setdefault(key, Counter())[result["status"]] += 1
-                    # every thread reports the stored cost, created or duplicate
-                    assert result["cost_usd"] is not None
+                    # every thread reports the stored cost, created or duplicate:
+                    # (1000 + i) * $3/MTok + 100 * $15/MTok = 0.0045 + 0.000003 * i USD
+                    i = int(result["id"].rsplit("-", 1)[1])
+                    expected = Decimal("0.0045") + Decimal("0.000003") * i
+                    assert Decimal(result["cost_usd"]) == expected, result
             assert len(per_event) == len(batch)
             for key, counts in per_event.items():
                 assert counts == Counter(created=1, duplicate=THREADS - 1), (key, counts)

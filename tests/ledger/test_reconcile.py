@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
 from sqlalchemy import event as sa_event
-from sqlalchemy import text
+from sqlalchemy.pool import NullPool
 
 from tests.ledger.conftest import Tenant, cli, ok, post, snapshot, write
 from tests.ledger.conftest import usage_event as usage
@@ -66,6 +68,8 @@ def test_reconcile_reports_drift_and_fixes_it(
             f"UPDATE usage_daily SET input_tokens = 1 WHERE organization_id = {org}",
         ):
             connection.execute(text(statement))
+    tampered = snapshot(database)
+    assert tampered != clean
 
     done = cli(database_url, tmp_path, "reconcile")
     assert done.returncode == 1, done.stdout + done.stderr
@@ -76,7 +80,7 @@ def test_reconcile_reports_drift_and_fixes_it(
     assert f"license {lic}: credits_used_micro is 0, events and adjustments say" in report
     assert "license_usage" in report
     assert "usage_daily" in report
-    assert snapshot(database) != clean  # reporting alone changes nothing
+    assert snapshot(database) == tampered  # reporting alone changes nothing
 
     done = cli(database_url, tmp_path, "reconcile", "--fix")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -87,12 +91,17 @@ def test_reconcile_reports_drift_and_fixes_it(
 
 
 def test_reconcile_is_consistent_while_usage_arrives(
-    client: TestClient, database: Database, make_tenant: Callable[..., Tenant]
+    database_url: str,
+    client: TestClient,
+    database: Database,
+    make_tenant: Callable[..., Tenant],
 ) -> None:
     """A batch committed while reconcile runs is neither reported as drift nor overwritten.
 
     The batch is sent when reconcile, having summed the events, is about to read the
-    rollups; reconcile gives it a moment to commit before it goes on.
+    rollups; reconcile gives it a moment to commit before it goes on. On PostgreSQL the
+    server itself shows that the batch was blocked: a backend of this database waits on a
+    lock (pg_stat_activity) while reconcile holds its table locks.
     """
     tenant = make_tenant({"valid_from": "2026-01-01T00:00:00Z", "cost_per_credit": "0.01"})
     populate(client, database, tenant)
@@ -106,11 +115,36 @@ def test_reconcile_is_consistent_while_usage_arrives(
 
     thread = threading.Thread(target=send)
     waited: list[bool] = []
+    lock_waits: list[int] = []
+    observer = (
+        create_engine(database_url, poolclass=NullPool)
+        if database.engine.dialect.name == "postgresql"
+        else None
+    )
+
+    def lock_waiters() -> int:
+        assert observer is not None
+        with observer.connect() as connection:
+            return int(
+                connection.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                ).scalar_one()
+            )
 
     def before_execute(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if not sent.is_set() and "FROM token_usage_monthly" in statement:
             sent.set()
             thread.start()
+            if observer is not None:
+                deadline = time.monotonic() + 20
+                while not lock_waits and time.monotonic() < deadline:
+                    if waiting := lock_waiters():
+                        lock_waits.append(waiting)
+                    else:
+                        time.sleep(0.02)
             thread.join(timeout=1.5)
             # The batch waits for reconcile: SQLite's one writer, PostgreSQL's table locks.
             waited.append(thread.is_alive())
@@ -122,6 +156,10 @@ def test_reconcile_is_consistent_while_usage_arrives(
         finally:
             sa_event.remove(database.write_engine, "before_cursor_execute", before_execute)
     thread.join(timeout=30)
+    if observer is not None:
+        observer.dispose()
+        assert len(lock_waits) == 1, "the late batch never waited on reconcile's locks"
+        assert lock_waits[0] >= 1
     assert waited == [True]
     assert statuses == [200]
     assert drift == []

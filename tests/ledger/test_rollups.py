@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -51,12 +52,31 @@ def events_for(instants: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
     return events
 
 
-def expected_months(
-    body: dict[str, Any], events: list[dict[str, Any]], months: list[str]
-) -> dict[str, dict[str, int]]:
-    """The monthly sums worked out from the events sent and the costs answered."""
+# Each event's cost in nano-USD, by hand: unknown-model without cost_usd (n % 4 == 0) is
+# unpriced; cost_usd given (n % 5 == 1) is taken as sent; claude-sonnet-4-5 otherwise:
+# (1000 + n) * 3000 + 10n * 15000 + 7n * 3750 (5m writes) + 100n * 300
+# = 3_000_000 + (3000 + 150_000 + 26_250 + 30_000) n = 3_000_000 + 209_250 n.
+COST_NANO: list[int | None] = [
+    None,  # e0
+    1_000_001,  # e1: "0.001000001"
+    3_418_500,  # e2
+    3_627_750,  # e3
+    None,  # e4
+    4_046_250,  # e5
+    6_000_001,  # e6: "0.006000001"
+    4_464_750,  # e7
+    None,  # e8
+    4_883_250,  # e9
+    5_092_500,  # e10
+    11_000_001,  # e11: "0.011000001"
+    None,  # e12
+]
+
+
+def expected_months(events: list[dict[str, Any]], months: list[str]) -> dict[str, dict[str, int]]:
+    """The monthly sums worked out from the events sent and the hand-worked costs."""
     expected: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(MONTHLY_FIELDS, 0))
-    for sent, result, month in zip(events, body["results"], months, strict=True):
+    for sent, cost, month in zip(events, COST_NANO, months, strict=True):
         row = expected[month]
         row["input_tokens"] += sent["input_tokens"]
         row["output_tokens"] += sent["output_tokens"]
@@ -64,12 +84,15 @@ def expected_months(
         row["cache_read_tokens"] += sent["cache_read_input_tokens"]
         row["api_calls"] += sent["api_calls"]
         row["event_count"] += 1
-        if result["cost_usd"] is None:
+        if cost is None:
             row["unpriced_events"] += 1
         else:
-            whole, _, frac = result["cost_usd"].partition(".")
-            row["cost_nano"] += int(whole) * 10**9 + int(frac.ljust(9, "0"))
+            row["cost_nano"] += cost
     return dict(expected)
+
+
+def nano(text: str | None) -> int | None:
+    return None if text is None else int(Decimal(text).scaleb(9))
 
 
 def test_months_are_calendar_months_in_the_billing_time_zone(
@@ -90,13 +113,29 @@ def test_months_are_calendar_months_in_the_billing_time_zone(
     assert berlin["results"][0]["pricing"] == "unpriced"
     assert berlin["results"][1]["pricing"] == "provided"
     assert berlin["results"][2]["pricing"] == "priced"
+    assert [nano(r["cost_usd"]) for r in berlin["results"]] == COST_NANO
+    assert [nano(r["cost_usd"]) for r in utc["results"]] == COST_NANO
 
     berlin_months = [month for _at, month, _utc in INSTANTS]
     utc_months = [month for _at, _berlin, month in INSTANTS]
-    assert monthly_rows(database, in_berlin.org_id) == expected_months(
-        berlin, events, berlin_months
-    )
-    assert monthly_rows(database, in_utc.org_id) == expected_months(utc, events, utc_months)
+    assert monthly_rows(database, in_berlin.org_id) == expected_months(events, berlin_months)
+    assert monthly_rows(database, in_utc.org_id) == expected_months(events, utc_months)
+    # The month sums of cost, added up by hand from COST_NANO.
+    assert {m: row["cost_nano"] for m, row in monthly_rows(database, in_berlin.org_id).items()} == {
+        "2025-12": 0,  # e0 unpriced
+        "2026-01": 1_000_001,  # e1
+        "2026-02": 3_418_500,  # e2
+        "2026-03": 13_674_001,  # e3 + e5 + e6 (e4 unpriced)
+        "2026-04": 4_464_750,  # e7 (e8 unpriced)
+        "2026-10": 20_975_751,  # e9 + e10 + e11
+        "2026-11": 0,  # e12 unpriced
+    }
+    assert {m: row["cost_nano"] for m, row in monthly_rows(database, in_utc.org_id).items()} == {
+        "2025-12": 1_000_001,  # e0 + e1
+        "2026-02": 7_046_250,  # e2 + e3
+        "2026-03": 14_511_001,  # e4..e8
+        "2026-10": 20_975_751,  # e9..e12
+    }
     assert set(monthly_rows(database, in_berlin.org_id)) == {
         "2025-12",
         "2026-01",
