@@ -7,7 +7,7 @@ id per request), batches with one httpx connection, reads with wrk or httpx; eve
 bounded in count and time.
 
 Events for the growth and read figures are bulk-loaded with SQL straight into the database
-(not over HTTP), then the rollups are rebuilt by `tokenledger reconcile --fix`.
+(not over HTTP), with their rollups added by SQL as ingestion adds them.
 
 Environment:
   BENCH_EVENTS         events bulk-loaded before the read figures (default 1,000,000)
@@ -15,6 +15,8 @@ Environment:
   BENCH_SECONDS        seconds of each wrk run (default 8)
   BENCH_POSTGRES=1     also run the ingestion figures on PostgreSQL with 1 and 2 workers
                        (needs TOKENLEDGER_TEST_POSTGRES_URL: scripts/with-postgres.sh)
+  BENCH_SQLITE=0       skip the SQLite run (e.g. for a PostgreSQL run alone)
+  BENCH_TAG            appended to the result file's name (bench/results/<date><tag>.json)
 """
 
 from __future__ import annotations
@@ -234,16 +236,56 @@ def table_bytes(path: Path) -> int:
 
 def bulk_load(path: Path, count: int, org_id: int | None, prefix: str) -> float:
     """Insert `count` priced events with SQL: over every organization (or one), a year of
-    days and three models; returns seconds. Rollups are rebuilt afterwards (reconcile)."""
+    days and three models, and add them to the rollups; returns seconds."""
     started = time.perf_counter()
     org_expr = f"{org_id}" if org_id is not None else f"1 + (n % {ORGS})"
     with sqlite3.connect(path, isolation_level=None) as db:
         db.execute("PRAGMA synchronous=OFF")
         db.execute("BEGIN")
         price_ids = bulk_prices(db)
+        first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM usage_events").fetchone()[0]
         db.execute(bulk_sql(org_expr, prefix, price_ids), {"count": count})
+        for statement in ROLLUP_SQL:
+            db.execute(statement, {"first": first})
         db.execute("COMMIT")
     return time.perf_counter() - started
+
+
+_SUMS = (
+    "sum(input_tokens), sum(output_tokens), sum(cache_creation_input_tokens), "
+    "sum(cache_read_input_tokens), sum(coalesce(cost_nano, 0)), sum(api_calls), count(*), "
+    "sum(cost_nano IS NULL)"
+)
+_ADDED = ", ".join(
+    f"{name} = {name} + excluded.{name}"
+    for name in ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens",
+                 "cost_nano", "api_calls", "event_count", "unpriced_events")
+)
+_ROLLUP_COLUMNS = (
+    "input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, cost_nano, "
+    "api_calls, event_count, unpriced_events"
+)
+# The rollups of the events just loaded (ids from :first), as ingestion would have added
+# them (`tokenledger reconcile` recomputes the same from the events).
+ROLLUP_SQL = (
+    f"INSERT INTO token_usage_monthly (organization_id, year_month, {_ROLLUP_COLUMNS}, "
+    f"refresh_count) SELECT organization_id, year_month, {_SUMS}, 0 FROM usage_events "
+    f"WHERE id >= :first GROUP BY 1, 2 ON CONFLICT DO UPDATE SET {_ADDED}",
+    f"INSERT INTO usage_daily (organization_id, day, provider, model, {_ROLLUP_COLUMNS}) "
+    f"SELECT e.organization_id, e.day, p.provider, p.model, {_SUMS} FROM usage_events AS e "
+    "JOIN usage_prices AS p ON p.id = e.price_id WHERE e.id >= :first GROUP BY 1, 2, 3, 4 "
+    f"ON CONFLICT DO UPDATE SET {_ADDED}",
+    "INSERT INTO license_usage (license_id, year_month, cost_nano, credits_micro, event_count) "
+    "SELECT license_id, year_month, sum(coalesce(cost_nano, 0)), "
+    "sum(coalesce(credits_micro, 0)), count(*) FROM usage_events WHERE id >= :first "
+    "AND license_id IS NOT NULL GROUP BY 1, 2 ON CONFLICT DO UPDATE SET "
+    "cost_nano = cost_nano + excluded.cost_nano, "
+    "credits_micro = credits_micro + excluded.credits_micro, "
+    "event_count = event_count + excluded.event_count",
+    "UPDATE licenses SET credits_used_micro = credits_used_micro + t.credits FROM (SELECT "
+    "license_id, sum(coalesce(credits_micro, 0)) AS credits FROM usage_events WHERE "
+    "id >= :first AND license_id IS NOT NULL GROUP BY 1) AS t WHERE licenses.id = t.license_id",
+)
 
 
 BULK_RATES = {
@@ -305,15 +347,6 @@ def bulk_sql(org_expr: str, prefix: str, price_ids: list[int]) -> str:
       cost, cost / 10, NULL
     FROM priced
     """
-
-
-def reconcile_fix(database_url: str) -> float:
-    started = time.perf_counter()
-    subprocess.run(
-        [PYTHON, "-m", "tokenledger.cli", "reconcile", "--fix"], env=ledger_env(database_url),
-        check=False, capture_output=True,
-    )
-    return time.perf_counter() - started
 
 
 # --- load ----------------------------------------------------------------------------
@@ -527,6 +560,18 @@ def bearer(token: str) -> dict[str, str]:
 # --- runs ----------------------------------------------------------------------------
 
 
+def group_sizes(base: str) -> dict[str, float]:
+    """Requests per group commit so far, from the server's own histogram."""
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    values = {}
+    for line in text.splitlines():
+        for name in ("sum", "count"):
+            if line.startswith(f"tokenledger_usage_group_requests_{name} "):
+                values[name] = float(line.split()[-1])
+    count = values.get("count", 0)
+    return {"groups": count, "mean_requests": round(values.get("sum", 0) / count, 1) if count else 0}
+
+
 def ingestion_figures(
     ledger_base: str, floor_base: str | None, key: str, tag: str
 ) -> dict[str, Any]:
@@ -539,6 +584,7 @@ def ingestion_figures(
                 ledger_base, "/api/v1/usage", key, connections, f"{tag}s{connections}"
             ).as_dict()
         }
+        result[name]["group_sizes_so_far"] = group_sizes(ledger_base)
         if floor_base:
             result[name]["floor"] = single_events(
                 floor_base, "/usage", "", connections, f"{tag}s{connections}"
@@ -587,11 +633,7 @@ def run_sqlite(workdir: Path) -> dict[str, Any]:
         db.execute("ANALYZE")
     after = table_bytes(path)
     loaded = EVENTS + EXPORT_EVENTS
-    figures["bulk_load"] = {
-        "events": loaded,
-        "seconds": round(load_seconds, 1),
-        "reconcile_fix_seconds": round(reconcile_fix(url), 1),
-    }
+    figures["bulk_load"] = {"events": loaded, "seconds": round(load_seconds, 1)}
     with sqlite3.connect(path) as db:
         total_events = db.execute("SELECT count(*) FROM usage_events").fetchone()[0]
     figures["events_in_database"] = total_events
@@ -686,6 +728,12 @@ def table(figures: dict[str, Any]) -> str:
         )
         if ours.get("errors"):
             lines.append(f"{'':<34} errors: {ours['errors']}")
+        if "group_sizes_so_far" in entry:
+            sizes = entry["group_sizes_so_far"]
+            lines.append(
+                f"{'':<34} group commits so far: {sizes['groups']:,.0f}, "
+                f"{sizes['mean_requests']} requests each on average"
+            )
 
     load_row("single events, 4 connections", "single_events_c4", "/s")
     load_row("single events, 32 connections", "single_events_c32", "/s")
@@ -724,10 +772,11 @@ def main() -> int:
         "export_events": EXPORT_EVENTS,
         "seconds_per_load": SECONDS,
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        report["sqlite"] = run_sqlite(Path(tmp))
-    print(f"SQLite, one worker (load average at start {load[0]:.2f}):")
-    print(table(report["sqlite"]))
+    if os.environ.get("BENCH_SQLITE") != "0":
+        with tempfile.TemporaryDirectory() as tmp:
+            report["sqlite"] = run_sqlite(Path(tmp))
+        print(f"SQLite, one worker (load average at start {load[0]:.2f}):")
+        print(table(report["sqlite"]))
     if os.environ.get("BENCH_POSTGRES") == "1":
         report["postgresql"] = run_postgres()
         for workers, figures in report["postgresql"].items():
@@ -735,7 +784,8 @@ def main() -> int:
             print(table(figures))
     results = HERE / "results"
     results.mkdir(exist_ok=True)
-    out = results / f"{datetime.now(UTC).date().isoformat()}.json"
+    suffix = os.environ.get("BENCH_TAG", "")
+    out = results / f"{datetime.now(UTC).date().isoformat()}{suffix}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten to {out.relative_to(HERE.parent)}")
     return 0

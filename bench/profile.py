@@ -1,11 +1,11 @@
 """Where the server's time goes under load: py-spy samples of a real `tokenledger serve`.
 
-Usage: .venv/bin/python bench/profile.py [single|batches|batches1] [seconds]
+Usage: .venv/bin/python bench/profile.py [single|batches|batches1|budget] [seconds]
 
-Prepares a database as `make bench` does, starts the server, records it with py-spy
-(pip install py-spy; dev extra) while wrk sends single events at 32 connections (or one
-connection sends 1000-event batches over 1,000 organizations, or one: batches1), then prints the functions
-with the largest share of samples: inclusive (on the stack) and self (at the top).
+Prepares a database as `make bench` does, starts the server, records it with py-spy (dev
+extra) while wrk sends single events at 32 connections (or one connection sends
+1000-event batches over 1,000 organizations, or over one: batches1), then prints the
+functions with the largest share of samples: inclusive (on the stack) and self (at the top).
 """
 
 from __future__ import annotations
@@ -72,7 +72,12 @@ def main() -> int:
                  "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
-            if scenario == "single":
+            if scenario == "budget":
+                load = ingest.wrk(
+                    f"{server.base}/api/v1/budget?organization=o0017", ingest.WRK_GET,
+                    [ledger.key], 4, seconds,
+                )
+            elif scenario == "single":
                 load = ingest.wrk(
                     f"{server.base}/api/v1/usage", ingest.WRK_SINGLE,
                     ["prof", "/api/v1/usage", str(ingest.ORGS), ledger.key], 32, seconds,

@@ -6,6 +6,7 @@ path as the API); the export is read over HTTP and compared with the stored rows
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import socket
@@ -233,21 +234,37 @@ def _raw_get(base: str, path: str, headers: dict[str, str]) -> socket.socket:
     return sock
 
 
+def _wide_events(count: int) -> list[dict[str, Any]]:
+    """Events whose CSV rows are long (ids and refresh ids of 128 characters)."""
+    events = _events(count)
+    for event in events:
+        event["id"] = event["id"].ljust(128, "x")
+        event["refresh_id"] = "run-".ljust(128, "r")
+    return events
+
+
 def test_an_aborted_download_leaves_no_transaction_behind(
     database, settings, admin_headers, make_tenant
 ):
     tenant = make_tenant(license={"valid_from": NOW - timedelta(days=60)})
-    _store(database, settings, tenant, _events(10_000))
+    # About 6 MB of CSV: more than the server's socket buffers hold (up to 4 MiB here),
+    # so the export is still running when the client leaves.
+    _store(database, settings, tenant, _wide_events(15_000))
     with serve(settings) as base:
         path = f"/api/token-usage/{tenant.org_id}/events.csv?from={FROM}&to={TO}"
-        sock = _raw_get(base, path, admin_headers)
-        first = sock.recv(2048)
-        assert first.startswith(b"HTTP/1.1 200")
-        # A write lands meanwhile; the export, blocked on our full socket, still reads
-        # its own snapshot: proof that the client leaves in the middle of the stream.
-        _store(database, settings, tenant, [{"id": "meanwhile", "model": "m", "cost_usd": "1"}])
-        assert not _no_transaction_left(database, settings)
-        sock.close()
+        with contextlib.closing(_raw_get(base, path, admin_headers)) as sock:
+            first = sock.recv(2048)
+            assert first.startswith(b"HTTP/1.1 200")
+            # Writes land meanwhile; the export, blocked on our full socket, still reads
+            # its own snapshot: proof that the client leaves mid-stream.
+            writes = iter(range(1000))
+
+            def export_holds_a_snapshot() -> bool:
+                meanwhile = {"id": f"meanwhile-{next(writes)}", "model": "m", "cost_usd": "1"}
+                _store(database, settings, tenant, [meanwhile])
+                return not _no_transaction_left(database, settings)
+
+            assert _eventually(export_holds_a_snapshot)
         assert _eventually(lambda: _no_transaction_left(database, settings))
         _writes_and_throttle_work(base, database, settings, tenant)
         assert _no_transaction_left(database, settings)

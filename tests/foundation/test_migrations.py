@@ -100,3 +100,49 @@ def test_overrides_made_before_effective_dates_stay_in_force(empty_database_url)
         assert quote.cost_nano == 2 * 10**9  # 1M tokens at $2/MTok, even for 2001
     finally:
         database.dispose()
+
+
+def test_alerts_with_webhook_deliveries_upgrade_to_head(empty_database_url):
+    """A ledger with alerts that webhook deliveries point at upgrades (SQLite rebuilds the
+    alerts table in batch mode: its foreign keys must not stop the rebuild)."""
+    from datetime import datetime
+
+    from alembic import command
+    from sqlalchemy import text
+
+    at = datetime(2026, 11, 1, 12, 0)
+    database = Database(make_settings(empty_database_url))
+    try:
+        config = runner.alembic_config()
+        with database.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0010_provider_usage")
+            for statement in (
+                "INSERT INTO organizations (id, name, slug, created_at) "
+                "VALUES (1, 'Acme', 'acme', :at)",
+                "INSERT INTO licenses (id, organization_id, status, valid_from, "
+                "credits_total_micro, cost_per_credit_nano, budget_period, "
+                "budget_warning_percent, enforcement, credits_used_micro, created_at, "
+                "updated_at) VALUES (1, 1, 'active', :at, 0, 10000000, 'monthly', 80, 'soft', "
+                "0, :at, :at)",
+                "INSERT INTO alerts (id, organization_id, license_id, type, period, created_at) "
+                "VALUES (7, 1, 1, 'budget.warning', '2026-11', :at)",
+                "INSERT INTO webhooks (id, url, secret, description, active, created_at) "
+                "VALUES (1, 'https://hooks.example.com/x', 'old-secret', '', true, :at)",
+                "INSERT INTO webhook_deliveries (id, webhook_id, alert_id, payload, status, "
+                "attempts, next_attempt_at, created_at) "
+                "VALUES (3, 1, 7, '{}', 'pending', 0, :at, :at)",
+            ):
+                connection.execute(text(statement), {"at": at})
+        runner.upgrade(database.engine)
+        assert runner.is_migrated(database.engine)
+        with database.engine.connect() as connection:
+            linked = connection.execute(
+                text(
+                    "SELECT a.type, a.rearmed_at FROM webhook_deliveries d "
+                    "JOIN alerts a ON a.id = d.alert_id WHERE d.id = 3"
+                )
+            ).all()
+        assert [tuple(row) for row in linked] == [("budget.warning", None)]
+    finally:
+        database.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -12,7 +13,14 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings
-from tests.operations.conftest import Server, Tenant, new_tenant, tokenledger
+from tests.operations.conftest import (
+    TOKENLEDGER,
+    Server,
+    Tenant,
+    command_env,
+    new_tenant,
+    tokenledger,
+)
 from tokenledger.db import Database
 from tokenledger.migrations import runner
 
@@ -161,27 +169,41 @@ def test_backup_on_postgresql_points_to_pg_dump(postgres_migrated, tmp_path):
     assert not target.exists()
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["serve", "--port", "-1"],
-        ["reconcile"],
-        ["api-key", "list"],
-        ["create-admin", "--email", "a@example.com", "--password", "long-enough-password"],
-        ["demo-data"],
-        ["prices", "list"],
-        ["backup", "copy.db"],
-    ],
-)
-def test_a_command_on_a_missing_sqlite_database_creates_nothing(command, tmp_path):
+COMMANDS = [
+    ["serve", "--port", "-1"],
+    ["reconcile"],
+    ["reprice", "--unpriced", "--dry-run"],
+    ["api-key", "list"],
+    ["create-admin", "--email", "a@example.com", "--password", "long-enough-password"],
+    ["demo-data"],
+    ["prices", "list"],
+    ["backup", "copy.db"],
+]
+
+
+def test_a_command_on_a_missing_sqlite_database_creates_nothing(tmp_path):
     missing = tmp_path / "nowhere" / "tokenledger.db"
-    result = tokenledger(f"sqlite:///{missing}", tmp_path, *command)
-    assert result.returncode == 1
-    assert result.stdout == ""
-    assert result.stderr.strip() == (
-        f"tokenledger: database {missing} does not exist: check TOKENLEDGER_DATABASE_URL, "
-        "or create it with `tokenledger migrate`"
-    )
+    env = command_env(f"sqlite:///{missing}")
+    # Started together: each is a Python start-up of its own.
+    processes = [
+        subprocess.Popen(
+            [str(TOKENLEDGER), *command],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command in COMMANDS
+    ]
+    for command, process in zip(COMMANDS, processes, strict=True):
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 1, command
+        assert out == "", command
+        assert err.strip() == (
+            f"tokenledger: database {missing} does not exist: check TOKENLEDGER_DATABASE_URL, "
+            "or create it with `tokenledger migrate`"
+        ), command
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

@@ -23,11 +23,31 @@ def alembic_config() -> Config:
 
 
 def upgrade(engine: Engine) -> None:
-    """Apply every pending migration, in one transaction per run (idempotent)."""
+    """Apply every pending migration, in one transaction per run (idempotent).
+
+    On SQLite, batch mode rebuilds a table (copy, drop, rename): with foreign keys on,
+    dropping a table that other rows point at fails. As SQLite's ALTER TABLE guide says,
+    foreign keys are off for the run (a pragma that only takes effect outside a
+    transaction) and every reference is checked before the commit instead.
+    """
     config = alembic_config()
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as connection:
+        raw = connection.connection.dbapi_connection
+        assert raw is not None
+        if sqlite:
+            raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"migration left broken references: {broken[:5]}")
+        finally:
+            if sqlite:
+                raw.execute("PRAGMA foreign_keys=ON")
 
 
 def head_revision() -> str | None:

@@ -10,7 +10,6 @@ from starlette.exceptions import HTTPException
 
 from tokenledger.web import admin, auth, pages
 from tokenledger.web.common import WEB_DIR, error_page
-from tokenledger.web.security import set_security_headers
 
 
 def install(app: FastAPI) -> None:
@@ -29,9 +28,7 @@ def _html_for_unknown_pages(app: FastAPI) -> None:
         assert isinstance(exc, HTTPException)
         wants_page = "text/html" in request.headers.get("accept", "")
         if exc.status_code == 404 and wants_page and not request.url.path.startswith("/api/"):
-            response = error_page(request, 404, "")
-            set_security_headers(response)
-            return response
+            return error_page(request, 404, "")
         result: Response = await answer_json(request, exc)
         return result
 

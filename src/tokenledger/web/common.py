@@ -33,7 +33,6 @@ from tokenledger.deps import (
 from tokenledger.errors import DomainError
 from tokenledger.web import i18n
 from tokenledger.web.i18n import N_
-from tokenledger.web.security import set_security_headers
 
 WEB_DIR = Path(__file__).parent
 LANGUAGE_COOKIE = "tl_lang"
@@ -279,7 +278,11 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
 
 
 class PageRoute(APIRoute):
-    """A route that answers in HTML: a login redirect, an error page, security headers."""
+    """A route that answers in HTML: a login redirect, or an error page.
+
+    The security headers (CSP without inline script or style, no framing) come from the
+    app's SecurityHeaders middleware, as for every response.
+    """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -299,7 +302,6 @@ class PageRoute(APIRoute):
                 response = error_page(request, exc.status, exc.message)
             except RequestValidationError:
                 response = error_page(request, 422, N_("The address holds an invalid value."))
-            set_security_headers(response)
             return response
 
         return page_handler
