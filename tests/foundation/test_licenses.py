@@ -307,8 +307,9 @@ def test_two_sessions_racing_for_the_active_license_one_gets_a_conflict(database
         thread.start()
         waiting = 0
         deadline = time.monotonic() + 30
-        with database.engine.connect() as observer:
-            while not waiting and time.monotonic() < deadline and thread.is_alive():
+        while not waiting and time.monotonic() < deadline and thread.is_alive():
+            # A new transaction each time: pg_stat_activity is read once per transaction.
+            with database.engine.connect() as observer:
                 waiting = observer.execute(
                     text(
                         "SELECT count(*) FROM pg_stat_activity "
@@ -316,8 +317,8 @@ def test_two_sessions_racing_for_the_active_license_one_gets_a_conflict(database
                         "AND query ILIKE 'INSERT INTO licenses%'"
                     )
                 ).scalar_one()
-                if not waiting:
-                    time.sleep(0.02)
+            if not waiting:
+                time.sleep(0.02)
         # The second transaction is blocked by the first's uncommitted row, not yet answered.
         assert waiting == 1
         assert thread.is_alive()

@@ -16,7 +16,7 @@ import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,14 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from sqlalchemy import select
 
 from tests.conftest import _empty_postgres, make_settings
@@ -34,7 +41,7 @@ from tokenledger.app import create_app
 from tokenledger.auth.service import create_api_key
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import License
-from tokenledger.money import credits_for_cost
+from tokenledger.organizations import service as organizations
 from tokenledger.usage.models import TokenUsageMonthly, UsageEvent
 
 # Instants, their month in Europe/Berlin, and which license of each org is in force
@@ -49,10 +56,10 @@ INSTANTS: dict[str, tuple[str, dict[str, str | None]]] = {
     "2026-10-31T23:30:00Z": ("2026-11", {"A": "A2", "B": "B"}),
 }
 LICENSES = {
-    # name: (org, valid_from, valid_until, cost_per_credit, status)
-    "A1": ("A", "2026-01-01T00:00:00Z", "2026-04-01T00:00:00+02:00", "0.01", "expired"),
-    "A2": ("A", "2026-04-01T00:00:00+02:00", None, "0.03", "active"),
-    "B": ("B", "2026-02-01T00:00:00Z", None, "0.007", "active"),
+    # name: (org, valid_from, valid_until, status); each example draws the cost per credit
+    "A1": ("A", "2026-01-01T00:00:00Z", "2026-04-01T00:00:00+02:00", "expired"),
+    "A2": ("A", "2026-04-01T00:00:00+02:00", None, "active"),
+    "B": ("B", "2026-02-01T00:00:00Z", None, "active"),
 }
 # nano-USD per token (= USD per million tokens * 1000): input, output, 5m write,
 # 1h write, cache read
@@ -60,8 +67,23 @@ RATES = {
     "claude-sonnet-4-5": (3000, 15000, 3750, 6000, 300),
     "claude-haiku-4-5": (1000, 5000, 1250, 2000, 100),
 }
+# Above 200_000 prompt tokens (input + cache reads + cache writes) every token of the
+# request is priced at genai-prices' long-context tier of claude-sonnet-4-5 (haiku has none).
+RATES_OVER_200K = {"claude-sonnet-4-5": (6000, 22500, 7500, 12000, 600)}
+LONG_CONTEXT = 200_000
 MODELS = [*RATES, "unknown-model"]
-COSTS = ["0", "0.000000015", "0.000000045", "0.01", "1.234567891", "0.5"]
+COSTS = st.one_of(
+    st.sampled_from(["0", "0.000000015", "0.000000045", "0.01", "1.234567891", "0.5"]),
+    st.decimals(min_value=0, max_value=1000, places=9).map(lambda d: format(d, "f")),
+)
+# Costs per credit: round ones, tiny ones (many divisions end on half a micro-credit),
+# and any with 9 places.
+COSTS_PER_CREDIT = st.one_of(
+    st.sampled_from(["0.01", "0.03", "0.007", "0.000000001", "0.000000002", "3"]),
+    st.decimals(min_value=Decimal("0.000000001"), max_value=1000, places=9).map(
+        lambda d: format(d, "f")
+    ),
+)
 IDS = [f"e{n}" for n in range(8)]
 REFRESH_IDS = ["r0", "r1"]
 
@@ -109,6 +131,13 @@ class Model:
         )
 
 
+def credits_micro(cost_nano: int, cost_per_credit_nano: int) -> int:
+    """Micro-credits by plain decimal division (not the project's integer rule):
+    cost / cost_per_credit, rounded half to even to a micro-credit."""
+    credits = Decimal(cost_nano) / Decimal(cost_per_credit_nano)  # the nanos cancel out
+    return int(credits.quantize(Decimal("0.000001"), rounding=ROUND_HALF_EVEN) * 10**6)
+
+
 def canonical(event: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in event.items() if k != "organization"}, sort_keys=True)
 
@@ -122,6 +151,9 @@ def expected_cost(event: dict[str, Any]) -> int | None:
     split = event.get("cache_creation") or {}
     writes = event.get("cache_creation_input_tokens", sum(split.values()))
     write_1h = split.get("ephemeral_1h_input_tokens", 0)
+    prompt = event.get("input_tokens", 0) + writes + event.get("cache_read_input_tokens", 0)
+    if prompt > LONG_CONTEXT:
+        rates = RATES_OVER_200K.get(event["model"], rates)
     input_rate, output_rate, write_5m_rate, write_1h_rate, read_rate = rates
     return (
         event.get("input_tokens", 0) * input_rate
@@ -153,8 +185,20 @@ def new_event(data: st.DataObject, org: str) -> dict[str, Any]:
             event["cache_creation_input_tokens"] = write_5m + write_1h
     else:
         event["cache_creation_input_tokens"] = write_5m
+    if data.draw(st.booleans(), label="long prompt"):
+        # A prompt around the long-context threshold: input makes up the rest of it.
+        prompt = data.draw(
+            st.one_of(
+                st.sampled_from([LONG_CONTEXT - 1, LONG_CONTEXT, LONG_CONTEXT + 1]),
+                st.integers(LONG_CONTEXT - 20_000, LONG_CONTEXT + 20_000),
+            ),
+            label="prompt",
+        )
+        split = event.get("cache_creation") or {}
+        writes = event.get("cache_creation_input_tokens", sum(split.values()))
+        event["input_tokens"] = prompt - writes - event["cache_read_input_tokens"]
     if data.draw(st.integers(0, 3)) == 0:
-        event["cost_usd"] = data.draw(st.sampled_from(COSTS))
+        event["cost_usd"] = data.draw(COSTS)
     return event
 
 
@@ -181,19 +225,9 @@ class LedgerMachine(RuleBasedStateMachine):
             orgs = {name: make_org(session) for name in "ABC"}
             self.org_ids = {name: org.id for name, org in orgs.items()}
             self.slugs = {name: org.slug for name, org in orgs.items()}
-            self.license_ids: dict[str, int] = {}
-            self.cost_per_credit: dict[str, int] = {}
-            for name, (org, since, until, per_credit, status) in LICENSES.items():
-                lic = make_license(
-                    session,
-                    orgs[org],
-                    valid_from=since,
-                    valid_until=until,
-                    cost_per_credit=per_credit,
-                    status=status,
-                )
-                self.license_ids[name] = lic.id
-                self.cost_per_credit[name] = lic.cost_per_credit_nano
+        self.license_ids: dict[str, int] = {}
+        self.cost_per_credit: dict[str, int] = {}
+        with self.database.session(write=True) as session:
             _key, secret = create_api_key(session, "model", None)
         self.headers = bearer(secret)
         self.org_of = {org_id: name for name, org_id in self.org_ids.items()}
@@ -204,6 +238,24 @@ class LedgerMachine(RuleBasedStateMachine):
         self.database.dispose()
 
     # --- rules ---------------------------------------------------------------------
+
+    @initialize(data=st.data())
+    def create_licenses(self, data: st.DataObject) -> None:
+        """The licenses, each at a drawn cost per credit, before any usage is sent."""
+        with self.database.session(write=True) as session:
+            for name, (org, since, until, status) in LICENSES.items():
+                per_credit = data.draw(COSTS_PER_CREDIT, label=f"cost_per_credit {name}")
+                lic = make_license(
+                    session,
+                    organizations.get(session, self.org_ids[org]),
+                    valid_from=since,
+                    valid_until=until,
+                    cost_per_credit=per_credit,
+                    status=status,
+                )
+                self.license_ids[name] = lic.id
+                # nano-USD by hand, independent of the service's conversion
+                self.cost_per_credit[name] = int(Decimal(per_credit).scaleb(9))
 
     @rule(data=st.data())
     def send_batch(self, data: st.DataObject) -> None:
@@ -314,7 +366,7 @@ class LedgerMachine(RuleBasedStateMachine):
                     api_calls=event["api_calls"],
                     cost_nano=cost,
                     credits_micro=(
-                        credits_for_cost(cost, self.cost_per_credit[license_name])
+                        credits_micro(cost, self.cost_per_credit[license_name])
                         if cost is not None and license_name is not None
                         else None
                     ),
@@ -346,6 +398,7 @@ class LedgerMachine(RuleBasedStateMachine):
     # --- the database agrees -------------------------------------------------------
 
     @invariant()
+    @precondition(lambda self: bool(self.license_ids))
     def database_equals_model(self) -> None:
         with self.database.session(write=False) as session:
             monthly = {
@@ -380,7 +433,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert license_id == (self.license_ids[stored.license] if stored.license else None)
                 if cost is not None and license_id is not None:
                     per_credit = self.cost_per_credit[names[license_id]]
-                    assert credits == credits_for_cost(cost, per_credit)
+                    assert credits == credits_micro(cost, per_credit)
 
 
 def _units(text: str | None, places: int) -> int | None:
