@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -237,3 +237,17 @@ def adjust_credits_used(
     )
     session.refresh(lic)
     return adjustment
+
+
+def add_credits_used(session: Session, credits: dict[int, int]) -> None:
+    """Add each license's credit difference to its credits_used, atomically, in id order."""
+    deltas = [{"key": lid, "delta": delta} for lid, delta in sorted(credits.items()) if delta]
+    if not deltas:
+        return
+    table: Table = License.__table__  # type: ignore[assignment]
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("key"))
+        .values(credits_used_micro=table.c.credits_used_micro + bindparam("delta")),
+        deltas,
+    )

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, or_, select, text, update
+from sqlalchemy import Table, or_, select, text
 from sqlalchemy.orm import Session
 
 from tokenledger.config import Settings
@@ -618,17 +618,7 @@ def roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
     credits: dict[int, int] = defaultdict(int)
     for (license_id, _month), sums in license_sums.items():
         credits[license_id] += sums["credits_micro"]
-    deltas = [
-        {"license_key": lid, "delta": delta} for lid, delta in sorted(credits.items()) if delta
-    ]
-    if deltas:
-        table = cast(Table, License.__table__)
-        session.execute(
-            update(table)
-            .where(table.c.id == bindparam("license_key"))
-            .values(credits_used_micro=table.c.credits_used_micro + bindparam("delta")),
-            deltas,
-        )
+    licenses.add_credits_used(session, credits)
 
 
 def _upsert(

@@ -23,6 +23,7 @@ from tokenledger.alerts import service as alerts
 from tokenledger.audit import service as audit
 from tokenledger.config import Settings
 from tokenledger.errors import DomainError
+from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import License
 from tokenledger.money import credits_for_cost, format_credits, format_usd
 from tokenledger.organizations.models import Organization
@@ -357,15 +358,7 @@ def _apply(session: Session, changes: list[tuple[UsageEvent, dict[str, Any]]]) -
         "unpriced_events",
     )
     _add(session, LicenseUsage, ("license_id", "year_month"), by_license, "credits_micro")
-    table: Table = License.__table__  # type: ignore[assignment]
-    deltas = [{"key": lid, "delta": delta} for lid, delta in sorted(credits.items()) if delta]
-    if deltas:
-        session.execute(
-            update(table)
-            .where(table.c.id == bindparam("key"))
-            .values(credits_used_micro=table.c.credits_used_micro + bindparam("delta")),
-            deltas,
-        )
+    licenses.add_credits_used(session, credits)
 
 
 def _add(
