@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import BigInteger, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import BigInteger, Connection, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DisconnectionError
@@ -187,8 +187,15 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        immediate = connection.get_execution_options().get("tl_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = connection.get_execution_options()
+        if options.get(SINGLE_STATEMENT, False):
+            return  # one statement is its own transaction: one snapshot
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get("tl_write", False) else "BEGIN")
+
+
+# Execution option of a connection that runs one read statement only (reads_once): on
+# SQLite no BEGIN is sent, since a lone statement reads one snapshot anyway.
+SINGLE_STATEMENT = "tl_single_statement"
 
 
 class WriterBusy(RuntimeError):
@@ -266,6 +273,13 @@ class Database:
         changed = session.info.pop(CHANGED_TABLES, None)
         if changed:
             notify_changed(self.url, frozenset(changed))
+
+    @contextmanager
+    def single_read(self) -> Iterator[Connection]:
+        """A connection from the read pool for ONE read statement: on SQLite it is sent
+        without a BEGIN (a lone statement reads one snapshot), a round trip less."""
+        with self.engine.connect() as connection:
+            yield connection.execution_options(**{SINGLE_STATEMENT: True})
 
     @property
     def write_engine(self) -> Engine:

@@ -1,4 +1,5 @@
-"""Rows that every ingest request reads, kept in memory: ingest keys, organizations, prices.
+"""Rows that every ingest request and budget check reads, kept in memory: ingest keys,
+organizations, prices, and the licenses in force (their terms, not their credits used).
 
 A write of this process that changes one of their tables drops the cached rows of that
 table when it commits (`db.notify_changed`, for every Database of the process on the same
@@ -18,12 +19,15 @@ from sqlalchemy import or_, select
 
 from tokenledger.auth import service as auth_service
 from tokenledger.db import Database
+from tokenledger.licenses.service import LicenseTerms, terms_in_force
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing.engine import PriceBook
 from tokenledger.pricing.overrides import price_book
 
-# Up to this many organizations are read all at once (and again after each TTL).
+# Up to this many organizations (and active or suspended licenses) are read all at once,
+# and again after each TTL.
 MAX_CACHED_ORGANIZATIONS = 20_000
+MAX_CACHED_LICENSES = 20_000
 # The default staleness bound across processes (TOKENLEDGER_CACHE_SECONDS), in the README.
 TTL_SECONDS = 5.0
 
@@ -55,6 +59,10 @@ class HotReads:
         self._orgs_by_id: dict[int, OrgRef] = {}
         self._book: PriceBook | None = None
         self._complete = False  # every organization has been read (since the last drop)
+        # Active and suspended licenses by organization, newest first. Since the last drop:
+        # read, all were asked for; complete, all are here (an organization absent has none).
+        self._licenses: dict[int, tuple[LicenseTerms, ...]] = {}
+        self._licenses_read = self._licenses_complete = False
         self._loaded_at = time.monotonic()
         # Raised by every drop: a row read before a drop is not stored after it.
         self._generation = 0
@@ -70,6 +78,12 @@ class HotReads:
                 self._complete = False
             if "price_overrides" in tables:
                 self._book = None
+            if "licenses" in tables:
+                self._drop_licenses()
+
+    def _drop_licenses(self) -> None:
+        self._licenses = {}
+        self._licenses_read = self._licenses_complete = False
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -79,6 +93,7 @@ class HotReads:
                 self._keys, self._orgs_by_slug, self._orgs_by_id = {}, {}, {}
                 self._complete = False
                 self._book = None
+                self._drop_licenses()
                 self._loaded_at = now
 
     def cached_key(self, secret: str) -> KeyRef | None:
@@ -179,3 +194,41 @@ class HotReads:
                 if generation == self._generation:
                     self._book = book
         return book
+
+    def licenses(self, org_id: int) -> tuple[LicenseTerms, ...]:
+        """The organization's active and suspended licenses, newest first: the ones that
+        may govern it (budgets.service.governing). Their credits used are not here."""
+        self._expire()
+        found = self._licenses.get(org_id)
+        if found is not None:
+            return found
+        if not self._licenses_read:
+            self._load_all_licenses()
+            found = self._licenses.get(org_id)
+            if found is not None:
+                return found
+        if self._licenses_complete:
+            return ()
+        # More than fit in memory at once (or changed meanwhile): this organization's.
+        generation = self._generation
+        with self.database.engine.connect() as connection:
+            found = tuple(terms_in_force(connection, [org_id]).get(org_id, ()))
+        with self._lock:
+            if generation == self._generation:
+                self._licenses = {**self._licenses, org_id: found}
+        return found
+
+    def _load_all_licenses(self) -> None:
+        """Every active and suspended license at once, when there are not too many: one
+        query per TTL instead of one per organization first asked for."""
+        generation = self._generation
+        with self.database.engine.connect() as connection:
+            every = terms_in_force(connection, limit=MAX_CACHED_LICENSES + 1)
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._licenses_read = True
+            if sum(len(terms) for terms in every.values()) > MAX_CACHED_LICENSES:
+                return  # too many: read one organization at a time
+            self._licenses = {org_id: tuple(terms) for org_id, terms in every.items()}
+            self._licenses_complete = True

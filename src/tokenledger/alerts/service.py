@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from tokenledger.alerts.models import ARMED, Alert, Webhook, WebhookDelivery
 from tokenledger.budgets.service import (
     Figures,
+    LicenseLike,
     burn_forecast,
     figures_for,
     months_figures,
@@ -110,7 +111,7 @@ def record_crossings(
     windows = recent_cost(session, budgeted, tz, now)
     rows = []
 
-    def add(lic: License, found: list[tuple[str, str, dict[str, Any]]]) -> None:
+    def add(lic: LicenseLike, found: list[tuple[str, str, dict[str, Any]]]) -> None:
         for alert_type, period, details in found:
             rows.append(
                 {
@@ -123,18 +124,18 @@ def record_crossings(
                 }
             )
 
-    earlier: dict[int, tuple[License, list[str]]] = {}
+    earlier: dict[int, tuple[Figures, list[str]]] = {}
     for fig in figures:
         lic = fig.license
         window = windows.get(lic.organization_id, 0)
         forecast = burn_forecast(fig, window, tz, now) if fig.usd_limit is not None else None
         add(lic, crossings(fig, forecast))
         if lic.budget_period == "monthly" and fig.usd_limit is not None:
-            earlier[lic.id] = (lic, sorted((months or {}).get(lic.id, set()) - {fig.period}))
+            earlier[lic.id] = (fig, sorted((months or {}).get(lic.id, set()) - {fig.period}))
     for license_id, by_month in months_figures(session, earlier).items():
         for month, past in by_month.items():
             # A closed month has no forecast; its credits are the license's, judged above.
-            add(earlier[license_id][0], [c for c in crossings(past, None) if c[1] == month])
+            add(earlier[license_id][0].license, [c for c in crossings(past, None) if c[1] == month])
     if not rows:
         return []
     table = Alert.__table__

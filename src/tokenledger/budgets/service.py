@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Connection, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from tokenledger.budgets.models import Reservation
 from tokenledger.errors import DomainError, not_found
 from tokenledger.licenses.models import License
+from tokenledger.licenses.service import terms_in_force
 from tokenledger.money import credits_for_cost, format_credits, format_usd
 from tokenledger.organizations.models import Organization
 from tokenledger.usage.models import LicenseUsage, UsageDaily
-from tokenledger.usage.periods import current_month, month_bounds, month_of
+from tokenledger.usage.periods import month_bounds, month_of
 
 FORECAST_DAYS = 7
 
@@ -39,11 +40,51 @@ def limit_state(committed: int, limit: int | None, warn_percent: int) -> str:
     return "ok"
 
 
+class LicenseLike(Protocol):
+    """What the money rules read of a license: a License row, or its LicenseTerms."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def organization_id(self) -> int: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def valid_from(self) -> datetime: ...
+
+    @property
+    def valid_until(self) -> datetime | None: ...
+
+    @property
+    def credits_total_micro(self) -> int: ...
+
+    @property
+    def cost_per_credit_nano(self) -> int: ...
+
+    @property
+    def token_budget_nano(self) -> int | None: ...
+
+    @property
+    def budget_period(self) -> str: ...
+
+    @property
+    def budget_warning_percent(self) -> int: ...
+
+    @property
+    def enforcement(self) -> str: ...
+
+
+AnyLicense = TypeVar("AnyLicense", bound=LicenseLike)
+
+
 @dataclass(slots=True)
 class Figures:
     """What a license has used, spent and holds, in integer units."""
 
-    license: License
+    license: LicenseLike
     period: str
     credits_used_micro: int
     spent_nano: int
@@ -91,78 +132,127 @@ class Figures:
         return max(0, min(candidates)) if candidates else None
 
 
-def period_key(lic: License, tz: Any) -> str:
-    return current_month(tz) if lic.budget_period == "monthly" else "license"
+# Where the figures are read: a Session (in a unit of work) or a bare Connection (the
+# budget check, which needs no ORM).
+Reader = Session | Connection
 
 
-def figures_for(
-    session: Session, licenses: list[License], tz: Any, now: datetime
-) -> dict[int, Figures]:
-    """Figures for several licenses in at most three queries."""
+def window_start(tz: Any, now: datetime) -> str:
+    """The first billing day of the forecast window (today is its last)."""
+    # Calendar days, not 24-hour steps, which miscount around a daylight-saving change.
+    return (now.astimezone(tz).date() - timedelta(days=FORECAST_DAYS - 1)).isoformat()
+
+
+def _window_cost(organization_id: Any) -> Any:
+    """An organization's cost over the forecast window (from :first_day), as a subquery."""
+    return (
+        select(func.sum(UsageDaily.cost_nano))
+        .where(
+            UsageDaily.organization_id == organization_id,
+            UsageDaily.day >= bindparam("first_day"),
+        )
+        .scalar_subquery()
+    )
+
+
+def _figures_query(one: bool, window: bool) -> Any:
+    """Per license (:license_id, or each of :ids): credits used, this month's spend
+    (:month), the spend of its whole term, active holds (at :now), and with window the
+    organization's recent cost (from :first_day)."""
+    columns = [
+        License.id,
+        License.credits_used_micro,
+        select(LicenseUsage.cost_nano)
+        .where(LicenseUsage.license_id == License.id, LicenseUsage.year_month == bindparam("month"))
+        .scalar_subquery(),
+        select(func.sum(LicenseUsage.cost_nano))
+        .where(LicenseUsage.license_id == License.id)
+        .scalar_subquery(),
+        select(func.sum(Reservation.amount_nano))
+        .where(
+            Reservation.license_id == License.id,
+            Reservation.status == "held",
+            Reservation.expires_at > bindparam("now"),
+        )
+        .scalar_subquery(),
+    ]
+    if window:
+        columns.append(_window_cost(License.organization_id))
+    wanted = (
+        License.id == bindparam("license_id")
+        if one
+        else License.id.in_(bindparam("ids", expanding=True))
+    )
+    return select(*columns).where(wanted)
+
+
+# Built once: every read of figures is one of these statements (for one license or for
+# several; with the forecast window or without), compiled once per database dialect
+# (SQLAlchemy's statement cache) and run as one round trip.
+_FIGURES = {
+    (one, window): _figures_query(one, window) for one in (True, False) for window in (True, False)
+}
+
+
+def figures_and_windows(
+    reader: Reader, licenses: Sequence[LicenseLike], tz: Any, now: datetime, window: bool = True
+) -> dict[int, tuple[Figures, int]]:
+    """Each license's figures now, and its organization's cost over the forecast window
+    (0 without window), in one statement."""
     if not licenses:
         return {}
-    ids = [lic.id for lic in licenses]
     month = month_of(now, tz)
-    # A monthly budget needs this month's row; a license-term budget the sum of its months.
-    monthly = dict(
-        session.execute(
-            select(LicenseUsage.license_id, LicenseUsage.cost_nano).where(
-                LicenseUsage.license_id.in_(
-                    [lic.id for lic in licenses if lic.budget_period == "monthly"]
-                ),
-                LicenseUsage.year_month == month,
-            )
-        ).all()
-    )
-    term = [lic.id for lic in licenses if lic.budget_period != "monthly"]
-    spent = (
-        dict(
-            session.execute(
-                select(LicenseUsage.license_id, func.sum(LicenseUsage.cost_nano))
-                .where(LicenseUsage.license_id.in_(term))
-                .group_by(LicenseUsage.license_id)
-            ).all()
-        )
-        if term
-        else {}
-    )
-    reserved = dict(
-        session.execute(
-            select(Reservation.license_id, func.sum(Reservation.amount_nano))
-            .where(
-                Reservation.license_id.in_(ids),
-                Reservation.status == "held",
-                Reservation.expires_at > now,
-            )
-            .group_by(Reservation.license_id)
-        ).all()
-    )
+    params: dict[str, Any] = {"month": month, "now": now}
+    one = len(licenses) == 1
+    if one:
+        params["license_id"] = licenses[0].id
+    else:
+        params["ids"] = [lic.id for lic in licenses]
+    if window:
+        params["first_day"] = window_start(tz, now)
+    rows = {row[0]: row for row in reader.execute(_FIGURES[one, window], params)}
     result = {}
     for lic in licenses:
+        row = rows.get(lic.id)
+        if row is None:
+            continue
         is_monthly = lic.budget_period == "monthly"
-        result[lic.id] = Figures(
-            license=lic,
-            period=month if is_monthly else "license",
-            credits_used_micro=lic.credits_used_micro,
-            spent_nano=int((monthly if is_monthly else spent).get(lic.id) or 0),
-            reserved_nano=int(reserved.get(lic.id) or 0),
+        # A monthly budget counts this month's spend, a license-term budget all its months.
+        spent = row[2] if is_monthly else row[3]
+        result[lic.id] = (
+            Figures(
+                license=lic,
+                period=month if is_monthly else "license",
+                credits_used_micro=int(row[1]),
+                spent_nano=int(spent or 0),
+                reserved_nano=int(row[4] or 0),
+            ),
+            int(row[5] or 0) if window else 0,
         )
     return result
 
 
-def month_figures(session: Session, lic: License, months: list[str]) -> dict[str, Figures]:
-    """A monthly budget's figures for given (earlier) months: their spend, no holds."""
-    return months_figures(session, {lic.id: (lic, months)}).get(lic.id, {})
+def figures_for(
+    reader: Reader, licenses: Sequence[LicenseLike], tz: Any, now: datetime
+) -> dict[int, Figures]:
+    """Figures for several licenses, in one statement."""
+    return {
+        license_id: fig
+        for license_id, (fig, _window) in figures_and_windows(
+            reader, licenses, tz, now, window=False
+        ).items()
+    }
 
 
 def months_figures(
-    session: Session, wanted: dict[int, tuple[License, list[str]]]
+    session: Session, wanted: dict[int, tuple[Figures, list[str]]]
 ) -> dict[int, dict[str, Figures]]:
-    """month_figures for several licenses, in one query."""
-    wanted = {lid: (lic, months) for lid, (lic, months) in wanted.items() if months}
+    """A monthly budget's figures for given (earlier) months, from its figures now: their
+    spend, no holds, for several licenses in one query."""
+    wanted = {lid: (fig, months) for lid, (fig, months) in wanted.items() if months}
     if not wanted:
         return {}
-    all_months = sorted({month for _lic, months in wanted.values() for month in months})
+    all_months = sorted({month for _fig, months in wanted.values() for month in months})
     spent = {
         (license_id, month): cost
         for license_id, month, cost in session.execute(
@@ -175,15 +265,15 @@ def months_figures(
     return {
         license_id: {
             month: Figures(
-                license=lic,
+                license=current.license,
                 period=month,
-                credits_used_micro=lic.credits_used_micro,
+                credits_used_micro=current.credits_used_micro,
                 spent_nano=int(spent.get((license_id, month)) or 0),
                 reserved_nano=0,
             )
             for month in months
         }
-        for license_id, (lic, months) in wanted.items()
+        for license_id, (current, months) in wanted.items()
     }
 
 
@@ -195,43 +285,49 @@ class OrgLike(Protocol):
     def slug(self) -> str: ...
 
 
-def governing(licenses: list[License], now: datetime) -> tuple[License | None, bool]:
-    """The active license in force now, or (None, suspended?) when there is none."""
+def governing(licenses: Iterable[AnyLicense], now: datetime) -> tuple[AnyLicense | None, bool]:
+    """The active license in force now, or (None, suspended?) when there is none.
+
+    `licenses`: an organization's active and suspended licenses, newest first.
+    """
+    suspended = False
     for lic in licenses:
-        if lic.status != "active" or lic.valid_from > now:
+        if lic.status != "active":
+            suspended = suspended or lic.status == "suspended"
+            continue
+        if lic.valid_from > now:
             continue
         if lic.valid_until is None or now < lic.valid_until:
             return lic, False
-    suspended = any(lic.status == "suspended" for lic in licenses)
     return None, suspended
 
 
 def budget_states(
-    session: Session, orgs: Sequence[OrgLike], tz: Any, now: datetime, forecast: bool = False
+    reader: Reader,
+    orgs: Sequence[OrgLike],
+    tz: Any,
+    now: datetime,
+    forecast: bool = False,
+    licenses: Mapping[int, Sequence[LicenseLike]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The budget state of each organization, as the API renders it."""
-    by_org: dict[int, list[License]] = defaultdict(list)
-    if orgs:
-        for row in session.scalars(
-            select(License)
-            .where(
-                License.organization_id.in_([org.id for org in orgs]),
-                License.status.in_(("active", "suspended")),
-            )
-            .order_by(License.id.desc())
-        ):
-            by_org[row.organization_id].append(row)
-    in_force = {org.id: governing(by_org[org.id], now) for org in orgs}
-    figures = figures_for(
-        session, [lic for lic, _ in in_force.values() if lic is not None], tz, now
+    """The budget state of each organization, as the API renders it.
+
+    `licenses`: each organization's active and suspended licenses, newest first, when the
+    caller has them (the budget check, from memory); else they are read here.
+    """
+    if licenses is None:
+        licenses = terms_in_force(reader, [org.id for org in orgs]) if orgs else {}
+    in_force = {org.id: governing(licenses.get(org.id, ()), now) for org in orgs}
+    found = figures_and_windows(
+        reader, [lic for lic, _ in in_force.values() if lic is not None], tz, now, forecast
     )
     states = []
     for org in orgs:
         lic, suspended = in_force[org.id]
-        states.append(render_state(org, figures.get(lic.id) if lic else None, suspended))
-        if forecast and lic is not None:
-            window = recent_cost(session, [org.id], tz, now).get(org.id, 0)
-            states[-1]["forecast"] = burn_forecast(figures[lic.id], window, tz, now)
+        fig, window = found.get(lic.id, (None, 0)) if lic is not None else (None, 0)
+        states.append(render_state(org, fig, suspended))
+        if forecast and fig is not None:
+            states[-1]["forecast"] = burn_forecast(fig, window, tz, now)
     return states
 
 
@@ -282,17 +378,16 @@ def render_state(org: OrgLike, fig: Figures | None, suspended: bool) -> dict[str
     }
 
 
-def recent_cost(session: Session, org_ids: list[int], tz: Any, now: datetime) -> dict[int, int]:
-    """Each organization's cost over the forecast window, in one grouped query."""
+def recent_cost(reader: Reader, org_ids: list[int], tz: Any, now: datetime) -> dict[int, int]:
+    """Each organization's cost over the forecast window, in one query."""
     if not org_ids:
         return {}
-    # Calendar days, not 24-hour steps, which miscount around a daylight-saving change.
-    first_day = (now.astimezone(tz).date() - timedelta(days=FORECAST_DAYS - 1)).isoformat()
-    rows = session.execute(
-        select(UsageDaily.organization_id, func.sum(UsageDaily.cost_nano))
-        .where(UsageDaily.organization_id.in_(org_ids), UsageDaily.day >= first_day)
-        .group_by(UsageDaily.organization_id)
-    ).all()
+    rows = reader.execute(
+        select(Organization.id, _window_cost(Organization.id)).where(
+            Organization.id.in_(sorted(set(org_ids)))
+        ),
+        {"first_day": window_start(tz, now)},
+    )
     return {org_id: int(cost or 0) for org_id, cost in rows}
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Connection, Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -115,6 +118,61 @@ def candidates_for(
     for lic in rows:
         result[lic.organization_id].append(lic)
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class LicenseTerms:
+    """A license's terms, as a plain value: what budget checks read of it.
+
+    Not its credits used, which every batch changes: those are read with its figures.
+    """
+
+    id: int
+    organization_id: int
+    status: str
+    valid_from: datetime
+    valid_until: datetime | None
+    credits_total_micro: int
+    cost_per_credit_nano: int
+    token_budget_nano: int | None
+    budget_period: str
+    budget_warning_percent: int
+    enforcement: str
+
+
+_TERMS = select(
+    License.id,
+    License.organization_id,
+    License.status,
+    License.valid_from,
+    License.valid_until,
+    License.credits_total_micro,
+    License.cost_per_credit_nano,
+    License.token_budget_nano,
+    License.budget_period,
+    License.budget_warning_percent,
+    License.enforcement,
+).where(License.status.in_(("active", "suspended")))
+
+
+def terms_in_force(
+    connection: Session | Connection, org_ids: Iterable[int] | None = None, limit: int | None = None
+) -> dict[int, list[LicenseTerms]]:
+    """The active and suspended licenses of these organizations (None: of all), newest first.
+
+    These are the licenses that may govern an organization (budgets.service.governing).
+    With a limit, at most that many rows are read (the caller tells when there were more).
+    """
+    query = _TERMS.order_by(License.id.desc())
+    if org_ids is not None:
+        query = query.where(License.organization_id.in_(sorted(set(org_ids))))
+    if limit is not None:
+        query = query.limit(limit)
+    by_org: dict[int, list[LicenseTerms]] = defaultdict(list)
+    for row in connection.execute(query):
+        terms = LicenseTerms(*row)
+        by_org[terms.organization_id].append(terms)
+    return dict(by_org)
 
 
 def _one_active_conflict() -> DomainError:
