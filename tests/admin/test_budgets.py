@@ -8,11 +8,12 @@ from zoneinfo import ZoneInfo
 
 from fastapi.testclient import TestClient
 
-from tests.admin.conftest import budget, event, ingest, usd, usd_budget_license
+from tests.admin.conftest import budget, event, ingest, usd, usd_budget_license, write
 from tests.conftest import make_settings
 from tokenledger.app import create_app
 from tokenledger.budgets.service import budget_states
 from tokenledger.db import utcnow
+from tokenledger.licenses.models import License
 from tokenledger.organizations.models import Organization
 
 
@@ -146,6 +147,63 @@ def test_holds_count_toward_the_state(client, make_tenant):
     assert state["credits_reserved"] == "85.0"
     assert state["credits_remaining"] == "15.0"
     assert state["credits_used"] == "0.0"
+
+
+def test_a_changed_license_is_answered_at_once(client, make_tenant, admin_headers, database):
+    # The budget check keeps licenses in memory; every change committed in this process
+    # (through the API, or another Database of the process as the command line's) is in
+    # the very next answer, however long the cache would otherwise keep them.
+    tenant = make_tenant(license={"credits_total": Decimal(100), "token_budget_usd": None})
+    ingest(client, tenant, event("0.79"))  # 79 credits at 0.01 USD
+    state = budget(client, tenant)
+    assert (state["state"], state["allowed"], state["credits_total"]) == ("ok", True, "100.0")
+    response = client.patch(
+        f"/api/licenses/{tenant.license_id}",
+        json={"credits_total": "79", "enforcement": "hard"},
+        headers=admin_headers,
+    )
+    assert response.status_code == 200, response.text
+    state = budget(client, tenant)
+    assert (state["state"], state["allowed"]) == ("exhausted", False)
+    assert (state["credits_total"], state["credits_remaining"]) == ("79.0", "0.0")
+    assert state["enforcement"] == "hard"
+
+    response = client.patch(
+        f"/api/licenses/{tenant.license_id}", json={"status": "suspended"}, headers=admin_headers
+    )
+    assert response.status_code == 200, response.text
+    state = budget(client, tenant)
+    assert (state["state"], state["allowed"], state["license_id"]) == ("suspended", False, None)
+
+    # Changed outside the app's own database object, as the command line would.
+    with write(database) as session:
+        lic = session.get(License, tenant.license_id)
+        assert lic is not None
+        lic.status = "active"
+        lic.token_budget_nano = 2 * 10**9  # 2 USD
+        lic.credits_total_micro = 0  # no credit limit
+    state = budget(client, tenant)
+    assert (state["state"], state["allowed"]) == ("ok", True)
+    assert (state["token_budget_usd"], state["spent_usd"]) == ("2.00", "0.79")
+    assert (state["remaining_usd"], state["credits_total"]) == ("1.21", "0.0")
+
+    # An organization read without a license gets one: the next answer has it.
+    bare = make_tenant()
+    assert budget(client, bare)["state"] == "no_license"
+    response = client.post(
+        "/api/licenses",
+        json={
+            "organization_id": bare.org_id,
+            "credits_total": "10",
+            "cost_per_credit": "0.01",
+            "token_budget_usd": "1",
+        },
+        headers=admin_headers,
+    )
+    assert response.status_code == 201, response.text
+    state = budget(client, bare)
+    assert (state["state"], state["license_id"]) == ("ok", response.json()["id"])
+    assert (state["credits_total"], state["token_budget_usd"]) == ("10.0", "1.00")
 
 
 def test_state_follows_the_license_in_force(client, make_tenant, database):

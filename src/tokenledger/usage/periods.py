@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -20,8 +21,12 @@ def current_month(tz: ZoneInfo) -> str:
     return month_of(utcnow(), tz)
 
 
+@functools.lru_cache(maxsize=1024)
 def month_bounds(year_month: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
-    """The first instant of the month and of the next, in the billing time zone."""
+    """The first instant of the month and of the next, in the billing time zone.
+
+    Kept (a pure function of its arguments): the overview asks it for every organization.
+    """
     year, month = (int(part) for part in year_month.split("-"))
     start = datetime(year, month, 1, tzinfo=tz)
     end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=tz)

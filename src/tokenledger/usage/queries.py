@@ -8,18 +8,20 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import Session
 
 from tokenledger.budgets.service import (
     Figures,
+    LicenseLike,
     budget_states,
     burn_forecast,
+    figures_and_windows,
     figures_for,
     governing,
-    recent_cost,
 )
 from tokenledger.licenses.models import License
+from tokenledger.licenses.service import terms_in_force
 from tokenledger.money import format_usd, percent, round_credits, round_usd
 from tokenledger.organizations.models import Organization
 from tokenledger.usage.models import (
@@ -41,31 +43,30 @@ def _number(micro_or_nano: int, unit: int) -> int | float:
     return whole if not rest else float(Decimal(micro_or_nano) / unit)
 
 
-def _totals_by_org(session: Session) -> dict[int, dict[str, int]]:
-    rows = session.execute(
-        select(
-            M.organization_id,
-            func.sum(M.input_tokens),
-            func.sum(M.output_tokens),
-            func.sum(M.cache_creation_tokens),
-            func.sum(M.cache_read_tokens),
-            func.sum(M.cost_nano),
-            func.sum(M.api_calls),
-            func.sum(M.refresh_count),
-            func.sum(M.unpriced_events),
-        ).group_by(M.organization_id)
-    ).all()
-    names = (
-        "input",
-        "output",
-        "cache_creation",
-        "cache_read",
-        "cost",
-        "calls",
-        "refreshes",
-        "unpriced",
-    )
-    return {row[0]: {n: int(v or 0) for n, v in zip(names, row[1:], strict=True)} for row in rows}
+# The sums of an organization's monthly rollups that the overview shows, by name.
+_TOTALS = (
+    ("input", func.sum(M.input_tokens)),
+    ("output", func.sum(M.output_tokens)),
+    ("cache_creation", func.sum(M.cache_creation_tokens)),
+    ("cache_read", func.sum(M.cache_read_tokens)),
+    ("cost", func.sum(M.cost_nano)),
+    ("calls", func.sum(M.api_calls)),
+    ("refreshes", func.sum(M.refresh_count)),
+    ("unpriced", func.sum(M.unpriced_events)),
+    ("month_cost", func.sum(case((M.year_month == bindparam("month"), M.cost_nano), else_=0))),
+)
+_TOTALS_BY_ORG = select(M.organization_id, *(column for _name, column in _TOTALS)).group_by(
+    M.organization_id
+)
+
+
+def _totals_by_org(session: Session, month: str) -> dict[int, dict[str, int]]:
+    """Every organization's sums over all months, and its cost in `month`, in one query."""
+    names = [name for name, _column in _TOTALS]
+    return {
+        row[0]: {name: int(value or 0) for name, value in zip(names, row[1:], strict=True)}
+        for row in session.execute(_TOTALS_BY_ORG, {"month": month})
+    }
 
 
 def _active_licenses(session: Session, org_ids: list[int] | None = None) -> dict[int, License]:
@@ -75,7 +76,7 @@ def _active_licenses(session: Session, org_ids: list[int] | None = None) -> dict
     return {lic.organization_id: lic for lic in session.scalars(query)}
 
 
-def license_columns(lic: License | None, spent_nano: int) -> dict[str, Any]:
+def license_columns(lic: LicenseLike | None, fig: Figures | None) -> dict[str, Any]:
     """The origin's license and budget columns, with its rounding."""
     if lic is None:
         return {
@@ -88,7 +89,8 @@ def license_columns(lic: License | None, spent_nano: int) -> dict[str, Any]:
             "budget_warning_percent": 80,
             "cost_per_credit": None,
         }
-    total, used = lic.credits_total_micro, lic.credits_used_micro
+    total = lic.credits_total_micro
+    used, spent_nano = (fig.credits_used_micro, fig.spent_nano) if fig else (0, 0)
     budget = lic.token_budget_nano
     return {
         "credits_total": _number(total, 10**6),
@@ -102,12 +104,27 @@ def license_columns(lic: License | None, spent_nano: int) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class OrganizationSummary:
+    """What the overview and the organization list show of an organization itself."""
+
+    id: int
+    name: str
+    slug: str
+    archived_at: datetime | None
+
+
+_ORGANIZATIONS = select(
+    Organization.id, Organization.name, Organization.slug, Organization.archived_at
+).order_by(Organization.name, Organization.id)
+
+
 @dataclass(slots=True)
 class OrganizationRow:
     """One organization's figures in integer units: what the overview and the UI show."""
 
-    org: Organization
-    license: License | None
+    org: OrganizationSummary
+    license: LicenseLike | None
     figures: Figures | None
     totals: dict[str, int]
     cost_this_month_nano: int
@@ -150,51 +167,42 @@ def _runs_out_this_period(fig: Figures, forecast: dict[str, Any], tz: Any, now: 
 
 
 def organization_rows(session: Session, tz: Any, now: datetime) -> list[OrganizationRow]:
-    """One row per organization (with or without a license), from rollups only."""
-    orgs = list(session.scalars(select(Organization).order_by(Organization.name, Organization.id)))
-    totals = _totals_by_org(session)
+    """One row per organization (with or without a license), from rollups only: four
+    queries whatever the number of organizations, no ORM objects."""
+    month = month_of(now, tz)
+    orgs = [OrganizationSummary(*row) for row in session.execute(_ORGANIZATIONS)]
+    totals = _totals_by_org(session, month)
     # Active and suspended licenses, read once: the active one's columns, and the state
     # /api/v1/budget gives (of the license in force, or suspended), from the same figures.
-    by_org: dict[int, list[License]] = defaultdict(list)
-    for held in session.scalars(
-        select(License)
-        .where(License.status.in_(("active", "suspended")))
-        .order_by(License.id.desc())
-    ):
-        by_org[held.organization_id].append(held)
+    held = terms_in_force(session)
     active = {
-        org_id: one for org_id, found in by_org.items() for one in found if one.status == "active"
+        org_id: one for org_id, found in held.items() for one in found if one.status == "active"
     }
-    in_force = {org.id: governing(by_org[org.id], now) for org in orgs}
+    in_force = {org.id: governing(held.get(org.id, ()), now) for org in orgs}
     wanted = {one.id: one for one in active.values()}
     wanted.update({one.id: one for one, _ in in_force.values() if one is not None})
-    figures = figures_for(session, list(wanted.values()), tz, now)
-    states = {}
+    # With each organization's cost over the forecast window.
+    found = figures_and_windows(session, list(wanted.values()), tz, now)
+    rows = []
     for org in orgs:
         governing_license, suspended = in_force[org.id]
         if governing_license is None:
-            states[org.id] = "suspended" if suspended else "no_license"
+            state = "suspended" if suspended else "no_license"
         else:
-            states[org.id] = figures[governing_license.id].state()
-    month = month_of(now, tz)
-    this_month = dict(
-        session.execute(select(M.organization_id, M.cost_nano).where(M.year_month == month)).all()
-    )
-    windows = recent_cost(session, [org.id for org in orgs], tz, now)
-    rows = []
-    for org in orgs:
+            state = found[governing_license.id][0].state()
         lic = active.get(org.id)
-        fig = figures.get(lic.id) if lic else None
+        fig, window = found.get(lic.id, (None, 0)) if lic else (None, 0)
+        sums = totals.get(org.id, {})
         row = OrganizationRow(
             org=org,
             license=lic,
             figures=fig,
-            totals=dict(totals.get(org.id, defaultdict(int))),
-            cost_this_month_nano=int(this_month.get(org.id) or 0),
-            state=states[org.id],
+            totals=sums,
+            cost_this_month_nano=sums.get("month_cost", 0),
+            state=state,
         )
         if fig is not None:
-            row.forecast = burn_forecast(fig, windows.get(org.id, 0), tz, now)
+            row.forecast = burn_forecast(fig, window, tz, now)
             row.runs_out_this_period = _runs_out_this_period(fig, row.forecast, tz, now)
         rows.append(row)
     return rows
@@ -211,7 +219,7 @@ def overview(session: Session, tz: Any, now: datetime) -> list[dict[str, Any]]:
                 "org_id": row.org.id,
                 "org_name": row.org.name,
                 "org_slug": row.org.slug,
-                **license_columns(lic, fig.spent_nano if fig else 0),
+                **license_columns(lic, fig),
                 "total_cost_usd": round_usd(sums["cost"]),
                 "total_input_tokens": sums["input"],
                 "total_output_tokens": sums["output"],
@@ -279,7 +287,7 @@ def current(session: Session, org: Organization, tz: Any, now: datetime) -> dict
     lic = _active_licenses(session, [org.id]).get(org.id)
     state = budget_states(session, [org], tz, now)[0]
     fig = figures_for(session, [lic], tz, now)[lic.id] if lic else None
-    columns = license_columns(lic, fig.spent_nano if fig else 0)
+    columns = license_columns(lic, fig)
     return {
         "year_month": month,
         "usage": {
