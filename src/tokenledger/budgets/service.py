@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from tokenledger.budgets.models import Reservation
 from tokenledger.errors import DomainError, not_found
-from tokenledger.licenses.models import License
+from tokenledger.licenses.models import License, LicenseTerms
 from tokenledger.money import credits_for_cost, format_credits, format_usd
 from tokenledger.organizations.models import Organization
 from tokenledger.usage.models import LicenseUsage, UsageDaily
@@ -43,7 +43,7 @@ def limit_state(committed: int, limit: int | None, warn_percent: int) -> str:
 class Figures:
     """What a license has used, spent and holds, in integer units."""
 
-    license: License
+    license: LicenseTerms
     period: str
     credits_used_micro: int
     spent_nano: int
@@ -91,12 +91,12 @@ class Figures:
         return max(0, min(candidates)) if candidates else None
 
 
-def period_key(lic: License, tz: Any) -> str:
+def period_key(lic: LicenseTerms, tz: Any) -> str:
     return current_month(tz) if lic.budget_period == "monthly" else "license"
 
 
 def figures_for(
-    session: Session, licenses: list[License], tz: Any, now: datetime
+    session: Session, licenses: Sequence[LicenseTerms], tz: Any, now: datetime
 ) -> dict[int, Figures]:
     """Figures for several licenses in at most three queries."""
     if not licenses:
@@ -150,13 +150,13 @@ def figures_for(
     return result
 
 
-def month_figures(session: Session, lic: License, months: list[str]) -> dict[str, Figures]:
+def month_figures(session: Session, lic: LicenseTerms, months: list[str]) -> dict[str, Figures]:
     """A monthly budget's figures for given (earlier) months: their spend, no holds."""
     return months_figures(session, {lic.id: (lic, months)}).get(lic.id, {})
 
 
 def months_figures(
-    session: Session, wanted: dict[int, tuple[License, list[str]]]
+    session: Session, wanted: dict[int, tuple[LicenseTerms, list[str]]]
 ) -> dict[int, dict[str, Figures]]:
     """month_figures for several licenses, in one query."""
     wanted = {lid: (lic, months) for lid, (lic, months) in wanted.items() if months}
@@ -195,7 +195,10 @@ class OrgLike(Protocol):
     def slug(self) -> str: ...
 
 
-def governing(licenses: list[License], now: datetime) -> tuple[License | None, bool]:
+Terms = TypeVar("Terms", bound=LicenseTerms)
+
+
+def governing(licenses: Sequence[Terms], now: datetime) -> tuple[Terms | None, bool]:
     """The active license in force now, or (None, suspended?) when there is none."""
     for lic in licenses:
         if lic.status != "active" or lic.valid_from > now:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -24,11 +25,11 @@ from sqlalchemy import Table, or_, select, text
 from sqlalchemy.orm import Session
 
 from tokenledger.config import Settings
-from tokenledger.db import MAX_ROW_ID, insert_for, to_micros
+from tokenledger.db import MAX_ROW_ID, execute_rows, insert_for, to_micros
 from tokenledger.errors import DomainError
 from tokenledger.hot import OrgRef
 from tokenledger.licenses import service as licenses
-from tokenledger.licenses.models import License
+from tokenledger.licenses.models import LicenseTerms
 from tokenledger.money import credits_for_cost, format_credits, format_usd, usd_to_nano
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing.engine import PriceBook, UsageError
@@ -250,7 +251,9 @@ def prepare(
 
 
 def write(
-    session: Session, batches: list[PreparedBatch], candidates: dict[int, list[License]]
+    session: Session,
+    batches: list[PreparedBatch],
+    candidates: Mapping[int, Sequence[LicenseTerms]],
 ) -> list[IngestOutcome | DomainError]:
     """Insert-or-skip the events of several batches, in order, in the session's transaction.
 
@@ -283,7 +286,7 @@ def _claim(
     batch: PreparedBatch,
     stored: dict[Key, dict[str, Any]],
     claimed: dict[Key, dict[str, Any]],
-    candidates: dict[int, list[License]],
+    candidates: Mapping[int, Sequence[LicenseTerms]],
 ) -> tuple[IngestOutcome, list[dict[str, Any]]]:
     results: list[dict[str, Any] | None] = [None] * batch.size
     rows: list[dict[str, Any]] = []
@@ -568,76 +571,74 @@ class _PeriodCache:
         return found
 
 
-def _sums(
-    groups: dict[Any, list[tuple[int, ...]]], names: tuple[str, ...]
-) -> dict[Any, dict[str, int]]:
-    return {
-        key: dict(zip(names, (sum(column) for column in zip(*values, strict=True)), strict=True))
-        for key, values in groups.items()
-    }
+def _add(sums: dict[Any, tuple[int, ...]], key: Any, values: tuple[int, ...]) -> None:
+    found = sums.get(key)
+    sums[key] = values if found is None else tuple(map(operator.add, found, values))
 
 
-def roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Add the new events to every rollup: aggregated in memory, one upsert per table."""
+def roll_up(session: Session, rows: list[dict[str, Any]]) -> dict[int, int]:
+    """Add the new events to every rollup: aggregated in memory, one upsert per table.
+
+    Returns the micro-credits added to each license's credits_used.
+    """
     if not rows:
-        return
-    monthly: dict[tuple[int, str], list[tuple[int, ...]]] = defaultdict(list)
-    daily: dict[tuple[int, str, str, str], list[tuple[int, ...]]] = defaultdict(list)
-    by_license: dict[tuple[int, str], list[tuple[int, ...]]] = defaultdict(list)
+        return {}
+    monthly: dict[tuple[int, str], tuple[int, ...]] = {}
+    daily: dict[tuple[int, str, str, str], tuple[int, ...]] = {}
+    by_license: dict[tuple[int, str], tuple[int, ...]] = {}
     for row in rows:
-        cost = row["cost_nano"]
+        cost = row["cost_nano"] or 0
         values = (
             row["input_tokens"],
             row["output_tokens"],
             row["cache_creation_input_tokens"],
             row["cache_read_input_tokens"],
-            cost or 0,
+            cost,
             row["api_calls"],
             1,
             int(row["pricing"] in INCOMPLETE_PRICING),
         )
-        monthly[(row["organization_id"], row["year_month"])].append(values)
-        daily[(row["organization_id"], row["day"], row["provider"], row["model"])].append(values)
+        _add(monthly, (row["organization_id"], row["year_month"]), values)
+        _add(daily, (row["organization_id"], row["day"], row["provider"], row["model"]), values)
         if row["license_id"] is not None:
-            by_license[(row["license_id"], row["year_month"])].append(
-                (cost or 0, row["credits_micro"] or 0, 1)
+            _add(
+                by_license,
+                (row["license_id"], row["year_month"]),
+                (cost, row["credits_micro"] or 0, 1),
             )
 
-    license_sums = _sums(by_license, LICENSE_USAGE_FIELDS)
-    _upsert(
-        session, TokenUsageMonthly, ("organization_id", "year_month"), _sums(monthly, ROLLUP_FIELDS)
-    )
+    _upsert(session, TokenUsageMonthly, ("organization_id", "year_month"), ROLLUP_FIELDS, monthly)
     _upsert(
         session,
         UsageDaily,
         ("organization_id", "day", "provider", "model"),
-        _sums(daily, ROLLUP_FIELDS),
+        ROLLUP_FIELDS,
+        daily,
     )
-    _upsert(session, LicenseUsage, ("license_id", "year_month"), license_sums)
+    _upsert(session, LicenseUsage, ("license_id", "year_month"), LICENSE_USAGE_FIELDS, by_license)
 
     credits: dict[int, int] = defaultdict(int)
-    for (license_id, _month), sums in license_sums.items():
-        credits[license_id] += sums["credits_micro"]
+    for (license_id, _month), (_cost, added, _count) in by_license.items():
+        credits[license_id] += added
     licenses.add_credits_used(session, credits)
+    return credits
 
 
 def _upsert(
     session: Session,
     model: Any,
     key_columns: tuple[str, ...],
-    groups: dict[Any, dict[str, int]],
+    summed: tuple[str, ...],
+    groups: dict[Any, tuple[int, ...]],
 ) -> None:
     """INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x, rows sorted by key.
 
-    One executemany of one statement per table and dialect, so SQLAlchemy compiles it
-    once per process instead of once per batch.
+    One executemany of one statement per table and dialect, compiled once per process.
     """
     if not groups:
         return
-    rows = [
-        {**dict(zip(key_columns, key, strict=True)), **sums} for key, sums in sorted(groups.items())
-    ]
-    summed = tuple(name for name in rows[0] if name not in key_columns)
+    names = key_columns + summed
+    rows = [dict(zip(names, key + sums, strict=True)) for key, sums in sorted(groups.items())]
     dialect = session.get_bind().dialect.name
     cache_key = (dialect, model.__tablename__, key_columns, summed)
     statement = _UPSERTS.get(cache_key)
@@ -648,7 +649,7 @@ def _upsert(
             index_elements=list(key_columns),
             set_={name: table.c[name] + insert.excluded[name] for name in summed},
         )
-    session.execute(statement, rows)
+    execute_rows(session, statement, rows)
 
 
 _UPSERTS: dict[tuple[Any, ...], Any] = {}

@@ -20,7 +20,6 @@ from tokenledger.budgets import service as budgets
 from tokenledger.config import Settings
 from tokenledger.errors import DomainError
 from tokenledger.licenses import service as licenses
-from tokenledger.licenses.models import License
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing.overrides import price_book
 from tokenledger.usage import ingest
@@ -70,7 +69,12 @@ def record_usage(
         if isinstance(outcome, IngestOutcome)
         for row in outcome.created_rows
     ]
-    ingest.roll_up(session, created_rows)
+    added = ingest.roll_up(session, created_rows)
+    # The snapshots follow the increments: the rows are locked (PostgreSQL) or the
+    # transaction is the only writer (SQLite), so nobody else changed them meanwhile.
+    by_id = {lic.id: lic for found in candidates.values() for lic in found}
+    for license_id, credits in added.items():
+        by_id[license_id].credits_used_micro += credits
     budgets.settle_reservations(session, created_rows, now)
     keys = sorted({batch.touch_key_id for batch in batches if batch.touch_key_id is not None})
     if keys:
@@ -86,8 +90,9 @@ def record_usage(
         for org_id in org_ids
     }
     wanted = touched | {lic.id for lic, _ in governing.values() if lic is not None}
-    fresh = _licenses(session, wanted)
-    figures = budgets.figures_for(session, list(fresh.values()), settings.timezone, now)
+    figures = budgets.figures_for(
+        session, [by_id[i] for i in sorted(wanted)], settings.timezone, now
+    )
     # Back-dated usage is judged in its own month too (monthly budgets).
     months = alerts.months_by_license(created_rows)
     alerts.record_crossings(
@@ -113,16 +118,6 @@ def record_usage(
             )
         )
     return answers
-
-
-def _licenses(session: Session, ids: set[int]) -> dict[int, License]:
-    """These licenses as committed now in this transaction (credits_used included)."""
-    if not ids:
-        return {}
-    rows = session.scalars(
-        select(License).where(License.id.in_(sorted(ids))).execution_options(populate_existing=True)
-    )
-    return {lic.id: lic for lic in rows}
 
 
 def record_batch(
