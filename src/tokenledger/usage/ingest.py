@@ -254,6 +254,7 @@ def write(
     session: Session,
     batches: list[PreparedBatch],
     candidates: Mapping[int, Sequence[LicenseTerms]],
+    price_ids: dict[str, int] | None = None,
 ) -> list[IngestOutcome | DomainError]:
     """Insert-or-skip the events of several batches, in order, in the session's transaction.
 
@@ -278,7 +279,7 @@ def write(
         outcomes.append(outcome)
     # Key order: on PostgreSQL an insert waits on the unique keys another transaction holds.
     new_rows.sort(key=lambda row: (row["organization_id"], row["external_id"]))
-    _insert(session, new_rows)
+    _insert(session, new_rows, price_ids)
     return outcomes
 
 
@@ -440,16 +441,33 @@ def price_fingerprint(row: dict[str, Any]) -> str:
 _PRICES = cast(Table, UsagePrice.__table__)
 
 
-def assign_price_ids(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Set each row's price_id, adding the prices not stored yet (one query when none)."""
+# Bound on a writer's memory of price ids: callers may send any model names.
+MAX_KNOWN_PRICES = 100_000
+
+
+def assign_price_ids(
+    session: Session, rows: list[dict[str, Any]], known: dict[str, int] | None = None
+) -> None:
+    """Set each row's price_id, adding the prices not stored yet (no query when `known`,
+    a writer's memory of committed price rows, has them all).
+
+    usage_prices rows are never changed or deleted, so an id read before this transaction
+    added any is good for as long as the database lives; ids this transaction adds are
+    learned by the next group, once committed.
+    """
     wanted = {row["price_key"]: row for row in rows}
     if not wanted:
         return
-    select_ids = select(_PRICES.c.fingerprint, _PRICES.c.id).where(
-        _PRICES.c.fingerprint.in_(sorted(wanted))
-    )
-    ids: dict[str, int] = dict(session.execute(select_ids).all())
-    missing = sorted(set(wanted) - ids.keys())
+    ids = {key: known[key] for key in wanted if key in known} if known else {}
+    missing = sorted(wanted.keys() - ids.keys())
+    if missing:
+        found: dict[str, int] = dict(session.execute(_select_price_ids(missing)).all())
+        if known is not None:
+            if len(known) + len(found) > MAX_KNOWN_PRICES:
+                known.clear()
+            known.update(found)
+        ids.update(found)
+        missing = sorted(set(missing) - found.keys())
     if missing:
         session.execute(
             insert_for(session)(_PRICES).on_conflict_do_nothing(index_elements=["fingerprint"]),
@@ -458,15 +476,21 @@ def assign_price_ids(session: Session, rows: list[dict[str, Any]]) -> None:
                 for key in missing
             ],
         )
-        ids = dict(session.execute(select_ids).all())
+        ids.update(session.execute(_select_price_ids(missing)).all())
     for row in rows:
         row["price_id"] = ids[row["price_key"]]
 
 
-def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
+def _select_price_ids(fingerprints: list[str]) -> Any:
+    return select(_PRICES.c.fingerprint, _PRICES.c.id).where(
+        _PRICES.c.fingerprint.in_(fingerprints)
+    )
+
+
+def _insert(session: Session, rows: list[dict[str, Any]], price_ids: dict[str, int] | None) -> None:
     if not rows:
         return
-    assign_price_ids(session, rows)
+    assign_price_ids(session, rows, price_ids)
     if session.get_bind().dialect.name == "sqlite":
         _insert_sqlite(session, rows)
     else:

@@ -41,12 +41,17 @@ class UsageAnswer:
 
 
 def record_usage(
-    session: Session, batches: list[PreparedBatch], settings: Settings, now: datetime
+    session: Session,
+    batches: list[PreparedBatch],
+    settings: Settings,
+    now: datetime,
+    price_ids: dict[str, int] | None = None,
 ) -> list[UsageAnswer | DomainError]:
     """Store a group of prepared batches; an answer (or the refusal) for each, in order.
 
     A batch refused for its own reason (an id reused for other content) stores nothing;
-    the others are written. Then, once for the group: rollups and credits, the holds the
+    the others are written. `price_ids`: the writer's memory of stored prices
+    (ingest.assign_price_ids). Then, once for the group: rollups and credits, the holds the
     new events settle, alerts for the licenses they reached, and every organization's
     budget state after the group, from the figures read once.
     """
@@ -62,7 +67,7 @@ def record_usage(
             .with_for_update(key_share=True)
         ).all()
     candidates = licenses.candidates_for(session, org_ids, lock=True)
-    outcomes = ingest.write(session, batches, candidates)
+    outcomes = ingest.write(session, batches, candidates, price_ids)
     created_rows = [
         row
         for outcome in outcomes
