@@ -94,11 +94,20 @@ def format_credits(micro: int | None) -> str | None:
 
 
 def _fixed_text(units: int, places: int, min_places: int) -> str:
-    """An integer of 10**-places units as decimal text, in integers only (every answer
-    renders a dozen amounts per organization: this is on the hot path)."""
-    whole, fraction = divmod(abs(units), 10**places)
-    digits = f"{fraction:0{places}d}".rstrip("0").ljust(min_places, "0")
-    return f"{'-' if units < 0 else ''}{whole}.{digits}"
+    """An integer of 10**-places units as decimal text, by slicing its digits (every
+    answer renders a dozen amounts per organization: this is on the hot path)."""
+    if not units:
+        return "0." + "0" * min_places
+    digits = str(units)
+    sign = ""
+    if units < 0:
+        sign, digits = "-", digits[1:]
+    if len(digits) <= places:
+        digits = digits.rjust(places + 1, "0")
+    fraction = digits[-places:].rstrip("0")
+    if len(fraction) < min_places:
+        fraction = fraction.ljust(min_places, "0")
+    return f"{sign}{digits[:-places]}.{fraction}"
 
 
 def round_usd(nano: int | None, places: int = 2) -> float | None:

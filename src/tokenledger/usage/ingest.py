@@ -510,6 +510,10 @@ _SQLITE_INSERT = (
 )
 
 
+_ROW_VALUES = operator.itemgetter(*_COLUMNS)
+_CONVERTED_AT = [(index, name) for index, name in enumerate(_COLUMNS) if name in _CONVERTED]
+
+
 def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
     """Bind values as SQLAlchemy would on SQLite (the same text for times and JSON).
 
@@ -517,22 +521,24 @@ def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
     """
     if not rows:
         return
-    converted: dict[tuple[str, object], Any] = {}
-
-    def bind(name: str, value: Any) -> Any:
-        if value is None or name not in _CONVERTED:
-            return value
-        key: tuple[str, object] = (name, id(value))
-        if key not in converted:
-            if name in _TIME_COLUMNS:
-                converted[key] = to_micros(value)  # as db.Instant stores it on SQLite
-            else:
-                converted[key] = json.dumps(value)
-        return converted[key]
-
-    session.connection().exec_driver_sql(
-        _SQLITE_INSERT, [tuple(bind(name, row[name]) for name in _COLUMNS) for row in rows]
-    )
+    converted: dict[tuple[str, int], Any] = {}
+    values: list[tuple[Any, ...]] = []
+    for row in rows:
+        value = list(_ROW_VALUES(row))
+        for index, name in _CONVERTED_AT:
+            given = value[index]
+            if given is None:
+                continue
+            key = (name, id(given))
+            found = converted.get(key)
+            if found is None:
+                # as db.Instant stores times on SQLite; JSON as SQLAlchemy's JSON type does
+                found = converted[key] = (
+                    to_micros(given) if name in _TIME_COLUMNS else json.dumps(given)
+                )
+            value[index] = found
+        values.append(tuple(value))
+    session.connection().exec_driver_sql(_SQLITE_INSERT, values)
 
 
 _TWIN_COLUMNS = (
