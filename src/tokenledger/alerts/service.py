@@ -15,6 +15,7 @@ from tokenledger.alerts.models import ARMED, Alert, Webhook, WebhookDelivery
 from tokenledger.budgets.service import (
     Figures,
     burn_forecast,
+    exhausts_before_period_end,
     figures_for,
     months_figures,
     recent_cost,
@@ -154,7 +155,13 @@ def record_crossings(
     for fig in figures:
         lic = fig.license
         window = windows.get(lic.organization_id, 0)
-        forecast = burn_forecast(fig, window, tz, now) if fig.usd_limit is not None else None
+        # The whole forecast only where its alert fires: rendering it is most of the cost
+        # of judging a license, and a group may touch a thousand.
+        forecast = (
+            burn_forecast(fig, window, tz, now)
+            if exhausts_before_period_end(fig, window, tz, now)
+            else None
+        )
         add(lic, crossings(fig, forecast))
         if lic.budget_period == "monthly" and fig.usd_limit is not None:
             earlier[lic.id] = (lic, sorted((months or {}).get(lic.id, set()) - {fig.period}))

@@ -315,16 +315,37 @@ def burn_forecast(fig: Figures, window_cost_nano: int, tz: Any, now: datetime) -
         left_nano = (fig.credit_limit - fig.credits_committed) * fig.license.cost_per_credit_nano
         days = max(Decimal(0), Decimal(left_nano) / 10**6 / per_day)
         result["credits_exhausted_at"] = _days_after(now, days)
-    if fig.usd_limit is not None:
-        days = max(Decimal(0), Decimal(fig.usd_limit - fig.usd_committed) / per_day)
-        at = now + timedelta(days=float(min(days, Decimal(36500))))
+    at = _budget_runs_out_at(fig, window_cost_nano, now)
+    if at is not None:
         result["budget_exhausted_at"] = at.isoformat()
-        if fig.license.budget_period == "monthly":
-            _start, end = month_bounds(fig.period, tz)
-            result["budget_exhausted_before_period_end"] = at < end
-        elif fig.license.valid_until is not None:
-            result["budget_exhausted_before_period_end"] = at < fig.license.valid_until
+        result["budget_exhausted_before_period_end"] = _before_period_end(fig, at, tz)
     return result
+
+
+def exhausts_before_period_end(fig: Figures, window_cost_nano: int, tz: Any, now: datetime) -> bool:
+    """burn_forecast's budget_exhausted_before_period_end alone: what the forecast alert
+    asks of every license a group of usage touched (the whole forecast is rendered only
+    for the few it fires for)."""
+    at = _budget_runs_out_at(fig, window_cost_nano, now)
+    return at is not None and _before_period_end(fig, at, tz)
+
+
+def _budget_runs_out_at(fig: Figures, window_cost_nano: int, now: datetime) -> datetime | None:
+    """When the USD budget runs out at the last 7 days' pace; None without pace or budget."""
+    if fig.usd_limit is None or window_cost_nano <= 0:
+        return None
+    per_day = Decimal(window_cost_nano) / FORECAST_DAYS
+    days = max(Decimal(0), Decimal(fig.usd_limit - fig.usd_committed) / per_day)
+    return now + timedelta(days=float(min(days, Decimal(36500))))
+
+
+def _before_period_end(fig: Figures, at: datetime, tz: Any) -> bool:
+    if fig.license.budget_period == "monthly":
+        _start, end = month_bounds(fig.period, tz)
+        return at < end
+    if fig.license.valid_until is not None:
+        return at < fig.license.valid_until
+    return False
 
 
 def _days_after(now: datetime, days: Decimal) -> str:
