@@ -19,7 +19,8 @@ from sqlalchemy import or_, select
 
 from tokenledger.auth import service as auth_service
 from tokenledger.db import Database
-from tokenledger.licenses.service import LicenseTerms, terms_in_force
+from tokenledger.licenses.models import LicenseTermsRow
+from tokenledger.licenses.service import terms_in_force
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing.engine import PriceBook
 from tokenledger.pricing.overrides import price_book
@@ -61,7 +62,7 @@ class HotReads:
         self._complete = False  # every organization has been read (since the last drop)
         # Active and suspended licenses by organization, newest first. Since the last drop:
         # read, all were asked for; complete, all are here (an organization absent has none).
-        self._licenses: dict[int, tuple[LicenseTerms, ...]] = {}
+        self._licenses: dict[int, tuple[LicenseTermsRow, ...]] = {}
         self._licenses_read = self._licenses_complete = False
         self._loaded_at = time.monotonic()
         # Raised by every drop: a row read before a drop is not stored after it.
@@ -195,7 +196,7 @@ class HotReads:
                     self._book = book
         return book
 
-    def licenses(self, org_id: int) -> tuple[LicenseTerms, ...]:
+    def licenses(self, org_id: int) -> tuple[LicenseTermsRow, ...]:
         """The organization's active and suspended licenses, newest first: the ones that
         may govern it (budgets.service.governing). Their credits used are not here."""
         self._expire()

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from tokenledger.budgets.models import Reservation
 from tokenledger.errors import DomainError, not_found
-from tokenledger.licenses.models import License
+from tokenledger.licenses.models import License, LicenseTerms
 from tokenledger.licenses.service import terms_in_force
 from tokenledger.money import credits_for_cost, format_credits, format_usd
 from tokenledger.organizations.models import Organization
@@ -40,51 +40,14 @@ def limit_state(committed: int, limit: int | None, warn_percent: int) -> str:
     return "ok"
 
 
-class LicenseLike(Protocol):
-    """What the money rules read of a license: a License row, or its LicenseTerms."""
-
-    @property
-    def id(self) -> int: ...
-
-    @property
-    def organization_id(self) -> int: ...
-
-    @property
-    def status(self) -> str: ...
-
-    @property
-    def valid_from(self) -> datetime: ...
-
-    @property
-    def valid_until(self) -> datetime | None: ...
-
-    @property
-    def credits_total_micro(self) -> int: ...
-
-    @property
-    def cost_per_credit_nano(self) -> int: ...
-
-    @property
-    def token_budget_nano(self) -> int | None: ...
-
-    @property
-    def budget_period(self) -> str: ...
-
-    @property
-    def budget_warning_percent(self) -> int: ...
-
-    @property
-    def enforcement(self) -> str: ...
-
-
-AnyLicense = TypeVar("AnyLicense", bound=LicenseLike)
+Terms = TypeVar("Terms", bound=LicenseTerms)
 
 
 @dataclass(slots=True)
 class Figures:
     """What a license has used, spent and holds, in integer units."""
 
-    license: LicenseLike
+    license: LicenseTerms
     period: str
     credits_used_micro: int
     spent_nano: int
@@ -195,7 +158,7 @@ _FIGURES = {
 
 
 def figures_and_windows(
-    reader: Reader, licenses: Sequence[LicenseLike], tz: Any, now: datetime, window: bool = True
+    reader: Reader, licenses: Sequence[LicenseTerms], tz: Any, now: datetime, window: bool = True
 ) -> dict[int, tuple[Figures, int]]:
     """Each license's figures now, and its organization's cost over the forecast window
     (0 without window), in one statement."""
@@ -233,7 +196,7 @@ def figures_and_windows(
 
 
 def figures_for(
-    reader: Reader, licenses: Sequence[LicenseLike], tz: Any, now: datetime
+    reader: Reader, licenses: Sequence[LicenseTerms], tz: Any, now: datetime
 ) -> dict[int, Figures]:
     """Figures for several licenses, in one statement."""
     return {
@@ -285,7 +248,7 @@ class OrgLike(Protocol):
     def slug(self) -> str: ...
 
 
-def governing(licenses: Iterable[AnyLicense], now: datetime) -> tuple[AnyLicense | None, bool]:
+def governing(licenses: Iterable[Terms], now: datetime) -> tuple[Terms | None, bool]:
     """The active license in force now, or (None, suspended?) when there is none.
 
     `licenses`: an organization's active and suspended licenses, newest first.
@@ -308,7 +271,7 @@ def budget_states(
     tz: Any,
     now: datetime,
     forecast: bool = False,
-    licenses: Mapping[int, Sequence[LicenseLike]] | None = None,
+    licenses: Mapping[int, Sequence[LicenseTerms]] | None = None,
 ) -> list[dict[str, Any]]:
     """The budget state of each organization, as the API renders it.
 
@@ -407,16 +370,37 @@ def burn_forecast(fig: Figures, window_cost_nano: int, tz: Any, now: datetime) -
         left_nano = (fig.credit_limit - fig.credits_committed) * fig.license.cost_per_credit_nano
         days = max(Decimal(0), Decimal(left_nano) / 10**6 / per_day)
         result["credits_exhausted_at"] = _days_after(now, days)
-    if fig.usd_limit is not None:
-        days = max(Decimal(0), Decimal(fig.usd_limit - fig.usd_committed) / per_day)
-        at = now + timedelta(days=float(min(days, Decimal(36500))))
+    at = _budget_runs_out_at(fig, window_cost_nano, now)
+    if at is not None:
         result["budget_exhausted_at"] = at.isoformat()
-        if fig.license.budget_period == "monthly":
-            _start, end = month_bounds(fig.period, tz)
-            result["budget_exhausted_before_period_end"] = at < end
-        elif fig.license.valid_until is not None:
-            result["budget_exhausted_before_period_end"] = at < fig.license.valid_until
+        result["budget_exhausted_before_period_end"] = _before_period_end(fig, at, tz)
     return result
+
+
+def exhausts_before_period_end(fig: Figures, window_cost_nano: int, tz: Any, now: datetime) -> bool:
+    """burn_forecast's budget_exhausted_before_period_end alone: what the forecast alert
+    asks of every license a group of usage touched (the whole forecast is rendered only
+    for the few it fires for)."""
+    at = _budget_runs_out_at(fig, window_cost_nano, now)
+    return at is not None and _before_period_end(fig, at, tz)
+
+
+def _budget_runs_out_at(fig: Figures, window_cost_nano: int, now: datetime) -> datetime | None:
+    """When the USD budget runs out at the last 7 days' pace; None without pace or budget."""
+    if fig.usd_limit is None or window_cost_nano <= 0:
+        return None
+    per_day = Decimal(window_cost_nano) / FORECAST_DAYS
+    days = max(Decimal(0), Decimal(fig.usd_limit - fig.usd_committed) / per_day)
+    return now + timedelta(days=float(min(days, Decimal(36500))))
+
+
+def _before_period_end(fig: Figures, at: datetime, tz: Any) -> bool:
+    if fig.license.budget_period == "monthly":
+        _start, end = month_bounds(fig.period, tz)
+        return at < end
+    if fig.license.valid_until is not None:
+        return at < fig.license.valid_until
+    return False
 
 
 def _days_after(now: datetime, days: Decimal) -> str:

@@ -13,14 +13,13 @@ from sqlalchemy.orm import Session
 
 from tokenledger.budgets.service import (
     Figures,
-    LicenseLike,
     budget_states,
     burn_forecast,
     figures_and_windows,
     figures_for,
     governing,
 )
-from tokenledger.licenses.models import License
+from tokenledger.licenses.models import License, LicenseTerms
 from tokenledger.licenses.service import terms_in_force
 from tokenledger.money import format_usd, percent, round_credits, round_usd
 from tokenledger.organizations.models import Organization
@@ -76,7 +75,7 @@ def _active_licenses(session: Session, org_ids: list[int] | None = None) -> dict
     return {lic.organization_id: lic for lic in session.scalars(query)}
 
 
-def license_columns(lic: LicenseLike | None, fig: Figures | None) -> dict[str, Any]:
+def license_columns(lic: LicenseTerms | None, fig: Figures | None) -> dict[str, Any]:
     """The origin's license and budget columns, with its rounding."""
     if lic is None:
         return {
@@ -124,7 +123,7 @@ class OrganizationRow:
     """One organization's figures in integer units: what the overview and the UI show."""
 
     org: OrganizationSummary
-    license: LicenseLike | None
+    license: LicenseTerms | None
     figures: Figures | None
     totals: dict[str, int]
     cost_this_month_nano: int
