@@ -257,8 +257,20 @@ def failed_runs_by_month(session: Session, org_id: int, tz: Any) -> dict[str, in
 
 def monthly(session: Session, org_id: int, tz: Any = None) -> list[dict[str, Any]]:
     """The origin's monthly rows, newest first; with a time zone also the failed runs."""
-    rows = session.scalars(
-        select(M).where(M.organization_id == org_id).order_by(M.year_month.desc())
+    rows = session.execute(
+        select(
+            M.year_month,
+            M.input_tokens,
+            M.output_tokens,
+            M.cache_creation_tokens,
+            M.cache_read_tokens,
+            M.cost_nano,
+            M.api_calls,
+            M.refresh_count,
+            M.unpriced_events,
+        )
+        .where(M.organization_id == org_id)
+        .order_by(M.year_month.desc())
     )
     failed = failed_runs_by_month(session, org_id, tz) if tz is not None else {}
     return [
