@@ -105,14 +105,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)  # outermost: every answer carries them
     if settings.trusted_proxy_list:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
+    # A request is matched against the routes in this order, one by one: the routes that
+    # ingest keys call all the time first (ingestion, the budget check), then the probes.
     for router in (
+        usage_router,
+        budgets_router,
         ops_router,
         auth_router,
         organizations_router,
         licenses_router,
         audit_router,
-        usage_router,
-        budgets_router,
         alerts_router,
         pricing_router,
         token_usage_router,
