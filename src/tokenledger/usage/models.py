@@ -197,7 +197,17 @@ class Refresh(Base):
     """One run of the operator's product; completed runs count in the month they finished."""
 
     __tablename__ = "refreshes"
-    __table_args__ = (UniqueConstraint("organization_id", "refresh_id"),)
+    __table_args__ = (
+        UniqueConstraint("organization_id", "refresh_id"),
+        # An organization's failed runs (the monthly route counts them) without reading
+        # every run it ever had.
+        Index(
+            "ix_refreshes_failed",
+            "organization_id",
+            sqlite_where=text("status = 'failed'"),
+            postgresql_where=text("status = 'failed'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"))

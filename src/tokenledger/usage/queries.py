@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, select
+from sqlalchemy import bindparam, case, func, literal, select
 from sqlalchemy.orm import Session
 
 from tokenledger.budgets.service import (
@@ -246,7 +246,9 @@ def failed_runs_by_month(session: Session, org_id: int, tz: Any) -> dict[str, in
     for (finished_at,) in session.execute(
         select(Refresh.finished_at).where(
             Refresh.organization_id == org_id,
-            Refresh.status == "failed",
+            # Written out, not bound: the partial index of failed runs applies (a planner
+            # cannot tell that a bound value matches its condition).
+            Refresh.status == literal("failed", literal_execute=True),
             Refresh.finished_at.is_not(None),
         )
     ):
