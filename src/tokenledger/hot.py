@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -218,6 +219,14 @@ class HotReads:
             if generation == self._generation:
                 self._licenses = {**self._licenses, org_id: found}
         return found
+
+    def all_licenses(self) -> Mapping[int, Sequence[LicenseTermsRow]] | None:
+        """Every organization's active and suspended licenses, newest first (one absent has
+        none); None when there are too many to keep in memory."""
+        self._expire()
+        if not self._licenses_read:
+            self._load_all_licenses()
+        return self._licenses if self._licenses_complete else None
 
     def _load_all_licenses(self) -> None:
         """Every active and suspended license at once, when there are not too many: one

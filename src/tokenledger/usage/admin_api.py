@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import AwareDatetime, TypeAdapter
 
 from tokenledger.db import utcnow
-from tokenledger.deps import Admin, AppSettings, RowId, Session, Viewer, get_database
+from tokenledger.deps import Admin, AppSettings, RowId, Session, Viewer, get_database, get_hot
 from tokenledger.errors import DomainError
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.budget import change_budget
@@ -25,10 +25,14 @@ _OVERVIEW_JSON = TypeAdapter(OverviewRows)
 
 
 @router.get("/api/token-usage/overview", response_model=OverviewRows)
-def usage_overview(session: Session, _viewer: Viewer, settings: AppSettings) -> Response:
-    # A row per organization (thousands): written to JSON as they are, without validating
-    # plain values against a schema of Any first.
-    rows = queries.overview(session, settings.timezone, utcnow())
+def usage_overview(
+    request: Request, session: Session, _viewer: Viewer, settings: AppSettings
+) -> Response:
+    # The licenses in force from memory, as the budget check reads them. A row per
+    # organization (thousands): written to JSON as they are, without validating plain
+    # values against a schema of Any first.
+    licenses = get_hot(request).all_licenses()
+    rows = queries.overview(session, settings.timezone, utcnow(), licenses)
     return Response(_OVERVIEW_JSON.dump_json(rows), media_type="application/json")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from tokenledger.budgets.service import (
     Figures,
+    Reader,
     budget_states,
     burn_forecast,
     figures_and_windows,
@@ -59,12 +61,12 @@ _TOTALS_BY_ORG = select(M.organization_id, *(column for _name, column in _TOTALS
 )
 
 
-def _totals_by_org(session: Session, month: str) -> dict[int, dict[str, int]]:
+def _totals_by_org(reader: Reader, month: str) -> dict[int, dict[str, int]]:
     """Every organization's sums over all months, and its cost in `month`, in one query."""
     names = [name for name, _column in _TOTALS]
     return {
         row[0]: {name: int(value or 0) for name, value in zip(names, row[1:], strict=True)}
-        for row in session.execute(_TOTALS_BY_ORG, {"month": month})
+        for row in reader.execute(_TOTALS_BY_ORG, {"month": month})
     }
 
 
@@ -165,15 +167,26 @@ def _runs_out_this_period(fig: Figures, forecast: dict[str, Any], tz: Any, now: 
     return datetime.fromisoformat(credits_at) < month_end
 
 
-def organization_rows(session: Session, tz: Any, now: datetime) -> list[OrganizationRow]:
-    """One row per organization (with or without a license), from rollups only: four
-    queries whatever the number of organizations, no ORM objects."""
+def organization_rows(
+    session: Session,
+    tz: Any,
+    now: datetime,
+    licenses: Mapping[int, Sequence[LicenseTerms]] | None = None,
+) -> list[OrganizationRow]:
+    """One row per organization (with or without a license), from rollups only: three or
+    four queries whatever the number of organizations, no ORM objects.
+
+    `licenses`: every organization's active and suspended licenses, newest first, when the
+    caller has them (from memory: HotReads.all_licenses); else they are read here.
+    """
     month = month_of(now, tz)
-    orgs = [OrganizationSummary(*row) for row in session.execute(_ORGANIZATIONS)]
-    totals = _totals_by_org(session, month)
+    # Plain statements on the session's connection: rows as they come, no ORM loading.
+    reader = session.connection()
+    orgs = [OrganizationSummary(*row) for row in reader.execute(_ORGANIZATIONS)]
+    totals = _totals_by_org(reader, month)
     # Active and suspended licenses, read once: the active one's columns, and the state
     # /api/v1/budget gives (of the license in force, or suspended), from the same figures.
-    held = terms_in_force(session)
+    held = licenses if licenses is not None else terms_in_force(reader)
     active = {
         org_id: one for org_id, found in held.items() for one in found if one.status == "active"
     }
@@ -181,7 +194,7 @@ def organization_rows(session: Session, tz: Any, now: datetime) -> list[Organiza
     wanted = {one.id: one for one in active.values()}
     wanted.update({one.id: one for one, _ in in_force.values() if one is not None})
     # With each organization's cost over the forecast window.
-    found = figures_and_windows(session, list(wanted.values()), tz, now)
+    found = figures_and_windows(reader, list(wanted.values()), tz, now)
     rows = []
     for org in orgs:
         governing_license, suspended = in_force[org.id]
@@ -207,10 +220,15 @@ def organization_rows(session: Session, tz: Any, now: datetime) -> list[Organiza
     return rows
 
 
-def overview(session: Session, tz: Any, now: datetime) -> list[dict[str, Any]]:
-    """The origin's overview rows, with additions."""
+def overview(
+    session: Session,
+    tz: Any,
+    now: datetime,
+    licenses: Mapping[int, Sequence[LicenseTerms]] | None = None,
+) -> list[dict[str, Any]]:
+    """The origin's overview rows, with additions (`licenses` as for organization_rows)."""
     rendered = []
-    for row in organization_rows(session, tz, now):
+    for row in organization_rows(session, tz, now, licenses):
         sums: dict[str, int] = defaultdict(int, row.totals)
         lic, fig = row.license, row.figures
         rendered.append(

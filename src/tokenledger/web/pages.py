@@ -19,7 +19,7 @@ from tokenledger.alerts import service as alerts
 from tokenledger.audit import service as audit
 from tokenledger.auth import service as auth_service
 from tokenledger.budgets.service import budget_states, figures_for
-from tokenledger.deps import RowId
+from tokenledger.deps import RowId, get_hot
 from tokenledger.errors import DomainError
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.budget import budget_fields, change_budget
@@ -152,7 +152,9 @@ def organization_list(
     sort: Annotated[str, Query(max_length=20)] = "name",
     archived: Annotated[bool, Query()] = False,
 ) -> Response:
-    rows = queries.organization_rows(session, page.settings.timezone, page.now)
+    rows = queries.organization_rows(
+        session, page.settings.timezone, page.now, get_hot(page.request).all_licenses()
+    )
     if q.strip():
         matches, _count = organizations.search(session, q.strip(), 500, 0)
         wanted = {org.id for org in matches}
