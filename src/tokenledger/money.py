@@ -114,14 +114,29 @@ def round_usd(nano: int | None, places: int = 2) -> float | None:
     """The origin's JSON rendering of USD (a number with 2 places), for display only."""
     if nano is None:
         return None
-    return float(nano_to_usd(nano).quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN))
+    return _rounded_number(nano, 9, places)
 
 
 def round_credits(micro: int | None, places: int = 1) -> float | None:
     """The origin's JSON rendering of credits (1 place), for display only."""
     if micro is None:
         return None
-    return float(micro_to_credits(micro).quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN))
+    return _rounded_number(micro, 6, places)
+
+
+def _rounded_number(units: int, unit_places: int, places: int) -> float:
+    """An integer of 10**-unit_places units rounded half to even to `places`, as the
+    nearest float, in integers only (the overview renders thousands of them)."""
+    step: int = 10 ** (unit_places - places)
+    scale: int = 10**places
+    quotient, remainder = divmod(units, step)  # floor: 0 <= remainder < step
+    twice = 2 * remainder
+    if twice > step or (twice == step and quotient % 2 == 1):
+        quotient += 1
+    # int / int is correctly rounded: the same float as that of the exact decimal (and a
+    # negative amount that rounds to nothing is -0.0, as Decimal's -0.00 is).
+    number = quotient / scale
+    return -0.0 if number == 0 and units < 0 else number
 
 
 def percent(part: int, whole: int, places: int = 1) -> float | None:
