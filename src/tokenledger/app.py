@@ -105,14 +105,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)  # outermost: every answer carries them
     if settings.trusted_proxy_list:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
+    # The ingestion routes first: routes are matched in order, and these take the load.
     for router in (
+        usage_router,
+        budgets_router,
         ops_router,
         auth_router,
         organizations_router,
         licenses_router,
         audit_router,
-        usage_router,
-        budgets_router,
         alerts_router,
         pricing_router,
         token_usage_router,
