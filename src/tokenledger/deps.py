@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -16,7 +16,7 @@ from tokenledger.auth import service as auth_service
 from tokenledger.auth.models import AdminUser
 from tokenledger.auth.tokens import decode_token
 from tokenledger.config import Settings
-from tokenledger.db import MAX_ROW_ID, Database, utcnow
+from tokenledger.db import MAX_ROW_ID, Clock, Database, utcnow
 from tokenledger.errors import DomainError
 from tokenledger.hot import HotReads, KeyRef
 from tokenledger.ratelimit import RateLimiter, retry_after
@@ -43,8 +43,21 @@ def get_session(request: Request) -> Iterator[OrmSession]:
         yield session
 
 
+def now_of(request: Request) -> datetime:
+    """The app's "now" (create_app's clock): routes and pages never read the clock themselves."""
+    clock: Clock = request.app.state.clock
+    return clock()
+
+
+async def get_now(request: Request) -> datetime:
+    # async: read on the event loop, not in a pool thread (POST /api/v1/usage takes it too).
+    return now_of(request)
+
+
 Session = Annotated[OrmSession, Depends(get_session, scope="function")]
 AppSettings = Annotated[Settings, Depends(get_settings)]
+# One instant per request (FastAPI caches a dependency within a request).
+Now = Annotated[datetime, Depends(get_now)]
 # An id in a path: one that no row can have is a 422, not a database error.
 RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
 
@@ -171,6 +184,8 @@ def get_hot(request: Request) -> HotReads:
 def _live_key(request: Request, key: KeyRef | None, secret: str) -> IngestPrincipal:
     if key is None:
         raise DomainError(401, "invalid_api_key", "unknown or revoked API key")
+    # The real clock: how often a key's use is written is about real time, and last_used_at
+    # tells an operator when the key was really used.
     now = utcnow()
     due = key.last_used_at is None or now - key.last_used_at > KEY_TOUCH_INTERVAL
     if due:

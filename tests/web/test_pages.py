@@ -10,8 +10,8 @@ from pathlib import Path
 from sqlalchemy import select
 
 from tests.admin.conftest import event, ingest
-from tests.conftest import ADMIN_PASSWORD, SECRET, add_admin
-from tests.web.conftest import NOW, csrf_of, read
+from tests.conftest import ADMIN_PASSWORD, NOW, SECRET, add_admin
+from tests.web.conftest import csrf_of, read
 from tokenledger.alerts.models import Alert
 from tokenledger.audit.models import AuditEntry
 from tokenledger.auth.tokens import issue_token

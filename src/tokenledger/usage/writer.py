@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from tokenledger.config import Settings
-from tokenledger.db import Database, utcnow
+from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import DomainError
 from tokenledger.ops import Metrics
 from tokenledger.usage.ingest import PreparedBatch
@@ -37,8 +37,11 @@ class _Pending:
 
 
 class UsageWriter:
-    def __init__(self, database: Database, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, database: Database, settings: Settings, metrics: Metrics, clock: Clock = utcnow
+    ) -> None:
         self.database = database
+        self.clock = clock
         self.settings = settings
         self.metrics = metrics
         self._queue: deque[_Pending] = deque()
@@ -120,7 +123,7 @@ class UsageWriter:
 
     def _commit(self, batches: list[PreparedBatch]) -> list[UsageAnswer | DomainError]:
         with self.database.session(write=True) as session:
-            return record_usage(session, batches, self.settings, utcnow())
+            return record_usage(session, batches, self.settings, self.clock())
 
     def _answer(self, pending: _Pending, answer: UsageAnswer | DomainError) -> None:
         if isinstance(answer, DomainError):
