@@ -58,9 +58,9 @@ def make_tenant(database: Database, clock: FixedClock) -> Callable[..., Tenant]:
     def _make(license: dict[str, Any] | None = None, **org: Any) -> Tenant:
         with write(database) as session:
             organization: Organization = make_org(session, **org)
-            lic: License | None = (
-                make_license(session, organization, clock(), **license) if license is not None else None
-            )
+            lic: License | None = None
+            if license is not None:
+                lic = make_license(session, organization, clock(), **license)
             _key, secret = create_api_key(session, "tests", organization.slug)
             return Tenant(organization.id, organization.slug, lic.id if lic else None, secret)
 
