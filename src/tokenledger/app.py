@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
     app.state.hot = HotReads(database, settings.cache_seconds)
     app.state.usage_writer = UsageWriter(database, settings, app.state.metrics, clock)
     rate = settings.ingest_rate_limit
+    # The buckets refill by the real monotonic clock, not the app's: a rate is real time.
     app.state.ingest_limiter = RateLimiter(Rate.parse(rate)) if rate else None
     install_error_handlers(app)
     app.add_middleware(StrictJson)  # inside the body cap: it reads whole bodies

@@ -55,6 +55,7 @@ def check_login_throttle(
     session: Session, email: str, client_address: str, throttle: Throttle
 ) -> None:
     """429 with Retry-After when the account or the address failed too often lately."""
+    # The real clock, not the app's: the window is real seconds between real attempts.
     since = utcnow() - timedelta(seconds=throttle.window_seconds)
     for column, value, limit in (
         (LoginAttempt.email, email, throttle.max_failures),
