@@ -51,6 +51,14 @@ class Tenant:
 
 
 @pytest.fixture
+def app(settings: Settings, clock: FixedClock) -> Any:
+    """Every admin test's app (and `client`) reads "now" from the clock fixture: NOW
+    (2026-11-18 12:00 UTC) unless the test sets clock.now. Only the servers of serve()
+    and the webhook worker run on the real clock."""
+    return create_app(settings, clock=clock)
+
+
+@pytest.fixture
 def make_tenant(database: Database, clock: FixedClock) -> Callable[..., Tenant]:
     """make_tenant(license=None | {...overrides}, **org_overrides); a license is valid from
     the clock fixture's now (NOW) unless the overrides say when."""

@@ -60,8 +60,7 @@ def test_one_batch_over_both_thresholds_fires_both(client, database, make_tenant
     ]
 
 
-def test_usd_budget_alerts_carry_the_month(fixed_client, database, make_tenant):
-    client = fixed_client
+def test_usd_budget_alerts_carry_the_month(client, database, make_tenant):
     now = NOW  # 2026-11-18 12:00 UTC
     month = "2026-11"
     tenant = make_tenant(
@@ -116,8 +115,7 @@ def test_lowering_the_limit_fires_the_alert(client, database, admin_headers, mak
     assert _alerts(database, tenant.license_id) == [("credits.warning", "license")]
 
 
-def test_budget_forecast_alert(fixed_client, database, make_tenant):
-    client = fixed_client
+def test_budget_forecast_alert(client, database, make_tenant):
     now = NOW
     tenant = make_tenant(license=usd_budget_license(now, days_before=30, days_after=5))
     ingest(client, tenant, event("0.7", at=now - timedelta(days=3)))  # 0.10 a day: 93 days
@@ -128,10 +126,7 @@ def test_budget_forecast_alert(fixed_client, database, make_tenant):
     assert _alerts(database, tenant.license_id) == [("budget.forecast", "license")]
 
 
-def test_list_alerts_newest_first_with_filters(
-    fixed_client, admin_headers, viewer_headers, make_tenant
-):
-    client = fixed_client
+def test_list_alerts_newest_first_with_filters(client, admin_headers, viewer_headers, make_tenant):
     first = make_tenant(license={"credits_total": Decimal(100), "token_budget_usd": None})
     second = make_tenant(license={"credits_total": Decimal(0), "token_budget_usd": Decimal(1)})
     ingest(client, first, event("0.9"))
@@ -280,9 +275,8 @@ def test_a_change_that_stays_above_a_threshold_keeps_it_fired(
 
 
 def test_budget_and_warning_percent_changes_rearm_through_the_budget_route(
-    fixed_client, database, admin_headers, make_tenant
+    client, database, admin_headers, make_tenant
 ):
-    client = fixed_client
     tenant = make_tenant(license=usd_budget_license(NOW, days_before=30))  # 10 USD, license
     ingest(client, tenant, event("8.5"))  # 85 %
     assert _armed(database, tenant.license_id) == [("budget.warning", "license", True)]

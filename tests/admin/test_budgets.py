@@ -83,8 +83,7 @@ def test_states_from_credits_soft_and_hard(client, make_tenant):
     assert budget(client, hard)["credits_used"] == "150.0"
 
 
-def test_states_from_monthly_usd_budget(fixed_client, make_tenant):
-    client = fixed_client
+def test_states_from_monthly_usd_budget(client, make_tenant):
     now = NOW  # 2026-11-18 12:00 UTC
     tenant = make_tenant(
         license={
@@ -112,8 +111,7 @@ def test_states_from_monthly_usd_budget(fixed_client, make_tenant):
     assert state["remaining_usd"] == "0.00"
 
 
-def test_states_from_usd_budget_over_the_license(fixed_client, make_tenant):
-    client = fixed_client
+def test_states_from_usd_budget_over_the_license(client, make_tenant):
     now = NOW
     tenant = make_tenant(license=usd_budget_license(now, days_before=90))
     ingest(client, tenant, event("8.5", at=now - timedelta(days=60)))
@@ -149,8 +147,7 @@ def test_holds_count_toward_the_state(client, make_tenant):
     assert state["credits_used"] == "0.0"
 
 
-def test_state_follows_the_license_in_force(fixed_client, make_tenant, database):
-    client = fixed_client
+def test_state_follows_the_license_in_force(client, make_tenant, database):
     now = NOW
     later = make_tenant(license={"valid_from": now + timedelta(days=3)})
     assert budget(client, later)["state"] == "no_license"
@@ -160,8 +157,7 @@ def test_state_follows_the_license_in_force(fixed_client, make_tenant, database)
     assert budget(client, ended)["state"] == "no_license"
 
 
-def test_forecast_from_the_last_seven_days(fixed_client, make_tenant):
-    client = fixed_client
+def test_forecast_from_the_last_seven_days(client, make_tenant):
     now = NOW  # the window is 2026-11-12 to 2026-11-18
     tenant = make_tenant(
         license=usd_budget_license(
@@ -196,8 +192,7 @@ def test_forecast_from_the_last_seven_days(fixed_client, make_tenant):
     assert budget(client, make_tenant())["forecast"] is None
 
 
-def test_forecast_before_the_period_ends(fixed_client, make_tenant):
-    client = fixed_client
+def test_forecast_before_the_period_ends(client, make_tenant):
     now = NOW
     tenant = make_tenant(license=usd_budget_license(now, days_before=30, days_after=5))
     ingest(client, tenant, event("3.5", at=now - timedelta(days=1)))

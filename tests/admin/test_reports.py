@@ -12,13 +12,12 @@ from tests.admin.conftest import event, ingest
 from tests.conftest import NOW
 from tokenledger.usage import queries
 
-# The app's clock stands at NOW, 2026-11-18 12:00 UTC (fixed_client): this month is
+# The app's clock stands at NOW, 2026-11-18 12:00 UTC (tests/admin/conftest.py): this month is
 # 2026-11, and this day is in the previous one.
 LAST_MONTH = datetime(2026, 10, 30, tzinfo=UTC)
 
 
-def test_models_of_a_month(fixed_client, admin_headers, make_tenant):
-    client = fixed_client
+def test_models_of_a_month(client, admin_headers, make_tenant):
     tenant = make_tenant(license={})
     other = make_tenant()
     last_month = LAST_MONTH
@@ -81,8 +80,7 @@ def test_model_costs_are_exact_decimal_text(client, admin_headers, make_tenant):
     assert Decimal(models["models"][0]["cost_usd"]) == Decimal("0.000000102")
 
 
-def test_daily_series_of_the_last_days(fixed_client, clock, admin_headers, make_tenant):
-    client = fixed_client
+def test_daily_series_of_the_last_days(client, clock, admin_headers, make_tenant):
     # Five seconds after midnight: "today" has only just begun.
     today = datetime(2026, 11, 18, tzinfo=UTC)
     clock.now = today + timedelta(seconds=5)
@@ -136,8 +134,7 @@ def test_daily_series_has_every_calendar_day_across_daylight_saving(database):
         assert [d["day"] for d in series] == expected, now
 
 
-def test_dashboard_stats(fixed_client, admin_headers, viewer_headers, make_tenant, database):
-    client = fixed_client
+def test_dashboard_stats(client, admin_headers, viewer_headers, make_tenant, database):
     now = NOW
     last_month = LAST_MONTH
     ok = make_tenant(
@@ -205,8 +202,7 @@ def _csv(client, org_id: int, start: str, end: str, headers):  # type: ignore[no
     )
 
 
-def test_csv_export_between_two_dates(fixed_client, admin_headers, viewer_headers, make_tenant):
-    client = fixed_client
+def test_csv_export_between_two_dates(client, admin_headers, viewer_headers, make_tenant):
     tenant = make_tenant(license={"valid_from": datetime(2025, 12, 1, tzinfo=UTC)})
     other = make_tenant()
     day = datetime(2026, 10, 12, tzinfo=UTC)
@@ -267,8 +263,7 @@ def test_csv_export_refuses_bad_ranges(client, admin_headers, make_tenant):
     assert _csv(client, tenant.org_id, "2026-01-01T00:00:00Z", at, {}).status_code == 401
 
 
-def test_csv_export_defuses_spreadsheet_formulas(fixed_client, admin_headers, make_tenant):
-    client = fixed_client
+def test_csv_export_defuses_spreadsheet_formulas(client, admin_headers, make_tenant):
     tenant = make_tenant()
     now = NOW
     ingest(

@@ -25,8 +25,7 @@ def _reservation(database, reservation_id: str) -> Reservation:  # type: ignore[
         return row
 
 
-def test_hold_by_amount_and_by_model_estimate(fixed_client, make_tenant, database):
-    client = fixed_client
+def test_hold_by_amount_and_by_model_estimate(client, make_tenant, database):
     tenant = make_tenant(license={"credits_total": Decimal(0), "token_budget_usd": Decimal(10)})
     response = _hold(client, tenant, max_cost_usd="2.5")
     assert response.status_code == 201, response.text
@@ -147,8 +146,7 @@ def test_usage_with_the_reservation_id_settles_it(client, make_tenant, database)
     assert _reservation(database, held["id"]).status == "settled"
 
 
-def test_release_and_expiry(fixed_client, clock, make_tenant, database, service_key):
-    client = fixed_client
+def test_release_and_expiry(client, clock, make_tenant, database, service_key):
     tenant = make_tenant(license={"credits_total": Decimal(0), "token_budget_usd": Decimal(10)})
     other = make_tenant(license={})
     first = _hold(client, tenant, max_cost_usd="3").json()["id"]
@@ -181,10 +179,9 @@ def test_release_and_expiry(fixed_client, clock, make_tenant, database, service_
     assert _reservation(database, second).status == "expired"
 
 
-def test_a_short_ttl_expires_by_itself(fixed_client, clock, make_tenant, database):
+def test_a_short_ttl_expires_by_itself(client, clock, make_tenant, database):
     """A hold past its expires_at stops counting without any release; the app's clock is
     moved, not waited for, so a slow machine cannot expire it early."""
-    client = fixed_client
     tenant = make_tenant(license={"credits_total": Decimal(0), "token_budget_usd": Decimal(10)})
     response = _hold(client, tenant, max_cost_usd="4", ttl_seconds=1)
     assert response.status_code == 201, response.text

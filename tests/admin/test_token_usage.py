@@ -78,9 +78,8 @@ def _overview(client: TestClient, headers: dict[str, str]) -> dict[int, dict]:  
 
 
 def test_overview_one_row_per_org_from_active_license_without_multiplied_sums(
-    fixed_client, admin_headers, database, make_tenant
+    client, admin_headers, database, make_tenant
 ):
-    client = fixed_client
     now = NOW  # 2026-11-18 12:00 UTC: "this month" is 2026-11
     tenant = make_tenant(name="Acme", slug="acme")
     with write(database) as session:
@@ -202,9 +201,8 @@ def test_overview_rounding_of_usd_and_credits(client, admin_headers, make_tenant
 
 
 def test_overview_budget_over_license_period_counts_since_license_start(
-    fixed_client, admin_headers, make_tenant
+    client, admin_headers, make_tenant
 ):
-    client = fixed_client
     now = NOW
     tenant = make_tenant(
         license={
@@ -225,10 +223,7 @@ def test_overview_budget_over_license_period_counts_since_license_start(
     assert rows[monthly.org_id]["total_cost_usd"] == 5.0
 
 
-def test_monthly_rows_newest_first_and_404_for_unknown_org(
-    fixed_client, admin_headers, make_tenant
-):
-    client = fixed_client
+def test_monthly_rows_newest_first_and_404_for_unknown_org(client, admin_headers, make_tenant):
     now = NOW
     tenant = make_tenant()
     other = make_tenant()
@@ -565,8 +560,7 @@ def test_budget_of_an_organization_id_out_of_range_is_404(app, service_key):
             assert response.status_code == 404, (ref, response.text)
 
 
-def test_figures_are_of_the_month_of_the_instant_asked_for(fixed_client, database, make_tenant):
-    client = fixed_client
+def test_figures_are_of_the_month_of_the_instant_asked_for(client, database, make_tenant):
     then = datetime(2026, 10, 30, tzinfo=UTC)  # the event "1" is stamped at NOW, in 2026-11
     tenant = make_tenant(
         license={"token_budget_usd": Decimal(10), "valid_from": then - timedelta(days=30)}
@@ -585,8 +579,7 @@ def test_figures_are_of_the_month_of_the_instant_asked_for(fixed_client, databas
     assert row["cost_this_month_usd"] == 3.0
 
 
-def test_overview_state_is_the_budget_state(fixed_client, admin_headers, make_tenant):
-    client = fixed_client
+def test_overview_state_is_the_budget_state(client, admin_headers, make_tenant):
     now = NOW
     suspended = make_tenant(license={"status": "suspended"})
     ended = make_tenant(
