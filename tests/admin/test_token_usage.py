@@ -315,12 +315,17 @@ def test_current_month_in_billing_time_zone(
     with TestClient(app) as client:
         # In UTC all three are in the previous month; in Berlin the second one is in this
         # month, and so is the third, stamped at receipt (the clock's now).
-        ingest(
+        posted = ingest(
             client,
             tenant,
             event("4", at=start - timedelta(minutes=30), input_tokens=11),
             event("1.5", at=start + timedelta(seconds=1), input_tokens=22, output_tokens=3),
             event("0.5", input_tokens=7, output_tokens=1),
+        )
+        # The budget state after the batch is of the group commit's now: this month too.
+        assert (posted["budgets"][0]["period"], posted["budgets"][0]["spent_usd"]) == (
+            this_month,
+            "2.00",
         )
         response = client.get(f"/api/token-usage/{tenant.org_id}/current", headers=admin_headers)
         assert response.status_code == 200
