@@ -1,9 +1,9 @@
 """Where the server's time goes under load: py-spy samples of a real `tokenledger serve`.
 
-Usage: .venv/bin/python bench/profile.py [single|batches|batches1|budget] [seconds]
+Usage: .venv/bin/python bench/profile.py [single|single4|batches|batches1|budget] [seconds]
 
 Prepares a database as `make bench` does, starts the server, records it with py-spy (dev
-extra) while wrk sends single events at 32 connections (or one connection sends
+extra) while wrk sends single events at 32 connections (4: single4; or one connection sends
 1000-event batches over 1,000 organizations, or over one: batches1), then prints the
 functions with the largest share of samples: inclusive (on the stack) and self (at the top).
 """
@@ -77,10 +77,11 @@ def main() -> int:
                     f"{server.base}/api/v1/budget?organization=o0017", ingest.WRK_GET,
                     [ledger.key], 4, seconds,
                 )
-            elif scenario == "single":
+            elif scenario in ("single", "single4"):
                 load = ingest.wrk(
                     f"{server.base}/api/v1/usage", ingest.WRK_SINGLE,
-                    ["prof", "/api/v1/usage", str(ingest.ORGS), ledger.key], 32, seconds,
+                    ["prof", "/api/v1/usage", str(ingest.ORGS), ledger.key],
+                    4 if scenario == "single4" else 32, seconds,
                 )
             else:
                 orgs = 1 if scenario == "batches1" else ingest.ORGS

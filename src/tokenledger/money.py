@@ -83,21 +83,31 @@ def format_usd(nano: int | None) -> str | None:
     """Exact decimal text of nano-dollars with trailing zeros trimmed to at least 2 places."""
     if nano is None:
         return None
-    return _trim(nano_to_usd(nano), 2)
+    return _fixed_text(nano, 9, 2)
 
 
 def format_credits(micro: int | None) -> str | None:
     """Exact decimal text of micro-credits, trimmed to at least 1 place."""
     if micro is None:
         return None
-    return _trim(micro_to_credits(micro), 1)
+    return _fixed_text(micro, 6, 1)
 
 
-def _trim(amount: Decimal, min_places: int) -> str:
-    text = f"{amount:f}"
-    whole, _, frac = text.partition(".")
-    frac = frac.rstrip("0").ljust(min_places, "0")
-    return f"{whole}.{frac}"
+def _fixed_text(units: int, places: int, min_places: int) -> str:
+    """An integer of 10**-places units as decimal text, by slicing its digits (every
+    answer renders a dozen amounts per organization: this is on the hot path)."""
+    if not units:
+        return "0." + "0" * min_places
+    digits = str(units)
+    sign = ""
+    if units < 0:
+        sign, digits = "-", digits[1:]
+    if len(digits) <= places:
+        digits = digits.rjust(places + 1, "0")
+    fraction = digits[-places:].rstrip("0")
+    if len(fraction) < min_places:
+        fraction = fraction.ljust(min_places, "0")
+    return f"{sign}{digits[:-places]}.{fraction}"
 
 
 def round_usd(nano: int | None, places: int = 2) -> float | None:

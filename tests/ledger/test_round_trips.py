@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import event as sa_event
+from sqlalchemy import text
 
 from tests.ledger.conftest import Tenant, ok, snapshot
 from tokenledger.db import Database
@@ -24,12 +25,16 @@ def counting(app: FastAPI) -> Iterator[list[str]]:
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         statements.append(statement)
 
-    engine = app.state.database.engine
-    sa_event.listen(engine, "before_cursor_execute", count)
+    # Reads and writes: on SQLite the writes have an engine of their own.
+    database = app.state.database
+    engines = {database.engine, database.write_engine}
+    for engine in engines:
+        sa_event.listen(engine, "before_cursor_execute", count)
     try:
         yield statements
     finally:
-        sa_event.remove(engine, "before_cursor_execute", count)
+        for engine in engines:
+            sa_event.remove(engine, "before_cursor_execute", count)
 
 
 def batch(prefix: str, size: int, orgs: list[Tenant]) -> list[dict[str, Any]]:
@@ -76,3 +81,41 @@ def test_statements_per_batch_do_not_grow_with_its_size(
     assert snapshot(database).events == 3 + 8 + 998
     assert counts[10] == counts[1000], counts
     assert counts[1000] <= 30, counts  # and few: no statement per event or per row
+
+
+def test_the_writer_remembers_stored_prices(
+    app: FastAPI,
+    client: TestClient,
+    database: Database,
+    service_headers: dict[str, str],
+    make_tenant: Callable[..., Tenant],
+) -> None:
+    org = make_tenant(LICENSE)
+    sonnet = {"organization": org.slug, "model": "claude-sonnet-4-5", "input_tokens": 1000}
+    ok(client, service_headers, {"id": "first", **sonnet})  # stores the price row
+    ok(client, service_headers, {"id": "second", **sonnet})  # reads its id, remembers it
+    with counting(app) as statements:
+        ok(client, service_headers, {"id": "third", **sonnet})
+    # Prices are looked up by their fingerprint: not once more for a known one.
+    assert not [s for s in statements if "fingerprint" in s], statements
+
+    # A price seen for the first time is still stored, and its events point at it.
+    haiku = {**sonnet, "model": "claude-haiku-4-5"}
+    with counting(app) as statements:
+        ok(client, service_headers, {"id": "fourth", **haiku})
+    assert any(s.startswith("INSERT INTO usage_prices") for s in statements), statements
+    with database.session(write=False) as session:
+        models = dict(
+            session.execute(
+                text(
+                    "SELECT e.external_id, p.model FROM usage_events AS e "
+                    "JOIN usage_prices AS p ON p.id = e.price_id"
+                )
+            ).all()
+        )
+    assert models == {
+        "first": "claude-sonnet-4-5",
+        "second": "claude-sonnet-4-5",
+        "third": "claude-sonnet-4-5",
+        "fourth": "claude-haiku-4-5",
+    }

@@ -15,12 +15,13 @@ from tokenledger.alerts.models import ARMED, Alert, Webhook, WebhookDelivery
 from tokenledger.budgets.service import (
     Figures,
     burn_forecast,
+    exhausts_before_period_end,
     figures_for,
     months_figures,
     recent_cost,
 )
 from tokenledger.db import insert_for
-from tokenledger.licenses.models import License
+from tokenledger.licenses.models import License, LicenseTerms
 from tokenledger.money import format_credits, format_usd
 from tokenledger.organizations.models import Organization
 
@@ -28,38 +29,65 @@ from tokenledger.organizations.models import Organization
 def crossings(
     fig: Figures, forecast: dict[str, Any] | None
 ) -> list[tuple[str, str, dict[str, Any]]]:
-    """(type, period, details) of every threshold the license's consumption has reached."""
+    """(type, period, details) of every threshold the license's consumption has reached.
+
+    The details are rendered only for what was reached: a group of usage judges every
+    license it touched, and nearly all of them reach nothing.
+    """
     lic = fig.license
     warn = lic.budget_warning_percent
     found: list[tuple[str, str, dict[str, Any]]] = []
     if fig.credit_limit is not None:
-        details = {
-            "credits_used": format_credits(fig.credits_used_micro),
-            "credits_total": format_credits(fig.credit_limit),
-            "warning_percent": warn,
-        }
-        if fig.credits_used_micro >= fig.credit_limit:
-            found.append(("credits.exhausted", "license", details))
-        if fig.credits_used_micro * 100 >= fig.credit_limit * warn:
-            found.append(("credits.warning", "license", details))
+        used, limit = fig.credits_used_micro, fig.credit_limit
+        reached = [
+            alert_type
+            for alert_type, crossed in (
+                ("credits.exhausted", used >= limit),
+                ("credits.warning", used * 100 >= limit * warn),
+            )
+            if crossed
+        ]
+        if reached:
+            details = {
+                "credits_used": format_credits(used),
+                "credits_total": format_credits(limit),
+                "warning_percent": warn,
+            }
+            found += [(alert_type, "license", details) for alert_type in reached]
     if fig.usd_limit is not None:
-        details = {
-            "spent_usd": format_usd(fig.spent_nano),
-            "token_budget_usd": format_usd(fig.usd_limit),
-            "warning_percent": warn,
-            "budget_period": lic.budget_period,
-        }
-        exhausted = fig.spent_nano >= fig.usd_limit
-        if exhausted:
-            found.append(("budget.exhausted", fig.period, details))
-        if fig.spent_nano * 100 >= fig.usd_limit * warn:
-            found.append(("budget.warning", fig.period, details))
-        if (
-            not exhausted
-            and forecast is not None
-            and forecast["budget_exhausted_before_period_end"]
-        ):
-            found.append(("budget.forecast", fig.period, {**details, "forecast": forecast}))
+        spent, budget = fig.spent_nano, fig.usd_limit
+        exhausted = spent >= budget
+        reached = [
+            alert_type
+            for alert_type, crossed in (
+                ("budget.exhausted", exhausted),
+                ("budget.warning", spent * 100 >= budget * warn),
+                (
+                    "budget.forecast",
+                    not exhausted
+                    and forecast is not None
+                    and forecast["budget_exhausted_before_period_end"],
+                ),
+            )
+            if crossed
+        ]
+        if reached:
+            details = {
+                "spent_usd": format_usd(spent),
+                "token_budget_usd": format_usd(budget),
+                "warning_percent": warn,
+                "budget_period": lic.budget_period,
+            }
+            found += [
+                (
+                    alert_type,
+                    fig.period,
+                    {**details, "forecast": forecast}
+                    if alert_type == "budget.forecast"
+                    else details,
+                )
+                for alert_type in reached
+            ]
     return found
 
 
@@ -110,7 +138,7 @@ def record_crossings(
     windows = recent_cost(session, budgeted, tz, now)
     rows = []
 
-    def add(lic: License, found: list[tuple[str, str, dict[str, Any]]]) -> None:
+    def add(lic: LicenseTerms, found: list[tuple[str, str, dict[str, Any]]]) -> None:
         for alert_type, period, details in found:
             rows.append(
                 {
@@ -123,11 +151,17 @@ def record_crossings(
                 }
             )
 
-    earlier: dict[int, tuple[License, list[str]]] = {}
+    earlier: dict[int, tuple[LicenseTerms, list[str]]] = {}
     for fig in figures:
         lic = fig.license
         window = windows.get(lic.organization_id, 0)
-        forecast = burn_forecast(fig, window, tz, now) if fig.usd_limit is not None else None
+        # The whole forecast only where its alert fires: rendering it is most of the cost
+        # of judging a license, and a group may touch a thousand.
+        forecast = (
+            burn_forecast(fig, window, tz, now)
+            if exhausts_before_period_end(fig, window, tz, now)
+            else None
+        )
         add(lic, crossings(fig, forecast))
         if lic.budget_period == "monthly" and fig.usd_limit is not None:
             earlier[lic.id] = (lic, sorted((months or {}).get(lic.id, set()) - {fig.period}))

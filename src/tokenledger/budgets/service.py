@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from tokenledger.budgets.models import Reservation
 from tokenledger.errors import DomainError, not_found
-from tokenledger.licenses.models import License
+from tokenledger.licenses.models import License, LicenseTerms
 from tokenledger.money import credits_for_cost, format_credits, format_usd
 from tokenledger.organizations.models import Organization
 from tokenledger.usage.models import LicenseUsage, UsageDaily
@@ -43,7 +43,7 @@ def limit_state(committed: int, limit: int | None, warn_percent: int) -> str:
 class Figures:
     """What a license has used, spent and holds, in integer units."""
 
-    license: License
+    license: LicenseTerms
     period: str
     credits_used_micro: int
     spent_nano: int
@@ -92,7 +92,7 @@ class Figures:
 
 
 def figures_for(
-    session: Session, licenses: list[License], tz: Any, now: datetime
+    session: Session, licenses: Sequence[LicenseTerms], tz: Any, now: datetime
 ) -> dict[int, Figures]:
     """Figures for several licenses in at most three queries."""
     if not licenses:
@@ -146,13 +146,13 @@ def figures_for(
     return result
 
 
-def month_figures(session: Session, lic: License, months: list[str]) -> dict[str, Figures]:
+def month_figures(session: Session, lic: LicenseTerms, months: list[str]) -> dict[str, Figures]:
     """A monthly budget's figures for given (earlier) months: their spend, no holds."""
     return months_figures(session, {lic.id: (lic, months)}).get(lic.id, {})
 
 
 def months_figures(
-    session: Session, wanted: dict[int, tuple[License, list[str]]]
+    session: Session, wanted: dict[int, tuple[LicenseTerms, list[str]]]
 ) -> dict[int, dict[str, Figures]]:
     """month_figures for several licenses, in one query."""
     wanted = {lid: (lic, months) for lid, (lic, months) in wanted.items() if months}
@@ -191,7 +191,10 @@ class OrgLike(Protocol):
     def slug(self) -> str: ...
 
 
-def governing(licenses: list[License], now: datetime) -> tuple[License | None, bool]:
+Terms = TypeVar("Terms", bound=LicenseTerms)
+
+
+def governing(licenses: Sequence[Terms], now: datetime) -> tuple[Terms | None, bool]:
     """The active license in force now, or (None, suspended?) when there is none."""
     for lic in licenses:
         if lic.status != "active" or lic.valid_from > now:
@@ -308,16 +311,37 @@ def burn_forecast(fig: Figures, window_cost_nano: int, tz: Any, now: datetime) -
         left_nano = (fig.credit_limit - fig.credits_committed) * fig.license.cost_per_credit_nano
         days = max(Decimal(0), Decimal(left_nano) / 10**6 / per_day)
         result["credits_exhausted_at"] = _days_after(now, days)
-    if fig.usd_limit is not None:
-        days = max(Decimal(0), Decimal(fig.usd_limit - fig.usd_committed) / per_day)
-        at = now + timedelta(days=float(min(days, Decimal(36500))))
+    at = _budget_runs_out_at(fig, window_cost_nano, now)
+    if at is not None:
         result["budget_exhausted_at"] = at.isoformat()
-        if fig.license.budget_period == "monthly":
-            _start, end = month_bounds(fig.period, tz)
-            result["budget_exhausted_before_period_end"] = at < end
-        elif fig.license.valid_until is not None:
-            result["budget_exhausted_before_period_end"] = at < fig.license.valid_until
+        result["budget_exhausted_before_period_end"] = _before_period_end(fig, at, tz)
     return result
+
+
+def exhausts_before_period_end(fig: Figures, window_cost_nano: int, tz: Any, now: datetime) -> bool:
+    """burn_forecast's budget_exhausted_before_period_end alone: what the forecast alert
+    asks of every license a group of usage touched (the whole forecast is rendered only
+    for the few it fires for)."""
+    at = _budget_runs_out_at(fig, window_cost_nano, now)
+    return at is not None and _before_period_end(fig, at, tz)
+
+
+def _budget_runs_out_at(fig: Figures, window_cost_nano: int, now: datetime) -> datetime | None:
+    """When the USD budget runs out at the last 7 days' pace; None without pace or budget."""
+    if fig.usd_limit is None or window_cost_nano <= 0:
+        return None
+    per_day = Decimal(window_cost_nano) / FORECAST_DAYS
+    days = max(Decimal(0), Decimal(fig.usd_limit - fig.usd_committed) / per_day)
+    return now + timedelta(days=float(min(days, Decimal(36500))))
+
+
+def _before_period_end(fig: Figures, at: datetime, tz: Any) -> bool:
+    if fig.license.budget_period == "monthly":
+        _start, end = month_bounds(fig.period, tz)
+        return at < end
+    if fig.license.valid_until is not None:
+        return at < fig.license.valid_until
+    return False
 
 
 def _days_after(now: datetime, days: Decimal) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -72,3 +74,55 @@ class CreditAdjustment(Base):
     reason: Mapped[str] = mapped_column(String(500), default="")
     actor: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LicenseTerms(Protocol):
+    """What the ledger's rules read of a license: a License row or a LicenseRow snapshot."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def organization_id(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def valid_from(self) -> datetime: ...
+    @property
+    def valid_until(self) -> datetime | None: ...
+    @property
+    def credits_total_micro(self) -> int: ...
+    @property
+    def cost_per_credit_nano(self) -> int: ...
+    @property
+    def token_budget_nano(self) -> int | None: ...
+    @property
+    def budget_period(self) -> str: ...
+    @property
+    def budget_warning_percent(self) -> int: ...
+    @property
+    def enforcement(self) -> str: ...
+    @property
+    def credits_used_micro(self) -> int: ...
+
+
+@dataclass(slots=True)
+class LicenseRow:
+    """A license's terms and credits used as read by one Core query: what the write path
+    needs, without the cost of ORM objects (a group may touch a thousand licenses)."""
+
+    id: int
+    organization_id: int
+    status: str
+    valid_from: datetime
+    valid_until: datetime | None
+    credits_total_micro: int
+    cost_per_credit_nano: int
+    token_budget_nano: int | None
+    budget_period: str
+    budget_warning_percent: int
+    enforcement: str
+    credits_used_micro: int
+
+
+# The columns of LicenseRow, in its order.
+LICENSE_ROW_COLUMNS = tuple(field.name for field in fields(LicenseRow))

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tokenledger.db import utcnow
+from tokenledger.db import execute_rows, utcnow
 from tokenledger.errors import DomainError, not_found
-from tokenledger.licenses.models import CreditAdjustment, License
+from tokenledger.licenses.models import (
+    LICENSE_ROW_COLUMNS,
+    CreditAdjustment,
+    License,
+    LicenseRow,
+    LicenseTerms,
+)
 from tokenledger.licenses.schemas import LicenseCreate, LicenseRead, LicenseUpdate
 from tokenledger.money import (
     credits_to_micro,
@@ -76,12 +83,15 @@ def active_for(session: Session, org_id: int) -> License | None:
     )
 
 
-def in_force_at(licenses: list[License], at: datetime) -> License | None:
+Terms = TypeVar("Terms", bound=LicenseTerms)
+
+
+def in_force_at(licenses: Sequence[Terms], at: datetime) -> Terms | None:
     """The license an event at `at` belongs to: its validity contains `at`, not cancelled.
 
     When validities overlap, the one that began last wins (ties: the newest license).
     """
-    best: License | None = None
+    best: Terms | None = None
     for lic in licenses:
         if lic.status == "cancelled" or lic.valid_from > at:
             continue
@@ -92,27 +102,29 @@ def in_force_at(licenses: list[License], at: datetime) -> License | None:
     return best
 
 
+_LICENSES = cast(Table, License.__table__)
+_CANDIDATES = (
+    select(*(_LICENSES.c[name] for name in LICENSE_ROW_COLUMNS))
+    .where(_LICENSES.c.organization_id.in_(bindparam("orgs", expanding=True)))
+    .where(_LICENSES.c.status != "cancelled")
+    .order_by(_LICENSES.c.id)
+)
+
+
 def candidates_for(
     session: Session, org_ids: list[int], *, lock: bool = False
-) -> dict[int, list[License]]:
-    """Every non-cancelled license of these organizations, in one query.
+) -> dict[int, list[LicenseRow]]:
+    """Every non-cancelled license of these organizations, in one query, as snapshots.
 
     With lock, the rows are locked in id order (PostgreSQL; SQLite's write transaction
     already excludes other writers), so concurrent batches cannot deadlock on them.
     """
-    result: dict[int, list[License]] = {org_id: [] for org_id in org_ids}
+    result: dict[int, list[LicenseRow]] = {org_id: [] for org_id in org_ids}
     if not org_ids:
         return result
-    query = (
-        select(License)
-        .where(License.organization_id.in_(org_ids), License.status != "cancelled")
-        .order_by(License.id)
-        .execution_options(populate_existing=True)
-    )
-    if lock:
-        query = query.with_for_update()
-    rows = session.scalars(query)
-    for lic in rows:
+    query = _CANDIDATES.with_for_update() if lock else _CANDIDATES
+    for row in session.execute(query, {"orgs": org_ids}):
+        lic = LicenseRow(*row)
         result[lic.organization_id].append(lic)
     return result
 
@@ -240,15 +252,20 @@ def adjust_credits_used(
     return adjustment
 
 
+_ADD_CREDITS = (
+    update(_LICENSES)
+    .where(_LICENSES.c.id == bindparam("key"))
+    .values(
+        credits_used_micro=_LICENSES.c.credits_used_micro + bindparam("delta"),
+        # Usage is no change of the license's terms: updated_at stays.
+        updated_at=_LICENSES.c.updated_at,
+    )
+)
+
+
 def add_credits_used(session: Session, credits: dict[int, int]) -> None:
     """Add each license's credit difference to its credits_used, atomically, in id order."""
     deltas = [{"key": lid, "delta": delta} for lid, delta in sorted(credits.items()) if delta]
     if not deltas:
         return
-    table: Table = License.__table__  # type: ignore[assignment]
-    session.execute(
-        update(table)
-        .where(table.c.id == bindparam("key"))
-        .values(credits_used_micro=table.c.credits_used_micro + bindparam("delta")),
-        deltas,
-    )
+    execute_rows(session, _ADD_CREDITS, deltas)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -24,11 +25,11 @@ from sqlalchemy import Table, or_, select, text
 from sqlalchemy.orm import Session
 
 from tokenledger.config import Settings
-from tokenledger.db import MAX_ROW_ID, insert_for, to_micros
+from tokenledger.db import MAX_ROW_ID, execute_rows, insert_for, to_micros
 from tokenledger.errors import DomainError
 from tokenledger.hot import OrgRef
 from tokenledger.licenses import service as licenses
-from tokenledger.licenses.models import License
+from tokenledger.licenses.models import LicenseTerms
 from tokenledger.money import credits_for_cost, format_credits, format_usd, usd_to_nano
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing.engine import PriceBook, UsageError
@@ -250,7 +251,10 @@ def prepare(
 
 
 def write(
-    session: Session, batches: list[PreparedBatch], candidates: dict[int, list[License]]
+    session: Session,
+    batches: list[PreparedBatch],
+    candidates: Mapping[int, Sequence[LicenseTerms]],
+    price_ids: dict[str, int] | None = None,
 ) -> list[IngestOutcome | DomainError]:
     """Insert-or-skip the events of several batches, in order, in the session's transaction.
 
@@ -275,7 +279,7 @@ def write(
         outcomes.append(outcome)
     # Key order: on PostgreSQL an insert waits on the unique keys another transaction holds.
     new_rows.sort(key=lambda row: (row["organization_id"], row["external_id"]))
-    _insert(session, new_rows)
+    _insert(session, new_rows, price_ids)
     return outcomes
 
 
@@ -283,7 +287,7 @@ def _claim(
     batch: PreparedBatch,
     stored: dict[Key, dict[str, Any]],
     claimed: dict[Key, dict[str, Any]],
-    candidates: dict[int, list[License]],
+    candidates: Mapping[int, Sequence[LicenseTerms]],
 ) -> tuple[IngestOutcome, list[dict[str, Any]]]:
     results: list[dict[str, Any] | None] = [None] * batch.size
     rows: list[dict[str, Any]] = []
@@ -437,16 +441,33 @@ def price_fingerprint(row: dict[str, Any]) -> str:
 _PRICES = cast(Table, UsagePrice.__table__)
 
 
-def assign_price_ids(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Set each row's price_id, adding the prices not stored yet (one query when none)."""
+# Bound on a writer's memory of price ids: callers may send any model names.
+MAX_KNOWN_PRICES = 100_000
+
+
+def assign_price_ids(
+    session: Session, rows: list[dict[str, Any]], known: dict[str, int] | None = None
+) -> None:
+    """Set each row's price_id, adding the prices not stored yet (no query when `known`,
+    a writer's memory of committed price rows, has them all).
+
+    usage_prices rows are never changed or deleted, so an id read before this transaction
+    added any is good for as long as the database lives; ids this transaction adds are
+    learned by the next group, once committed.
+    """
     wanted = {row["price_key"]: row for row in rows}
     if not wanted:
         return
-    select_ids = select(_PRICES.c.fingerprint, _PRICES.c.id).where(
-        _PRICES.c.fingerprint.in_(sorted(wanted))
-    )
-    ids: dict[str, int] = dict(session.execute(select_ids).all())
-    missing = sorted(set(wanted) - ids.keys())
+    ids = {key: known[key] for key in wanted if key in known} if known else {}
+    missing = sorted(wanted.keys() - ids.keys())
+    if missing:
+        found: dict[str, int] = dict(session.execute(_select_price_ids(missing)).all())
+        if known is not None:
+            if len(known) + len(found) > MAX_KNOWN_PRICES:
+                known.clear()
+            known.update(found)
+        ids.update(found)
+        missing = sorted(set(missing) - found.keys())
     if missing:
         session.execute(
             insert_for(session)(_PRICES).on_conflict_do_nothing(index_elements=["fingerprint"]),
@@ -455,15 +476,21 @@ def assign_price_ids(session: Session, rows: list[dict[str, Any]]) -> None:
                 for key in missing
             ],
         )
-        ids = dict(session.execute(select_ids).all())
+        ids.update(session.execute(_select_price_ids(missing)).all())
     for row in rows:
         row["price_id"] = ids[row["price_key"]]
 
 
-def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
+def _select_price_ids(fingerprints: list[str]) -> Any:
+    return select(_PRICES.c.fingerprint, _PRICES.c.id).where(
+        _PRICES.c.fingerprint.in_(fingerprints)
+    )
+
+
+def _insert(session: Session, rows: list[dict[str, Any]], price_ids: dict[str, int] | None) -> None:
     if not rows:
         return
-    assign_price_ids(session, rows)
+    assign_price_ids(session, rows, price_ids)
     if session.get_bind().dialect.name == "sqlite":
         _insert_sqlite(session, rows)
     else:
@@ -483,6 +510,10 @@ _SQLITE_INSERT = (
 )
 
 
+_ROW_VALUES = operator.itemgetter(*_COLUMNS)
+_CONVERTED_AT = [(index, name) for index, name in enumerate(_COLUMNS) if name in _CONVERTED]
+
+
 def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
     """Bind values as SQLAlchemy would on SQLite (the same text for times and JSON).
 
@@ -490,22 +521,24 @@ def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
     """
     if not rows:
         return
-    converted: dict[tuple[str, object], Any] = {}
-
-    def bind(name: str, value: Any) -> Any:
-        if value is None or name not in _CONVERTED:
-            return value
-        key: tuple[str, object] = (name, id(value))
-        if key not in converted:
-            if name in _TIME_COLUMNS:
-                converted[key] = to_micros(value)  # as db.Instant stores it on SQLite
-            else:
-                converted[key] = json.dumps(value)
-        return converted[key]
-
-    session.connection().exec_driver_sql(
-        _SQLITE_INSERT, [tuple(bind(name, row[name]) for name in _COLUMNS) for row in rows]
-    )
+    converted: dict[tuple[str, int], Any] = {}
+    values: list[tuple[Any, ...]] = []
+    for row in rows:
+        value = list(_ROW_VALUES(row))
+        for index, name in _CONVERTED_AT:
+            given = value[index]
+            if given is None:
+                continue
+            key = (name, id(given))
+            found = converted.get(key)
+            if found is None:
+                # as db.Instant stores times on SQLite; JSON as SQLAlchemy's JSON type does
+                found = converted[key] = (
+                    to_micros(given) if name in _TIME_COLUMNS else json.dumps(given)
+                )
+            value[index] = found
+        values.append(tuple(value))
+    session.connection().exec_driver_sql(_SQLITE_INSERT, values)
 
 
 _TWIN_COLUMNS = (
@@ -568,76 +601,74 @@ class _PeriodCache:
         return found
 
 
-def _sums(
-    groups: dict[Any, list[tuple[int, ...]]], names: tuple[str, ...]
-) -> dict[Any, dict[str, int]]:
-    return {
-        key: dict(zip(names, (sum(column) for column in zip(*values, strict=True)), strict=True))
-        for key, values in groups.items()
-    }
+def _add(sums: dict[Any, tuple[int, ...]], key: Any, values: tuple[int, ...]) -> None:
+    found = sums.get(key)
+    sums[key] = values if found is None else tuple(map(operator.add, found, values))
 
 
-def roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Add the new events to every rollup: aggregated in memory, one upsert per table."""
+def roll_up(session: Session, rows: list[dict[str, Any]]) -> dict[int, int]:
+    """Add the new events to every rollup: aggregated in memory, one upsert per table.
+
+    Returns the micro-credits added to each license's credits_used.
+    """
     if not rows:
-        return
-    monthly: dict[tuple[int, str], list[tuple[int, ...]]] = defaultdict(list)
-    daily: dict[tuple[int, str, str, str], list[tuple[int, ...]]] = defaultdict(list)
-    by_license: dict[tuple[int, str], list[tuple[int, ...]]] = defaultdict(list)
+        return {}
+    monthly: dict[tuple[int, str], tuple[int, ...]] = {}
+    daily: dict[tuple[int, str, str, str], tuple[int, ...]] = {}
+    by_license: dict[tuple[int, str], tuple[int, ...]] = {}
     for row in rows:
-        cost = row["cost_nano"]
+        cost = row["cost_nano"] or 0
         values = (
             row["input_tokens"],
             row["output_tokens"],
             row["cache_creation_input_tokens"],
             row["cache_read_input_tokens"],
-            cost or 0,
+            cost,
             row["api_calls"],
             1,
             int(row["pricing"] in INCOMPLETE_PRICING),
         )
-        monthly[(row["organization_id"], row["year_month"])].append(values)
-        daily[(row["organization_id"], row["day"], row["provider"], row["model"])].append(values)
+        _add(monthly, (row["organization_id"], row["year_month"]), values)
+        _add(daily, (row["organization_id"], row["day"], row["provider"], row["model"]), values)
         if row["license_id"] is not None:
-            by_license[(row["license_id"], row["year_month"])].append(
-                (cost or 0, row["credits_micro"] or 0, 1)
+            _add(
+                by_license,
+                (row["license_id"], row["year_month"]),
+                (cost, row["credits_micro"] or 0, 1),
             )
 
-    license_sums = _sums(by_license, LICENSE_USAGE_FIELDS)
-    _upsert(
-        session, TokenUsageMonthly, ("organization_id", "year_month"), _sums(monthly, ROLLUP_FIELDS)
-    )
+    _upsert(session, TokenUsageMonthly, ("organization_id", "year_month"), ROLLUP_FIELDS, monthly)
     _upsert(
         session,
         UsageDaily,
         ("organization_id", "day", "provider", "model"),
-        _sums(daily, ROLLUP_FIELDS),
+        ROLLUP_FIELDS,
+        daily,
     )
-    _upsert(session, LicenseUsage, ("license_id", "year_month"), license_sums)
+    _upsert(session, LicenseUsage, ("license_id", "year_month"), LICENSE_USAGE_FIELDS, by_license)
 
     credits: dict[int, int] = defaultdict(int)
-    for (license_id, _month), sums in license_sums.items():
-        credits[license_id] += sums["credits_micro"]
+    for (license_id, _month), (_cost, added, _count) in by_license.items():
+        credits[license_id] += added
     licenses.add_credits_used(session, credits)
+    return credits
 
 
 def _upsert(
     session: Session,
     model: Any,
     key_columns: tuple[str, ...],
-    groups: dict[Any, dict[str, int]],
+    summed: tuple[str, ...],
+    groups: dict[Any, tuple[int, ...]],
 ) -> None:
     """INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x, rows sorted by key.
 
-    One executemany of one statement per table and dialect, so SQLAlchemy compiles it
-    once per process instead of once per batch.
+    One executemany of one statement per table and dialect, compiled once per process.
     """
     if not groups:
         return
-    rows = [
-        {**dict(zip(key_columns, key, strict=True)), **sums} for key, sums in sorted(groups.items())
-    ]
-    summed = tuple(name for name in rows[0] if name not in key_columns)
+    names = key_columns + summed
+    rows = [dict(zip(names, key + sums, strict=True)) for key, sums in sorted(groups.items())]
     dialect = session.get_bind().dialect.name
     cache_key = (dialect, model.__tablename__, key_columns, summed)
     statement = _UPSERTS.get(cache_key)
@@ -648,7 +679,7 @@ def _upsert(
             index_elements=list(key_columns),
             set_={name: table.c[name] + insert.excluded[name] for name in summed},
         )
-    session.execute(statement, rows)
+    execute_rows(session, statement, rows)
 
 
 _UPSERTS: dict[tuple[Any, ...], Any] = {}

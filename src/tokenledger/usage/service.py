@@ -20,7 +20,6 @@ from tokenledger.budgets import service as budgets
 from tokenledger.config import Settings
 from tokenledger.errors import DomainError
 from tokenledger.licenses import service as licenses
-from tokenledger.licenses.models import License
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing.overrides import price_book
 from tokenledger.usage import ingest
@@ -42,12 +41,17 @@ class UsageAnswer:
 
 
 def record_usage(
-    session: Session, batches: list[PreparedBatch], settings: Settings, now: datetime
+    session: Session,
+    batches: list[PreparedBatch],
+    settings: Settings,
+    now: datetime,
+    price_ids: dict[str, int] | None = None,
 ) -> list[UsageAnswer | DomainError]:
     """Store a group of prepared batches; an answer (or the refusal) for each, in order.
 
     A batch refused for its own reason (an id reused for other content) stores nothing;
-    the others are written. Then, once for the group: rollups and credits, the holds the
+    the others are written. `price_ids`: the writer's memory of stored prices
+    (ingest.assign_price_ids). Then, once for the group: rollups and credits, the holds the
     new events settle, alerts for the licenses they reached, and every organization's
     budget state after the group, from the figures read once.
     """
@@ -63,14 +67,19 @@ def record_usage(
             .with_for_update(key_share=True)
         ).all()
     candidates = licenses.candidates_for(session, org_ids, lock=True)
-    outcomes = ingest.write(session, batches, candidates)
+    outcomes = ingest.write(session, batches, candidates, price_ids)
     created_rows = [
         row
         for outcome in outcomes
         if isinstance(outcome, IngestOutcome)
         for row in outcome.created_rows
     ]
-    ingest.roll_up(session, created_rows)
+    added = ingest.roll_up(session, created_rows)
+    # The snapshots follow the increments: the rows are locked (PostgreSQL) or the
+    # transaction is the only writer (SQLite), so nobody else changed them meanwhile.
+    by_id = {lic.id: lic for found in candidates.values() for lic in found}
+    for license_id, credits in added.items():
+        by_id[license_id].credits_used_micro += credits
     budgets.settle_reservations(session, created_rows, now)
     keys = sorted({batch.touch_key_id for batch in batches if batch.touch_key_id is not None})
     if keys:
@@ -86,8 +95,9 @@ def record_usage(
         for org_id in org_ids
     }
     wanted = touched | {lic.id for lic, _ in governing.values() if lic is not None}
-    fresh = _licenses(session, wanted)
-    figures = budgets.figures_for(session, list(fresh.values()), settings.timezone, now)
+    figures = budgets.figures_for(
+        session, [by_id[i] for i in sorted(wanted)], settings.timezone, now
+    )
     # Back-dated usage is judged in its own month too (monthly budgets).
     months = alerts.months_by_license(created_rows)
     alerts.record_crossings(
@@ -113,16 +123,6 @@ def record_usage(
             )
         )
     return answers
-
-
-def _licenses(session: Session, ids: set[int]) -> dict[int, License]:
-    """These licenses as committed now in this transaction (credits_used included)."""
-    if not ids:
-        return {}
-    rows = session.scalars(
-        select(License).where(License.id.in_(sorted(ids))).execution_options(populate_existing=True)
-    )
-    return {lic.id: lic for lic in rows}
 
 
 def record_batch(

@@ -48,6 +48,8 @@ class UsageWriter:
         self._ready = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # Stored usage_prices ids by fingerprint, read by this writer's groups.
+        self._price_ids: dict[str, int] = {}
 
     def submit(self, batch: PreparedBatch) -> Future[UsageAnswer]:
         """Queue a prepared batch; the future holds its answer once it is committed."""
@@ -123,7 +125,7 @@ class UsageWriter:
 
     def _commit(self, batches: list[PreparedBatch]) -> list[UsageAnswer | DomainError]:
         with self.database.session(write=True) as session:
-            return record_usage(session, batches, self.settings, self.clock())
+            return record_usage(session, batches, self.settings, self.clock(), self._price_ids)
 
     def _answer(self, pending: _Pending, answer: UsageAnswer | DomainError) -> None:
         if isinstance(answer, DomainError):
