@@ -21,6 +21,7 @@ from tokenledger.deps import (
 )
 from tokenledger.errors import DomainError
 from tokenledger.hot import HotReads, OrgRef
+from tokenledger.middleware import ParsedJsonRoute
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.schemas import PathText
@@ -30,7 +31,7 @@ from tokenledger.usage.schemas import RefreshIn, RefreshRead, UsageBatch, UsageR
 from tokenledger.usage.service import UsageAnswer, record_batch
 from tokenledger.usage.writer import UsageWriter
 
-router = APIRouter(prefix="/api/v1", tags=["ingestion"])
+router = APIRouter(prefix="/api/v1", tags=["ingestion"], route_class=ParsedJsonRoute)
 
 
 def organization_for_key(session: Session, key: IngestKey, ref: str | int | None) -> Organization:
