@@ -16,7 +16,7 @@ from tokenledger.auth import service as auth_service
 from tokenledger.auth.models import AdminUser
 from tokenledger.auth.tokens import decode_token
 from tokenledger.config import Settings
-from tokenledger.db import MAX_ROW_ID, Clock, Database, utcnow
+from tokenledger.db import MAX_ROW_ID, Clock, Database
 from tokenledger.errors import DomainError
 from tokenledger.hot import HotReads, KeyRef
 from tokenledger.ratelimit import RateLimiter, retry_after
@@ -181,12 +181,9 @@ def get_hot(request: Request) -> HotReads:
     return hot
 
 
-def _live_key(request: Request, key: KeyRef | None, secret: str) -> IngestPrincipal:
+def _live_key(request: Request, key: KeyRef | None, secret: str, now: datetime) -> IngestPrincipal:
     if key is None:
         raise DomainError(401, "invalid_api_key", "unknown or revoked API key")
-    # The real clock: how often a key's use is written is about real time, and last_used_at
-    # tells an operator when the key was really used.
-    now = utcnow()
     due = key.last_used_at is None or now - key.last_used_at > KEY_TOUCH_INTERVAL
     if due:
         get_hot(request).key_used(secret, key, now)
@@ -206,23 +203,23 @@ def _limit_rate(request: Request, secret: str) -> None:
         )
 
 
-def require_ingest_key(request: Request, session: Session) -> IngestPrincipal:
+def require_ingest_key(request: Request, session: Session, now: Now) -> IngestPrincipal:
     secret = _bearer(request)
     if secret is None:
         raise _unauthenticated()
     _limit_rate(request, secret)
-    principal = _live_key(request, get_hot(request).api_key(secret), secret)
+    principal = _live_key(request, get_hot(request).api_key(secret), secret, now)
     if principal.touch_due:
         if request.method in SAFE_METHODS:
             # Its own short transaction, so that read-only requests stay read-only.
             with get_database(request).session(write=True) as touch:
-                auth_service.touch_api_key(touch, principal.key_id)
+                auth_service.touch_api_key(touch, principal.key_id, now)
         else:
-            auth_service.touch_api_key(session, principal.key_id)
+            auth_service.touch_api_key(session, principal.key_id, now)
     return principal
 
 
-async def require_usage_key(request: Request) -> IngestPrincipal:
+async def require_usage_key(request: Request, now: Now) -> IngestPrincipal:
     """The ingest key of POST /api/v1/usage, from memory; its use is recorded by the write
     of the usage itself (touch_due), which holds no request session meanwhile."""
     secret = _bearer(request)
@@ -233,7 +230,7 @@ async def require_usage_key(request: Request) -> IngestPrincipal:
     key = hot.cached_key(secret)
     if key is None:
         key = await run_in_threadpool(hot.api_key, secret)
-    return _live_key(request, key, secret)
+    return _live_key(request, key, secret, now)
 
 
 IngestKey = Annotated[IngestPrincipal, Depends(require_ingest_key)]

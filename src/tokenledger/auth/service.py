@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
@@ -159,8 +159,8 @@ def resolve_api_key(session: Session, secret: str) -> ApiKey | None:
     return key
 
 
-def touch_api_key(session: Session, key_id: int) -> None:
-    session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
+def touch_api_key(session: Session, key_id: int, now: datetime) -> None:
+    session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
 
 
 def list_admins(session: Session) -> list[AdminUser]:

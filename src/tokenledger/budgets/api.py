@@ -70,7 +70,7 @@ async def get_budget(
     def read() -> dict[str, Any]:
         if key.touch_due:
             with database.session(write=True) as touch:
-                touch_api_key(touch, key.key_id)
+                touch_api_key(touch, key.key_id, now)
         with database.session(write=False) as session:
             return service.budget_states(session, [org], settings.timezone, now, forecast=True)[0]
 
