@@ -123,7 +123,7 @@ def candidates_for(
     if not org_ids:
         return result
     query = _CANDIDATES.with_for_update() if lock else _CANDIDATES
-    for row in session.execute(query, {"orgs": org_ids}):
+    for row in session.connection().execute(query, {"orgs": org_ids}):
         lic = LicenseRow(*row)
         result[lic.organization_id].append(lic)
     return result

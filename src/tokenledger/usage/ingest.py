@@ -462,7 +462,7 @@ def assign_price_ids(
     ids = {key: known[key] for key in wanted if key in known} if known else {}
     missing = sorted(wanted.keys() - ids.keys())
     if missing:
-        found: dict[str, int] = dict(session.execute(_select_price_ids(missing)).all())
+        found: dict[str, int] = dict(session.connection().execute(_select_price_ids(missing)).all())
         if known is not None:
             if len(known) + len(found) > MAX_KNOWN_PRICES:
                 known.clear()
@@ -477,7 +477,7 @@ def assign_price_ids(
                 for key in missing
             ],
         )
-        ids.update(session.execute(_select_price_ids(missing)).all())
+        ids.update(session.connection().execute(_select_price_ids(missing)).all())
     for row in rows:
         row["price_id"] = ids[row["price_key"]]
 
@@ -564,9 +564,9 @@ def _stored_twins(session: Session, keys: list[Key]) -> dict[Key, dict[str, Any]
     if not keys:
         return {}
     if session.get_bind().dialect.name == "sqlite":
-        rows = session.execute(_TWINS_SQLITE, {"keys": json.dumps(keys)})
+        rows = session.connection().execute(_TWINS_SQLITE, {"keys": json.dumps(keys)})
     else:
-        rows = session.execute(
+        rows = session.connection().execute(
             _TWINS_POSTGRESQL, {"orgs": [k[0] for k in keys], "ids": [k[1] for k in keys]}
         )
     return {(row.organization_id, row.external_id): dict(row._mapping) for row in rows}
