@@ -23,7 +23,7 @@ from tokenledger.licenses.models import License, LicenseTerms
 from tokenledger.money import credits_for_cost, format_credits, format_usd
 from tokenledger.organizations.models import Organization
 from tokenledger.usage.models import LicenseUsage, UsageDaily
-from tokenledger.usage.periods import current_month, month_bounds, month_of
+from tokenledger.usage.periods import month_bounds, month_of
 
 FORECAST_DAYS = 7
 
@@ -89,10 +89,6 @@ class Figures:
             credits_left = self.credit_limit - self.credits_committed
             candidates.append(credits_left * self.license.cost_per_credit_nano // 10**6)
         return max(0, min(candidates)) if candidates else None
-
-
-def period_key(lic: LicenseTerms, tz: Any) -> str:
-    return current_month(tz) if lic.budget_period == "monthly" else "license"
 
 
 def figures_for(

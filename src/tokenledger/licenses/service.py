@@ -151,7 +151,8 @@ def _flush(session: Session) -> None:
         raise DomainError(422, "invalid_license", "the license violates a constraint") from exc
 
 
-def create(session: Session, data: LicenseCreate) -> License:
+def create(session: Session, data: LicenseCreate, now: datetime) -> License:
+    """A license; valid from now unless data says when."""
     org = organizations.get(session, data.organization_id)
     if org.archived_at is not None:
         raise _organization_archived()
@@ -160,7 +161,7 @@ def create(session: Session, data: LicenseCreate) -> License:
     lic = License(
         organization_id=org.id,
         status=data.status,
-        valid_from=data.valid_from or utcnow(),
+        valid_from=data.valid_from or now,
         valid_until=data.valid_until,
         credits_total_micro=credits_to_micro(data.credits_total),
         cost_per_credit_nano=usd_to_nano(data.cost_per_credit),

@@ -7,8 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import AwareDatetime
 
-from tokenledger.db import utcnow
-from tokenledger.deps import Admin, AppSettings, RowId, Session, Viewer, get_database
+from tokenledger.deps import Admin, AppSettings, Now, RowId, Session, Viewer, get_database
 from tokenledger.errors import DomainError
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.budget import change_budget
@@ -16,15 +15,16 @@ from tokenledger.licenses.schemas import BudgetUpdate
 from tokenledger.organizations import service as organizations
 from tokenledger.usage import export, queries
 from tokenledger.usage.export import ClosingStreamingResponse
+from tokenledger.usage.periods import month_of
 
 router = APIRouter(tags=["token-usage"])
 
 
 @router.get("/api/token-usage/overview")
 def usage_overview(
-    session: Session, _viewer: Viewer, settings: AppSettings
+    session: Session, _viewer: Viewer, settings: AppSettings, now: Now
 ) -> list[dict[str, Any]]:
-    return queries.overview(session, settings.timezone, utcnow())
+    return queries.overview(session, settings.timezone, now)
 
 
 @router.get("/api/token-usage/{org_id}")
@@ -37,10 +37,10 @@ def organization_usage(
 
 @router.get("/api/token-usage/{org_id}/current")
 def organization_current(
-    org_id: RowId, session: Session, _viewer: Viewer, settings: AppSettings
+    org_id: RowId, session: Session, _viewer: Viewer, settings: AppSettings, now: Now
 ) -> dict[str, Any]:
     org = organizations.get(session, org_id)
-    return queries.current(session, org, settings.timezone, utcnow())
+    return queries.current(session, org, settings.timezone, now)
 
 
 @router.get("/api/token-usage/{org_id}/models")
@@ -49,12 +49,11 @@ def organization_models(
     session: Session,
     _viewer: Viewer,
     settings: AppSettings,
+    now: Now,
     month: Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")] = None,
 ) -> dict[str, Any]:
     organizations.get(session, org_id)
-    from tokenledger.usage.periods import current_month
-
-    year_month = month or current_month(settings.timezone)
+    year_month = month or month_of(now, settings.timezone)
     return {
         "year_month": year_month,
         "models": queries.models_of_month(session, org_id, year_month),
@@ -67,10 +66,11 @@ def organization_daily(
     session: Session,
     _viewer: Viewer,
     settings: AppSettings,
+    now: Now,
     days: Annotated[int, Query(ge=1, le=366)] = 30,
 ) -> list[dict[str, Any]]:
     organizations.get(session, org_id)
-    return queries.daily_series(session, org_id, days, settings.timezone, utcnow())
+    return queries.daily_series(session, org_id, days, settings.timezone, now)
 
 
 @router.get(
@@ -105,13 +105,20 @@ def export_events(
 
 @router.put("/api/token-usage/budget/{license_id}")
 def update_budget(
-    license_id: RowId, data: BudgetUpdate, session: Session, admin: Admin, settings: AppSettings
+    license_id: RowId,
+    data: BudgetUpdate,
+    session: Session,
+    admin: Admin,
+    settings: AppSettings,
+    now: Now,
 ) -> dict[str, bool]:
     lic = licenses.get(session, license_id, for_update=True)
-    change_budget(session, lic, data, admin, settings.timezone, utcnow())
+    change_budget(session, lic, data, admin, settings.timezone, now)
     return {"ok": True}
 
 
 @router.get("/api/dashboard/stats")
-def dashboard_stats(session: Session, _viewer: Viewer, settings: AppSettings) -> dict[str, Any]:
-    return queries.dashboard(session, settings.timezone, utcnow())
+def dashboard_stats(
+    session: Session, _viewer: Viewer, settings: AppSettings, now: Now
+) -> dict[str, Any]:
+    return queries.dashboard(session, settings.timezone, now)

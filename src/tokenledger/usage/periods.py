@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from tokenledger.db import utcnow
-
 
 def month_of(at: datetime, tz: ZoneInfo) -> str:
     return at.astimezone(tz).strftime("%Y-%m")
@@ -14,10 +12,6 @@ def month_of(at: datetime, tz: ZoneInfo) -> str:
 
 def day_of(at: datetime, tz: ZoneInfo) -> str:
     return at.astimezone(tz).strftime("%Y-%m-%d")
-
-
-def current_month(tz: ZoneInfo) -> str:
-    return month_of(utcnow(), tz)
 
 
 def month_bounds(year_month: str, tz: ZoneInfo) -> tuple[datetime, datetime]:

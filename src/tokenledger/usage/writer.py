@@ -19,7 +19,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from tokenledger.config import Settings
-from tokenledger.db import Database, utcnow
+from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import DomainError
 from tokenledger.ops import Metrics
 from tokenledger.usage.ingest import PreparedBatch
@@ -39,8 +39,11 @@ class _Pending:
 
 
 class UsageWriter:
-    def __init__(self, database: Database, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, database: Database, settings: Settings, metrics: Metrics, clock: Clock = utcnow
+    ) -> None:
         self.database = database
+        self.clock = clock
         self.settings = settings
         self.metrics = metrics
         self._queue: deque[_Pending] = deque()
@@ -123,7 +126,7 @@ class UsageWriter:
 
     def _commit(self, batches: list[PreparedBatch]) -> list[UsageAnswer | DomainError]:
         with self.database.session(write=True) as session:
-            return record_usage(session, batches, self.settings, utcnow(), self._price_ids)
+            return record_usage(session, batches, self.settings, self.clock(), self._price_ids)
 
     def _answer(self, group: list[_Pending]) -> None:
         """Hand every outcome to its event loop: one call per loop for the whole group."""
