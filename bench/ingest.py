@@ -371,7 +371,9 @@ function init(args)
 end
 request = function()
   counter = counter + 1
-  local org = string.format("o%04d", 1 + counter % orgs)
+  -- wrk's threads count from 0 each: an offset keeps them on different organizations
+  -- (the same organization at the same instant would be one sender's burst, not two)
+  local org = string.format("o%04d", 1 + (counter + (tid - 1) * 500) % orgs)
   local body = string.format(
     '{"events":[{"id":"%s-%d","organization":"%s","model":"claude-sonnet-4-5",'
     .. '"input_tokens":%d,"output_tokens":%d,"cache_read_input_tokens":5000,'

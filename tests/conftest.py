@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
@@ -118,6 +119,39 @@ def app(settings: Settings):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def client(app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
     with TestClient(app) as test_client:
+        yield test_client
+
+
+# "Now" of the tests whose figures depend on the date: a Wednesday mid-month, mid-day,
+# far from any month, day or daylight-saving change in UTC and Europe/Berlin.
+NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
+
+
+class FixedClock:
+    """The app's clock in a test (create_app(clock=...)): it stands still until set."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    """Set clock.now before the requests of a test to run them at another instant."""
+    return FixedClock(NOW)
+
+
+@pytest.fixture
+def fixed_app(settings: Settings, clock: FixedClock):  # type: ignore[no-untyped-def]
+    return create_app(settings, clock=clock)
+
+
+@pytest.fixture
+def fixed_client(fixed_app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    """A client of the app whose "now" is the clock fixture's (NOW unless a test sets it)."""
+    with TestClient(fixed_app) as test_client:
         yield test_client
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from tokenledger.db import utcnow
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import License
 from tokenledger.licenses.schemas import LicenseCreate
@@ -25,7 +27,10 @@ def make_org(session: Session, **overrides: Any) -> Organization:
     return organizations.create(session, OrganizationCreate(**values))
 
 
-def make_license(session: Session, org: Organization, **overrides: Any) -> License:
+def make_license(
+    session: Session, org: Organization, now: datetime | None = None, **overrides: Any
+) -> License:
+    """A license valid from now (default: the real clock) unless overrides say when."""
     values: dict[str, Any] = {
         "organization_id": org.id,
         "credits_total": Decimal(1000),
@@ -33,4 +38,4 @@ def make_license(session: Session, org: Organization, **overrides: Any) -> Licen
         "token_budget_usd": Decimal(100),
     }
     values.update(overrides)
-    return licenses.create(session, LicenseCreate(**values))
+    return licenses.create(session, LicenseCreate(**values), now or utcnow())

@@ -19,7 +19,7 @@ from tokenledger.audit.api import router as audit_router
 from tokenledger.auth.api import router as auth_router
 from tokenledger.budgets.api import router as budgets_router
 from tokenledger.config import Settings, get_settings
-from tokenledger.db import Database
+from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import install_error_handlers
 from tokenledger.hot import HotReads
 from tokenledger.licenses.api import router as licenses_router
@@ -58,7 +58,8 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> FastAPI:
+    """The app; clock gives every route and page its "now" (deps.Now), aware and in UTC."""
     settings = settings or get_settings()
     database = Database(settings)
 
@@ -92,10 +93,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_docs(app, openapi_url)
     app.state.settings = settings
     app.state.database = database
+    app.state.clock = clock
     app.state.metrics = Metrics()
     app.state.hot = HotReads(database, settings.cache_seconds)
-    app.state.usage_writer = UsageWriter(database, settings, app.state.metrics)
+    app.state.usage_writer = UsageWriter(database, settings, app.state.metrics, clock)
     rate = settings.ingest_rate_limit
+    # The buckets refill by the real monotonic clock, not the app's: a rate is real time.
     app.state.ingest_limiter = RateLimiter(Rate.parse(rate)) if rate else None
     install_error_handlers(app)
     app.add_middleware(StrictJson)  # inside the body cap: it reads whole bodies
@@ -105,8 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)  # outermost: every answer carries them
     if settings.trusted_proxy_list:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
-    # A request is matched against the routes in this order, one by one: the routes that
-    # ingest keys call all the time first (ingestion, the budget check), then the probes.
+    # The ingestion routes first: routes are matched in order, and these take the load.
     for router in (
         usage_router,
         budgets_router,

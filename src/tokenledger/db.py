@@ -119,6 +119,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# What the app reads "now" from: utcnow, or a fixed instant in tests (create_app(clock=...)).
+Clock = Callable[[], datetime]
+
+
 def sqlalchemy_url(url: str) -> str:
     """The driver-qualified URL: plain postgresql:// means psycopg 3."""
     for prefix in ("postgresql://", "postgres://"):

@@ -116,6 +116,7 @@ def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
                     budget_period=demo.period,
                     enforcement=demo.enforcement,
                 ),
+                now,
             )
             _audit(session, "license.create", "license", lic.id, licenses.snapshot(lic))
         batch: list[UsageEventIn] = []

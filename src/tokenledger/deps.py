@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -16,7 +16,7 @@ from tokenledger.auth import service as auth_service
 from tokenledger.auth.models import AdminUser
 from tokenledger.auth.tokens import decode_token
 from tokenledger.config import Settings
-from tokenledger.db import MAX_ROW_ID, Database, utcnow
+from tokenledger.db import MAX_ROW_ID, Clock, Database
 from tokenledger.errors import DomainError
 from tokenledger.hot import HotReads, KeyRef
 from tokenledger.ratelimit import RateLimiter, retry_after
@@ -43,8 +43,21 @@ def get_session(request: Request) -> Iterator[OrmSession]:
         yield session
 
 
+def now_of(request: Request) -> datetime:
+    """The app's "now" (create_app's clock): routes and pages never read the clock themselves."""
+    clock: Clock = request.app.state.clock
+    return clock()
+
+
+async def get_now(request: Request) -> datetime:
+    # async: read on the event loop, not in a pool thread (POST /api/v1/usage takes it too).
+    return now_of(request)
+
+
 Session = Annotated[OrmSession, Depends(get_session, scope="function")]
 AppSettings = Annotated[Settings, Depends(get_settings)]
+# One instant per request (FastAPI caches a dependency within a request).
+Now = Annotated[datetime, Depends(get_now)]
 # An id in a path: one that no row can have is a 422, not a database error.
 RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
 
@@ -168,10 +181,9 @@ def get_hot(request: Request) -> HotReads:
     return hot
 
 
-def _live_key(request: Request, key: KeyRef | None, secret: str) -> IngestPrincipal:
+def _live_key(request: Request, key: KeyRef | None, secret: str, now: datetime) -> IngestPrincipal:
     if key is None:
         raise DomainError(401, "invalid_api_key", "unknown or revoked API key")
-    now = utcnow()
     due = key.last_used_at is None or now - key.last_used_at > KEY_TOUCH_INTERVAL
     if due:
         get_hot(request).key_used(secret, key, now)
@@ -191,23 +203,23 @@ def _limit_rate(request: Request, secret: str) -> None:
         )
 
 
-def require_ingest_key(request: Request, session: Session) -> IngestPrincipal:
+def require_ingest_key(request: Request, session: Session, now: Now) -> IngestPrincipal:
     secret = _bearer(request)
     if secret is None:
         raise _unauthenticated()
     _limit_rate(request, secret)
-    principal = _live_key(request, get_hot(request).api_key(secret), secret)
+    principal = _live_key(request, get_hot(request).api_key(secret), secret, now)
     if principal.touch_due:
         if request.method in SAFE_METHODS:
             # Its own short transaction, so that read-only requests stay read-only.
             with get_database(request).session(write=True) as touch:
-                auth_service.touch_api_key(touch, principal.key_id)
+                auth_service.touch_api_key(touch, principal.key_id, now)
         else:
-            auth_service.touch_api_key(session, principal.key_id)
+            auth_service.touch_api_key(session, principal.key_id, now)
     return principal
 
 
-async def require_usage_key(request: Request) -> IngestPrincipal:
+async def require_usage_key(request: Request, now: Now) -> IngestPrincipal:
     """The ingest key of POST /api/v1/usage, from memory; its use is recorded by the write
     of the usage itself (touch_due), which holds no request session meanwhile."""
     secret = _bearer(request)
@@ -218,7 +230,7 @@ async def require_usage_key(request: Request) -> IngestPrincipal:
     key = hot.cached_key(secret)
     if key is None:
         key = await run_in_threadpool(hot.api_key, secret)
-    return _live_key(request, key, secret)
+    return _live_key(request, key, secret, now)
 
 
 IngestKey = Annotated[IngestPrincipal, Depends(require_ingest_key)]

@@ -6,15 +6,20 @@ Plain ASGI middleware (not BaseHTTPMiddleware), so streamed responses pass untou
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from starlette.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenledger.errors import error_body
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 INFLATING_ROUTE = "/v1/traces"
+# Where StrictJson leaves the body it parsed, in the request's scope.
+PARSED_JSON = "tokenledger.parsed_json"
 
 
 class AmbiguousJson(ValueError):
@@ -36,23 +41,33 @@ def _refuse_constant(name: str) -> Any:
     raise AmbiguousJson(f"{name} is not a JSON number")
 
 
-def check_json(body: bytes) -> str | None:
-    """Why this body is not one plain JSON document (UTF-8, unique keys, finite
-    numbers, nesting the parser can follow), or None when it is."""
+def strict_json(body: bytes) -> Any:
+    """The one JSON document in this body (UTF-8, unique keys, finite numbers, nesting the
+    parser can follow); ValueError saying why it is not one."""
     try:
-        json.loads(
+        return json.loads(
             body.decode("utf-8"),
             object_pairs_hook=_refuse_duplicate_keys,
             parse_constant=_refuse_constant,
         )
-    except UnicodeDecodeError:
-        return "the body is not UTF-8"
+    except UnicodeDecodeError as exc:
+        raise ValueError("the body is not UTF-8") from exc
     except AmbiguousJson as exc:
-        return str(exc)
+        raise ValueError(str(exc)) from exc
     except json.JSONDecodeError as exc:
-        return f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-    except RecursionError:
-        return "JSON nested too deeply"
+        raise ValueError(
+            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+
+
+def check_json(body: bytes) -> str | None:
+    """Why this body is not one plain JSON document (strict_json's rules), or None."""
+    try:
+        strict_json(body)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -97,7 +112,13 @@ class StrictJson:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        problem = check_json(body) if body else None
+        problem = None
+        if body:
+            try:
+                # Kept for routes that take it instead of parsing the body again.
+                scope[PARSED_JSON] = strict_json(body)
+            except ValueError as exc:
+                problem = str(exc)
         if problem is not None:
             # The shape of every other payload error (errors.py's validation handler).
             details = [{"loc": ["body"], "msg": problem, "type": "json_invalid"}]
@@ -106,6 +127,26 @@ class StrictJson:
             await response(scope, receive, send)
             return
         await self.app(scope, _replay([{"type": "http.request", "body": body}], receive), send)
+
+
+class _ParsedJsonRequest(Request):
+    async def json(self) -> Any:
+        if PARSED_JSON in self.scope:
+            return self.scope[PARSED_JSON]
+        return await super().json()
+
+
+class ParsedJsonRoute(APIRoute):
+    """A route whose JSON body is read once: FastAPI gets the value StrictJson parsed
+    (a 1000-event batch was parsed twice, about a tenth of its request time)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def parsed_json_handler(request: Request) -> Response:
+            return await handler(_ParsedJsonRequest(request.scope, request.receive))
+
+        return parsed_json_handler
 
 
 def _replay(messages: list[Message], then: Receive | None = None) -> Receive:

@@ -71,10 +71,14 @@ def credits_for_cost(cost_nano: int, cost_per_credit_nano: int) -> int:
     """
     if cost_per_credit_nano <= 0:
         raise MoneyError("cost per credit must be positive")
-    numerator = cost_nano * MICRO_PER_CREDIT
-    quotient, remainder = divmod(numerator, cost_per_credit_nano)
+    return divide_half_even(cost_nano * MICRO_PER_CREDIT, cost_per_credit_nano)
+
+
+def divide_half_even(numerator: int, denominator: int) -> int:
+    """numerator / denominator (denominator > 0), rounded half to even, in integers only."""
+    quotient, remainder = divmod(numerator, denominator)
     twice = 2 * remainder
-    if twice > cost_per_credit_nano or (twice == cost_per_credit_nano and quotient % 2 == 1):
+    if twice > denominator or (twice == denominator and quotient % 2 == 1):
         quotient += 1
     return quotient
 

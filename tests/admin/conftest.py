@@ -20,6 +20,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from tests.conftest import FixedClock
 from tests.factories import make_license, make_org
 from tokenledger.app import UVICORN_OPTIONS, create_app
 from tokenledger.auth.service import create_api_key
@@ -50,15 +51,24 @@ class Tenant:
 
 
 @pytest.fixture
-def make_tenant(database: Database) -> Callable[..., Tenant]:
-    """make_tenant(license=None | {...overrides}, **org_overrides)."""
+def app(settings: Settings, clock: FixedClock) -> Any:
+    """Every admin test's app (and `client`) reads "now" from the clock fixture: NOW
+    (2026-11-18 12:00 UTC) unless the test sets clock.now. Only the servers of serve()
+    and the webhook worker run on the real clock."""
+    return create_app(settings, clock=clock)
+
+
+@pytest.fixture
+def make_tenant(database: Database, clock: FixedClock) -> Callable[..., Tenant]:
+    """make_tenant(license=None | {...overrides}, **org_overrides); a license is valid from
+    the clock fixture's now (NOW) unless the overrides say when."""
 
     def _make(license: dict[str, Any] | None = None, **org: Any) -> Tenant:
         with write(database) as session:
             organization: Organization = make_org(session, **org)
-            lic: License | None = (
-                make_license(session, organization, **license) if license is not None else None
-            )
+            lic: License | None = None
+            if license is not None:
+                lic = make_license(session, organization, clock(), **license)
             _key, secret = create_api_key(session, "tests", organization.slug)
             return Tenant(organization.id, organization.slug, lic.id if lic else None, secret)
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
 from sqlalchemy import select, update
 
 from tests.admin.conftest import event, ingest, serve, usd_budget_license
+from tests.conftest import NOW
 from tokenledger.alerts.models import Alert
-from tokenledger.db import utcnow
 
 
 def _alerts(database, license_id: int) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -61,8 +61,8 @@ def test_one_batch_over_both_thresholds_fires_both(client, database, make_tenant
 
 
 def test_usd_budget_alerts_carry_the_month(client, database, make_tenant):
-    now = utcnow()
-    month = now.strftime("%Y-%m")
+    now = NOW  # 2026-11-18 12:00 UTC
+    month = "2026-11"
     tenant = make_tenant(
         license={
             "credits_total": Decimal(0),
@@ -70,8 +70,8 @@ def test_usd_budget_alerts_carry_the_month(client, database, make_tenant):
             "valid_from": now - timedelta(days=90),
         }
     )
-    last_month = now.replace(day=1) - timedelta(days=3)
-    previous = last_month.strftime("%Y-%m")
+    last_month = datetime(2026, 10, 29, 12, tzinfo=UTC)
+    previous = "2026-10"
     # Back-dated spend belongs to its own month, not to this month's budget: 9 of 10 USD
     # is that month's warning.
     ingest(client, tenant, event("9", at=last_month))
@@ -116,7 +116,7 @@ def test_lowering_the_limit_fires_the_alert(client, database, admin_headers, mak
 
 
 def test_budget_forecast_alert(client, database, make_tenant):
-    now = utcnow()
+    now = NOW
     tenant = make_tenant(license=usd_budget_license(now, days_before=30, days_after=5))
     ingest(client, tenant, event("0.7", at=now - timedelta(days=3)))  # 0.10 a day: 93 days
     assert _alerts(database, tenant.license_id) == []
@@ -149,7 +149,7 @@ def test_list_alerts_newest_first_with_filters(client, admin_headers, viewer_hea
         assert {"type", "organization_id", "license_id", "period", "created_at"} <= set(item)
     assert items[0]["license_id"] == first.license_id
     assert items[0]["period"] == "license"
-    assert items[1]["period"] == utcnow().strftime("%Y-%m")
+    assert items[1]["period"] == "2026-11"  # the month of NOW, when the events came
 
     response = client.get(
         "/api/alerts", params={"organization_id": second.org_id}, headers=admin_headers
@@ -168,7 +168,7 @@ def test_same_second_alerts_are_ordered_newest_first(client, database, admin_hea
     ingest(client, tenant, event("0.9"))
     ingest(client, tenant, event("0.1"))
     with database.session(write=True) as session:
-        session.execute(update(Alert).values(created_at=utcnow()))
+        session.execute(update(Alert).values(created_at=NOW))
     items = client.get("/api/alerts", headers=admin_headers).json()["items"]
     assert [i["type"] for i in items] == ["credits.exhausted", "credits.warning"]
 
@@ -277,8 +277,7 @@ def test_a_change_that_stays_above_a_threshold_keeps_it_fired(
 def test_budget_and_warning_percent_changes_rearm_through_the_budget_route(
     client, database, admin_headers, make_tenant
 ):
-    now = utcnow()
-    tenant = make_tenant(license=usd_budget_license(now, days_before=30))  # 10 USD, license
+    tenant = make_tenant(license=usd_budget_license(NOW, days_before=30))  # 10 USD, license
     ingest(client, tenant, event("8.5"))  # 85 %
     assert _armed(database, tenant.license_id) == [("budget.warning", "license", True)]
 
@@ -320,7 +319,7 @@ def test_the_database_keeps_one_armed_alert_per_key(database, make_tenant):
                     license_id=tenant.license_id,
                     type="credits.warning",
                     period="license",
-                    rearmed_at=utcnow() if rearmed else None,
+                    rearmed_at=NOW if rearmed else None,
                 )
             )
 

@@ -9,10 +9,9 @@ from zoneinfo import ZoneInfo
 from fastapi.testclient import TestClient
 
 from tests.admin.conftest import budget, event, ingest, usd, usd_budget_license, write
-from tests.conftest import make_settings
+from tests.conftest import NOW, make_settings
 from tokenledger.app import create_app
 from tokenledger.budgets.service import budget_states
-from tokenledger.db import utcnow
 from tokenledger.licenses.models import License
 from tokenledger.organizations.models import Organization
 
@@ -86,7 +85,7 @@ def test_states_from_credits_soft_and_hard(client, make_tenant):
 
 
 def test_states_from_monthly_usd_budget(client, make_tenant):
-    now = utcnow()
+    now = NOW  # 2026-11-18 12:00 UTC
     tenant = make_tenant(
         license={
             "credits_total": Decimal(0),  # no credit limit
@@ -95,12 +94,12 @@ def test_states_from_monthly_usd_budget(client, make_tenant):
             "enforcement": "hard",
         }
     )
-    last_month = now.replace(day=1) - timedelta(days=2)
+    last_month = datetime(2026, 10, 30, 12, tzinfo=UTC)
     ingest(client, tenant, event("9.5", at=last_month), event("7"))
     state = budget(client, tenant)
     assert (state["state"], state["allowed"]) == ("ok", True)
     assert state["budget_period"] == "monthly"
-    assert state["period"] == now.strftime("%Y-%m")
+    assert state["period"] == "2026-11"
     assert state["spent_usd"] == "7.00"
     assert state["remaining_usd"] == "3.00"
     assert state["credits_total"] == "0.0"
@@ -114,7 +113,7 @@ def test_states_from_monthly_usd_budget(client, make_tenant):
 
 
 def test_states_from_usd_budget_over_the_license(client, make_tenant):
-    now = utcnow()
+    now = NOW
     tenant = make_tenant(license=usd_budget_license(now, days_before=90))
     ingest(client, tenant, event("8.5", at=now - timedelta(days=60)))
     state = budget(client, tenant)
@@ -207,7 +206,7 @@ def test_a_changed_license_is_answered_at_once(client, make_tenant, admin_header
 
 
 def test_state_follows_the_license_in_force(client, make_tenant, database):
-    now = utcnow()
+    now = NOW
     later = make_tenant(license={"valid_from": now + timedelta(days=3)})
     assert budget(client, later)["state"] == "no_license"
     ended = make_tenant(
@@ -216,12 +215,8 @@ def test_state_follows_the_license_in_force(client, make_tenant, database):
     assert budget(client, ended)["state"] == "no_license"
 
 
-def _at(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
 def test_forecast_from_the_last_seven_days(client, make_tenant):
-    now = utcnow()
+    now = NOW  # the window is 2026-11-12 to 2026-11-18
     tenant = make_tenant(
         license=usd_budget_license(
             now,
@@ -234,22 +229,18 @@ def test_forecast_from_the_last_seven_days(client, make_tenant):
     ingest(
         client,
         tenant,
-        event("50", at=now - timedelta(days=20)),  # outside the window
-        event("3", at=now - timedelta(days=5)),
+        event("50", at=now - timedelta(days=20)),  # 2026-10-29: outside the window
+        event("3", at=now - timedelta(days=5)),  # 2026-11-13
         event("4", at=now - timedelta(hours=2)),
     )
-    before = utcnow()
     forecast = budget(client, tenant)["forecast"]
-    after = utcnow()
     assert forecast["window_days"] == 7
-    assert forecast["usd_per_day"] == "1.00"
-    # 43 USD of budget left at 1 USD a day; 20 - 57 credits' worth is already gone.
-    budget_at = _at(forecast["budget_exhausted_at"])
-    assert before + timedelta(days=43) - timedelta(seconds=1) <= budget_at
-    assert budget_at <= after + timedelta(days=43)
+    assert forecast["usd_per_day"] == "1.00"  # 7 USD in 7 days
+    # 100 - 57 = 43 USD of budget left at 1 USD a day: 43 days after 2026-11-18 12:00, after
+    # the license ends (2026-11-28); 20 USD of credits against 57 spent: gone now.
+    assert forecast["budget_exhausted_at"] == "2026-12-31T12:00:00+00:00"
     assert forecast["budget_exhausted_before_period_end"] is False
-    credits_at = _at(forecast["credits_exhausted_at"])
-    assert before - timedelta(seconds=1) <= credits_at <= after
+    assert forecast["credits_exhausted_at"] == "2026-11-18T12:00:00+00:00"
 
     idle = make_tenant(license={})
     forecast = budget(client, idle)["forecast"]
@@ -260,7 +251,7 @@ def test_forecast_from_the_last_seven_days(client, make_tenant):
 
 
 def test_forecast_before_the_period_ends(client, make_tenant):
-    now = utcnow()
+    now = NOW
     tenant = make_tenant(license=usd_budget_license(now, days_before=30, days_after=5))
     ingest(client, tenant, event("3.5", at=now - timedelta(days=1)))
     forecast = budget(client, tenant)["forecast"]
@@ -272,32 +263,29 @@ def test_forecast_before_the_period_ends(client, make_tenant):
     assert forecast["budget_exhausted_before_period_end"] is True  # 3 days, 5 left
 
 
-def _spring_forward(now: datetime) -> datetime:
-    """The last Sunday of March (the EU's change to summer time) at least ten days ago."""
-    for year in (now.year, now.year - 1):
-        day = datetime(year, 3, 31, 12, tzinfo=ZoneInfo("Europe/Berlin"))
-        day -= timedelta(days=(day.weekday() + 1) % 7)
-        if day < now - timedelta(days=10):
-            return day
-    raise AssertionError("unreachable")
-
-
 def test_forecast_window_is_seven_calendar_days_across_daylight_saving(
     database_url, database, make_tenant
 ):
     berlin = ZoneInfo("Europe/Berlin")
-    sunday = _spring_forward(utcnow())
-    # 00:30 the day after the change; the window is the 7 days ending today.
-    now = (sunday + timedelta(days=1)).replace(hour=0, minute=30).astimezone(UTC)
+    # Sunday 2026-03-29, when the EU changes to summer time (the day has 23 hours).
+    sunday = datetime(2026, 3, 29, 12, tzinfo=berlin)
+    # 00:30 the day after the change (2026-03-29 22:30 UTC); the window is the 7 calendar
+    # days ending today, 2026-03-24 to 2026-03-30, fewer than 7 x 24 hours.
+    now = datetime(2026, 3, 30, 0, 30, tzinfo=berlin).astimezone(UTC)
+    assert now == datetime(2026, 3, 29, 22, 30, tzinfo=UTC)
     tenant = make_tenant(license={"valid_from": sunday - timedelta(days=30)})
-    app = create_app(make_settings(database_url, billing_timezone="Europe/Berlin"))
+    app = create_app(
+        make_settings(database_url, billing_timezone="Europe/Berlin"), clock=lambda: now
+    )
     with TestClient(app) as client:
         ingest(
             client,
             tenant,
-            event("7", at=sunday - timedelta(days=6)),  # 8 calendar days before today
-            event("7", at=sunday - timedelta(days=4)),
+            event("7", at=sunday - timedelta(days=6)),  # 2026-03-23: outside the window
+            event("7", at=sunday - timedelta(days=4)),  # 2026-03-25
         )
+        # The route's forecast is of the app's now: 7 USD in 7 days.
+        assert budget(client, tenant)["forecast"]["usd_per_day"] == "1.00"
     with database.session(write=False) as session:
         org = session.get(Organization, tenant.org_id)
         (state,) = budget_states(session, [org], berlin, now, forecast=True)

@@ -9,19 +9,18 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from tests.admin.conftest import event, ingest
-from tokenledger.db import utcnow
+from tests.conftest import NOW
 from tokenledger.usage import queries
 
-
-def _month_start(now: datetime) -> datetime:
-    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+# The app's clock stands at NOW, 2026-11-18 12:00 UTC (tests/admin/conftest.py): this month is
+# 2026-11, and this day is in the previous one.
+LAST_MONTH = datetime(2026, 10, 30, tzinfo=UTC)
 
 
 def test_models_of_a_month(client, admin_headers, make_tenant):
-    now = utcnow()
     tenant = make_tenant(license={})
     other = make_tenant()
-    last_month = _month_start(now) - timedelta(days=2)
+    last_month = LAST_MONTH
     ingest(
         client,
         tenant,
@@ -35,7 +34,7 @@ def test_models_of_a_month(client, admin_headers, make_tenant):
     response = client.get(f"/api/token-usage/{tenant.org_id}/models", headers=admin_headers)
     assert response.status_code == 200
     body = response.json()
-    assert body["year_month"] == now.strftime("%Y-%m")
+    assert body["year_month"] == "2026-11"
     models = body["models"]
     assert [m["model"] for m in models] == ["claude-opus-4-1", "claude-haiku-4-5", "house-model-7"]
     haiku = models[1]
@@ -59,7 +58,7 @@ def test_models_of_a_month(client, admin_headers, make_tenant):
 
     response = client.get(
         f"/api/token-usage/{tenant.org_id}/models",
-        params={"month": last_month.strftime("%Y-%m")},
+        params={"month": "2026-10"},
         headers=admin_headers,
     )
     assert [(m["model"], m["cost_usd"]) for m in response.json()["models"]] == [
@@ -81,11 +80,10 @@ def test_model_costs_are_exact_decimal_text(client, admin_headers, make_tenant):
     assert Decimal(models["models"][0]["cost_usd"]) == Decimal("0.000000102")
 
 
-def test_daily_series_of_the_last_days(client, admin_headers, make_tenant):
-    # The route reads the clock (no `now` to pass): events sit at fixed times of whole UTC
-    # days counted from the start of today, never minutes before now, so the test holds
-    # at any hour, midnight included (only a day change during the request itself moves it).
-    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+def test_daily_series_of_the_last_days(client, clock, admin_headers, make_tenant):
+    # Five seconds after midnight: "today" has only just begun.
+    today = datetime(2026, 11, 18, tzinfo=UTC)
+    clock.now = today + timedelta(seconds=5)
     tenant = make_tenant()
     ingest(
         client,
@@ -100,8 +98,7 @@ def test_daily_series_of_the_last_days(client, admin_headers, make_tenant):
     )
     assert response.status_code == 200
     series = response.json()
-    days = [(today - timedelta(days=n)).strftime("%Y-%m-%d") for n in (2, 1, 0)]
-    assert [d["day"] for d in series] == days
+    assert [d["day"] for d in series] == ["2026-11-16", "2026-11-17", "2026-11-18"]
     assert [d["total_cost_usd"] for d in series] == [4.0, 0, 3.0]
     assert [d["api_calls"] for d in series] == [1, 0, 3]
     assert series[2]["input_tokens"] == 2000
@@ -111,8 +108,9 @@ def test_daily_series_of_the_last_days(client, admin_headers, make_tenant):
     assert default.status_code == 200
     thirty = default.json()
     assert len(thirty) == 30
-    assert thirty[0]["day"] == (today - timedelta(days=29)).strftime("%Y-%m-%d")
-    assert thirty[-1]["day"] == today.strftime("%Y-%m-%d")
+    assert thirty[0]["day"] == "2026-10-20"  # 29 days before 2026-11-18
+    assert thirty[-1]["day"] == "2026-11-18"
+    assert [d["day"] for d in thirty[11:13]] == ["2026-10-31", "2026-11-01"]
     assert sum(Decimal(str(d["total_cost_usd"])) for d in thirty) == Decimal(15)
     for bad in (0, 367, "x"):
         response = client.get(
@@ -137,8 +135,8 @@ def test_daily_series_has_every_calendar_day_across_daylight_saving(database):
 
 
 def test_dashboard_stats(client, admin_headers, viewer_headers, make_tenant, database):
-    now = utcnow()
-    last_month = _month_start(now) - timedelta(days=2)
+    now = NOW
+    last_month = LAST_MONTH
     ok = make_tenant(
         license={
             "credits_total": Decimal(1000),  # 10 USD at 0.01
@@ -171,7 +169,7 @@ def test_dashboard_stats(client, admin_headers, viewer_headers, make_tenant, dat
     stats = response.json()
     assert stats["total_cost_usd"] == 4.8  # all organizations, all time
     assert stats["cost_this_month_usd"] == 3.5
-    assert stats["year_month"] == now.strftime("%Y-%m")
+    assert stats["year_month"] == "2026-11"
     assert stats["organizations"] == 4
     assert stats["active_licenses"] == 3
     assert stats["organizations_ok"] == 1
@@ -207,8 +205,7 @@ def _csv(client, org_id: int, start: str, end: str, headers):  # type: ignore[no
 def test_csv_export_between_two_dates(client, admin_headers, viewer_headers, make_tenant):
     tenant = make_tenant(license={"valid_from": datetime(2025, 12, 1, tzinfo=UTC)})
     other = make_tenant()
-    now = utcnow()
-    day = datetime(now.year, now.month, 1, tzinfo=UTC) - timedelta(days=20)
+    day = datetime(2026, 10, 12, tzinfo=UTC)
     ingest(
         client,
         tenant,
@@ -268,7 +265,7 @@ def test_csv_export_refuses_bad_ranges(client, admin_headers, make_tenant):
 
 def test_csv_export_defuses_spreadsheet_formulas(client, admin_headers, make_tenant):
     tenant = make_tenant()
-    now = utcnow()
+    now = NOW
     ingest(
         client,
         tenant,

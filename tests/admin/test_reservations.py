@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from tests.admin.conftest import budget, event, ingest, serve
+from tests.conftest import NOW
 from tokenledger.budgets.models import Reservation
-from tokenledger.db import utcnow
 
 
 def _hold(client, tenant, **body):  # type: ignore[no-untyped-def]
@@ -27,7 +27,6 @@ def _reservation(database, reservation_id: str) -> Reservation:  # type: ignore[
 
 def test_hold_by_amount_and_by_model_estimate(client, make_tenant, database):
     tenant = make_tenant(license={"credits_total": Decimal(0), "token_budget_usd": Decimal(10)})
-    before = utcnow()
     response = _hold(client, tenant, max_cost_usd="2.5")
     assert response.status_code == 201, response.text
     body = response.json()
@@ -35,8 +34,8 @@ def test_hold_by_amount_and_by_model_estimate(client, make_tenant, database):
     assert body["organization"] == tenant.slug
     assert body["status"] == "held"
     assert body["amount_usd"] == "2.50"
-    expires = body["expires_at"]
-    assert expires > (before + timedelta(minutes=14)).isoformat()[:19]
+    # The default TTL (TOKENLEDGER_RESERVATION_TTL_SECONDS) is 900 s from the app's now.
+    assert datetime.fromisoformat(body["expires_at"]) == NOW + timedelta(minutes=15)
     assert body["budget"]["reserved_usd"] == "2.50"
     assert body["budget"]["remaining_usd"] == "7.50"
 
@@ -55,6 +54,7 @@ def test_hold_by_amount_and_by_model_estimate(client, make_tenant, database):
     row = _reservation(database, response.json()["id"])
     assert row.amount_nano == 450_000_000
     assert row.license_id == tenant.license_id
+    assert row.expires_at == NOW + timedelta(seconds=60)
 
     for bad in (
         {},
@@ -146,7 +146,7 @@ def test_usage_with_the_reservation_id_settles_it(client, make_tenant, database)
     assert _reservation(database, held["id"]).status == "settled"
 
 
-def test_release_and_expiry(client, make_tenant, database, service_key):
+def test_release_and_expiry(client, clock, make_tenant, database, service_key):
     tenant = make_tenant(license={"credits_total": Decimal(0), "token_budget_usd": Decimal(10)})
     other = make_tenant(license={})
     first = _hold(client, tenant, max_cost_usd="3").json()["id"]
@@ -167,12 +167,10 @@ def test_release_and_expiry(client, make_tenant, database, service_key):
     # Releasing twice is harmless.
     assert client.delete(f"/api/v1/reservations/{first}", headers=tenant.headers).status_code == 204
 
-    with database.session(write=True) as session:
-        session.execute(
-            update(Reservation)
-            .where(Reservation.id == second)
-            .values(expires_at=utcnow() - timedelta(seconds=1))
-        )
+    # Held for the default 900 s: one second before, it still counts; at 900 s it expires.
+    clock.now = NOW + timedelta(seconds=899)
+    assert budget(client, tenant)["reserved_usd"] == "2.00"
+    clock.now = NOW + timedelta(seconds=900)
     state = budget(client, tenant)
     assert state["reserved_usd"] == "0.00"
     assert state["remaining_usd"] == "10.00"
@@ -181,31 +179,17 @@ def test_release_and_expiry(client, make_tenant, database, service_key):
     assert _reservation(database, second).status == "expired"
 
 
-def test_a_short_ttl_expires_by_itself(client, make_tenant, database):
-    """A hold past its expires_at stops counting without any release; time is moved in the
-    database (expires_at one second in the past), not waited for."""
+def test_a_short_ttl_expires_by_itself(client, clock, make_tenant, database):
+    """A hold past its expires_at stops counting without any release; the app's clock is
+    moved, not waited for, so a slow machine cannot expire it early."""
     tenant = make_tenant(license={"credits_total": Decimal(0), "token_budget_usd": Decimal(10)})
-    before = utcnow()
     response = _hold(client, tenant, max_cost_usd="4", ttl_seconds=1)
     assert response.status_code == 201, response.text
     held = response.json()["id"]
-    row = _reservation(database, held)
-    assert before + timedelta(seconds=1) <= row.expires_at
-    assert row.expires_at <= utcnow() + timedelta(seconds=1)
-    # Within its TTL (expires_at moved an hour ahead, so a slow machine cannot expire it).
-    with database.session(write=True) as session:
-        session.execute(
-            update(Reservation)
-            .where(Reservation.id == held)
-            .values(expires_at=utcnow() + timedelta(hours=1))
-        )
+    assert _reservation(database, held).expires_at == NOW + timedelta(seconds=1)
+    clock.now = NOW + timedelta(milliseconds=999)  # within its TTL
     assert budget(client, tenant)["reserved_usd"] == "4.00"
-    with database.session(write=True) as session:
-        session.execute(
-            update(Reservation)
-            .where(Reservation.id == held)
-            .values(expires_at=utcnow() - timedelta(seconds=1))
-        )
+    clock.now = NOW + timedelta(seconds=1)
     assert budget(client, tenant)["reserved_usd"] == "0.00"
     assert budget(client, tenant)["remaining_usd"] == "10.00"
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.admin.conftest import budget, event, ingest, write
-from tests.conftest import make_settings
+from tests.conftest import NOW, make_settings
 from tokenledger.app import create_app
 from tokenledger.audit.models import AuditEntry
-from tokenledger.db import utcnow
 from tokenledger.licenses.models import CreditAdjustment, License
 from tokenledger.organizations.models import Organization
 from tokenledger.usage import queries
@@ -64,11 +64,6 @@ ORIGIN_CURRENT_BUDGET_FIELDS = {
 }
 
 
-def _month_start(now: datetime, tz: ZoneInfo) -> datetime:
-    local = now.astimezone(tz)
-    return local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
 def _refresh(client: TestClient, tenant, refresh_id: str, status: str) -> None:  # type: ignore[no-untyped-def]
     response = client.put(
         f"/api/v1/refreshes/{refresh_id}", json={"status": status}, headers=tenant.headers
@@ -85,7 +80,7 @@ def _overview(client: TestClient, headers: dict[str, str]) -> dict[int, dict]:  
 def test_overview_one_row_per_org_from_active_license_without_multiplied_sums(
     client, admin_headers, database, make_tenant
 ):
-    now = utcnow()
+    now = NOW  # 2026-11-18 12:00 UTC: "this month" is 2026-11
     tenant = make_tenant(name="Acme", slug="acme")
     with write(database) as session:
         expired = License(
@@ -112,10 +107,11 @@ def test_overview_one_row_per_org_from_active_license_without_multiplied_sums(
         session.add_all([expired, active])
         session.flush()
         active_id = active.id
-    previous_month = _month_start(now, ZoneInfo("UTC")) - timedelta(days=1)
+    previous_month = datetime(2026, 10, 31, tzinfo=UTC)
     ingest(
         client,
         tenant,
+        # 2026-06-21: in the expired license's term (2026-05-02 to 2026-08-10).
         event("10", at=now - timedelta(days=150), input_tokens=100, output_tokens=10),
         event("7", at=previous_month, input_tokens=200, output_tokens=20),
         event("5.126", input_tokens=300, output_tokens=30, api_calls=2),
@@ -207,7 +203,7 @@ def test_overview_rounding_of_usd_and_credits(client, admin_headers, make_tenant
 def test_overview_budget_over_license_period_counts_since_license_start(
     client, admin_headers, make_tenant
 ):
-    now = utcnow()
+    now = NOW
     tenant = make_tenant(
         license={
             "token_budget_usd": Decimal(20),
@@ -228,11 +224,10 @@ def test_overview_budget_over_license_period_counts_since_license_start(
 
 
 def test_monthly_rows_newest_first_and_404_for_unknown_org(client, admin_headers, make_tenant):
-    now = utcnow()
+    now = NOW
     tenant = make_tenant()
     other = make_tenant()
-    start = _month_start(now, ZoneInfo("UTC"))
-    two_back = _month_start(start - timedelta(days=1), ZoneInfo("UTC")) - timedelta(days=3)
+    two_back = datetime(2026, 9, 28, tzinfo=UTC)  # no usage in 2026-10
     ingest(
         client,
         tenant,
@@ -245,13 +240,10 @@ def test_monthly_rows_newest_first_and_404_for_unknown_org(client, admin_headers
     response = client.get(f"/api/token-usage/{tenant.org_id}", headers=admin_headers)
     assert response.status_code == 200
     rows = response.json()
-    assert [r["year_month"] for r in rows] == [
-        now.strftime("%Y-%m"),
-        two_back.strftime("%Y-%m"),
-    ]
+    assert [r["year_month"] for r in rows] == ["2026-11", "2026-09"]
     assert set(rows[0]) >= ORIGIN_MONTHLY_FIELDS
     assert {k: rows[0][k] for k in ORIGIN_MONTHLY_FIELDS} == {
-        "year_month": now.strftime("%Y-%m"),
+        "year_month": "2026-11",
         "input_tokens": 2000,
         "output_tokens": 200,
         "cache_creation_tokens": 0,
@@ -284,14 +276,34 @@ def test_routes_need_a_login_and_viewers_may_read(client, viewer_headers, make_t
         assert client.get(path, headers=viewer_headers).status_code == 200, path
 
 
-def test_current_month_in_billing_time_zone(database_url, admin_headers, make_tenant):
-    berlin = ZoneInfo("Europe/Berlin")
-    # The routes read the clock (no `now` to pass). The events sit 30 minutes before and
-    # 1 second after the start of this Berlin month, never later than the clock, so the
-    # test holds at any hour, the first hour of a month included.
-    now = utcnow()
-    start = _month_start(now, berlin)
-    app = create_app(make_settings(database_url, billing_timezone="Europe/Berlin"))
+# The first half hour of a Berlin month, when UTC is still in the month before: in winter
+# time (UTC+1) and in summer time (UTC+2, days after the change of 2026-03-29).
+BERLIN_MONTH_STARTS = [
+    # (now, the Berlin month's first instant in UTC, this Berlin month, the one before)
+    pytest.param(
+        datetime(2026, 11, 30, 23, 30, tzinfo=UTC),
+        datetime(2026, 11, 30, 23, 0, tzinfo=UTC),
+        "2026-12",
+        "2026-11",
+        id="december-winter-time",
+    ),
+    pytest.param(
+        datetime(2026, 3, 31, 22, 30, tzinfo=UTC),
+        datetime(2026, 3, 31, 22, 0, tzinfo=UTC),
+        "2026-04",
+        "2026-03",
+        id="april-summer-time",
+    ),
+]
+
+
+@pytest.mark.parametrize(("now", "start", "this_month", "previous"), BERLIN_MONTH_STARTS)
+def test_current_month_in_billing_time_zone(
+    database_url, admin_headers, make_tenant, now, start, this_month, previous
+):
+    app = create_app(
+        make_settings(database_url, billing_timezone="Europe/Berlin"), clock=lambda: now
+    )
     tenant = make_tenant(
         license={
             "token_budget_usd": Decimal(10),
@@ -301,41 +313,47 @@ def test_current_month_in_billing_time_zone(database_url, admin_headers, make_te
         }
     )
     with TestClient(app) as client:
-        # In UTC both are in the previous month; in Berlin the second one is in this month.
-        ingest(
+        # In UTC all three are in the previous month; in Berlin the second one is in this
+        # month, and so is the third, stamped at receipt (the clock's now).
+        posted = ingest(
             client,
             tenant,
             event("4", at=start - timedelta(minutes=30), input_tokens=11),
             event("1.5", at=start + timedelta(seconds=1), input_tokens=22, output_tokens=3),
+            event("0.5", input_tokens=7, output_tokens=1),
+        )
+        # The budget state after the batch is of the group commit's now: this month too.
+        assert (posted["budgets"][0]["period"], posted["budgets"][0]["spent_usd"]) == (
+            this_month,
+            "2.00",
         )
         response = client.get(f"/api/token-usage/{tenant.org_id}/current", headers=admin_headers)
         assert response.status_code == 200
         body = response.json()
         months = client.get(f"/api/token-usage/{tenant.org_id}", headers=admin_headers).json()
-    previous = (start - timedelta(days=1)).strftime("%Y-%m")
-    assert body["year_month"] == now.astimezone(berlin).strftime("%Y-%m")
+    assert body["year_month"] == this_month
     assert set(body["usage"]) >= ORIGIN_CURRENT_USAGE_FIELDS
     assert set(body["budget"]) >= ORIGIN_CURRENT_BUDGET_FIELDS
     assert {k: body["usage"][k] for k in ORIGIN_CURRENT_USAGE_FIELDS} == {
-        "input_tokens": 22,
-        "output_tokens": 3,
-        "total_cost_usd": 1.5,
-        "api_calls": 1,
+        "input_tokens": 22 + 7,
+        "output_tokens": 3 + 1,
+        "total_cost_usd": 2.0,  # 1.5 + 0.5
+        "api_calls": 2,
         "refresh_count": 0,
     }
     assert {k: body["budget"][k] for k in ORIGIN_CURRENT_BUDGET_FIELDS} == {
         "credits_total": 100,
-        "credits_used": 55.0,  # credits count over the license, not the month
-        "credits_remaining": 45,
-        "credits_percent_used": 55.0,
+        "credits_used": 60.0,  # (4 + 1.5 + 0.5) / 0.1: over the license, not the month
+        "credits_remaining": 40,
+        "credits_percent_used": 60.0,
         "token_budget_usd": 10,
         "cost_per_credit": 0.1,
         "budget_warning_percent": 80,
     }
-    assert body["budget"]["budget_percent_used"] == 15.0  # 1.5 of 10 in this Berlin month
-    assert body["budget"]["spent_usd"] == 1.5
+    assert body["budget"]["budget_percent_used"] == 20.0  # 2 of 10 in this Berlin month
+    assert body["budget"]["spent_usd"] == 2.0
     assert [(m["year_month"], m["total_cost_usd"]) for m in months] == [
-        (body["year_month"], 1.5),
+        (this_month, 2.0),
         (previous, 4.0),
     ]
 
@@ -548,8 +566,7 @@ def test_budget_of_an_organization_id_out_of_range_is_404(app, service_key):
 
 
 def test_figures_are_of_the_month_of_the_instant_asked_for(client, database, make_tenant):
-    now = utcnow()
-    then = _month_start(now, ZoneInfo("UTC")) - timedelta(days=2)
+    then = datetime(2026, 10, 30, tzinfo=UTC)  # the event "1" is stamped at NOW, in 2026-11
     tenant = make_tenant(
         license={"token_budget_usd": Decimal(10), "valid_from": then - timedelta(days=30)}
     )
@@ -559,7 +576,7 @@ def test_figures_are_of_the_month_of_the_instant_asked_for(client, database, mak
         assert org is not None
         body = queries.current(session, org, ZoneInfo("UTC"), then)
         (row,) = queries.overview(session, ZoneInfo("UTC"), then)
-    assert body["year_month"] == then.strftime("%Y-%m")
+    assert body["year_month"] == "2026-10"
     assert body["usage"]["total_cost_usd"] == 3.0
     assert body["budget"]["spent_usd"] == 3.0
     assert body["budget"]["budget_percent_used"] == 30.0
@@ -568,7 +585,7 @@ def test_figures_are_of_the_month_of_the_instant_asked_for(client, database, mak
 
 
 def test_overview_state_is_the_budget_state(client, admin_headers, make_tenant):
-    now = utcnow()
+    now = NOW
     suspended = make_tenant(license={"status": "suspended"})
     ended = make_tenant(
         license={"valid_from": now - timedelta(days=10), "valid_until": now - timedelta(days=1)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import starlette.requests
 from sqlalchemy import func, select
 
 from tokenledger.organizations.models import Organization
@@ -87,3 +88,18 @@ def test_a_plain_batch_still_goes_through(client, make_tenant):
     response = client.post("/api/v1/usage", content=body, headers={**tenant.headers, **JSON})
     assert response.status_code == 200, response.text
     assert response.json()["results"][0]["status"] == "created"
+
+
+def test_a_usage_body_is_parsed_once(client, database, make_tenant, monkeypatch):
+    """The usage route takes the document StrictJson read; Starlette's parser never runs."""
+
+    def second_parse(_request):  # type: ignore[no-untyped-def]
+        raise AssertionError("the body was parsed a second time")
+
+    monkeypatch.setattr(starlette.requests.Request, "json", second_parse)
+    tenant = make_tenant()
+    body = {"events": [{"id": "once", "model": "claude-sonnet-4-5", "input_tokens": 10}]}
+    response = client.post("/api/v1/usage", json=body, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["status"] == "created"
+    assert _events_stored(database) == 1

@@ -6,8 +6,10 @@ import hashlib
 from datetime import timedelta
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from tests.conftest import NOW
 from tests.factories import make_org
 from tests.foundation.conftest import PROBE_PATH
 from tokenledger.auth import service
@@ -66,6 +68,31 @@ def test_key_authenticates_ingest_routes_and_records_its_use(probe_client, datab
         assert used is not None
         assert used.last_used_at is not None
         assert utcnow() - used.last_used_at < timedelta(seconds=30)
+
+
+def test_a_keys_use_is_recorded_at_the_apps_now_at_most_once_a_minute(fixed_app, clock, database):
+    with database.session(write=True) as session:
+        make_org(session, slug="acme")
+        key, secret = service.create_api_key(session, "acme ingest", "acme")
+    headers = {"Authorization": f"Bearer {secret}"}
+
+    def last_used() -> object:
+        with database.session(write=False) as session:
+            stored = session.get(ApiKey, key.id)
+            assert stored is not None
+            return stored.last_used_at
+
+    usage = {"events": [{"id": "e1", "model": "claude-sonnet-4-5", "input_tokens": 1}]}
+    with TestClient(fixed_app) as client:
+        assert client.get("/api/v1/budget", headers=headers).status_code == 200
+        assert last_used() == NOW
+        clock.now = NOW + timedelta(minutes=1)  # not more than a minute later: not written
+        assert client.get("/api/v1/budget", headers=headers).status_code == 200
+        assert last_used() == NOW
+        # Later, written by the usage write itself (the group commit's now).
+        clock.now = NOW + timedelta(minutes=1, seconds=1)
+        assert client.post("/api/v1/usage", json=usage, headers=headers).status_code == 200
+        assert last_used() == NOW + timedelta(minutes=1, seconds=1)
 
 
 def test_unknown_and_revoked_keys_are_refused(probe_client, database):

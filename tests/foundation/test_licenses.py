@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
+from tests.conftest import NOW
 from tests.factories import make_license, make_org
 from tokenledger.errors import DomainError
 from tokenledger.licenses import service as licenses
@@ -33,7 +34,7 @@ def _raw_license(org_id: int, **overrides: object) -> License:
     values: dict[str, object] = {
         "organization_id": org_id,
         "status": "active",
-        "valid_from": datetime.now(UTC),
+        "valid_from": NOW,
         "credits_total_micro": 1_000_000,
         "cost_per_credit_nano": 10_000_000,
         "budget_period": "monthly",
@@ -83,10 +84,10 @@ def test_create_with_every_budget_field(client, database, admin_headers):
     assert fetched == body
 
 
-def test_create_defaults(client, database, admin_headers):
+def test_create_defaults(fixed_client, database, admin_headers):
+    client = fixed_client
     with database.session(write=True) as session:
         org = make_org(session)
-    before = datetime.now(UTC)
     response = client.post(
         "/api/licenses",
         json={"organization_id": org.id, "credits_total": 10, "cost_per_credit": 0.01},
@@ -101,14 +102,13 @@ def test_create_defaults(client, database, admin_headers):
     assert body["valid_until"] is None
     assert body["token_budget_usd"] is None
     assert Decimal(body["cost_per_credit"]) == Decimal("0.01")
-    valid_from = datetime.fromisoformat(body["valid_from"])
-    assert before - timedelta(seconds=1) <= valid_from <= datetime.now(UTC)
+    assert datetime.fromisoformat(body["valid_from"]) == NOW  # the app's now
 
 
-def test_create_validation(client, database, admin_headers):
+def test_create_validation(fixed_client, database, admin_headers):
+    client = fixed_client
     with database.session(write=True) as session:
         org = make_org(session)
-    past = (datetime.now(UTC) - timedelta(days=1)).isoformat()
     cases = [
         {"credits_total": "-1"},
         {"credits_total": "1.0000001"},
@@ -142,12 +142,15 @@ def test_create_validation(client, database, admin_headers):
         response = client.post("/api/licenses", json=payload, headers=admin_headers)
         assert response.status_code == 422, missing
 
-    # valid_from defaults to now, so a valid_until in the past is before it.
-    response = client.post(
-        "/api/licenses", json=_payload(org.id, valid_until=past), headers=admin_headers
-    )
-    assert response.status_code == 422
-    assert response.json()["error"]["code"] == "invalid_validity"
+    # valid_from defaults to the app's now, so a valid_until before it, or at it, is refused.
+    for until in (NOW - timedelta(days=1), NOW):
+        response = client.post(
+            "/api/licenses",
+            json=_payload(org.id, valid_until=until.isoformat()),
+            headers=admin_headers,
+        )
+        assert response.status_code == 422, until
+        assert response.json()["error"]["code"] == "invalid_validity"
 
     # Bounds that are allowed.
     response = client.post(
@@ -240,7 +243,7 @@ def test_database_itself_allows_one_active_license(database):
 def test_database_checks_license_values(database):
     with database.session(write=True) as session:
         org_id = make_org(session).id
-    now = datetime.now(UTC)
+    now = NOW
     for overrides in (
         {"status": "deleted"},
         {"credits_total_micro": -1},
@@ -270,7 +273,7 @@ def test_lost_race_for_the_active_license_is_a_conflict(database):
         # The other transaction's row, not yet visible to this one's check.
         session.add(_raw_license(org.id))
         with session.no_autoflush, pytest.raises(DomainError) as caught:
-            licenses.create(session, data)
+            licenses.create(session, data, NOW)
         session.rollback()
     assert (caught.value.status, caught.value.code) == (409, "active_license_exists")
 
@@ -293,7 +296,7 @@ def test_two_sessions_racing_for_the_active_license_one_gets_a_conflict(database
     def second() -> None:
         try:
             with database.session(write=True) as session:
-                licenses.create(session, data)
+                licenses.create(session, data, NOW)
             outcome.append("created")
         except DomainError as exc:
             outcome.append((exc.status, exc.code))

@@ -7,24 +7,23 @@ from datetime import datetime
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from tests.conftest import NOW
 from tests.factories import make_license, make_org
 from tokenledger.auth.service import create_api_key
-from tokenledger.db import utcnow
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.service import by_slug_or_id, slugify
 from tokenledger.usage.models import UsageEvent, UsagePrice
 
 
 def _usage_event(org_id: int) -> UsageEvent:
-    now = utcnow()
     return UsageEvent(
         organization_id=org_id,
         external_id="evt-1",
         content_hash=bytes(32),
-        timestamp=now,
-        received_at=now,
-        year_month=now.strftime("%Y-%m"),
-        day=now.strftime("%Y-%m-%d"),
+        timestamp=NOW,
+        received_at=NOW,
+        year_month="2026-11",
+        day="2026-11-18",
         price=UsagePrice(
             fingerprint="0" * 64,
             provider="anthropic",

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from tests.conftest import make_settings
+from tests.conftest import FixedClock, make_settings
 from tests.factories import make_license, make_org
 from tokenledger.app import create_app
 from tokenledger.auth.service import create_api_key
@@ -55,12 +55,13 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest.fixture
-def berlin_client(database_url: str) -> Iterator[TestClient]:
-    """A client of an app whose billing months are Europe/Berlin's."""
+def berlin_client(database_url: str, clock: FixedClock) -> Iterator[TestClient]:
+    """A client of an app whose billing months are Europe/Berlin's, and whose now is the
+    clock fixture's (NOW unless the test sets it)."""
     settings = make_settings(
         database_url, billing_timezone="Europe/Berlin", backfill_max_age_days=LONG_BACKFILL_DAYS
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings, clock=clock)) as client:
         yield client
 
 

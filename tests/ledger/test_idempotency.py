@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.admin.conftest import serve
+from tests.conftest import NOW
 from tests.ledger.conftest import (
     LICENSE,
     Tenant,
@@ -25,7 +26,7 @@ from tests.ledger.conftest import (
 )
 from tests.ledger.conftest import usage_event as event
 from tokenledger.config import Settings
-from tokenledger.db import Database, utcnow
+from tokenledger.db import Database
 from tokenledger.usage.reconcile import reconcile
 from tokenledger.usage.schemas import UsageBatch
 from tokenledger.usage.service import record_batch as ingest
@@ -300,18 +301,18 @@ def test_batches_take_their_ids_in_key_order(
         try:
             with database.session(write=True) as session:
                 outcome = ingest(
-                    session, batch("k2", "k1"), key_org_id=None, settings=settings, now=utcnow()
+                    session, batch("k2", "k1"), key_org_id=None, settings=settings, now=NOW
                 )
                 results.append([r["status"] for r in outcome.results])
         except BaseException as exc:
             failures.append(exc)
 
     with database.session(write=True) as session:
-        ingest(session, batch("k1"), key_org_id=None, settings=settings, now=utcnow())
+        ingest(session, batch("k1"), key_org_id=None, settings=settings, now=NOW)
         thread = threading.Thread(target=second)
         thread.start()
         wait_until_blocked(database)
-        ingest(session, batch("k2"), key_org_id=None, settings=settings, now=utcnow())
+        ingest(session, batch("k2"), key_org_id=None, settings=settings, now=NOW)
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert failures == []

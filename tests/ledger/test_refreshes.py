@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi.testclient import TestClient
 
+from tests.conftest import NOW, FixedClock
 from tests.ledger.conftest import (
     Tenant,
     credits_used_micro,
@@ -16,9 +18,8 @@ from tests.ledger.conftest import (
     wait_until_blocked,
 )
 from tokenledger.config import Settings
-from tokenledger.db import Database, utcnow
+from tokenledger.db import Database
 from tokenledger.organizations.models import Organization
-from tokenledger.usage.periods import month_of
 from tokenledger.usage.reconcile import reconcile
 from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, UsageBatch
@@ -38,7 +39,10 @@ def counts(database: Database, org_id: int) -> dict[str, int]:
 
 
 def test_completed_runs_count_once_in_the_month_they_finished(
-    berlin_client: TestClient, database: Database, make_tenant: Callable[..., Tenant]
+    berlin_client: TestClient,
+    clock: FixedClock,
+    database: Database,
+    make_tenant: Callable[..., Tenant],
 ) -> None:
     client = berlin_client
     tenant = make_tenant()
@@ -73,11 +77,18 @@ def test_completed_runs_count_once_in_the_month_they_finished(
     status("r5", status="running")
     assert counts(database, tenant.org_id) == {"2026-03": 1, "2026-05": 1, "2026-11": 1}
 
-    # completed without finished_at: now, in the current billing month
-    status("r6", status="completed")
-    current = month_of(utcnow(), client.app.state.settings.timezone)  # type: ignore[attr-defined]
-    before = {"2026-03": 1, "2026-05": 1, "2026-11": 1}.get(current, 0)
-    assert counts(database, tenant.org_id)[current] == before + 1
+    # completed without finished_at: finished at the app's now, in its billing month. At
+    # 23:30Z on 30 November it is 00:30 on 1 December in Berlin.
+    clock.now = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
+    finished = status("r6", status="completed")
+    assert datetime.fromisoformat(finished["finished_at"]) == clock.now
+    assert finished["counted_month"] == "2026-12"
+    assert counts(database, tenant.org_id) == {
+        "2026-03": 1,
+        "2026-05": 1,
+        "2026-11": 1,
+        "2026-12": 1,
+    }
 
     with database.session(write=False) as session:
         assert reconcile(session, fix=False) == []
@@ -209,7 +220,7 @@ def test_a_run_moving_to_an_earlier_month_takes_months_in_order(
                 org = session.get(Organization, tenant.org_id)
                 assert org is not None
                 data = RefreshIn(status="completed", finished_at="2026-05-15T00:00:00Z")
-                record_refresh(session, org, "r", data, settings.timezone, utcnow())
+                record_refresh(session, org, "r", data, settings.timezone, NOW)
         except BaseException as exc:
             failures.append(exc)
 
@@ -219,7 +230,7 @@ def test_a_run_moving_to_an_earlier_month_takes_months_in_order(
             batch("may-2", "2026-05-11T00:00:00Z"),
             key_org_id=None,
             settings=settings,
-            now=utcnow(),
+            now=NOW,
         )
         thread = threading.Thread(target=move_run)
         thread.start()
@@ -229,7 +240,7 @@ def test_a_run_moving_to_an_earlier_month_takes_months_in_order(
             batch("june-2", "2026-06-11T00:00:00Z"),
             key_org_id=None,
             settings=settings,
-            now=utcnow(),
+            now=NOW,
         )
     thread.join(timeout=30)
     assert failures == []

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import make_settings
+from tests.conftest import NOW, make_settings
 from tests.factories import make_org
 from tests.ledger.conftest import (
     Tenant,
@@ -24,7 +24,7 @@ from tests.ledger.conftest import (
 )
 from tokenledger.app import create_app
 from tokenledger.auth.service import create_api_key
-from tokenledger.db import Database, utcnow
+from tokenledger.db import Database
 
 _DROP = object()  # a field to leave out
 PACIFIC = timezone(timedelta(hours=-7))
@@ -116,18 +116,21 @@ def test_invalid_event_is_refused_naming_it_and_nothing_is_stored(
 def test_timestamps_in_the_future_or_too_old_are_refused(
     database_url: str, database: Database
 ) -> None:
-    """Up to 5 minutes ahead (clock skew) and back to backfill_max_age_days (default 400)."""
-    app = create_app(make_settings(database_url))
+    """Up to 5 minutes ahead (clock skew) and back to backfill_max_age_days (default 400),
+    both ends included, counted from the app's now."""
+    now = NOW  # 2026-11-18 12:00 UTC; 400 days before is 2025-10-14 12:00 UTC
+    app = create_app(make_settings(database_url), clock=lambda: now)
     with write(database) as session:
         org = make_org(session, slug="clock")
         _key, secret = create_api_key(session, "clock", "clock")
     headers = bearer(secret)
-    now = utcnow()
     with TestClient(app) as client:
         before = snapshot(database)
         for case, at in [
+            ("a microsecond past 5 minutes ahead", now + timedelta(minutes=5, microseconds=1)),
             ("6 minutes ahead", now + timedelta(minutes=6)),
             ("a year ahead", now + timedelta(days=365)),
+            ("a microsecond older than 400 days", now - timedelta(days=400, microseconds=1)),
             ("401 days old", now - timedelta(days=401)),
         ]:
             response = post(client, headers, event("ok"), event("t", timestamp=rfc3339(at)))
@@ -135,8 +138,8 @@ def test_timestamps_in_the_future_or_too_old_are_refused(
             assert "events[1].timestamp" in response.json()["error"]["message"], case
             assert snapshot(database) == before, case
         accepted = [
-            event("ahead", timestamp=rfc3339(now + timedelta(minutes=4))),
-            event("old", timestamp=rfc3339(now - timedelta(days=399))),
+            event("ahead", timestamp=rfc3339(now + timedelta(minutes=5))),
+            event("old", timestamp="2025-10-14T12:00:00Z"),  # exactly 400 days
             # Any offset: the same instant written in another zone.
             event("offset", timestamp=(now - timedelta(hours=1)).astimezone(PACIFIC).isoformat()),
             event("received"),  # no timestamp: the time of receipt
@@ -145,8 +148,10 @@ def test_timestamps_in_the_future_or_too_old_are_refused(
         body = ok(client, headers, *accepted)
     assert [r["status"] for r in body["results"]] == ["created"] * 4
     stored = stored_events(database, org.id)
-    assert abs(stored["received"].timestamp - now) < timedelta(minutes=1)
-    assert stored["ahead"].timestamp == now + timedelta(minutes=4)
+    assert stored["received"].timestamp == now
+    assert stored["received"].received_at == now
+    assert stored["old"].timestamp == now - timedelta(days=400)
+    assert stored["ahead"].timestamp == now + timedelta(minutes=5)
     assert stored["offset"].timestamp == now - timedelta(hours=1)
 
 
@@ -263,16 +268,17 @@ def test_a_retry_of_a_stored_event_is_a_duplicate_even_past_the_age_limit(
         make_org(session, slug="offline")
         _key, secret = create_api_key(session, "offline", "offline")
     headers = bearer(secret)
-    now = utcnow()
-    sent_at = rfc3339(now - timedelta(days=29))
+    sent_at = "2026-10-20T12:00:00Z"  # 29 days before NOW
     stored = event("kept", timestamp=sent_at)
     # Stored while young enough (a 30-day limit) ...
-    with TestClient(create_app(make_settings(database_url, backfill_max_age_days=30))) as client:
+    young = make_settings(database_url, backfill_max_age_days=30)
+    with TestClient(create_app(young, clock=lambda: NOW)) as client:
         first = ok(client, headers, stored)
     assert first["results"][0]["status"] == "created"
     before = snapshot(database)
-    # ... and retried when it is past the limit (here: a stricter 10-day limit).
-    with TestClient(create_app(make_settings(database_url, backfill_max_age_days=10))) as client:
+    # ... and retried 11 days later, when it is 40 days old: past the limit.
+    later = NOW + timedelta(days=11)
+    with TestClient(create_app(young, clock=lambda: later)) as client:
         retry = ok(client, headers, stored, stored)
         assert [r["status"] for r in retry["results"]] == ["duplicate", "duplicate"]
         assert retry["results"][0]["cost_usd"] == first["results"][0]["cost_usd"]
@@ -283,5 +289,5 @@ def test_a_retry_of_a_stored_event_is_a_duplicate_even_past_the_age_limit(
         assert changed.status_code == 409, changed.text
         new_old = post(client, headers, stored, event("new-old", timestamp=sent_at))
         assert new_old.status_code == 422, new_old.text
-        assert "events[1].timestamp: older than 10 days" in new_old.json()["error"]["message"]
+        assert "events[1].timestamp: older than 30 days" in new_old.json()["error"]["message"]
         assert snapshot(database) == before

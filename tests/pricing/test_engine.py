@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 
 import genai_prices
 import pytest
 from genai_prices import Usage, calc_price
 from genai_prices.data import providers as library_providers
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tokenledger.money import usd_to_nano
 from tokenledger.pricing.engine import (
@@ -419,6 +421,39 @@ def test_override_rounds_once_half_to_even() -> None:
     both = Rates(input=Decimal("0.0000015"), output=Decimal("0.0000015"))
     book = PriceBook([PriceOverride("acme", "tiny", both, "override:v2")])
     assert priced(book, "acme", "tiny", usage(1000, 1000), AT).cost_nano == 3
+
+
+RATE = st.decimals(min_value=0, max_value=1000, places=9, allow_nan=False, allow_infinity=False)
+COUNT = st.integers(min_value=0, max_value=10**12)
+
+
+@given(
+    rates=st.tuples(RATE, RATE, RATE, RATE, RATE),
+    counts=st.tuples(COUNT, COUNT, COUNT, COUNT, COUNT),
+)
+def test_any_override_costs_its_exact_sum_rounded_once(
+    rates: tuple[Decimal, ...], counts: tuple[int, ...]
+) -> None:
+    """Any rates with up to 9 places, any counts: the cost is the exact Decimal sum,
+    rounded once half to even to a nano-dollar (worked out here, not by the engine)."""
+    names = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+    book = PriceBook(
+        [PriceOverride("acme", "any", Rates(**dict(zip(names, rates, strict=True))), "v")]
+    )
+    plain, output, write_5m, write_1h, read = counts
+    tokens = TokenUsage(
+        input_tokens=plain,
+        output_tokens=output,
+        cache_creation_input_tokens=write_5m + write_1h,
+        cache_read_input_tokens=read,
+        cache_write_1h_tokens=write_1h,
+    )
+    with localcontext(Context(prec=100)):
+        exact = sum(
+            (rate * count for rate, count in zip(rates, counts, strict=True)), Decimal(0)
+        ) / Decimal(10**6)
+        expected = int((exact * 10**9).to_integral_value(ROUND_HALF_EVEN))
+    assert priced(book, "acme", "any", tokens, AT).cost_nano == expected
 
 
 def test_invalid_rates_and_usage_are_refused() -> None:

@@ -6,7 +6,6 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from html.parser import HTMLParser
 from typing import Any
@@ -14,13 +13,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import SECRET, add_admin
+from tests.conftest import SECRET, FixedClock, add_admin
+from tokenledger.app import create_app
 from tokenledger.auth.tokens import issue_token
+from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.deps import CSRF_COOKIE, SESSION_COOKIE
-
-# Pages read "now" from the app's clock: a fixed mid-month instant.
-NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
 
 
 @dataclass
@@ -48,8 +46,13 @@ def sign_in(client: TestClient, database: Database, email: str, role: str) -> Br
 
 
 @pytest.fixture
+def app(settings: Settings, clock: FixedClock) -> Any:
+    """Pages and routes read "now" from the app's clock: NOW, a fixed mid-month instant."""
+    return create_app(settings, clock=clock)
+
+
+@pytest.fixture
 def web(app: Any) -> Iterator[TestClient]:
-    app.state.clock = lambda: NOW
     with TestClient(app, follow_redirects=False) as client:
         yield client
 
@@ -61,7 +64,6 @@ def admin_browser(web: TestClient, database: Database) -> Browser:
 
 @pytest.fixture
 def viewer_browser(app: Any, database: Database) -> Iterator[Browser]:
-    app.state.clock = lambda: NOW
     # Entered, so that the app's lifespan closes its database connections at the end.
     with TestClient(app, follow_redirects=False) as client:
         yield sign_in(client, database, "viewer@example.com", "viewer")

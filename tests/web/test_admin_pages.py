@@ -12,8 +12,8 @@ from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook as Verifier
 
 from tests.admin.conftest import Receiver, event, ingest
-from tests.conftest import make_settings
-from tests.web.conftest import NOW, read, sign_in
+from tests.conftest import NOW, FixedClock, make_settings
+from tests.web.conftest import read, sign_in
 from tokenledger.alerts.models import Webhook
 from tokenledger.app import create_app
 from tokenledger.auth.models import AdminUser
@@ -110,9 +110,9 @@ def test_admin_users_page_creates_and_disables_accounts(admin_browser, database)
 
 @pytest.fixture
 def private_hooks_app(database_url: str):  # type: ignore[no-untyped-def]
-    app = create_app(make_settings(database_url, webhooks_allow_private=True))
-    app.state.clock = lambda: NOW
-    return app
+    return create_app(
+        make_settings(database_url, webhooks_allow_private=True), clock=FixedClock(NOW)
+    )
 
 
 def test_a_test_delivery_reaches_the_webhook_signed(

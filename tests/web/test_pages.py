@@ -7,12 +7,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.admin.conftest import event, ingest
-from tests.conftest import ADMIN_PASSWORD, SECRET, add_admin
-from tests.web.conftest import NOW, csrf_of, read
+from tests.conftest import ADMIN_PASSWORD, NOW, SECRET, FixedClock, add_admin, make_settings
+from tests.web.conftest import csrf_of, read, sign_in
 from tokenledger.alerts.models import Alert
+from tokenledger.app import create_app
 from tokenledger.audit.models import AuditEntry
 from tokenledger.auth.tokens import issue_token
 from tokenledger.licenses.models import License
@@ -393,6 +395,32 @@ def test_every_total_is_the_sum_of_its_rows_and_the_dashboards_figure(admin_brow
     assert months.sum("data-cost") == _cost(months.total["data-cost"]) == Decimal("11.183333334")
     assert [Decimal(v) for v in dashboard.data["data-total-cost"]] == [Decimal("11.183333334")]
     assert [Decimal(v) for v in dashboard.data["data-month-cost"]] == [Decimal("2.933333334")]
+
+
+def test_this_month_of_the_pages_is_the_clocks_in_the_billing_time_zone(
+    database_url, database, make_tenant
+):
+    # 23:30 UTC on 30 November is 00:30 on 1 December in Berlin: the pages' month is December.
+    now = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
+    settings = make_settings(database_url, billing_timezone="Europe/Berlin")
+    tenant = make_tenant(license={"valid_from": datetime(2026, 1, 1, tzinfo=UTC)})
+    with TestClient(create_app(settings, clock=FixedClock(now)), follow_redirects=False) as client:
+        browser = sign_in(client, database, "admin@example.com", "admin")
+        ingest(
+            client,
+            tenant,
+            event("0.75"),  # stamped at receipt: December in Berlin
+            event("5", at=datetime(2026, 11, 30, 22, 59, tzinfo=UTC)),  # 23:59 in Berlin
+        )
+        usage = read(browser.get(f"/organizations/{tenant.org_id}/usage").text)
+        assert usage.tables["models"].sum("data-cost") == Decimal("0.75")
+        assert [Decimal(row["data-cost"]) for row in usage.tables["monthly"].rows] == [
+            Decimal("0.75"),  # Dec 2026
+            Decimal(5),  # Nov 2026
+        ]
+        dashboard = read(browser.get("/").text)
+        assert [Decimal(v) for v in dashboard.data["data-month-cost"]] == [Decimal("0.75")]
+        assert [Decimal(v) for v in dashboard.data["data-total-cost"]] == [Decimal("5.75")]
 
 
 def test_german_pages_format_money_and_months_with_babel(admin_browser, make_tenant):

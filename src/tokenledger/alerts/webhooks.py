@@ -172,6 +172,7 @@ def create_webhook(session: Session, url: str, description: str, allow_private: 
 
 def send_test(hook: Webhook, allow_private: bool) -> tuple[int | None, str | None]:
     """Send a signed test event to a webhook now: (HTTP status or None, error or None)."""
+    # The real clock, as for every delivery: the receiver checks the time against its own.
     payload = json.dumps(
         {"type": "webhook.test", "webhook_id": hook.id, "created_at": utcnow().isoformat()},
         sort_keys=True,
@@ -289,7 +290,11 @@ def _post(
 
 
 class WebhookWorker:
-    """A background thread that drains the outbox; every worker process may run one."""
+    """A background thread that drains the outbox; every worker process may run one.
+
+    It keeps the real clock, not the app's (create_app's clock): retries, backoff and
+    leases are waits in real time, and receivers check webhook-timestamp against theirs.
+    """
 
     def __init__(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
@@ -55,6 +55,7 @@ def check_login_throttle(
     session: Session, email: str, client_address: str, throttle: Throttle
 ) -> None:
     """429 with Retry-After when the account or the address failed too often lately."""
+    # The real clock, not the app's: the window is real seconds between real attempts.
     since = utcnow() - timedelta(seconds=throttle.window_seconds)
     for column, value, limit in (
         (LoginAttempt.email, email, throttle.max_failures),
@@ -158,8 +159,8 @@ def resolve_api_key(session: Session, secret: str) -> ApiKey | None:
     return key
 
 
-def touch_api_key(session: Session, key_id: int) -> None:
-    session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
+def touch_api_key(session: Session, key_id: int, now: datetime) -> None:
+    session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
 
 
 def list_admins(session: Session) -> list[AdminUser]:

@@ -24,7 +24,7 @@ class TokenClaims:
 def issue_token(
     secret: str, user_id: int, minutes: int, version: int = 0
 ) -> tuple[str, TokenClaims]:
-    now = utcnow()
+    now = utcnow()  # the real clock: a token's lifetime is real time, checked by PyJWT
     claims = TokenClaims(user_id=user_id, csrf=secrets.token_urlsafe(24), version=version)
     payload = {
         "sub": str(user_id),

@@ -13,8 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from tokenledger.auth.service import touch_api_key
 from tokenledger.budgets import service
 from tokenledger.config import Settings
-from tokenledger.db import utcnow
-from tokenledger.deps import AppSettings, IngestKey, Session, UsageKey, get_database, get_hot
+from tokenledger.deps import AppSettings, IngestKey, Now, Session, UsageKey, get_database, get_hot
 from tokenledger.errors import DomainError
 from tokenledger.money import format_usd, usd_to_nano
 from tokenledger.pricing.engine import TokenUsage
@@ -61,6 +60,7 @@ class ReservationRead(BaseModel):
 async def get_budget(
     request: Request,
     key: UsageKey,
+    now: Now,
     organization: Annotated[str | None, Query(max_length=64, pattern=PRINTABLE)] = None,
 ) -> JSONResponse:
     """The key, the organization and its licenses from memory; the figures in one statement.
@@ -78,10 +78,10 @@ async def get_budget(
     def read() -> dict[str, Any]:
         if key.touch_due:
             with database.session(write=True) as touch:
-                touch_api_key(touch, key.key_id)
+                touch_api_key(touch, key.key_id, now)
         with database.single_read() as connection:
             return service.budget_states(
-                connection, [org], settings.timezone, utcnow(), forecast=True, licenses=licenses
+                connection, [org], settings.timezone, now, forecast=True, licenses=licenses
             )[0]
 
     if key.touch_due or database.dialect_name != "sqlite":
@@ -116,9 +116,8 @@ def _estimate_nano(session: Session, data: ReservationCreate, now: datetime) -> 
 
 @router.post("/reservations", status_code=201)
 def create_reservation(
-    data: ReservationCreate, session: Session, key: IngestKey, settings: AppSettings
+    data: ReservationCreate, session: Session, key: IngestKey, settings: AppSettings, now: Now
 ) -> ReservationRead:
-    now = utcnow()
     org = organization_for_key(session, key, data.organization)
     amount = _estimate_nano(session, data, now)
     ttl = data.ttl_seconds or settings.reservation_ttl_seconds
@@ -136,6 +135,8 @@ def create_reservation(
 
 
 @router.delete("/reservations/{reservation_id}", status_code=204)
-def delete_reservation(reservation_id: PathText, session: Session, key: IngestKey) -> Response:
-    service.release_reservation(session, reservation_id, key.organization_id, utcnow())
+def delete_reservation(
+    reservation_id: PathText, session: Session, key: IngestKey, now: Now
+) -> Response:
+    service.release_reservation(session, reservation_id, key.organization_id, now)
     return Response(status_code=204)

@@ -6,8 +6,7 @@ from fastapi import APIRouter
 
 from tokenledger.alerts import service as alerts
 from tokenledger.audit import service as audit
-from tokenledger.db import utcnow
-from tokenledger.deps import Admin, AppSettings, RowId, Session, Viewer
+from tokenledger.deps import Admin, AppSettings, Now, RowId, Session, Viewer
 from tokenledger.licenses import service
 from tokenledger.licenses.schemas import LicenseCreate, LicenseRead, LicenseUpdate
 
@@ -15,8 +14,8 @@ router = APIRouter(tags=["licenses"])
 
 
 @router.post("/api/licenses", status_code=201)
-def create_license(data: LicenseCreate, session: Session, admin: Admin) -> LicenseRead:
-    lic = service.create(session, data)
+def create_license(data: LicenseCreate, session: Session, admin: Admin, now: Now) -> LicenseRead:
+    lic = service.create(session, data, now)
     audit.record_change(
         session,
         admin,
@@ -36,7 +35,12 @@ def get_license(license_id: RowId, session: Session, _viewer: Viewer) -> License
 
 @router.patch("/api/licenses/{license_id}")
 def update_license(
-    license_id: RowId, data: LicenseUpdate, session: Session, admin: Admin, settings: AppSettings
+    license_id: RowId,
+    data: LicenseUpdate,
+    session: Session,
+    admin: Admin,
+    settings: AppSettings,
+    now: Now,
 ) -> LicenseRead:
     lic = service.get(session, license_id, for_update=True)
     before = service.snapshot(lic)
@@ -51,7 +55,7 @@ def update_license(
         after=service.snapshot(lic),
     )
     # A top-up re-arms the thresholds it moves below; a lower limit may fire one now.
-    alerts.rearm(session, lic, settings.timezone, utcnow())
+    alerts.rearm(session, lic, settings.timezone, now)
     return service.to_read(lic)
 
 

@@ -125,7 +125,7 @@ def candidates_for(
     if not org_ids:
         return result
     query = _CANDIDATES.with_for_update() if lock else _CANDIDATES
-    for row in session.execute(query, {"orgs": org_ids}):
+    for row in session.connection().execute(query, {"orgs": org_ids}):
         lic = LicenseRow(*row)
         result[lic.organization_id].append(lic)
     return result
@@ -188,7 +188,8 @@ def _flush(session: Session) -> None:
         raise DomainError(422, "invalid_license", "the license violates a constraint") from exc
 
 
-def create(session: Session, data: LicenseCreate) -> License:
+def create(session: Session, data: LicenseCreate, now: datetime) -> License:
+    """A license; valid from now unless data says when."""
     org = organizations.get(session, data.organization_id)
     if org.archived_at is not None:
         raise _organization_archived()
@@ -197,7 +198,7 @@ def create(session: Session, data: LicenseCreate) -> License:
     lic = License(
         organization_id=org.id,
         status=data.status,
-        valid_from=data.valid_from or utcnow(),
+        valid_from=data.valid_from or now,
         valid_until=data.valid_until,
         credits_total_micro=credits_to_micro(data.credits_total),
         cost_per_credit_nano=usd_to_nano(data.cost_per_credit),

@@ -10,8 +10,7 @@ from pydantic import AwareDatetime, BaseModel, Field, StrictInt, StrictStr
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session as OrmSession
 
-from tokenledger.db import utcnow
-from tokenledger.deps import Admin, AppSettings, Session, Viewer
+from tokenledger.deps import Admin, AppSettings, Now, Session, Viewer
 from tokenledger.pricing import overrides
 from tokenledger.schemas import InputModel, PathText
 from tokenledger.usage.models import INCOMPLETE_PRICING, UsageEvent, UsagePrice
@@ -74,7 +73,12 @@ def list_overrides(session: Session, _viewer: Viewer) -> list[dict[str, Any]]:
 # {model:path}: model ids may hold slashes (e.g. "meta-llama/llama-3.1-70b-instruct").
 @router.put("/overrides/{provider}/{model:path}")
 def set_override(
-    provider: PathText, model: PathText, data: OverrideSet, session: Session, admin: Admin
+    provider: PathText,
+    model: PathText,
+    data: OverrideSet,
+    session: Session,
+    admin: Admin,
+    now: Now,
 ) -> dict[str, Any]:
     row = overrides.set_override(
         session,
@@ -87,6 +91,7 @@ def set_override(
         valid_until=data.valid_until,
         tiers=[tier.model_dump(exclude_none=True) for tier in data.tiers or []],
         units=data.units,
+        now=now,
     )
     return overrides.rates_json(row)
 
@@ -174,7 +179,7 @@ class RepriceIn(InputModel):
 
 @router.post("/reprice")
 def reprice_events(
-    data: RepriceIn, session: Session, admin: Admin, settings: AppSettings
+    data: RepriceIn, session: Session, admin: Admin, settings: AppSettings, now: Now
 ) -> dict[str, Any]:
     """Price stored events again with the prices now in force at their timestamps."""
     selection = Selection(
@@ -188,7 +193,7 @@ def reprice_events(
         session,
         selection,
         settings=settings,
-        now=utcnow(),
+        now=now,
         dry_run=data.dry_run,
         actor=admin.email,
         client_address=admin.address,

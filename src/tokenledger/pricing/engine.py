@@ -70,7 +70,7 @@ from genai_prices.types import (
 from genai_prices.units import UnitDef, UnitRegistry
 from genai_prices.validation import validate_priced_units
 
-from tokenledger.money import usd_to_nano
+from tokenledger.money import NANO_PER_USD, divide_half_even, usd_to_nano
 
 __all__ = [
     "LIBRARY_SOURCE",
@@ -300,19 +300,46 @@ class _RateSet:
     cache_write_1h: Decimal
     cache_read: Decimal
     categories_priced: bool
+    # The same five rates and the per-request price as whole units of 10**-scale USD per
+    # million tokens (and per request, times a million), for the five multiplications in
+    # integers: the same exact sum as in Decimal, at a fraction of the cost.
+    _scaled_rates: tuple[int, int, int, int, int] = field(init=False)
+    _scaled_fixed: int = field(init=False)
+    _denominator: int = field(init=False)  # 10**(scale + 6): the sum's units per USD
+
+    def __post_init__(self) -> None:
+        rates = (self.input, self.output, self.cache_write_5m, self.cache_write_1h, self.cache_read)
+        if not self.categories_priced:
+            object.__setattr__(self, "_scaled_rates", (0, 0, 0, 0, 0))
+            object.__setattr__(self, "_scaled_fixed", 0)
+            object.__setattr__(self, "_denominator", 1)
+            return
+        scale = max(
+            0,
+            *(-_exponent(rate) for rate in rates),
+            -_exponent(self.fixed_usd) - 6,
+        )
+        with localcontext(_EXACT):  # exact by construction; Inexact would raise
+            scaled = tuple(int(rate.scaleb(scale)) for rate in rates)
+            fixed = int(self.fixed_usd.scaleb(scale + 6))
+        object.__setattr__(self, "_scaled_rates", scaled)
+        object.__setattr__(self, "_scaled_fixed", fixed)
+        object.__setattr__(self, "_denominator", 10 ** (scale + 6))
 
     def cost(self, usage: TokenUsage) -> tuple[int, tuple[str, ...], dict[str, str]]:
         """Cost in nano-USD, the units used that no rate covers, and the rates applied."""
         if not usage.units and self.categories_priced:
-            with localcontext(_EXACT):
-                total = (
-                    self.input * usage.input_tokens
-                    + self.output * usage.output_tokens
-                    + self.cache_write_5m * usage.cache_write_5m_tokens
-                    + self.cache_write_1h * usage.cache_write_1h_tokens
-                    + self.cache_read * usage.cache_read_input_tokens
-                ) / _MTOK + self.fixed_usd
-                return usd_to_nano(total), (), dict(self.text)
+            input_rate, output_rate, write_5m, write_1h, read = self._scaled_rates
+            total = (
+                input_rate * usage.input_tokens
+                + output_rate * usage.output_tokens
+                + write_5m * usage.cache_write_5m_tokens
+                + write_1h * usage.cache_write_1h_tokens
+                + read * usage.cache_read_input_tokens
+                + self._scaled_fixed
+            )
+            cost = divide_half_even(total * NANO_PER_USD, self._denominator)
+            return cost, (), dict(self.text)
         return self.decomposed_cost(library_usage_values(usage))
 
     def decomposed_cost(
@@ -347,6 +374,12 @@ class _RateSet:
                 price_key, rate = self.unit_text[key]
                 text[price_key] = rate
         return cost, unpriced, text
+
+
+def _exponent(value: Decimal) -> int:
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int), value  # rates are finite (checked when built)
+    return exponent
 
 
 def _usage_value(values: Mapping[str, int], usage_key: str) -> int:

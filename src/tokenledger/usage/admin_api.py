@@ -7,8 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import AwareDatetime, TypeAdapter
 
-from tokenledger.db import utcnow
-from tokenledger.deps import Admin, AppSettings, RowId, Session, Viewer, get_database, get_hot
+from tokenledger.deps import Admin, AppSettings, Now, RowId, Session, Viewer, get_database, get_hot
 from tokenledger.errors import DomainError
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.budget import change_budget
@@ -16,6 +15,7 @@ from tokenledger.licenses.schemas import BudgetUpdate
 from tokenledger.organizations import service as organizations
 from tokenledger.usage import export, queries
 from tokenledger.usage.export import ClosingStreamingResponse
+from tokenledger.usage.periods import month_of
 
 router = APIRouter(tags=["token-usage"])
 
@@ -26,13 +26,13 @@ _OVERVIEW_JSON = TypeAdapter(OverviewRows)
 
 @router.get("/api/token-usage/overview", response_model=OverviewRows)
 def usage_overview(
-    request: Request, session: Session, _viewer: Viewer, settings: AppSettings
+    request: Request, session: Session, _viewer: Viewer, settings: AppSettings, now: Now
 ) -> Response:
     # The licenses in force from memory, as the budget check reads them. A row per
     # organization (thousands): written to JSON as they are, without validating plain
     # values against a schema of Any first.
     licenses = get_hot(request).all_licenses()
-    rows = queries.overview(session, settings.timezone, utcnow(), licenses)
+    rows = queries.overview(session, settings.timezone, now, licenses)
     return Response(_OVERVIEW_JSON.dump_json(rows), media_type="application/json")
 
 
@@ -46,10 +46,10 @@ def organization_usage(
 
 @router.get("/api/token-usage/{org_id}/current")
 def organization_current(
-    org_id: RowId, session: Session, _viewer: Viewer, settings: AppSettings
+    org_id: RowId, session: Session, _viewer: Viewer, settings: AppSettings, now: Now
 ) -> dict[str, Any]:
     org = organizations.get(session, org_id)
-    return queries.current(session, org, settings.timezone, utcnow())
+    return queries.current(session, org, settings.timezone, now)
 
 
 @router.get("/api/token-usage/{org_id}/models")
@@ -58,12 +58,11 @@ def organization_models(
     session: Session,
     _viewer: Viewer,
     settings: AppSettings,
+    now: Now,
     month: Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")] = None,
 ) -> dict[str, Any]:
     organizations.get(session, org_id)
-    from tokenledger.usage.periods import current_month
-
-    year_month = month or current_month(settings.timezone)
+    year_month = month or month_of(now, settings.timezone)
     return {
         "year_month": year_month,
         "models": queries.models_of_month(session, org_id, year_month),
@@ -76,10 +75,11 @@ def organization_daily(
     session: Session,
     _viewer: Viewer,
     settings: AppSettings,
+    now: Now,
     days: Annotated[int, Query(ge=1, le=366)] = 30,
 ) -> list[dict[str, Any]]:
     organizations.get(session, org_id)
-    return queries.daily_series(session, org_id, days, settings.timezone, utcnow())
+    return queries.daily_series(session, org_id, days, settings.timezone, now)
 
 
 @router.get(
@@ -114,13 +114,20 @@ def export_events(
 
 @router.put("/api/token-usage/budget/{license_id}")
 def update_budget(
-    license_id: RowId, data: BudgetUpdate, session: Session, admin: Admin, settings: AppSettings
+    license_id: RowId,
+    data: BudgetUpdate,
+    session: Session,
+    admin: Admin,
+    settings: AppSettings,
+    now: Now,
 ) -> dict[str, bool]:
     lic = licenses.get(session, license_id, for_update=True)
-    change_budget(session, lic, data, admin, settings.timezone, utcnow())
+    change_budget(session, lic, data, admin, settings.timezone, now)
     return {"ok": True}
 
 
 @router.get("/api/dashboard/stats")
-def dashboard_stats(session: Session, _viewer: Viewer, settings: AppSettings) -> dict[str, Any]:
-    return queries.dashboard(session, settings.timezone, utcnow())
+def dashboard_stats(
+    session: Session, _viewer: Viewer, settings: AppSettings, now: Now
+) -> dict[str, Any]:
+    return queries.dashboard(session, settings.timezone, now)

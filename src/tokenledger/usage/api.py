@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from tokenledger.config import Settings
-from tokenledger.db import MAX_ROW_ID, utcnow
+from tokenledger.db import MAX_ROW_ID
 from tokenledger.deps import (
     AppSettings,
     IngestKey,
     IngestPrincipal,
+    Now,
     Session,
     UsageKey,
     get_hot,
 )
 from tokenledger.errors import DomainError
 from tokenledger.hot import HotReads, OrgRef
+from tokenledger.middleware import ParsedJsonRoute
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.schemas import PathText
@@ -29,7 +30,7 @@ from tokenledger.usage.schemas import RefreshIn, RefreshRead, UsageBatch, UsageR
 from tokenledger.usage.service import UsageAnswer, record_batch
 from tokenledger.usage.writer import UsageWriter
 
-router = APIRouter(prefix="/api/v1", tags=["ingestion"])
+router = APIRouter(prefix="/api/v1", tags=["ingestion"], route_class=ParsedJsonRoute)
 
 
 def organization_for_key(session: Session, key: IngestKey, ref: str | int | None) -> Organization:
@@ -71,7 +72,7 @@ def organization_ref_for_key(hot: HotReads, key: IngestPrincipal, ref: str | Non
 
 
 @router.post("/usage", response_model=UsageResponse)
-async def post_usage(request: Request, batch: UsageBatch, key: UsageKey) -> JSONResponse:
+async def post_usage(request: Request, batch: UsageBatch, key: UsageKey, now: Now) -> JSONResponse:
     """Validate and price here; the writer stores it with the requests of its group and
     answers after the commit. The whole unit of work is usage.service.record_usage."""
     settings: Settings = request.app.state.settings
@@ -83,11 +84,11 @@ async def post_usage(request: Request, batch: UsageBatch, key: UsageKey) -> JSON
         organizations=hot.organizations,
         book=hot.price_book(),
         settings=settings,
-        now=utcnow(),
+        now=now,
     )
     if key.touch_due:
         prepared.touch_key_id = key.key_id
-    answer = await asyncio.wrap_future(writer.submit(prepared))
+    answer = await writer.write(prepared)
     # Built from plain values in the documented shape: validating a thousand results
     # again on the way out would cost more than the rest of the response.
     return JSONResponse(answer.body())
@@ -114,10 +115,15 @@ def record_usage(
 
 @router.put("/refreshes/{refresh_id:path}")
 def put_refresh(
-    refresh_id: PathText, data: RefreshIn, session: Session, key: IngestKey, settings: AppSettings
+    refresh_id: PathText,
+    data: RefreshIn,
+    session: Session,
+    key: IngestKey,
+    settings: AppSettings,
+    now: Now,
 ) -> RefreshRead:
     org = organization_for_key(session, key, data.organization)
-    refresh = record_refresh(session, org, refresh_id, data, settings.timezone, utcnow())
+    refresh = record_refresh(session, org, refresh_id, data, settings.timezone, now)
     return RefreshRead(
         refresh_id=refresh.refresh_id,
         organization=org.slug,

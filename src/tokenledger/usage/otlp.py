@@ -45,8 +45,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from pydantic import ValidationError
 
-from tokenledger.db import utcnow
-from tokenledger.deps import AppSettings, IngestKey, Session
+from tokenledger.deps import AppSettings, IngestKey, Now, Session
 from tokenledger.errors import DomainError
 from tokenledger.middleware import check_json
 from tokenledger.usage.api import record_usage
@@ -127,13 +126,13 @@ def export_traces(
     session: Session,
     key: IngestKey,
     settings: AppSettings,
+    now: Now,
 ) -> Response:
     """OTLP/HTTP trace export: GenAI spans become usage events (protobuf or JSON)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in (PROTOBUF, JSON):
         raise DomainError(415, "unsupported_media_type", f"use {PROTOBUF} or {JSON}")
     export = _parse(body, media)
-    now = utcnow()
     rejected = _Rejections()
     events: list[UsageEventIn] = []
     oldest = now - timedelta(days=settings.backfill_max_age_days)

@@ -6,8 +6,6 @@ import functools
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from tokenledger.db import utcnow
-
 
 def month_of(at: datetime, tz: ZoneInfo) -> str:
     return at.astimezone(tz).strftime("%Y-%m")
@@ -15,10 +13,6 @@ def month_of(at: datetime, tz: ZoneInfo) -> str:
 
 def day_of(at: datetime, tz: ZoneInfo) -> str:
     return at.astimezone(tz).strftime("%Y-%m-%d")
-
-
-def current_month(tz: ZoneInfo) -> str:
-    return month_of(utcnow(), tz)
 
 
 @functools.lru_cache(maxsize=1024)

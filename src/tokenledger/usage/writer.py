@@ -3,7 +3,8 @@
 Requests that arrive while a group is being written wait in a queue; when the group has
 committed, everything waiting (up to MAX_GROUP_EVENTS events) becomes the next group, in
 one transaction with one commit. A lone request is written at once: no fixed delay.
-Every request is answered only after the commit that stored it. A batch refused for its
+Every request is answered only after the commit that stored it, all of a group's with
+one wake-up of each event loop that waits (not one per request). A batch refused for its
 own reason fails alone (usage.service.record_usage); if the group's transaction fails as
 a whole, each of its batches is tried again in a transaction of its own, so that one bad
 batch cannot take the others down.
@@ -11,14 +12,14 @@ batch cannot take the others down.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections import deque
-from concurrent.futures import Future
+from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from tokenledger.config import Settings
-from tokenledger.db import Database, utcnow
+from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import DomainError
 from tokenledger.ops import Metrics
 from tokenledger.usage.ingest import PreparedBatch
@@ -33,12 +34,16 @@ MAX_GROUP_EVENTS = 5000
 @dataclass(slots=True)
 class _Pending:
     batch: PreparedBatch
-    future: Future[UsageAnswer]
+    future: asyncio.Future[UsageAnswer]  # of the event loop that waits for it
+    outcome: UsageAnswer | BaseException | None = None
 
 
 class UsageWriter:
-    def __init__(self, database: Database, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, database: Database, settings: Settings, metrics: Metrics, clock: Clock = utcnow
+    ) -> None:
         self.database = database
+        self.clock = clock
         self.settings = settings
         self.metrics = metrics
         self._queue: deque[_Pending] = deque()
@@ -48,9 +53,9 @@ class UsageWriter:
         # Stored usage_prices ids by fingerprint, read by this writer's groups.
         self._price_ids: dict[str, int] = {}
 
-    def submit(self, batch: PreparedBatch) -> Future[UsageAnswer]:
-        """Queue a prepared batch; the future holds its answer once it is committed."""
-        future: Future[UsageAnswer] = Future()
+    async def write(self, batch: PreparedBatch) -> UsageAnswer:
+        """Queue a prepared batch; its answer once it is committed (or its refusal)."""
+        future: asyncio.Future[UsageAnswer] = asyncio.get_running_loop().create_future()
         with self._ready:
             if self._stopping:
                 raise RuntimeError("the usage writer has stopped")
@@ -60,7 +65,7 @@ class UsageWriter:
                 self._thread.start()
             self._queue.append(_Pending(batch, future))
             self._ready.notify()
-        return future
+        return await future
 
     def queued(self) -> int:
         """Requests waiting for the next group."""
@@ -97,8 +102,9 @@ class UsageWriter:
             except BaseException as exc:  # never leave a request waiting
                 log.exception("usage group failed")
                 for pending in group:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+                    if pending.outcome is None:
+                        pending.outcome = exc
+            self._answer(group)
 
     def _write(self, group: list[_Pending]) -> None:
         self.metrics.usage_group_requests.observe(len(group))
@@ -111,23 +117,42 @@ class UsageWriter:
             log.warning("usage group of %d failed; writing its batches one by one", len(group))
             for pending in group:
                 try:
-                    (answer,) = self._commit([pending.batch])
+                    (pending.outcome,) = self._commit([pending.batch])
                 except Exception as exc:
-                    pending.future.set_exception(exc)
-                else:
-                    self._answer(pending, answer)
+                    pending.outcome = exc
             return
         for pending, answer in zip(group, answers, strict=True):
-            self._answer(pending, answer)
+            pending.outcome = answer
 
     def _commit(self, batches: list[PreparedBatch]) -> list[UsageAnswer | DomainError]:
         with self.database.session(write=True) as session:
-            return record_usage(session, batches, self.settings, utcnow(), self._price_ids)
+            return record_usage(session, batches, self.settings, self.clock(), self._price_ids)
 
-    def _answer(self, pending: _Pending, answer: UsageAnswer | DomainError) -> None:
-        if isinstance(answer, DomainError):
-            pending.future.set_exception(answer)
-            return
-        self.metrics.events.labels("created").inc(answer.created)
-        self.metrics.events.labels("duplicate").inc(answer.duplicates)
-        pending.future.set_result(answer)
+    def _answer(self, group: list[_Pending]) -> None:
+        """Hand every outcome to its event loop: one call per loop for the whole group."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = defaultdict(list)
+        for pending in group:
+            outcome = pending.outcome
+            if isinstance(outcome, UsageAnswer):
+                self.metrics.events.labels("created").inc(outcome.created)
+                self.metrics.events.labels("duplicate").inc(outcome.duplicates)
+            by_loop[pending.future.get_loop()].append(pending)
+        for loop, waiting in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, waiting)
+            except RuntimeError:  # that loop has closed: nobody waits any more
+                log.warning("answers of %d usage requests had no one to go to", len(waiting))
+
+
+def _settle(group: list[_Pending]) -> None:
+    """In the waiting loop: each request's answer, or its refusal."""
+    for pending in group:
+        if pending.future.done():  # the client went away (the request was cancelled)
+            continue
+        outcome = pending.outcome
+        if isinstance(outcome, BaseException):
+            pending.future.set_exception(outcome)
+        elif outcome is None:
+            pending.future.set_exception(RuntimeError("the usage writer gave no answer"))
+        else:
+            pending.future.set_result(outcome)

@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session as OrmSession
 from starlette.datastructures import FormData
 
 from tokenledger.config import Settings
-from tokenledger.db import utcnow
 from tokenledger.deps import (
     SAFE_METHODS,
     SESSION_COOKIE,
@@ -29,6 +28,7 @@ from tokenledger.deps import (
     Principal,
     authenticate,
     get_session,
+    now_of,
 )
 from tokenledger.errors import DomainError
 from tokenledger.web import i18n
@@ -48,12 +48,6 @@ YEAR = 365 * 24 * 3600
 templates = Jinja2Templates(directory=WEB_DIR / "templates")
 templates.env.trim_blocks = True
 templates.env.lstrip_blocks = True
-
-
-def now_for(request: Request) -> datetime:
-    """The page's clock: tests set app.state.clock to a fixed time."""
-    clock: Callable[[], datetime] = getattr(request.app.state, "clock", utcnow)
-    return clock()
 
 
 def language_of(request: Request) -> str:
@@ -222,7 +216,7 @@ def _principal(
 
 def viewer_page(request: Request, session: DbSession, settings: AppSettings, form: Form) -> Page:
     principal = _principal(request, session, settings, form)
-    return Page(request, settings, principal, language_of(request), now_for(request))
+    return Page(request, settings, principal, language_of(request), now_of(request))
 
 
 def admin_page(request: Request, session: DbSession, settings: AppSettings, form: Form) -> Page:
@@ -234,7 +228,7 @@ def admin_page(request: Request, session: DbSession, settings: AppSettings, form
 
 
 def public_page(request: Request, settings: AppSettings) -> Page:
-    return Page(request, settings, None, language_of(request), now_for(request))
+    return Page(request, settings, None, language_of(request), now_of(request))
 
 
 ViewerPage = Annotated[Page, Depends(viewer_page)]
@@ -265,7 +259,7 @@ ERROR_TITLES = {
 
 def error_page(request: Request, status: int, message: str) -> HTMLResponse:
     settings: Settings = request.app.state.settings
-    page = Page(request, settings, None, language_of(request), now_for(request))
+    page = Page(request, settings, None, language_of(request), now_of(request))
     title = ERROR_TITLES.get(status, N_("Something went wrong"))
     if message not in PAGE_MESSAGES:
         message = STATUS_MESSAGES.get(status, N_("Something went wrong"))

@@ -659,7 +659,7 @@ def license_create(org_id: RowId, page: AdminPage, session: DbSession, form: For
     if errors:
         return _license_form(page, org, None, values, errors, 422)
     try:
-        lic = licenses.create(session, parsed)
+        lic = licenses.create(session, parsed, page.now)
     except DomainError as exc:
         session.rollback()
         return _license_form(page, org, None, values, {}, exc.status, _license_error(exc))
