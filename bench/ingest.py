@@ -203,7 +203,7 @@ def prepare_ledger(database_url: str) -> Ledger:
                 create_license(session, LicenseCreate(
                     organization_id=org.id, credits_total=Decimal(10**9),
                     cost_per_credit=Decimal("0.01"), token_budget_usd=Decimal(10**6),
-                    valid_from=datetime(2015, 1, 1, tzinfo=UTC)))
+                    valid_from=datetime(2015, 1, 1, tzinfo=UTC)), datetime.now(UTC))
             _key, secret = create_api_key(session, "bench", None)
             admin = AdminUser(email="bench@example.com", password_hash="x", role="admin")
             session.add(admin)

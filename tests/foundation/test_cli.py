@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -18,6 +21,7 @@ from tests.factories import make_org
 from tests.foundation.conftest import login
 from tokenledger.app import create_app
 from tokenledger.auth.models import AdminUser, ApiKey
+from tokenledger.cli import tcp_socket
 from tokenledger.db import Database
 from tokenledger.migrations import runner
 
@@ -231,3 +235,33 @@ def test_serve_without_secret_key_on_postgresql(postgres_migrated, tmp_path):
     result = run("serve", "--port", "-1", url=postgres_migrated, cwd=tmp_path, secret=None)
     assert result.returncode == 1
     assert "TOKENLEDGER_SECRET_KEY" in one_line(result.stderr)
+
+
+def test_the_workers_socket_gets_tcp_nodelay_on_every_connection() -> None:
+    """`serve --workers N` listens on tcp_socket(): asyncio sets TCP_NODELAY on what it
+    accepts (uvicorn's own socket says protocol 0, and keep-alive requests then waited
+    for delayed ACKs)."""
+    config = uvicorn.Config("tokenledger.app:create_app", factory=True, host="127.0.0.1", port=0)
+    listener = tcp_socket(config)
+    assert listener.proto == socket.IPPROTO_TCP
+    assert listener.get_inheritable()
+    accepted: list[int] = []
+
+    class Report(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            accepted.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def connect_once() -> None:
+        server = await asyncio.get_running_loop().create_server(Report, sock=listener)
+        async with server:
+            _reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+            for _ in range(100):
+                if accepted:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    asyncio.run(connect_once())
+    assert accepted == [1]
