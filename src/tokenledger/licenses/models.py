@@ -105,33 +105,11 @@ class LicenseTerms(Protocol):
     def enforcement(self) -> str: ...
 
 
-@dataclass(slots=True)
-class LicenseRow:
-    """A license's terms and credits used as read by one Core query: what the write path
-    needs, without the cost of ORM objects (a group may touch a thousand licenses)."""
-
-    id: int
-    organization_id: int
-    status: str
-    valid_from: datetime
-    valid_until: datetime | None
-    credits_total_micro: int
-    cost_per_credit_nano: int
-    token_budget_nano: int | None
-    budget_period: str
-    budget_warning_percent: int
-    enforcement: str
-    credits_used_micro: int
-
-
-# The columns of LicenseRow, in its order.
-LICENSE_ROW_COLUMNS = tuple(field.name for field in fields(LicenseRow))
-
-
 @dataclass(frozen=True, slots=True)
 class LicenseTermsRow:
-    """An active or suspended license's terms as read by one Core query, without its
-    credits used: what the budget check keeps in memory and the overview reads."""
+    """A license's terms as read by one Core query, without its credits used: what the
+    write path reads for a group (no ORM objects: a group may touch a thousand licenses),
+    what the budget check keeps in memory and the overview reads."""
 
     id: int
     organization_id: int
@@ -144,3 +122,7 @@ class LicenseTermsRow:
     budget_period: str
     budget_warning_percent: int
     enforcement: str
+
+
+# The columns of LicenseTermsRow, in its order.
+LICENSE_TERMS_COLUMNS = tuple(field.name for field in fields(LicenseTermsRow))

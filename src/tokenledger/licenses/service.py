@@ -14,10 +14,9 @@ from sqlalchemy.orm import Session
 from tokenledger.db import execute_rows, utcnow
 from tokenledger.errors import DomainError, not_found
 from tokenledger.licenses.models import (
-    LICENSE_ROW_COLUMNS,
+    LICENSE_TERMS_COLUMNS,
     CreditAdjustment,
     License,
-    LicenseRow,
     LicenseTerms,
     LicenseTermsRow,
 )
@@ -106,7 +105,7 @@ def in_force_at(licenses: Sequence[Terms], at: datetime) -> Terms | None:
 
 _LICENSES = cast(Table, License.__table__)
 _CANDIDATES = (
-    select(*(_LICENSES.c[name] for name in LICENSE_ROW_COLUMNS))
+    select(*(_LICENSES.c[name] for name in LICENSE_TERMS_COLUMNS))
     .where(_LICENSES.c.organization_id.in_(bindparam("orgs", expanding=True)))
     .where(_LICENSES.c.status != "cancelled")
     .order_by(_LICENSES.c.id)
@@ -115,35 +114,25 @@ _CANDIDATES = (
 
 def candidates_for(
     session: Session, org_ids: list[int], *, lock: bool = False
-) -> dict[int, list[LicenseRow]]:
-    """Every non-cancelled license of these organizations, in one query, as snapshots.
+) -> dict[int, list[LicenseTermsRow]]:
+    """Every non-cancelled license of these organizations, in one query, as their terms.
 
     With lock, the rows are locked in id order (PostgreSQL; SQLite's write transaction
     already excludes other writers), so concurrent batches cannot deadlock on them.
     """
-    result: dict[int, list[LicenseRow]] = {org_id: [] for org_id in org_ids}
+    result: dict[int, list[LicenseTermsRow]] = {org_id: [] for org_id in org_ids}
     if not org_ids:
         return result
     query = _CANDIDATES.with_for_update() if lock else _CANDIDATES
     for row in session.connection().execute(query, {"orgs": org_ids}):
-        lic = LicenseRow(*row)
+        lic = LicenseTermsRow(*row)
         result[lic.organization_id].append(lic)
     return result
 
 
-_TERMS = select(
-    License.id,
-    License.organization_id,
-    License.status,
-    License.valid_from,
-    License.valid_until,
-    License.credits_total_micro,
-    License.cost_per_credit_nano,
-    License.token_budget_nano,
-    License.budget_period,
-    License.budget_warning_percent,
-    License.enforcement,
-).where(License.status.in_(("active", "suspended")))
+_TERMS = select(*(_LICENSES.c[name] for name in LICENSE_TERMS_COLUMNS)).where(
+    _LICENSES.c.status.in_(("active", "suspended"))
+)
 
 
 def terms_in_force(
@@ -154,9 +143,9 @@ def terms_in_force(
     These are the licenses that may govern an organization (budgets.service.governing).
     With a limit, at most that many rows are read (the caller tells when there were more).
     """
-    query = _TERMS.order_by(License.id.desc())
+    query = _TERMS.order_by(_LICENSES.c.id.desc())
     if org_ids is not None:
-        query = query.where(License.organization_id.in_(sorted(set(org_ids))))
+        query = query.where(_LICENSES.c.organization_id.in_(sorted(set(org_ids))))
     if limit is not None:
         query = query.limit(limit)
     by_org: dict[int, list[LicenseTermsRow]] = defaultdict(list)

@@ -621,13 +621,11 @@ def _add(sums: dict[Any, tuple[int, ...]], key: Any, values: tuple[int, ...]) ->
     sums[key] = values if found is None else tuple(map(operator.add, found, values))
 
 
-def roll_up(session: Session, rows: list[dict[str, Any]]) -> dict[int, int]:
-    """Add the new events to every rollup: aggregated in memory, one upsert per table.
-
-    Returns the micro-credits added to each license's credits_used.
-    """
+def roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Add the new events to every rollup and their credits to their licenses: aggregated
+    in memory, one statement per table."""
     if not rows:
-        return {}
+        return
     monthly: dict[tuple[int, str], tuple[int, ...]] = {}
     daily: dict[tuple[int, str, str, str], tuple[int, ...]] = {}
     by_license: dict[tuple[int, str], tuple[int, ...]] = {}
@@ -666,7 +664,6 @@ def roll_up(session: Session, rows: list[dict[str, Any]]) -> dict[int, int]:
     for (license_id, _month), (_cost, added, _count) in by_license.items():
         credits[license_id] += added
     licenses.add_credits_used(session, credits)
-    return credits
 
 
 def _upsert(

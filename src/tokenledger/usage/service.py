@@ -74,12 +74,8 @@ def record_usage(
         if isinstance(outcome, IngestOutcome)
         for row in outcome.created_rows
     ]
-    added = ingest.roll_up(session, created_rows)
-    # The snapshots follow the increments: the rows are locked (PostgreSQL) or the
-    # transaction is the only writer (SQLite), so nobody else changed them meanwhile.
+    ingest.roll_up(session, created_rows)
     by_id = {lic.id: lic for found in candidates.values() for lic in found}
-    for license_id, credits in added.items():
-        by_id[license_id].credits_used_micro += credits
     budgets.settle_reservations(session, created_rows, now)
     keys = sorted({batch.touch_key_id for batch in batches if batch.touch_key_id is not None})
     if keys:
