@@ -12,7 +12,7 @@ Events for the growth and read figures are bulk-loaded with SQL straight into th
 Environment:
   BENCH_EVENTS         events bulk-loaded before the read figures (default 10,000,000:
                        about 2 GB in a temporary directory, 3 to 4 minutes to load)
-  BENCH_EXPORT_EVENTS  events of the organization whose CSV is exported (default 200,000)
+  BENCH_EXPORT_EVENTS  events of the organization whose CSV is exported (default 1,000,000)
   BENCH_SECONDS        seconds of each wrk run (default 8)
   BENCH_POSTGRES=1     also run the ingestion figures on PostgreSQL with 1 and 2 workers
                        (needs TOKENLEDGER_TEST_POSTGRES_URL: scripts/with-postgres.sh)
@@ -49,7 +49,7 @@ WRK = shutil.which("wrk") or "/usr/bin/wrk"
 SECRET = "bench-secret-key-0123456789-abcdefghijklmnop"
 ORGS = 1000
 EVENTS = int(os.environ.get("BENCH_EVENTS", "10000000"))
-EXPORT_EVENTS = int(os.environ.get("BENCH_EXPORT_EVENTS", "200000"))
+EXPORT_EVENTS = int(os.environ.get("BENCH_EXPORT_EVENTS", "1000000"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
 MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")
 
