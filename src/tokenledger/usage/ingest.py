@@ -32,7 +32,7 @@ from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import LicenseTerms
 from tokenledger.money import credits_for_cost, format_credits, format_usd, usd_to_nano
 from tokenledger.organizations.models import Organization
-from tokenledger.pricing.engine import PriceBook, UsageError
+from tokenledger.pricing.engine import PriceBook, PriceQuote, UsageError
 from tokenledger.usage import providers
 from tokenledger.usage.models import (
     INCOMPLETE_PRICING,
@@ -395,19 +395,35 @@ def _priced_row(
         except UsageError as exc:
             raise _invalid(index, "usage", str(exc)) from exc
         if quote is not None:
-            unpriced = quote.unpriced_units + read.unknown_units
-            row.update(
-                cost_nano=quote.cost_nano,
-                # A cost that leaves out a unit the call used is never shown as complete.
-                pricing="partially_priced" if unpriced else "priced",
-                price_source=quote.source,
-                price_version=quote.version,
-                priced_model=quote.priced_model,
-                rates=quote.rates,
-                unpriced_units=",".join(unpriced) or None,
-            )
+            row.update(price_fields(quote, read.unknown_units))
         row["price_key"] = price_fingerprint(row)
     return row
+
+
+def price_fields(quote: PriceQuote | None, unknown_units: tuple[str, ...]) -> dict[str, Any]:
+    """An event row's price columns for a quote (None: unpriced), and the usage units no
+    price covers (the quote's and the ones the usage reader did not know)."""
+    if quote is None:
+        return {
+            "cost_nano": None,
+            "pricing": "unpriced",
+            "price_source": None,
+            "price_version": None,
+            "priced_model": None,
+            "rates": None,
+            "unpriced_units": ",".join(unknown_units) or None,
+        }
+    unpriced = quote.unpriced_units + unknown_units
+    return {
+        "cost_nano": quote.cost_nano,
+        # A cost that leaves out a unit the call used is never shown as complete.
+        "pricing": "partially_priced" if unpriced else "priced",
+        "price_source": quote.source,
+        "price_version": quote.version,
+        "priced_model": quote.priced_model,
+        "rates": quote.rates,
+        "unpriced_units": ",".join(unpriced) or None,
+    }
 
 
 _PRICE_FIELDS = (

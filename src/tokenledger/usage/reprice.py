@@ -30,7 +30,7 @@ from tokenledger.organizations.models import Organization
 from tokenledger.pricing.engine import PriceBook, TokenUsage, UsageError
 from tokenledger.pricing.overrides import price_book
 from tokenledger.usage import providers
-from tokenledger.usage.ingest import assign_price_ids, price_fingerprint
+from tokenledger.usage.ingest import assign_price_ids, price_fields, price_fingerprint
 from tokenledger.usage.models import (
     INCOMPLETE_PRICING,
     LicenseUsage,
@@ -276,28 +276,7 @@ def _priced(
     except UsageError:
         # Counts no price can take (ingestion refuses them): the event stays as it is.
         return {name: getattr(event, name) for name in PRICE_COLUMNS}
-    new: dict[str, Any] = {
-        "cost_nano": None,
-        "credits_micro": None,
-        "pricing": "unpriced",
-        "price_source": None,
-        "price_version": None,
-        "priced_model": None,
-        "rates": None,
-        "unpriced_units": ",".join(unknown) or None,
-    }
-    if quote is not None:
-        unpriced = quote.unpriced_units + unknown
-        new.update(
-            cost_nano=quote.cost_nano,
-            # A cost that leaves out a unit the call used is never shown as complete.
-            pricing="partially_priced" if unpriced else "priced",
-            price_source=quote.source,
-            price_version=quote.version,
-            priced_model=quote.priced_model,
-            rates=quote.rates,
-            unpriced_units=",".join(unpriced) or None,
-        )
+    new: dict[str, Any] = {"credits_micro": None, **price_fields(quote, unknown)}
     if event.license_id is not None and new["cost_nano"] is not None:
         if event.license_id not in rates_of:
             rate = session.scalar(
