@@ -9,16 +9,22 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import make_url, text
 
-from tokenledger.app import create_app
+from tokenledger.app import UVICORN_OPTIONS, create_app
 from tokenledger.auth.models import AdminUser
 from tokenledger.auth.passwords import hash_password
 from tokenledger.auth.tokens import issue_token
@@ -184,3 +190,35 @@ def admin_headers(database: Database) -> dict[str, str]:
 @pytest.fixture
 def viewer_headers(database: Database) -> dict[str, str]:
     return bearer(add_admin(database, "viewer@example.com", "viewer"))
+
+
+def free_port() -> int:
+    """A loopback TCP port free now (for a server a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """The app under a real uvicorn server on 127.0.0.1 (in a thread, with its lifespan):
+    its base URL; stopped and joined on exit."""
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **UVICORN_OPTIONS
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive(), "the server thread ended"
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        assert not thread.is_alive()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,13 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from tests.conftest import FixedClock
+from tests.conftest import FixedClock, serving
 from tests.factories import make_license, make_org
-from tokenledger.app import UVICORN_OPTIONS, create_app
+from tokenledger.app import create_app
 from tokenledger.auth.service import create_api_key
 from tokenledger.config import Settings
 from tokenledger.db import Database
@@ -146,39 +143,11 @@ def usd(text: str | None) -> Decimal | None:
     return None if text is None else Decimal(text)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def serve(settings: Settings) -> Iterator[str]:
-    """A real uvicorn server with the app on 127.0.0.1, stopped and joined on exit."""
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-        **UVICORN_OPTIONS,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "the server thread ended"
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        assert not thread.is_alive()
+    """A real uvicorn server with the app (on the real clock) on 127.0.0.1."""
+    with serving(create_app(settings)) as url:
+        yield url
 
 
 @pytest.fixture

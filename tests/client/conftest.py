@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from typing import IO, Any
 import httpx
 import pytest
 
+from tests.conftest import free_port
 from tests.factories import make_org
 from tokenledger.auth.service import create_api_key
 from tokenledger.config import Settings
@@ -32,13 +32,6 @@ GIVE_UP_FAST: dict[str, Any] = {"flush_interval": None, "max_retries": 1, "backo
 def _tokenledger_command() -> list[str]:
     script = Path(sys.executable).parent / "tokenledger"
     return [str(script)] if script.exists() else [sys.executable, "-m", "tokenledger.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from tests.admin.conftest import _free_port
+from tests.conftest import serving
 from tests.ledger.conftest import LICENSE, Tenant, monthly_rows, stored_events
 from tests.ledger.conftest import usage_event as event
 from tokenledger.app import create_app
@@ -33,26 +32,6 @@ from tokenledger.usage.reconcile import reconcile
 
 # claude-sonnet-4-5, 1000 input and 100 output tokens: $0.0045 (see usage_event)
 EVENT_NANO = 4_500_000
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "the server thread ended"
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @contextmanager

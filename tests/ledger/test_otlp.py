@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
@@ -28,7 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.client.conftest import free_port
+from tests.conftest import serving
 from tests.ledger.conftest import LICENSE, Tenant, snapshot, stored_events
 from tokenledger.app import create_app
 from tokenledger.config import Settings
@@ -46,19 +43,8 @@ def tenant(make_tenant: Callable[..., Tenant]) -> Tenant:
 @pytest.fixture
 def served(settings: Settings) -> Iterator[str]:
     """The app under uvicorn on a free loopback port: its base URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=20)
+    with serving(create_app(settings)) as url:
+        yield url
 
 
 GENAI_SPANS: list[tuple[str, dict[str, Any]]] = [

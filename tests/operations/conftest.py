@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,19 +15,12 @@ from typing import IO, Any
 import httpx
 import pytest
 
-from tests.conftest import SECRET, make_settings
+from tests.conftest import SECRET, free_port, make_settings
 from tests.factories import make_license, make_org
 from tokenledger.auth.service import create_api_key
 from tokenledger.db import Database
 
 TOKENLEDGER = Path(sys.executable).parent / "tokenledger"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def command_env(database_url: str, **extra: str) -> dict[str, str]:

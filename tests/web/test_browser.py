@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, SECRET, add_admin, make_settings
+from tests.conftest import ADMIN_PASSWORD, SECRET, add_admin, free_port, make_settings
 from tokenledger.auth.service import create_api_key
 from tokenledger.db import Database
 from tokenledger.demo import load_demo_data
@@ -59,13 +58,6 @@ def _need_browser() -> Any:
     return sync_api
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class Server:
     url: str
@@ -86,7 +78,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         _key, secret = create_api_key(session, "browser test", None)
     add_admin(database, "admin@example.com", "admin")
     add_admin(database, "viewer@example.com", "viewer")
-    port = _free_port()
+    port = free_port()
     command = shutil.which("tokenledger", path=str(Path(sys.executable).parent))
     assert command, "the tokenledger command is not installed beside this Python"
     env = {
