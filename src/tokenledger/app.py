@@ -29,6 +29,7 @@ from tokenledger.ops import BodyLimit, Metrics, install_metrics
 from tokenledger.ops import router as ops_router
 from tokenledger.organizations.api import router as organizations_router
 from tokenledger.pricing.api import router as pricing_router
+from tokenledger.provider_reports.api import router as provider_reports_router
 from tokenledger.ratelimit import Rate, RateLimiter
 from tokenledger.usage.admin_api import router as token_usage_router
 from tokenledger.usage.api import router as usage_router
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
         pricing_router,
         token_usage_router,
         otlp_router,
+        provider_reports_router,
     ):
         app.include_router(router)
     install_web(app)

@@ -8,6 +8,15 @@ from tokenledger.db import Base
 from tokenledger.licenses.models import CreditAdjustment, License
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing.models import PriceOverrideRow
+from tokenledger.provider_reports.models import (
+    ProviderAccount,
+    ProviderDriftAlert,
+    ProviderReportDay,
+    ProviderReportRow,
+    ProviderReportTotal,
+    ProviderSync,
+    ProviderSyncLease,
+)
 from tokenledger.usage.models import (
     LicenseUsage,
     Refresh,
@@ -29,6 +38,13 @@ __all__ = [
     "LoginAttempt",
     "Organization",
     "PriceOverrideRow",
+    "ProviderAccount",
+    "ProviderDriftAlert",
+    "ProviderReportDay",
+    "ProviderReportRow",
+    "ProviderReportTotal",
+    "ProviderSync",
+    "ProviderSyncLease",
     "Refresh",
     "Reservation",
     "TokenUsageMonthly",
