@@ -75,7 +75,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
                 lease_seconds=settings.webhook_lease_seconds,
             )
             worker.start()
+        provider_sync = None
+        if settings.provider_sync_interval_minutes:
+            from tokenledger.provider_reports.worker import ProviderSyncWorker
+
+            provider_sync = ProviderSyncWorker(database, settings)
+            provider_sync.start()
         yield
+        if provider_sync is not None:
+            provider_sync.stop()
         if worker is not None:
             worker.stop()
         app.state.usage_writer.stop()

@@ -19,6 +19,7 @@ UTC day       provider (all accounts)                 ledger
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import date
 from typing import Any
@@ -30,7 +31,8 @@ from tests.conftest import NOW
 from tests.provider_reports.conftest import ingest
 from tests.provider_reports.standin import StandIn, cost_item, usage_item
 
-from tokenledger.alerts.models import Alert
+from tokenledger.alerts.models import Alert, Webhook, WebhookDelivery
+from tokenledger.alerts.webhooks import new_secret
 from tokenledger.audit.models import AuditEntry
 from tokenledger.config import Settings
 from tokenledger.db import Database
@@ -148,6 +150,8 @@ def synced(
     orgs: dict[str, Any],
     admin_headers: dict[str, str],
 ) -> service.SyncResult:
+    with database.session(write=True) as session:
+        session.add(Webhook(url="https://hooks.example.com/in", secret=new_secret()))
     provider_reports(standin)
     ledger_usage(fixed_client, orgs, admin_headers)
     map_accounts(fixed_client, orgs, admin_headers)
@@ -265,6 +269,13 @@ def test_closed_days_over_the_threshold_alert_once(
     assert day15["details"]["drift_usd"] == "2.10"
     assert day15["details"]["drift_percent"] == "18.42"
     assert len(synced.alerts) == 3
+    # Queued for the webhook in the sync's transaction, as an alert of no organization.
+    with database.session(write=False) as session:
+        payloads = [json.loads(d.payload) for d in session.scalars(select(WebhookDelivery))]
+    assert sorted(p["period"] for p in payloads) == ["2026-11-15", "2026-11-16", "2026-11-17"]
+    assert {(p["type"], p["organization"], p["license_id"]) for p in payloads} == {
+        ("provider.drift", None, None)
+    }
     again = run_sync(database, settings)
     assert again.alerts == []
     with database.session(write=False) as session:

@@ -16,10 +16,10 @@ from datetime import date
 from typing import Any
 
 from fastapi.testclient import TestClient
-
 from tests.conftest import NOW
 from tests.provider_reports.conftest import ingest
 from tests.provider_reports.standin import StandIn, completions_result, costs_result
+
 from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.provider_reports import service

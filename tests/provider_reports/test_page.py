@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-
-from tests.conftest import serving
+from tests.conftest import NOW, serving
 from tests.provider_reports.standin import StandIn
 from tests.provider_reports.test_anthropic import (  # the scenario worked by hand there
     ledger_usage,
@@ -21,6 +20,7 @@ from tests.provider_reports.test_anthropic import (  # the scenario worked by ha
     run_sync,
 )
 from tests.web.conftest import sign_in
+
 from tokenledger.config import Settings
 from tokenledger.db import Database
 
@@ -95,7 +95,6 @@ def test_screenshots_in_both_themes_and_languages(
     billed: TestClient, database: Database, tmp_path: Path
 ) -> None:
     from playwright.sync_api import sync_playwright
-
     from tests.conftest import ADMIN_PASSWORD, add_admin
 
     add_admin(database, "shots@example.com", "admin")
@@ -128,3 +127,25 @@ def test_screenshots_in_both_themes_and_languages(
                 context.close()
         chromium.close()
     assert problems == []
+
+
+def test_drift_alerts_show_on_the_dashboard_and_the_delivery_log(
+    billed: TestClient, database: Database
+) -> None:
+    from tokenledger.alerts.models import Webhook
+    from tokenledger.alerts.service import queue_deliveries
+    from tokenledger.alerts.webhooks import new_secret
+
+    with database.session(write=True) as session:
+        session.add(Webhook(url="https://hooks.example.com/in", secret=new_secret()))
+        session.flush()
+        queue_deliveries(session, [1, 2, 3], NOW)
+    browser = sign_in(billed, database, "ops@example.com", "admin")
+    dashboard = browser.get("/")
+    assert dashboard.status_code == 200
+    assert dashboard.text.count("Provider bill drift") == 3
+    assert "Nov 15, 2026" in dashboard.text  # a day, not a month
+    assert 'href="/admin/provider-bill?provider=anthropic"' in dashboard.text
+    hooks = browser.get("/admin/webhooks")
+    assert hooks.status_code == 200
+    assert hooks.text.count("Provider bill drift") == 3
