@@ -29,6 +29,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    tuple_,
     type_coerce,
     update,
 )
@@ -658,18 +659,27 @@ def synced_days(
 
 
 def _provider_side(
-    session: Session, provider: str, first: date, last: date, organization_id: int | None
+    session: Session,
+    provider: str,
+    held: dict[str, ProviderReportDay],
+    organization_id: int | None,
 ) -> dict[tuple[str, str], Side]:
-    days = ProviderReportDay
+    """The provider's figures per (day, model) of the days a sync holds.
+
+    The rows are picked by (sync, day) pairs, not by joining provider_report_days with a
+    range of days: SQLite carries such a range over to the joined table and then reads
+    every day of the sync for each day (365 x 365 days' rows for a year).
+    """
+    if not held:
+        return {}
+    pairs = [(day.sync_id, day.day) for day in held.values()]
     if organization_id is None:
-        source: Any = TOTALS
-        query = select(
-            source.c.day,
-            source.c.model,
-            *[func.sum(source.c[name]) for name in (*TOKEN_KINDS, "cost_nano")],
-        ).join(days, and_(days.sync_id == source.c.sync_id, days.day == source.c.day))
+        # One row per day and model already (a day is held by one sync): no sums.
+        query: Any = select(
+            TOTALS.c.day, TOTALS.c.model, *[TOTALS.c[name] for name in (*TOKEN_KINDS, "cost_nano")]
+        ).where(tuple_(TOTALS.c.sync_id, TOTALS.c.day).in_(pairs))
     else:
-        source = ROWS
+        source: Any = ROWS
         by_key = aliased(ProviderAccount)
         by_group = aliased(ProviderAccount)
         mapped = list(
@@ -684,13 +694,13 @@ def _provider_side(
         groups = [external for kind, external in mapped if kind != "api_key"]
         if not mapped:
             return {}
+        first, last = min(held), max(held)
         query = (
             select(
                 source.c.day,
                 source.c.model,
                 *[func.sum(source.c[name]) for name in (*TOKEN_KINDS, "cost_nano")],
             )
-            .join(days, and_(days.sync_id == source.c.sync_id, days.day == source.c.day))
             .outerjoin(
                 by_key,
                 and_(
@@ -707,17 +717,19 @@ def _provider_side(
                     by_group.external_id == source.c.workspace_id,
                 ),
             )
-            # A key's own mapping wins over its workspace's (or project's).
             .where(
-                or_(source.c.api_key_id.in_(keys), source.c.workspace_id.in_(groups)),
+                # Through the indexes of the organization's keys and workspaces (a few)...
+                or_(
+                    and_(source.c.api_key_id.in_(keys), source.c.day.between(first, last)),
+                    and_(source.c.workspace_id.in_(groups), source.c.day.between(first, last)),
+                ),
+                # ...the rows of the syncs that hold their days,
+                tuple_(source.c.sync_id, source.c.day).in_(pairs),
+                # where a key's own mapping wins over its workspace's (or project's).
                 func.coalesce(by_key.organization_id, by_group.organization_id) == organization_id,
             )
+            .group_by(source.c.day, source.c.model)
         )
-    query = query.where(
-        days.provider == provider,
-        days.day >= first.isoformat(),
-        days.day <= last.isoformat(),
-    ).group_by(source.c.day, source.c.model)
     result = {}
     for day, model, *values in session.execute(query):
         figures = [int(value or 0) for value in values]
@@ -815,7 +827,7 @@ def compare(
     if organization_id is not None and session.get(Organization, organization_id) is None:
         raise not_found("organization", organization_id)
     days = synced_days(session, provider, first, last)
-    theirs = _provider_side(session, provider, first, last, organization_id)
+    theirs = _provider_side(session, provider, days, organization_id)
     ours = ledger_by_utc_day(session, provider, first, last, organization_id)
     rows = []
     per_day: dict[str, DayFigures] = {
