@@ -22,6 +22,9 @@ from tokenledger.config import Settings, get_settings
 from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import install_error_handlers
 from tokenledger.hot import HotReads
+from tokenledger.ledger.api import router as usage_router
+from tokenledger.ledger.otlp import router as otlp_router
+from tokenledger.ledger.writer import UsageWriter
 from tokenledger.licenses.api import router as licenses_router
 from tokenledger.middleware import SecurityHeaders, StrictJson
 from tokenledger.openapi import install_openapi
@@ -31,9 +34,6 @@ from tokenledger.organizations.api import router as organizations_router
 from tokenledger.pricing.api import router as pricing_router
 from tokenledger.ratelimit import Rate, RateLimiter
 from tokenledger.usage.admin_api import router as token_usage_router
-from tokenledger.usage.api import router as usage_router
-from tokenledger.usage.otlp import router as otlp_router
-from tokenledger.usage.writer import UsageWriter
 from tokenledger.web import install as install_web
 
 log = logging.getLogger("tokenledger")

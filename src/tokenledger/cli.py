@@ -284,7 +284,7 @@ def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from tokenledger.usage.reconcile import reconcile
+    from tokenledger.ledger.reconcile import reconcile
 
     database = _database(settings)
     _require_migrated(database)
@@ -371,7 +371,7 @@ def cmd_prices(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_reprice(args: argparse.Namespace, settings: Settings) -> int:
     from tokenledger.db import utcnow
-    from tokenledger.usage.reprice import Selection, reprice
+    from tokenledger.ledger.reprice import Selection, reprice
 
     database = _database(settings)
     _require_migrated(database)

@@ -73,7 +73,7 @@ def check_json(body: bytes) -> str | None:
 
 def _is_json(scope: Scope) -> bool:
     """A JSON body to check here. A compressed one sent to the OTLP route (exporters gzip
-    theirs) is checked by that route once inflated (usage/otlp.py, with check_json too);
+    theirs) is checked by that route once inflated (ledger/otlp.py, with check_json too);
     on every other route a compressed body is checked as it is, and so refused."""
     json_type = compressed = False
     for name, value in scope["headers"]:

@@ -23,8 +23,8 @@ from tokenledger.licenses.models import License, LicenseTerms
 from tokenledger.licenses.service import terms_in_force
 from tokenledger.money import credits_for_cost, format_credits, format_usd
 from tokenledger.organizations.models import Organization
+from tokenledger.periods import month_bounds, month_of
 from tokenledger.usage.models import LicenseUsage, UsageDaily
-from tokenledger.usage.periods import month_bounds, month_of
 
 FORECAST_DAYS = 7
 

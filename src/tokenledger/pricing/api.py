@@ -11,10 +11,10 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session as OrmSession
 
 from tokenledger.deps import Admin, AppSettings, Now, Session, Viewer
+from tokenledger.ledger.reprice import Selection, reprice
 from tokenledger.pricing import overrides
 from tokenledger.schemas import InputModel, PathText
 from tokenledger.usage.models import INCOMPLETE_PRICING, UsageEvent, UsagePrice
-from tokenledger.usage.reprice import Selection, reprice
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
 

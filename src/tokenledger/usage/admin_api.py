@@ -13,9 +13,9 @@ from tokenledger.licenses import service as licenses
 from tokenledger.licenses.budget import change_budget
 from tokenledger.licenses.schemas import BudgetUpdate
 from tokenledger.organizations import service as organizations
+from tokenledger.periods import month_of
 from tokenledger.usage import export, queries
 from tokenledger.usage.export import ClosingStreamingResponse
-from tokenledger.usage.periods import month_of
 
 router = APIRouter(tags=["token-usage"])
 

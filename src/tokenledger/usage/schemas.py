@@ -94,7 +94,7 @@ class UsageEventIn(InputModel):
     id: StrictStr = Field(min_length=1, max_length=128, pattern=_PRINTABLE)
     organization: OrganizationRef | None = None
     timestamp: Timestamp | None = None
-    # Inferred from the model when not given (usage/providers.py).
+    # Inferred from the model when not given (ledger/providers.py).
     provider: StrictStr | None = Field(
         default=None, min_length=1, max_length=64, pattern=_PRINTABLE
     )

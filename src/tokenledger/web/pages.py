@@ -29,8 +29,8 @@ from tokenledger.money import format_usd, nano_to_usd, percent
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.schemas import OrganizationCreate, OrganizationUpdate
+from tokenledger.periods import month_bounds, month_of
 from tokenledger.usage import queries
-from tokenledger.usage.periods import month_bounds, month_of
 from tokenledger.web import forms
 from tokenledger.web.charts import bar_chart, meters
 from tokenledger.web.common import (

@@ -23,14 +23,14 @@ from tokenledger.alerts import service as alerts
 from tokenledger.audit import service as audit
 from tokenledger.config import Settings
 from tokenledger.errors import DomainError
+from tokenledger.ledger import providers
+from tokenledger.ledger.ingest import assign_price_ids, price_fields, price_fingerprint
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import License
 from tokenledger.money import credits_for_cost, format_credits, format_usd
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing.engine import PriceBook, TokenUsage, UsageError
 from tokenledger.pricing.overrides import price_book
-from tokenledger.usage import providers
-from tokenledger.usage.ingest import assign_price_ids, price_fields, price_fingerprint
 from tokenledger.usage.models import (
     INCOMPLETE_PRICING,
     LicenseUsage,

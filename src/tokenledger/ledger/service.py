@@ -1,7 +1,7 @@
 """The unit of work of usage ingestion: events, rollups, holds, alerts and budget states.
 
 `record_usage` is the whole write of a group of ingest requests, in the caller's one
-transaction: the group commit (usage/writer.py) runs it for every request that arrived
+transaction: the group commit (ledger/writer.py) runs it for every request that arrived
 while the previous group was being written; demo data and tests run it for one batch.
 """
 
@@ -19,11 +19,11 @@ from tokenledger.auth.models import ApiKey
 from tokenledger.budgets import service as budgets
 from tokenledger.config import Settings
 from tokenledger.errors import DomainError
+from tokenledger.ledger import ingest
+from tokenledger.ledger.ingest import IngestOutcome, PreparedBatch
 from tokenledger.licenses import service as licenses
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing.overrides import price_book
-from tokenledger.usage import ingest
-from tokenledger.usage.ingest import IngestOutcome, PreparedBatch
 from tokenledger.usage.schemas import UsageBatch
 
 

@@ -47,9 +47,9 @@ from pydantic import ValidationError
 
 from tokenledger.deps import AppSettings, IngestKey, Now, Session
 from tokenledger.errors import DomainError
+from tokenledger.ledger.api import record_usage
+from tokenledger.ledger.ingest import MAX_FUTURE
 from tokenledger.middleware import check_json
-from tokenledger.usage.api import record_usage
-from tokenledger.usage.ingest import MAX_FUTURE
 from tokenledger.usage.schemas import UsageBatch, UsageEventIn
 
 router = APIRouter(tags=["ingestion"])

@@ -28,12 +28,13 @@ from tokenledger.config import Settings
 from tokenledger.db import MAX_ROW_ID, execute_rows, insert_for, to_micros
 from tokenledger.errors import DomainError
 from tokenledger.hot import OrgRef
+from tokenledger.ledger import providers
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import LicenseTerms
 from tokenledger.money import credits_for_cost, format_credits, format_usd, usd_to_nano
 from tokenledger.organizations.models import Organization
+from tokenledger.periods import day_of, month_of
 from tokenledger.pricing.engine import PriceBook, PriceQuote, UsageError
-from tokenledger.usage import providers
 from tokenledger.usage.models import (
     INCOMPLETE_PRICING,
     LICENSE_USAGE_FIELDS,
@@ -44,7 +45,6 @@ from tokenledger.usage.models import (
     UsageEvent,
     UsagePrice,
 )
-from tokenledger.usage.periods import day_of, month_of
 from tokenledger.usage.schemas import UsageBatch, UsageEventIn
 
 MAX_FUTURE = timedelta(minutes=5)
