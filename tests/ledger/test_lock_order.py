@@ -12,13 +12,17 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from sqlalchemy import func, select, text
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection, func, select, text
+from sqlalchemy.orm import Session
 
 from tests.conftest import NOW, FixedClock, serving
-from tests.ledger.conftest import LICENSE, Tenant, usage_event
+from tests.ledger.conftest import LICENSE, Tenant, usage_event, wait_until_blocked
 from tokenledger.app import create_app
+from tokenledger.audit.models import AuditEntry
 from tokenledger.config import Settings
 from tokenledger.db import Database
+from tokenledger.licenses.models import License
 from tokenledger.usage.models import UsageEvent
 from tokenledger.usage.reconcile import reconcile
 
@@ -146,3 +150,84 @@ def _deadlocks(database: Database) -> int:
             text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
         ).scalar()
     return int(count or 0)
+
+
+def _lock_row(connection: Connection, table: str, row_id: int) -> None:
+    connection.execute(text(f"SELECT id FROM {table} WHERE id = :id FOR UPDATE"), {"id": row_id})
+
+
+def test_a_transaction_that_loses_a_deadlock_is_run_again(
+    database: Database, make_tenant: Callable[..., Tenant]
+) -> None:
+    first, second = make_tenant(LICENSE), make_tenant(LICENSE)
+    attempts: list[int] = []
+    work_holds_first = threading.Event()
+    other_holds_second = threading.Event()
+
+    def work(session: Session) -> int:
+        attempts.append(1)
+        _lock_row(session.connection(), "organizations", first.org_id)
+        if len(attempts) == 1:
+            work_holds_first.set()
+            other_holds_second.wait(10)
+        _lock_row(session.connection(), "organizations", second.org_id)
+        return len(attempts)
+
+    def other() -> None:
+        # The reverse order; it waits second, so PostgreSQL picks `work` as the victim.
+        with database.engine.connect() as connection, connection.begin():
+            work_holds_first.wait(10)
+            _lock_row(connection, "organizations", second.org_id)
+            other_holds_second.set()
+            time.sleep(0.3)
+            _lock_row(connection, "organizations", first.org_id)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert database.run_write(work) == 2  # lost once, then committed
+    thread.join(timeout=30)
+
+
+def test_a_request_that_loses_a_deadlock_is_served_again(
+    client: TestClient,
+    database: Database,
+    make_tenant: Callable[..., Tenant],
+    admin_headers: dict[str, str],
+) -> None:
+    """A budget PUT locks the organization, then the license; a transaction of another
+    program holding the license and then taking the organization deadlocks with it. The
+    request is served again (RetryConflicts) and answers 200, its change stored once."""
+    tenant = make_tenant(LICENSE)
+    answer: list[int] = []
+    connection = database.engine.connect()
+    transaction = connection.begin()
+    try:
+        _lock_row(connection, "licenses", tenant.license_id)
+
+        def put() -> None:
+            response = client.put(
+                f"/api/token-usage/budget/{tenant.license_id}",
+                json={"token_budget_usd": "123"},
+                headers=admin_headers,
+            )
+            answer.append(response.status_code)
+
+        thread = threading.Thread(target=put)
+        thread.start()
+        wait_until_blocked(database)  # the PUT holds the organization, waits for the license
+        _lock_row(connection, "organizations", tenant.org_id)  # the cycle: the PUT loses
+        transaction.commit()
+    finally:
+        connection.close()
+    thread.join(timeout=60)
+    assert answer == [200]
+    with database.session(write=False) as session:
+        budget = session.scalar(
+            select(License.token_budget_nano).where(License.id == tenant.license_id)
+        )
+        updates = session.scalar(
+            select(func.count())
+            .select_from(AuditEntry)
+            .where(AuditEntry.action == "license.budget_update")
+        )
+    assert (budget, updates) == (123 * 10**9, 1)
