@@ -26,7 +26,7 @@ from tokenledger.ledger.api import router as usage_router
 from tokenledger.ledger.otlp import router as otlp_router
 from tokenledger.ledger.writer import UsageWriter
 from tokenledger.licenses.api import router as licenses_router
-from tokenledger.middleware import SecurityHeaders, StrictJson
+from tokenledger.middleware import RetryConflicts, SecurityHeaders, StrictJson
 from tokenledger.openapi import install_openapi
 from tokenledger.ops import BodyLimit, Metrics, install_metrics
 from tokenledger.ops import router as ops_router
@@ -101,6 +101,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
     # The buckets refill by the real monotonic clock, not the app's: a rate is real time.
     app.state.ingest_limiter = RateLimiter(Rate.parse(rate)) if rate else None
     install_error_handlers(app)
+    # Innermost: a request that lost a lock conflict is served again from its route.
+    app.add_middleware(RetryConflicts)
     app.add_middleware(StrictJson)  # inside the body cap: it reads whole bodies
     # Added first, so it runs inside the metrics middleware: 413s are counted too.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from tokenledger.config import Settings, get_settings
-from tokenledger.db import Database
+from tokenledger.db import Database, retrying
 from tokenledger.errors import DomainError
 from tokenledger.migrations import runner
 
@@ -374,17 +374,19 @@ def cmd_reprice(args: argparse.Namespace, settings: Settings) -> int:
     from tokenledger.ledger.reprice import Selection, reprice
 
     database = _database(settings)
-    _require_migrated(database)
-    selection = Selection(
-        unpriced=args.unpriced,
-        provider=args.provider,
-        model=args.model,
-        start=args.start,
-        end=args.end,
-    )
-    with database.session(write=not args.dry_run) as session:
+    try:
+        _require_migrated(database)
+        selection = Selection(
+            unpriced=args.unpriced,
+            provider=args.provider,
+            model=args.model,
+            start=args.start,
+            end=args.end,
+        )
+        # In chunks, each its own transaction (retried when it loses a deadlock): a run
+        # cut short is finished by running it again.
         outcome = reprice(
-            session,
+            database,
             selection,
             settings=settings,
             now=utcnow(),
@@ -392,6 +394,8 @@ def cmd_reprice(args: argparse.Namespace, settings: Settings) -> int:
             actor="cli",
             client_address=None,
         ).render()
+    finally:
+        database.dispose()
     head = "dry run, nothing changed: " if args.dry_run else ""
     print(
         f"{head}{outcome['changed']} of {outcome['examined']} events of {outcome['selection']} "
@@ -558,7 +562,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     try:
-        return handler(args, settings)
+        # A command whose transaction lost a deadlock (PostgreSQL, a server writing
+        # meanwhile) runs again: its transaction was rolled back whole.
+        return retrying(lambda: handler(args, settings))
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         print(f"tokenledger: database unreachable: {reason}", file=sys.stderr)

@@ -5,7 +5,9 @@ Plain ASGI middleware (not BaseHTTPMiddleware), so streamed responses pass untou
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -14,10 +16,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokenledger.db import RETRY_ATTEMPTS, is_retryable, retry_pause
 from tokenledger.errors import error_body
+
+log = logging.getLogger("tokenledger.http")
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 INFLATING_ROUTE = "/v1/traces"
+# Routes whose request may have had effects outside the database (a provider's call).
+NOT_RETRIED_PREFIX = "/gateway/"
 # Where StrictJson leaves the body it parsed, in the request's scope.
 PARSED_JSON = "tokenledger.parsed_json"
 
@@ -158,6 +165,46 @@ def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
         return {"type": "http.disconnect"}
 
     return receive
+
+
+class RetryConflicts:
+    """A request whose transaction lost a deadlock or serialization conflict (PostgreSQL,
+    SQLSTATE 40P01 / 40001) is served again from the start, a few times after a random
+    pause, instead of answering 500: its transaction was rolled back whole, so nothing of
+    it is stored. The body is kept to be read again (BodyLimit bounds it). Not once the
+    answer has begun, and never the gateway's routes, which have called a provider.
+    """
+
+    def __init__(self, app: ASGIApp, attempts: int = RETRY_ATTEMPTS) -> None:
+        self.app = app
+        self.attempts = attempts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(NOT_RETRIED_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        for attempt in range(self.attempts):
+            try:
+                await self.app(scope, _replay(list(messages), receive), watched_send)
+                return
+            except Exception as exc:
+                if started or attempt + 1 >= self.attempts or not is_retryable(exc):
+                    raise
+                log.info("%s %s lost a lock conflict; served again", scope["method"], scope["path"])
+            await asyncio.sleep(retry_pause(attempt))
 
 
 # Pages and the docs load their scripts and styles as files from this server; nothing

@@ -22,6 +22,7 @@ from tokenledger.errors import DomainError, not_found
 from tokenledger.licenses.models import License, LicenseTerms
 from tokenledger.licenses.service import terms_in_force
 from tokenledger.money import credits_for_cost, format_credits, format_usd
+from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.periods import month_bounds, month_of
 from tokenledger.usage.models import LicenseUsage, UsageDaily
@@ -415,6 +416,7 @@ def create_reservation(
     The governing license's row is locked first, so concurrent holds are checked one
     after another and can never together exceed what remains.
     """
+    organizations.lock(session, [org.id])
     licenses = list(
         session.scalars(
             select(License)
@@ -465,7 +467,18 @@ def create_reservation(
 def release_reservation(
     session: Session, reservation_id: str, org_id: int | None, now: datetime
 ) -> Reservation:
-    query = select(Reservation).where(Reservation.id == reservation_id).with_for_update()
+    # Its organization first (db.py's lock order), then the hold, as ingestion settles it.
+    owner = session.scalar(
+        select(Reservation.organization_id).where(Reservation.id == reservation_id)
+    )
+    if owner is not None:
+        organizations.lock(session, [owner])
+    query = (
+        select(Reservation)
+        .where(Reservation.id == reservation_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     reservation = session.scalar(query)
     if reservation is None or (org_id is not None and reservation.organization_id != org_id):
         raise not_found("reservation", reservation_id)

@@ -301,8 +301,12 @@ def _claim(
             row = item.row
             lic = licenses.in_force_at(candidates.get(item.org.id, []), row["timestamp"])
             row["license_id"] = lic.id if lic else None
-            if lic is not None and row["cost_nano"] is not None:
-                row["credits_micro"] = credits_for_cost(row["cost_nano"], lic.cost_per_credit_nano)
+            # Set either way: a group written again after a lost deadlock claims anew.
+            row["credits_micro"] = (
+                credits_for_cost(row["cost_nano"], lic.cost_per_credit_nano)
+                if lic is not None and row["cost_nano"] is not None
+                else None
+            )
             rows.append(row)
             results[item.index] = _result(item, "created", row)
             continue
