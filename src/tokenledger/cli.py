@@ -23,6 +23,7 @@ from tokenledger.config import Settings, get_settings
 from tokenledger.db import Database
 from tokenledger.errors import DomainError
 from tokenledger.migrations import runner
+from tokenledger.schemas import check_instant
 
 
 class CliError(Exception):
@@ -419,7 +420,10 @@ def _instant(text: str) -> datetime:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from exc
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        return check_instant(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
 
 
 def _pair(text: str, option: str) -> tuple[str, str]:

@@ -29,6 +29,7 @@ from tokenledger.money import format_usd, nano_to_usd, percent
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.schemas import OrganizationCreate, OrganizationUpdate
+from tokenledger.schemas import MONTH_PATTERN
 from tokenledger.usage import queries
 from tokenledger.usage.periods import month_bounds, month_of
 from tokenledger.web import forms
@@ -46,7 +47,7 @@ from tokenledger.web.i18n import N_
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
-Month = Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+Month = Annotated[str | None, Query(pattern=MONTH_PATTERN)]
 
 STATE_LABELS = {
     "ok": N_("OK"),
