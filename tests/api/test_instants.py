@@ -143,9 +143,10 @@ def test_months_outside_the_range_are_refused(client, database, admin_headers, m
     page = client.get(f"/organizations/{tenant.org_id}/usage", params={"month": month})
     assert page.status_code in {400, 422}, _codes(page)
     assert page.headers["content-type"].startswith("text/html")
-    assert client.get(
-        f"/organizations/{tenant.org_id}/usage", params={"month": "1970-01"}
-    ).status_code == 200
+    assert (
+        client.get(f"/organizations/{tenant.org_id}/usage", params={"month": "1970-01"}).status_code
+        == 200
+    )
 
 
 def test_the_schema_states_the_range(client):
