@@ -45,14 +45,24 @@ def _refuse_constant(name: str) -> Any:
 NUL_MESSAGE = "text must not contain NUL (U+0000)"
 
 
-def _holds_nul(value: Any) -> bool:
+def _nul_at(value: Any, path: str = "") -> str | None:
+    """Where the first NUL in a JSON document is (events[1].id), or None."""
     if isinstance(value, str):
-        return "\x00" in value
+        return path or "body" if "\x00" in value else None
     if isinstance(value, dict):
-        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(item) for item in value)
-    return False
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return where
+            found = _nul_at(item, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_at(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def strict_json(body: bytes) -> Any:
@@ -77,8 +87,8 @@ def strict_json(body: bytes) -> Any:
     # JSON can only say NUL as the escape \u0000 (a raw control character in a string is
     # invalid): one search of the bytes, and a walk of the document only when it is there
     # (it may be an escaped backslash before "u0000").
-    if b"\\u0000" in body and _holds_nul(document):
-        raise ValueError(NUL_MESSAGE)
+    if b"\\u0000" in body and (where := _nul_at(document)) is not None:
+        raise ValueError(f"{where!r}: {NUL_MESSAGE}")
     return document
 
 
