@@ -89,6 +89,15 @@ Instant = Annotated[
     Field(description=f"RFC 3339 date-time with an offset, {INSTANT_RANGE}"),
 ]
 
+# The rules of an organization reference, which the schema cannot express alone.
+ORGANIZATION_RULE = (
+    "The organization's slug or id. Required with a service key (one of no organization); "
+    "with an organization's own key it may be left out, and if given must be that "
+    "organization (else 403)."
+)
+# The rule between the two ends of a range.
+RANGE_RULE = "'to' must be after 'from' (422 otherwise)."
+
 MAX_JSON_DEPTH = 16
 
 

@@ -39,10 +39,15 @@ WarningPercent = Annotated[int, Field(ge=1, le=100, strict=True)]
 
 
 class LicenseCreate(InputModel):
+    """A license of an existing organization (404 otherwise); at most one active license
+    per organization (a second is a 409)."""
+
     organization_id: Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
     status: LicenseStatus = "active"
-    valid_from: Instant | None = None
-    valid_until: Instant | None = None
+    valid_from: Instant | None = Field(default=None, description="default: now")
+    valid_until: Instant | None = Field(
+        default=None, description="after valid_from (422 otherwise); default: open-ended"
+    )
     credits_total: Credits
     cost_per_credit: PricePerCredit
     token_budget_usd: UsdAmount | None = None

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session as OrmSession
 
 from tokenledger.deps import Admin, AppSettings, Now, Session, Viewer
 from tokenledger.pricing import overrides
-from tokenledger.schemas import INSTANT_RANGE, InputModel, Instant, PathText, Text
+from tokenledger.schemas import INSTANT_RANGE, RANGE_RULE, InputModel, Instant, PathText, Text
 from tokenledger.usage.models import INCOMPLETE_PRICING, UsageEvent, UsagePrice
 from tokenledger.usage.reprice import Selection, reprice
 
@@ -45,7 +45,8 @@ class OverrideSet(InputModel):
         description=f"first event timestamp it prices; default: now; {INSTANT_RANGE}",
     )
     valid_until: Instant | None = Field(
-        default=None, description=f"end, exclusive; {INSTANT_RANGE}"
+        default=None,
+        description=f"end, exclusive; after valid_from (422 otherwise); {INSTANT_RANGE}",
     )
     tiers: list[OverrideTier] | None = Field(default=None, max_length=8)
     units: dict[Annotated[str, Field(max_length=64)], StrictStr | StrictInt] | None = Field(
@@ -170,13 +171,16 @@ def unpriced_models(session: OrmSession) -> list[UnpricedModel]:
 
 
 class RepriceIn(InputModel):
-    """Either the unpriced events, or one model's events in [from, to)."""
+    """Either the unpriced events (`unpriced: true`), or one model's events in [from, to):
+    `model`, `from` and `to` together, 'to' after 'from'; not both (422 otherwise)."""
 
     unpriced: bool = False
     provider: Text | None = Field(default=None, min_length=1, max_length=64)
-    model: Text | None = Field(default=None, min_length=1, max_length=128)
-    from_: Instant | None = Field(default=None, alias="from")
-    to: Instant | None = None
+    model: Text | None = Field(
+        default=None, min_length=1, max_length=128, description="with from and to"
+    )
+    from_: Instant | None = Field(default=None, alias="from", description="with model and to")
+    to: Instant | None = Field(default=None, description=f"with model and from; {RANGE_RULE}")
     dry_run: bool = False
 
 

@@ -13,7 +13,7 @@ from tokenledger.licenses import service as licenses
 from tokenledger.licenses.budget import change_budget
 from tokenledger.licenses.schemas import BudgetUpdate
 from tokenledger.organizations import service as organizations
-from tokenledger.schemas import MONTH_PATTERN, Instant
+from tokenledger.schemas import MONTH_PATTERN, RANGE_RULE, Instant
 from tokenledger.usage import export, queries
 from tokenledger.usage.export import ClosingStreamingResponse
 from tokenledger.usage.periods import month_of
@@ -99,8 +99,8 @@ def export_events(
     request: Request,
     session: Session,
     _viewer: Viewer,
-    start: Annotated[Instant, Query(alias="from")],
-    end: Annotated[Instant, Query(alias="to")],
+    start: Annotated[Instant, Query(alias="from", description=f"first instant; {RANGE_RULE}")],
+    end: Annotated[Instant, Query(alias="to", description=f"end, exclusive; {RANGE_RULE}")],
 ) -> ClosingStreamingResponse:
     org = organizations.get(session, org_id)
     if end <= start:

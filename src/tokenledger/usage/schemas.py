@@ -71,8 +71,17 @@ class CacheCreation(InputModel):
 
 class UsageEventIn(InputModel):
     id: StrictStr = Field(min_length=1, max_length=128, pattern=_PRINTABLE)
-    organization: OrganizationRef | None = None
-    timestamp: Timestamp | None = None
+    organization: OrganizationRef | None = Field(
+        default=None, description=schemas.ORGANIZATION_RULE
+    )
+    timestamp: Timestamp | None = Field(
+        default=None,
+        description=(
+            "RFC 3339 with an offset, default the time of receipt; at most 5 minutes in the "
+            "future, and a new event no older than TOKENLEDGER_BACKFILL_MAX_AGE_DAYS (400 "
+            f"days by default), 422 otherwise; always {schemas.INSTANT_RANGE}"
+        ),
+    )
     # Inferred from the model when not given (usage/providers.py).
     provider: StrictStr | None = Field(
         default=None, min_length=1, max_length=64, pattern=_PRINTABLE
@@ -261,7 +270,9 @@ class UsageResponse(BaseModel):
 
 
 class RefreshIn(InputModel):
-    organization: OrganizationRef | None = None
+    organization: OrganizationRef | None = Field(
+        default=None, description=schemas.ORGANIZATION_RULE
+    )
     status: Literal["running", "completed", "failed"]
     started_at: Timestamp | None = None
     finished_at: Timestamp | None = None
