@@ -21,7 +21,7 @@ from tokenledger.budgets.models import Reservation
 from tokenledger.errors import DomainError, not_found
 from tokenledger.licenses.models import License, LicenseTerms
 from tokenledger.licenses.service import terms_in_force
-from tokenledger.money import credits_for_cost, format_credits, format_usd
+from tokenledger.money import INT64_MAX, credits_for_cost, format_credits, format_usd
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.periods import month_bounds, month_of
@@ -434,6 +434,14 @@ def create_reservation(
         raise DomainError(402, "license_suspended", "the organization's license is suspended")
     if lic is not None:
         fig = figures_for(session, [lic], tz, now)[lic.id]
+        if fig.reserved_nano + amount_nano > INT64_MAX:
+            # Soft enforcement holds past what remains; their sum still has to fit.
+            raise DomainError(
+                409,
+                "ledger_limit",
+                f"the license's holds would pass {INT64_MAX} nano-USD, the largest sum the "
+                "ledger keeps: release some first",
+            )
         remaining = fig.remaining_nano()
         # Once exhausted nothing more is held, not even an empty hold.
         exhausted = fig.state() == "exhausted"

@@ -30,6 +30,7 @@ from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.schemas import OrganizationCreate, OrganizationUpdate
 from tokenledger.periods import month_bounds, month_of
+from tokenledger.schemas import MONTH_PATTERN
 from tokenledger.usage import queries
 from tokenledger.web import forms
 from tokenledger.web.charts import bar_chart, meters
@@ -46,7 +47,7 @@ from tokenledger.web.i18n import N_
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
-Month = Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+Month = Annotated[str | None, Query(pattern=MONTH_PATTERN)]
 
 STATE_LABELS = {
     "ok": N_("OK"),
