@@ -193,8 +193,9 @@ def test_each_consumption_bar_names_the_period_it_counts(admin_browser, make_ten
     for path in ("", "/usage"):
         html = admin_browser.get(f"/organizations/{tenant.org_id}{path}").text
         periods = _bar_periods(html)
-        assert periods["Credits"] == "Oct 10, 2026 – Apr 9, 2027 · UTC · ends in 5 months"
-        assert periods["USD budget"] == "Nov 1 – 30, 2026 · UTC · resets in 2 weeks"
+        # Babel's intervals join with an en dash.
+        assert periods["Credits"] == "Oct 10, 2026 \u2013 Apr 9, 2027 · UTC · ends in 5 months"
+        assert periods["USD budget"] == "Nov 1 \u2013 30, 2026 · UTC · resets in 2 weeks"
 
 
 def _bar_periods(html: str) -> dict[str, str]:

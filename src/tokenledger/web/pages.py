@@ -6,7 +6,7 @@ licenses, alerts); these routes only parse, call and render.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
