@@ -3,12 +3,14 @@ across the October/November boundary, B with figures that must never show for A.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from tests.admin.conftest import Tenant, event, ingest, make_tenant, service_key  # noqa: F401
 from tests.conftest import FixedClock, make_settings
@@ -98,3 +100,10 @@ def pair(client: Any, make_tenant: Any) -> Pair:  # noqa: F811
 def assert_nothing_of_b(text: str) -> None:
     for marker in B_MARKERS:
         assert marker not in text, f"{marker!r} of organization B in: {text[:400]}"
+
+
+@pytest.fixture
+def web(app: Any) -> Iterator[TestClient]:
+    """A client that does not follow redirects, for the admin pages' forms."""
+    with TestClient(app, follow_redirects=False) as client:
+        yield client
