@@ -9,15 +9,17 @@ is left out: null in the summary, absent from the rows.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from tokenledger.budgets.service import budget_states
+from tokenledger.budgets.service import OrgLike, Reader, budget_states
 from tokenledger.config import Settings
 from tokenledger.errors import DomainError
-from tokenledger.licenses.models import License
+from tokenledger.licenses.models import LicenseTerms
+from tokenledger.licenses.service import terms_in_force
 from tokenledger.organizations.models import Organization
 from tokenledger.usage import queries
 from tokenledger.usage.export import COLUMNS
@@ -50,13 +52,23 @@ def _rows(rows: list[dict[str, Any]], show_usd: bool) -> list[dict[str, Any]]:
 
 
 def summary(
-    session: Session, org: Organization, settings: Settings, now: datetime
+    reader: Reader,
+    org: OrgLike,
+    settings: Settings,
+    now: datetime,
+    licenses: Mapping[int, Sequence[LicenseTerms]] | None = None,
 ) -> dict[str, Any]:
     """The current period's credits and budget: the budget state /api/v1/budget gives (with
-    its forecast), and the bounds of the period each limit is counted in."""
+    its forecast), and the bounds of the period each limit is counted in.
+
+    `licenses`: the organization's active and suspended licenses (newest first) when the
+    caller has them in memory, as for budget_states.
+    """
     tz = settings.timezone
-    state = budget_states(session, [org], tz, now, forecast=True)[0]
-    lic = session.get(License, state["license_id"]) if state["license_id"] else None
+    if licenses is None:
+        licenses = terms_in_force(reader, [org.id])
+    state = budget_states(reader, [org], tz, now, forecast=True, licenses=licenses)[0]
+    lic = next((one for one in licenses.get(org.id, ()) if one.id == state["license_id"]), None)
     start = end = None
     if lic is not None:
         if lic.budget_period == "monthly":
@@ -66,7 +78,6 @@ def summary(
     forecast = state["forecast"]
     result: dict[str, Any] = {
         "organization": org.slug,
-        "organization_name": org.name,
         "timezone": settings.billing_timezone,
         "state": state["state"],
         "allowed": state["allowed"],
