@@ -265,20 +265,41 @@ class RetryConflicts:
 
 # Pages and the docs load their scripts and styles as files from this server; nothing
 # inline, nothing from elsewhere, never inside a frame.
-CONTENT_SECURITY_POLICY = "; ".join(
-    (
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data:",
-        "font-src 'self'",
-        "connect-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
+def content_security_policy(frame_ancestors: str = "'none'") -> str:
+    return "; ".join(
+        (
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            "font-src 'self'",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            f"frame-ancestors {frame_ancestors}",
+        )
     )
-)
+
+
+CONTENT_SECURITY_POLICY = content_security_policy()
+# The tenant portal (/portal/...): the same policy, but framed by the origins the operator
+# lists (TOKENLEDGER_PORTAL_FRAME_ANCESTORS); its token is in the address, so no referrer.
+PORTAL_PREFIX = "/portal/"
+
+
+def portal_headers(frame_origins: list[str]) -> dict[str, str]:
+    headers = {
+        **SECURITY_HEADERS,
+        "referrer-policy": "no-referrer",
+        "content-security-policy": content_security_policy(" ".join(frame_origins) or "'none'"),
+    }
+    if frame_origins:
+        # X-Frame-Options cannot name origins; frame-ancestors alone decides.
+        del headers["x-frame-options"]
+    return headers
+
+
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
     "referrer-policy": "same-origin",
@@ -301,17 +322,27 @@ def security_headers(path: str) -> dict[str, str]:
 class SecurityHeaders:
     """Adds security_headers() to every response that does not set them itself."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, portal_frame_origins: list[str] | None = None) -> None:
         self.app = app
+        self.portal = [
+            (name.encode(), value.encode())
+            for name, value in {
+                **portal_headers(portal_frame_origins or []),
+                **NO_STORE,
+            }.items()
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = [
-            (name.encode(), value.encode())
-            for name, value in security_headers(scope["path"]).items()
-        ]
+        if scope["path"].startswith(PORTAL_PREFIX):
+            extra = self.portal
+        else:
+            extra = [
+                (name.encode(), value.encode())
+                for name, value in security_headers(scope["path"]).items()
+            ]
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
