@@ -33,6 +33,7 @@ from tokenledger.ops import router as ops_router
 from tokenledger.organizations.api import router as organizations_router
 from tokenledger.portal.api import router as portal_router
 from tokenledger.pricing.api import router as pricing_router
+from tokenledger.provider_reports.api import router as provider_reports_router
 from tokenledger.ratelimit import Rate, RateLimiter
 from tokenledger.usage.admin_api import router as token_usage_router
 from tokenledger.usage.tenant_api import router as tenant_router
@@ -76,7 +77,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
                 lease_seconds=settings.webhook_lease_seconds,
             )
             worker.start()
+        provider_sync = None
+        if settings.provider_sync_interval_minutes:
+            from tokenledger.provider_reports.worker import ProviderSyncWorker
+
+            provider_sync = ProviderSyncWorker(database, settings)
+            provider_sync.start()
         yield
+        if provider_sync is not None:
+            provider_sync.stop()
         if worker is not None:
             worker.stop()
         app.state.usage_writer.stop()
@@ -128,6 +137,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
         otlp_router,
         tenant_router,
         portal_router,
+        provider_reports_router,
     ):
         app.include_router(router)
     install_web(app)

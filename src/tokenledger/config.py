@@ -8,11 +8,12 @@ import os
 import re
 import secrets
 import tempfile
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./data/tokenledger.db"
@@ -67,6 +68,16 @@ class Settings(BaseSettings):
     # Whether the portal and the tenant API show USD (provider cost, the USD budget) or
     # only credits and tokens: an operator who sells credits may keep its margin private.
     tenant_show_usd: bool = True
+    # Upstream addresses of the providers (the gateway's too).
+    anthropic_base_url: str = "https://api.anthropic.com"
+    openai_base_url: str = "https://api.openai.com/v1"
+    # Provider reports: admin keys (never logged or shown), the periodic sync (minutes
+    # between syncs, 0: off), how many recent UTC days it syncs, and the drift that alerts.
+    anthropic_admin_key: SecretStr | None = None
+    openai_admin_key: SecretStr | None = None
+    provider_sync_interval_minutes: int = Field(default=0, ge=0, le=7 * 24 * 60)
+    provider_sync_days: int = Field(default=3, ge=1, le=31)
+    provider_drift_alert_percent: Decimal = Field(default=Decimal(2), ge=0, le=1000)
 
     @field_validator("billing_timezone")
     @classmethod

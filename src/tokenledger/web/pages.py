@@ -75,6 +75,7 @@ ALERT_LABELS = {
     "credits.warning": N_("Credits warning"),
     "credits.exhausted": N_("Credits exhausted"),
     "budget.forecast": N_("Budget forecast"),
+    "provider.drift": N_("Provider bill drift"),
 }
 DELIVERY_LABELS = {
     "pending": N_("Pending"),
@@ -123,7 +124,9 @@ def dashboard(page: ViewerPage, session: DbSession) -> Response:
     )
     recent, _total = alerts.list_alerts(session, None, None, 8, 0)
     deliveries = alerts.deliveries_of(session, [alert.id for alert in recent])
-    names = _org_names(session, {alert.organization_id for alert in recent})
+    names = _org_names(
+        session, {alert.organization_id for alert in recent if alert.organization_id is not None}
+    )
     return render(
         page,
         "dashboard.html",
