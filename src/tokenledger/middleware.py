@@ -72,18 +72,16 @@ def check_json(body: bytes) -> str | None:
 
 
 def _is_json(scope: Scope) -> bool:
-    """A JSON body to check here. A compressed one sent to the OTLP route (exporters gzip
-    theirs) is checked by that route once inflated (usage/otlp.py, with check_json too);
-    on every other route a compressed body is checked as it is, and so refused."""
-    json_type = compressed = False
+    """A JSON body to check here. The OTLP route checks its own (usage/otlp.py, with
+    check_json too), once inflated (exporters gzip theirs), and answers in OTLP's error
+    shape; on every other route a compressed body is checked as it is, and so refused."""
+    if scope.get("path") == INFLATING_ROUTE:
+        return False
+    json_type = False
     for name, value in scope["headers"]:
         if name == b"content-type":
             media_type: bytes = value.split(b";", 1)[0].strip().lower()
             json_type = media_type == b"application/json" or media_type.endswith(b"+json")
-        elif name == b"content-encoding":
-            compressed = value.strip().lower() not in (b"", b"identity")
-    if compressed and scope.get("path") == INFLATING_ROUTE:
-        return False
     return json_type
 
 
