@@ -228,11 +228,13 @@ async def export_traces(request: Request, key: UsageKey, now: Now) -> Response:
     for start in range(0, len(calls), EXPORT_CHUNK):
         chunk = calls[start : start + EXPORT_CHUNK]
         prepared = await run_in_threadpool(_prepare, request, chunk, key.organization_id, now)
-        if touch_key:
-            prepared.touch_key_id = key.key_id
-            touch_key = False
-        answer = await writer.write(prepared)
-        for index, why in answer.rejected:  # by prepare() and by the write
+        refused = prepared.rejected
+        if prepared.events:  # else nothing to write: the writer is not taken
+            if touch_key:
+                prepared.touch_key_id = key.key_id
+                touch_key = False
+            refused = (await writer.write(prepared)).rejected  # prepare()'s and the write's
+        for index, why in refused:
             rejected.add(f"span {chunk[index].span}: {_EVENT_PLACE.sub('', why)}")
     answer = ExportTraceServiceResponse()
     if rejected.count:
