@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -22,7 +20,6 @@ from tokenledger.errors import DomainError
 from tokenledger.hot import HotReads, OrgRef
 from tokenledger.ledger import ingest
 from tokenledger.ledger.refreshes import record_refresh
-from tokenledger.ledger.service import UsageAnswer, record_batch
 from tokenledger.ledger.writer import UsageWriter
 from tokenledger.middleware import ParsedJsonRoute
 from tokenledger.organizations import service as organizations
@@ -92,25 +89,6 @@ async def post_usage(request: Request, batch: UsageBatch, key: UsageKey, now: No
     # Built from plain values in the documented shape: validating a thousand results
     # again on the way out would cost more than the rest of the response.
     return JSONResponse(answer.body())
-
-
-def record_usage(
-    request: Request,
-    session: Session,
-    batch: UsageBatch,
-    key: IngestKey,
-    settings: AppSettings,
-    now: datetime,
-) -> UsageAnswer:
-    """One batch in the caller's own write session (POST /v1/traces): the same unit of work
-    as the group commit's, ledger.service.record_usage, for this one batch."""
-    answer = record_batch(
-        session, batch, key_org_id=key.organization_id, settings=settings, now=now
-    )
-    metrics = request.app.state.metrics
-    metrics.events.labels("created").inc(answer.created)
-    metrics.events.labels("duplicate").inc(answer.duplicates)
-    return answer
 
 
 @router.put("/refreshes/{refresh_id:path}")

@@ -7,7 +7,7 @@ while the previous group was being written; demo data and tests run it for one b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +35,8 @@ class UsageAnswer:
     budgets: list[dict[str, Any]]
     created: int
     duplicates: int
+    # Events a partial batch left out: (index in the batch, why).
+    rejected: list[tuple[int, str]] = field(default_factory=list)
 
     def body(self) -> dict[str, Any]:
         return {"results": self.results, "budgets": self.budgets}
@@ -110,6 +112,7 @@ def record_usage(
                 budgets=states,
                 created=outcome.created,
                 duplicates=outcome.duplicates,
+                rejected=outcome.rejected,
             )
         )
     return answers
