@@ -21,6 +21,8 @@ from tokenledger.budgets.api import router as budgets_router
 from tokenledger.config import Settings, get_settings
 from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import install_error_handlers
+from tokenledger.gateway.api import router as gateway_router
+from tokenledger.gateway.api import upstream_of
 from tokenledger.hot import HotReads
 from tokenledger.licenses.api import router as licenses_router
 from tokenledger.middleware import SecurityHeaders, StrictJson
@@ -77,6 +79,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
         yield
         if worker is not None:
             worker.stop()
+        await upstream_of(app).close()
         app.state.usage_writer.stop()
         database.dispose()
 
@@ -121,6 +124,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
         pricing_router,
         token_usage_router,
         otlp_router,
+        gateway_router,
     ):
         app.include_router(router)
     install_web(app)

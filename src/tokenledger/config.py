@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./data/tokenledger.db"
@@ -51,6 +51,18 @@ class Settings(BaseSettings):
     metrics_token: str = ""
     # /docs, /redoc and /openapi.json; an operator may turn them off in production.
     docs: bool = True
+    # The gateway (/gateway/...): each provider's key and address. A provider without a key
+    # answers 503. The keys are secrets: never logged, never echoed.
+    anthropic_api_key: SecretStr = SecretStr("")
+    anthropic_base_url: str = "https://api.anthropic.com"
+    openai_api_key: SecretStr = SecretStr("")
+    openai_base_url: str = "https://api.openai.com/v1"
+    # Seconds: to connect to the provider, for its answer to begin (the first byte), and
+    # between two events of a stream (idle). A whole call is bounded by gateway_max_call_seconds.
+    gateway_connect_timeout: float = Field(default=10, gt=0)
+    gateway_first_byte_timeout: float = Field(default=600, gt=0)
+    gateway_idle_timeout: float = Field(default=300, gt=0)
+    gateway_max_call_seconds: int = Field(default=3600, ge=1)
 
     @field_validator("billing_timezone")
     @classmethod

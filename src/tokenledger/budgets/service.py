@@ -410,16 +410,37 @@ def _days_after(now: datetime, days: Decimal) -> str:
 def create_reservation(
     session: Session, org: Organization, amount_nano: int, ttl_seconds: int, tz: Any, now: datetime
 ) -> tuple[Reservation, dict[str, Any]]:
+    """Hold an amount (hold's rules) and the organization's budget state after it."""
+    reservation = hold(session, org.id, amount_nano, ttl_seconds, tz, now)
+    state = budget_states(session, [org], tz, now)[0]
+    return reservation, state
+
+
+def hold(
+    session: Session,
+    organization_id: int,
+    amount_nano: int | None,
+    ttl_seconds: int,
+    tz: Any,
+    now: datetime,
+    *,
+    kind: str | None = None,
+    provider: str | None = None,
+    model: str | None = None,
+) -> Reservation:
     """Hold an amount; under hard enforcement only if it fits in what remains.
 
-    The governing license's row is locked first, so concurrent holds are checked one
-    after another and can never together exceed what remains.
+    The organization's license rows are locked first (PostgreSQL: FOR UPDATE, which every
+    writer of usage takes too; SQLite: the write transaction excludes other writers), so
+    concurrent holds are checked one after another and can never together exceed what
+    remains. amount_nano None: a cost that cannot be bounded (an unknown model), refused
+    under hard enforcement and held as 0 otherwise.
     """
     licenses = list(
         session.scalars(
             select(License)
             .where(
-                License.organization_id == org.id,
+                License.organization_id == organization_id,
                 License.status.in_(("active", "suspended")),
             )
             .order_by(License.id)
@@ -430,16 +451,18 @@ def create_reservation(
     lic, suspended = governing(sorted(licenses, key=lambda x: -x.id), now)
     if lic is None and suspended:
         raise DomainError(402, "license_suspended", "the organization's license is suspended")
-    if lic is not None:
+    if lic is not None and lic.enforcement == "hard":
+        if amount_nano is None:
+            raise DomainError(
+                402,
+                "unbounded_cost",
+                f"the cost of {model!r} cannot be bounded (no price), and the budget is hard",
+            )
         fig = figures_for(session, [lic], tz, now)[lic.id]
         remaining = fig.remaining_nano()
         # Once exhausted nothing more is held, not even an empty hold.
         exhausted = fig.state() == "exhausted"
-        if (
-            lic.enforcement == "hard"
-            and remaining is not None
-            and (exhausted or amount_nano > remaining)
-        ):
+        if remaining is not None and (exhausted or amount_nano > remaining):
             raise DomainError(
                 402,
                 "insufficient_budget",
@@ -449,17 +472,40 @@ def create_reservation(
             )
     reservation = Reservation(
         id="res_" + uuid.uuid4().hex,
-        organization_id=org.id,
+        organization_id=organization_id,
         license_id=lic.id if lic else None,
-        amount_nano=amount_nano,
+        amount_nano=amount_nano or 0,
         status="held",
         created_at=now,
         expires_at=now + timedelta(seconds=ttl_seconds),
+        kind=kind,
+        provider=provider,
+        model=model,
     )
     session.add(reservation)
     session.flush()
-    state = budget_states(session, [org], tz, now)[0]
-    return reservation, state
+    return reservation
+
+
+def interrupted_calls(
+    session: Session, now: datetime, organization_id: int | None = None, limit: int = 100
+) -> list[Reservation]:
+    """Gateway holds never settled nor released, whose call has outlived its longest
+    possible duration (the hold's expiry): calls whose gateway process was killed mid-call.
+    Newest first."""
+    query = (
+        select(Reservation)
+        .where(
+            Reservation.status == "held",
+            Reservation.kind == "gateway",
+            Reservation.expires_at <= now,
+        )
+        .order_by(Reservation.created_at.desc())
+        .limit(limit)
+    )
+    if organization_id is not None:
+        query = query.where(Reservation.organization_id == organization_id)
+    return list(session.scalars(query).all())
 
 
 def release_reservation(
