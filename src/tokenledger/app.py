@@ -21,6 +21,7 @@ from tokenledger.budgets.api import router as budgets_router
 from tokenledger.config import Settings, get_settings
 from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import install_error_handlers
+from tokenledger.gateway.admin import router as gateway_admin_router
 from tokenledger.gateway.api import router as gateway_router
 from tokenledger.gateway.api import upstream_of
 from tokenledger.hot import HotReads
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
         token_usage_router,
         otlp_router,
         gateway_router,
+        gateway_admin_router,
     ):
         app.include_router(router)
     install_web(app)

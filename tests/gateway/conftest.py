@@ -11,7 +11,12 @@ import pytest
 
 from tests.conftest import FixedClock, make_settings, serving
 from tests.factories import make_license, make_org
-from tests.gateway.upstream import UPSTREAM_ANTHROPIC_KEY, UPSTREAM_OPENAI_KEY, Fake, create_upstream
+from tests.gateway.upstream import (
+    UPSTREAM_ANTHROPIC_KEY,
+    UPSTREAM_OPENAI_KEY,
+    Fake,
+    create_upstream,
+)
 from tokenledger.app import create_app
 from tokenledger.auth.service import create_api_key
 from tokenledger.config import Settings

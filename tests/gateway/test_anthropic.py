@@ -60,7 +60,11 @@ def test_a_message_is_one_exact_event_settling_its_hold(gateway, make_tenant, da
     assert event["metadata"] == {"job": "digest"}
     (hold,) = holds(database, tenant.org_id)
     assert hold.id == event["reservation_id"]
-    assert (hold.status, hold.settled_cost_nano, hold.kind) == ("settled", USAGE_COST_NANO, "gateway")
+    assert (hold.status, hold.settled_cost_nano, hold.kind) == (
+        "settled",
+        USAGE_COST_NANO,
+        "gateway",
+    )
     assert hold.amount_nano >= USAGE_COST_NANO
     # The provider got its own key, and nothing of tokenledger's.
     sent = fake.received[-1]["headers"]

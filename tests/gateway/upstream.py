@@ -223,7 +223,11 @@ def _anthropic_events(answer_id: str, model: str, usage: dict[str, Any]) -> list
         _sse("message_start", {"type": "message_start", "message": message}),
         _sse(
             "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
         ),
         _sse("ping", {"type": "ping"}),
     ]

@@ -50,6 +50,11 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
 }
 _NOT_RETURNED = _HOP_BY_HOP | {"content-length", "content-encoding"}
 _END = object()
+_BROKEN = object()
+
+
+class UpstreamBroke(Exception):
+    """The provider's stream broke off: the client's is broken off too."""
 
 
 def upstream_headers(headers: Mapping[str, str], provider: Provider, key: str) -> dict[str, str]:
@@ -132,6 +137,7 @@ class Relay:
     deadline: float  # time.monotonic() by which the call ends
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     client_gone: bool = False
+    held_back: list[bytes] = field(default_factory=list)
 
     def _put(self, item: Any) -> None:
         if not self.client_gone:
@@ -141,6 +147,7 @@ class Relay:
         splitter = EventSplitter()
         idle = self.ledger.settings.gateway_idle_timeout
         complete = False
+        broken = False
         try:
             chunks = self.response.aiter_raw().__aiter__()
             while True:
@@ -151,15 +158,17 @@ class Relay:
                 except StopAsyncIteration:
                     break
                 for event in splitter.feed(chunk):
-                    if self.reader.see(event):
-                        self._put(event)
+                    self._see(event)
             rest = splitter.rest()
-            if rest.strip() and self.reader.see(rest):
-                self._put(rest)
+            if rest.strip():
+                self._see(rest)
             complete = self.reader.outcome.final
         except (httpx.HTTPError, TimeoutError) as exc:
             log.warning("%s stream broke: %s", self.provider.name, type(exc).__name__)
+            broken = True
         except BaseException:
+            for event in self.held_back:
+                self._put(event)
             self._put(_END)
             raise
         finally:
@@ -171,11 +180,25 @@ class Relay:
             self.metrics.gateway_overhead_seconds.labels(self.provider.name).observe(
                 (self.timing.sent - self.timing.started) + (time.perf_counter() - finished)
             )
-            self._put(_END)
+            for event in self.held_back:
+                self._put(event)
+            self._put(_BROKEN if broken else _END)
+
+    def _see(self, event: bytes) -> None:
+        """Forward an event at once; from the final usage on, only once it is recorded:
+        a client that has the stream's last event finds the call in the ledger."""
+        if not self.reader.see(event):
+            return
+        if self.reader.outcome.final:
+            self.held_back.append(event)
+        else:
+            self._put(event)
 
     async def events(self) -> AsyncIterator[bytes]:
         try:
             while (item := await self.queue.get()) is not _END:
+                if item is _BROKEN:
+                    raise UpstreamBroke("the provider's stream broke off")
                 yield item
         finally:
             # Closed early (the client went away) or at the end: the pump goes on alone.
