@@ -31,6 +31,23 @@ class Tenant:
     key: str
 
 
+# SDK clients the tests opened (tests.gateway.conftest.opened), closed after each test: an
+# unclosed client's socket is a ResourceWarning, which fails a later test.
+OPENED: list[Any] = []
+
+
+def opened(client: Any) -> Any:
+    OPENED.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
+
 @pytest.fixture
 def fake() -> Fake:
     return Fake()

@@ -10,6 +10,7 @@ from decimal import Decimal
 import anthropic
 import pytest
 
+from tests.gateway.conftest import opened
 from tests.gateway.ledger import holds, stored_events
 from tests.gateway.upstream import RETRY_AFTER, UPSTREAM_ANTHROPIC_KEY
 
@@ -29,7 +30,9 @@ MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 
 def sdk(gateway: str, key: str) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=f"{gateway}/gateway/anthropic", api_key=key, max_retries=0)
+    return opened(
+        anthropic.Anthropic(base_url=f"{gateway}/gateway/anthropic", api_key=key, max_retries=0)
+    )
 
 
 def headers(**extra: str) -> dict[str, str]:

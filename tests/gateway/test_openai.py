@@ -10,6 +10,7 @@ from decimal import Decimal
 import openai
 import pytest
 
+from tests.gateway.conftest import opened
 from tests.gateway.ledger import holds, stored_events
 from tests.gateway.upstream import RETRY_AFTER, UPSTREAM_OPENAI_KEY
 
@@ -38,7 +39,9 @@ MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 
 def sdk(gateway: str, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway}/gateway/openai/v1", api_key=key, max_retries=0)
+    return opened(
+        openai.OpenAI(base_url=f"{gateway}/gateway/openai/v1", api_key=key, max_retries=0)
+    )
 
 
 def usage_header(usage: dict[str, object]) -> dict[str, str]:

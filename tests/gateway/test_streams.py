@@ -13,6 +13,7 @@ import httpx2
 import openai
 import pytest
 
+from tests.gateway.conftest import opened
 from tests.gateway.ledger import holds, stored_events
 from tests.gateway.test_anthropic import MESSAGES, USAGE, USAGE_COST_NANO, sdk
 from tokenledger.gateway.metering import INCOMPLETE_UNIT
@@ -33,8 +34,10 @@ def test_the_first_event_arrives_before_the_upstream_sends_the_last(gateway, mak
     """The upstream waits, after its first event, until the client has that event: a
     gateway that buffered the stream would never deliver it (the SDK times out)."""
     tenant = make_tenant(license={})
-    client = anthropic.Anthropic(
-        base_url=f"{gateway}/gateway/anthropic", api_key=tenant.key, max_retries=0, timeout=10
+    client = opened(
+        anthropic.Anthropic(
+            base_url=f"{gateway}/gateway/anthropic", api_key=tenant.key, max_retries=0, timeout=10
+        )
     )
     try:
         with client.messages.stream(
@@ -115,8 +118,8 @@ def test_a_broken_chat_stream_without_usage_is_recorded_at_its_hold(gateway, mak
     """OpenAI reports usage only at the end: broken before it, the call is recorded at its
     hold (an upper bound, never 0) and named for review."""
     tenant = make_tenant(license={})
-    client = openai.OpenAI(
-        base_url=f"{gateway}/gateway/openai/v1", api_key=tenant.key, max_retries=0
+    client = opened(
+        openai.OpenAI(base_url=f"{gateway}/gateway/openai/v1", api_key=tenant.key, max_retries=0)
     )
     with pytest.raises((openai.APIError, httpx2.HTTPError)):  # noqa: PT012
         stream = client.chat.completions.create(
