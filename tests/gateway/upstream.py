@@ -62,6 +62,60 @@ def _default_usage(api: str) -> dict[str, Any]:
     }
 
 
+# The providers' documented maxima, for the worst case the stand-in reports: an image is at
+# most about 1,600 tokens on Anthropic (resized to 1.15 megapixels, 750 pixels a token) and
+# 2,500 on OpenAI; a request with tools gets Anthropic's tool-use system prompt (346
+# tokens); each message a few tokens of framing.
+IMAGE_MAX = {"anthropic": 1_600, "chat": 2_500, "responses": 2_500}
+TOOL_PROMPT = 346
+MESSAGE_FRAMING = 4
+
+
+def _strings(value: Any, skip: frozenset[str] = frozenset({"source", "image_url"})) -> int:
+    """UTF-8 bytes of every string in a request but the images' data."""
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, dict):
+        return sum(
+            len(key.encode()) + _strings(item) for key, item in value.items() if key not in skip
+        )
+    if isinstance(value, list):
+        return sum(_strings(item) for item in value)
+    return 0
+
+
+def _images(value: Any) -> int:
+    if isinstance(value, dict):
+        own = int(value.get("type") in ("image", "image_url", "input_image"))
+        return own + sum(_images(item) for item in value.values())
+    if isinstance(value, list):
+        return sum(_images(item) for item in value)
+    return 0
+
+
+def worst_prompt_tokens(api: str, body: dict[str, Any], window: int) -> int:
+    """The most prompt tokens the request can be counted as: a token per byte of text, the
+    documented maxima above, and never more than the context window (a longer prompt is
+    refused, not billed)."""
+    messages = body.get("messages") or body.get("input") or []
+    tokens = (
+        _strings(body)
+        + _images(body) * IMAGE_MAX[api]
+        + (TOOL_PROMPT if body.get("tools") else 0)
+        + MESSAGE_FRAMING * (len(messages) if isinstance(messages, list) else 1)
+    )
+    return min(tokens, window)
+
+
+def worst_output_tokens(api: str, body: dict[str, Any]) -> int:
+    if api == "anthropic":
+        return int(body["max_tokens"])
+    if api == "chat":
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        return int(limit) * int(body.get("n") or 1)
+    return int(body["max_output_tokens"])
+
+
 def _sse(event: str | None, data: Any) -> bytes:
     payload = data if isinstance(data, str) else json.dumps(data)
     head = f"event: {event}\n" if event else ""

@@ -129,7 +129,8 @@ async def forward(request: Request, provider: Provider, api: str, path: str) -> 
             book = ledger.hot.price_book()
             bound = request_bound(api, body, len(raw))
             speed = body.get("speed") if isinstance(body.get("speed"), str) else None
-            amount = hold_nano(book, provider.name, model, bound, now, speed)
+            long_context = "context-1m" in request.headers.get("anthropic-beta", "")
+            amount = hold_nano(book, provider.name, model, bound, now, speed, long_context)
             hold_id = await metering.hold(ledger, org.id, provider.name, model, amount, now)
             call = metering.Call(
                 organization_id=org.id,

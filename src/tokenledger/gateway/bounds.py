@@ -112,11 +112,24 @@ def request_bound(api: str, body: dict[str, Any], body_bytes: int) -> Bound:
     return Bound(input_tokens=input_tokens, output_tokens=output)
 
 
+# Anthropic's 1M-token context (the anthropic-beta "context-1m-..." flag) on models whose
+# price data names a 200k window.
+LONG_CONTEXT_WINDOW: Final = 1_000_000
+
+
 def hold_nano(
-    book: PriceBook, provider: str, model: str, bound: Bound, at: datetime, speed: str | None
+    book: PriceBook,
+    provider: str,
+    model: str,
+    bound: Bound,
+    at: datetime,
+    speed: str | None = None,
+    long_context: bool = False,
 ) -> int | None:
     """The most the call can cost in nano-USD (module docstring), None when unbounded."""
     window = book.context_window(provider, model)
+    if long_context and window is not None:
+        window = max(window, LONG_CONTEXT_WINDOW)
     input_tokens = bound.input_tokens
     if window is not None:
         input_tokens = window if input_tokens is None else min(input_tokens, window)
