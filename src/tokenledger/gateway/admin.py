@@ -35,17 +35,10 @@ def interrupted_calls(
     """The interrupted calls (newest first, at most 100), as the API and the pages show them."""
     found = budgets.interrupted_calls(session, now, organization_id)
     org_ids = sorted({hold.organization_id for hold in found})
-    slugs = (
-        dict(
-            session.execute(
-                select(Organization.id, Organization.slug).where(Organization.id.in_(org_ids))
-            )
-            .tuples()
-            .all()
-        )
-        if org_ids
-        else {}
-    )
+    slugs: dict[int, str] = {}
+    if org_ids:
+        query = select(Organization.id, Organization.slug).where(Organization.id.in_(org_ids))
+        slugs = dict(session.execute(query).all())
     return [
         {
             "reservation_id": hold.id,
