@@ -8,6 +8,7 @@ import json
 from decimal import Decimal
 
 import anthropic
+import httpx
 import pytest
 
 from tests.gateway.conftest import opened
@@ -220,3 +221,26 @@ def test_a_slow_first_byte_is_waited_for(gateway, make_tenant, database):
         extra_headers=headers(**{"x-fake-scenario": "slow-300"}),
     )
     assert [event["id"] for event in stored_events(database, tenant.org_id)] == [message.id]
+
+
+def test_metrics_count_calls_and_never_show_the_provider_key(gateway, make_tenant, caplog):
+    tenant = make_tenant(license={})
+    client = sdk(gateway, tenant.key)
+    client.messages.create(
+        model="claude-sonnet-4-6", max_tokens=10, messages=MESSAGES, extra_headers=headers()
+    )
+    with pytest.raises(anthropic.RateLimitError):
+        client.messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=10,
+            messages=MESSAGES,
+            extra_headers={"x-fake-scenario": "error-429"},
+        )
+    with httpx.Client(base_url=gateway) as http:
+        text = http.get("/metrics").text
+    assert 'tokenledger_gateway_requests_total{provider="anthropic",status="200"} 1.0' in text
+    assert 'tokenledger_gateway_requests_total{provider="anthropic",status="429"} 1.0' in text
+    assert 'tokenledger_gateway_upstream_seconds_count{provider="anthropic"} 2.0' in text
+    assert 'tokenledger_gateway_overhead_seconds_count{provider="anthropic"} 2.0' in text
+    assert UPSTREAM_ANTHROPIC_KEY not in text
+    assert UPSTREAM_ANTHROPIC_KEY not in caplog.text
