@@ -21,6 +21,9 @@ from tokenledger.budgets.api import router as budgets_router
 from tokenledger.config import Settings, get_settings
 from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import install_error_handlers
+from tokenledger.gateway.admin import router as gateway_admin_router
+from tokenledger.gateway.api import router as gateway_router
+from tokenledger.gateway.api import upstream_of
 from tokenledger.hot import HotReads
 from tokenledger.ledger.api import router as usage_router
 from tokenledger.ledger.otlp import router as otlp_router
@@ -88,6 +91,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
             provider_sync.stop()
         if worker is not None:
             worker.stop()
+        await upstream_of(app).close()
         app.state.usage_writer.stop()
         database.dispose()
 
@@ -138,6 +142,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
         tenant_router,
         portal_router,
         provider_reports_router,
+        gateway_router,
+        gateway_admin_router,
     ):
         app.include_router(router)
     install_web(app)

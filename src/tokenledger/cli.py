@@ -100,6 +100,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         "port": args.port,
         "workers": args.workers,
         "log_level": "info",
+        # A worker that misses its supervisor's ping for this long is killed and replaced:
+        # uvicorn's 5 s killed workers still starting on a busy 2-core machine.
+        "timeout_worker_healthcheck": 30,
         **UVICORN_OPTIONS,
     }
     try:

@@ -21,6 +21,7 @@ from tokenledger.auth import service as auth_service
 from tokenledger.budgets.service import budget_states, figures_for
 from tokenledger.deps import RowId, get_hot
 from tokenledger.errors import DomainError
+from tokenledger.gateway.admin import interrupted_calls
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.budget import budget_fields, change_budget
 from tokenledger.licenses.models import BUDGET_PERIODS, ENFORCEMENTS, LICENSE_STATUSES, License
@@ -137,6 +138,7 @@ def dashboard(page: ViewerPage, session: DbSession) -> Response:
         deliveries=deliveries,
         org_names=names,
         format_usd=format_usd,
+        interrupted_calls=interrupted_calls(session, page.now),
     )
 
 
@@ -315,7 +317,13 @@ def _governing(session: DbSession, page: Page, org: Organization) -> dict[str, A
 
 def _org_context(session: DbSession, page: Page, org_id: int, tab: str) -> dict[str, Any]:
     org = organizations.get(session, org_id)
-    return {"org": org, "tab": tab, **_governing(session, page, org)}
+    interrupted = interrupted_calls(session, page.now, org_id)
+    return {
+        "org": org,
+        "tab": tab,
+        "interrupted_calls": interrupted,
+        **_governing(session, page, org),
+    }
 
 
 @router.get("/organizations/{org_id}")
