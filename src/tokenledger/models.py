@@ -7,6 +7,7 @@ from tokenledger.budgets.models import Reservation
 from tokenledger.db import Base
 from tokenledger.licenses.models import CreditAdjustment, License
 from tokenledger.organizations.models import Organization
+from tokenledger.portal.models import PortalGeneration
 from tokenledger.pricing.models import PriceOverrideRow
 from tokenledger.provider_reports.models import (
     ProviderAccount,
@@ -37,6 +38,7 @@ __all__ = [
     "LicenseUsage",
     "LoginAttempt",
     "Organization",
+    "PortalGeneration",
     "PriceOverrideRow",
     "ProviderAccount",
     "ProviderDriftAlert",

@@ -1,7 +1,7 @@
 """provider reports: imported usage and cost reports, provider accounts, provider.drift
 
-Revision ID: 0014_provider_reports
-Revises: 0013_failed_refreshes
+Revision ID: 0016_provider_reports
+Revises: 0015_portal_generations
 Create Date: 2026-12-02 03:00:00
 
 A provider.drift alert belongs to a provider's day, not to an organization or a license:
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0014_provider_reports"
-down_revision: str | None = "0013_failed_refreshes"
+revision: str = "0016_provider_reports"
+down_revision: str | None = "0015_portal_generations"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
