@@ -56,7 +56,13 @@ from tokenledger.provider_reports.models import (
     ProviderSync,
     ProviderSyncLease,
 )
-from tokenledger.provider_reports.sources import ReportRow, anthropic_rows, openai_rows
+from tokenledger.provider_reports.sources import (
+    FIGURES,
+    ReportRow,
+    RowKey,
+    anthropic_rows,
+    openai_rows,
+)
 from tokenledger.usage.models import UsageEvent, UsagePrice
 
 log = logging.getLogger("tokenledger.provider_reports")
@@ -68,7 +74,8 @@ LEASES = cast(Table, ProviderSyncLease.__table__)
 DAYS = cast(Table, ProviderReportDay.__table__)
 ACCOUNTS = cast(Table, ProviderAccount.__table__)
 
-FIGURES = (*TOKEN_KINDS, "requests", "cost_nano")
+assert (*TOKEN_KINDS, "requests", "cost_nano") == FIGURES
+COLUMNS = ("day", "model", "api_key_id", "workspace_id", *FIGURES)
 CHUNK_ROWS = 5000
 LEASE_SECONDS = 30 * 60
 MAX_RANGE_DAYS = 400
@@ -215,39 +222,33 @@ def _row_upsert(session: Session) -> UpdateBase:
     return found
 
 
-def _chunks(rows: Iterable[ReportRow], first: str, last: str) -> Iterator[list[dict[str, Any]]]:
+def _chunks(
+    rows: Iterable[ReportRow], first: str, last: str, sync_id: int
+) -> Iterator[list[dict[str, Any]]]:
     """Rows merged by key, CHUNK_ROWS keys at a time (a key appears once per statement)."""
-    chunk: dict[tuple[str, str, str, str], list[int]] = {}
-    for row in rows:
-        if not first <= row.day <= last:
+    chunk: dict[RowKey, list[int]] = {}
+    for key, values in rows:
+        if not first <= key[0] <= last:
             continue  # a bucket outside the asked range (an API rounding its bounds)
-        key = (row.day, row.model, row.api_key_id, row.workspace_id)
-        values = [getattr(row, name) for name in FIGURES]
-        if any(value < 0 for value in values):
+        if min(values) < 0:
             raise ValueError(f"negative figure in the report for {key}")
         found = chunk.get(key)
         if found is None:
-            chunk[key] = values
+            chunk[key] = list(values)
         else:
             for index, value in enumerate(values):
                 found[index] += value
         if len(chunk) >= CHUNK_ROWS:
-            yield _dicts(chunk)
+            yield _dicts(chunk, sync_id)
             chunk = {}
     if chunk:
-        yield _dicts(chunk)
+        yield _dicts(chunk, sync_id)
 
 
-def _dicts(chunk: dict[tuple[str, str, str, str], list[int]]) -> list[dict[str, Any]]:
+def _dicts(chunk: dict[RowKey, list[int]], sync_id: int) -> list[dict[str, Any]]:
     return [
-        {
-            "day": day,
-            "model": model,
-            "api_key_id": key,
-            "workspace_id": workspace,
-            **dict(zip(FIGURES, values, strict=True)),
-        }
-        for (day, model, key, workspace), values in chunk.items()
+        {"sync_id": sync_id, **dict(zip(COLUMNS, (*key, *values), strict=True))}
+        for key, values in chunk.items()
     ]
 
 
@@ -310,9 +311,8 @@ def _sync_holding_lease(
         session.flush()
         sync_id = record.id
     try:
-        for chunk in _chunks(report_rows(provider, client, first, last), first_day, last_day):
-            for row in chunk:
-                row["sync_id"] = sync_id
+        rows = report_rows(provider, client, first, last)
+        for chunk in _chunks(rows, first_day, last_day, sync_id):
             with database.session(write=True) as session:
                 execute_rows(session, _row_upsert(session), chunk)
         with database.session(write=True) as session:
