@@ -5,7 +5,7 @@ The Anthropic SDK reads from a stand-in (bench/provider_standin.py, its own proc
 generates the report pages on the fly; the sync runs in this process, on SQLite in a
 temporary directory, and its resident memory is sampled every 50 ms. Then a year of days
 (10 keys x 20 models) is synced, a year of ledger events (BENCH_LEDGER_EVENTS, default
-200,000) is ingested over the API, and the comparison route is timed in process.
+100,000) is ingested over the API, and the comparison route is timed in process.
 
 Environment: BENCH_KEYS (1000), BENCH_MODELS (20), BENCH_DAYS (31), BENCH_TAG,
 BENCH_AGAIN=1 (sync the month a second time: every day replaced).
@@ -47,7 +47,7 @@ from tokenledger.provider_reports import service  # noqa: E402
 KEYS = int(os.environ.get("BENCH_KEYS", "1000"))
 MODELS = int(os.environ.get("BENCH_MODELS", "20"))
 DAYS = int(os.environ.get("BENCH_DAYS", "31"))
-LEDGER_EVENTS = int(os.environ.get("BENCH_LEDGER_EVENTS", "200000"))
+LEDGER_EVENTS = int(os.environ.get("BENCH_LEDGER_EVENTS", "100000"))
 SECRET = "bench-secret-key-0123456789-abcdefghijklmnop"
 ADMIN_KEY = "sk-ant-admin01-bench"
 NOW = datetime(2026, 12, 2, 6, 0, tzinfo=UTC)
@@ -234,7 +234,7 @@ def comparison_figures(
             query.update({k: str(v) for k, v in params.items()})
             times = []
             rows = 0
-            for attempt in range(23):
+            for attempt in range(13):
                 started = time.perf_counter()
                 answer = client.get("/api/provider-reports/comparison", params=query, headers=admin)
                 elapsed = time.perf_counter() - started

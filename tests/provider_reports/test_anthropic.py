@@ -38,6 +38,7 @@ from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.errors import DomainError
 from tokenledger.provider_reports import service
+from tokenledger.provider_reports.api import ComparisonRead
 from tokenledger.provider_reports.models import ProviderReportRow, ProviderSync
 
 SONNET, HAIKU = "claude-sonnet-4-5", "claude-haiku-4-5"
@@ -172,6 +173,7 @@ def test_the_comparison_per_utc_day_and_model_is_worked_by_hand(
     assert paths.count("/v1/organizations/analytics/cost") == 4
     body = comparison(fixed_client, admin_headers)
     assert body["timezone"] == "UTC"
+    ComparisonRead.model_validate(body)  # the documented shape
 
     sonnet15 = row(body, "2026-11-15", SONNET)
     assert sonnet15["provider"]["uncached_input_tokens"] == 1_300_000

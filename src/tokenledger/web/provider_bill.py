@@ -129,16 +129,18 @@ def provider_bill(
     body = comparison_body(service.compare(session, provider, first, last, org_id))
     points = [
         (
-            page.fmt.day_short(day.day),
-            Decimal(day.provider_cost_usd),
-            Decimal(day.ledger_cost_usd),
-            page.fmt.day(day.day),
+            page.fmt.day_short(day["day"]),
+            Decimal(day["provider_cost_usd"]),
+            Decimal(day["ledger_cost_usd"]),
+            page.fmt.day(day["day"]),
         )
-        for day in body.days
+        for day in body["days"]
     ]
     chart = pair_chart(points, label_every=max(1, len(points) // 10))
-    worst_days = sorted(body.days, key=lambda day: (-_worst(day.drift_usd), day.day))
-    rows = sorted(body.rows, key=lambda row: (-_worst(row.drift_usd), row.day, row.model))
+    worst_days = sorted(body["days"], key=lambda day: (-_worst(day["drift_usd"]), day["day"]))
+    rows = sorted(
+        body["rows"], key=lambda row: (-_worst(row["drift_usd"]), row["day"], row["model"])
+    )
     orgs = list(
         session.execute(select(Organization.id, Organization.name).order_by(Organization.name))
     )
