@@ -388,3 +388,16 @@ def test_bad_requests_are_refused(
         headers=admin_headers,
     )
     assert wrong_kind.status_code == 422
+
+
+def test_an_answer_not_in_the_sdks_shape_fails_the_sync(
+    database: Database, settings: Settings, standin: StandIn
+) -> None:
+    provider_reports(standin)
+    del standin.anthropic_usage[0]["usage"]["cache_creation"]
+    with pytest.raises(DomainError) as caught:
+        run_sync(database, settings)
+    assert caught.value.status == 502
+    assert "nothing was stored" in caught.value.message
+    with database.session(write=False) as session:
+        assert session.scalar(select(func.count()).select_from(ProviderReportRow)) == 0
