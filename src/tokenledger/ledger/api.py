@@ -18,14 +18,14 @@ from tokenledger.deps import (
 )
 from tokenledger.errors import DomainError
 from tokenledger.hot import HotReads, OrgRef
+from tokenledger.ledger import ingest
+from tokenledger.ledger.refreshes import record_refresh
+from tokenledger.ledger.writer import UsageWriter
 from tokenledger.middleware import ParsedJsonRoute
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.schemas import PathText
-from tokenledger.usage import ingest
-from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, RefreshRead, UsageBatch, UsageResponse
-from tokenledger.usage.writer import UsageWriter
 
 router = APIRouter(prefix="/api/v1", tags=["ingestion"], route_class=ParsedJsonRoute)
 
@@ -71,7 +71,7 @@ def organization_ref_for_key(hot: HotReads, key: IngestPrincipal, ref: str | Non
 @router.post("/usage", response_model=UsageResponse)
 async def post_usage(request: Request, batch: UsageBatch, key: UsageKey, now: Now) -> JSONResponse:
     """Validate and price here; the writer stores it with the requests of its group and
-    answers after the commit. The whole unit of work is usage.service.record_usage."""
+    answers after the commit. The whole unit of work is ledger.service.record_usage."""
     settings: Settings = request.app.state.settings
     writer: UsageWriter = request.app.state.usage_writer
     hot = get_hot(request)

@@ -73,11 +73,11 @@ from starlette.concurrency import run_in_threadpool
 from tokenledger.config import Settings
 from tokenledger.deps import Now, UsageKey, get_hot
 from tokenledger.errors import DomainError
+from tokenledger.ledger import ingest
+from tokenledger.ledger.ingest import PreparedBatch
+from tokenledger.ledger.writer import UsageWriter
 from tokenledger.middleware import check_json
-from tokenledger.usage import ingest
-from tokenledger.usage.ingest import PreparedBatch
 from tokenledger.usage.schemas import UsageBatch, UsageEventIn
-from tokenledger.usage.writer import UsageWriter
 
 router = APIRouter(tags=["ingestion"])
 
