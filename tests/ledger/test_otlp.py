@@ -32,6 +32,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import text
 
 from tests.conftest import serving
 from tests.ledger.conftest import LICENSE, Tenant, monthly_rows, snapshot, stored_events
@@ -665,3 +666,32 @@ def test_spans_reusing_stored_ids_are_rejected_alone_and_the_rest_stored(
     month = monthly_rows(database, tenant.org_id)["2026-06"]
     assert (month["event_count"], month["input_tokens"]) == (10_000, 976 * 10_000)
     assert month["cost_nano"] == 6_720_000 * 10_000
+
+
+def test_spans_the_ledger_refuses_as_a_whole_are_rejected_not_a_failed_export(
+    client: TestClient, database: Database, tenant: Tenant
+) -> None:
+    # An organization whose all-time input tokens are 10 short of the largest sum the
+    # ledger keeps (int64): the next span's batch is refused whole (ledger_limit).
+    assert "partialSuccess" not in post_json(
+        client, tenant, json_span("aaa91bc0b4c2f1b1", **GPT_4O)
+    )
+    with database.session(write=True) as session:
+        session.execute(
+            text(
+                "UPDATE token_usage_monthly SET input_tokens = :total WHERE organization_id = :org"
+            ),
+            {"total": 2**63 - 1 - 10, "org": tenant.org_id},
+        )
+    before = snapshot(database)
+    answer = post_json(
+        client,
+        tenant,
+        json_span("aaa91bc0b4c2f1b2", **GPT_4O),
+        json_span("aaa91bc0b4c2f1b3", **GPT_4O),
+    )
+    assert answer["partialSuccess"]["rejectedSpans"] == "2", answer
+    message = answer["partialSuccess"]["errorMessage"]
+    assert message.startswith("span aaa91bc0b4c2f1b2: this batch would carry"), message
+    assert "input_tokens past 9223372036854775807" in message, message
+    assert snapshot(database) == before
