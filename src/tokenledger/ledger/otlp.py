@@ -233,7 +233,11 @@ async def export_traces(request: Request, key: UsageKey, now: Now) -> Response:
             if touch_key:
                 prepared.touch_key_id = key.key_id
                 touch_key = False
-            refused = (await writer.write(prepared)).rejected  # prepare()'s and the write's
+            try:
+                refused = (await writer.write(prepared)).rejected  # prepare()'s and the write's
+            except DomainError as exc:  # refused as a whole (a sum past its bound): its spans
+                refused = [(item.index, exc.message) for item in prepared.events]
+                refused += prepared.rejected
         for index, why in refused:
             rejected.add(f"span {chunk[index].span}: {_EVENT_PLACE.sub('', why)}")
     answer = ExportTraceServiceResponse()
