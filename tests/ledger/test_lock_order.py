@@ -184,7 +184,9 @@ def test_a_transaction_that_loses_a_deadlock_is_run_again(
 
     thread = threading.Thread(target=other)
     thread.start()
-    assert database.run_write(work) == 2  # lost once, then committed
+    # Lost at least once (on a loaded machine the retry may meet the other again), then
+    # committed.
+    assert database.run_write(work) >= 2
     thread.join(timeout=30)
 
 
