@@ -99,6 +99,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         "port": args.port,
         "workers": args.workers,
         "log_level": "info",
+        # The supervisor's health check of each worker: uvicorn's 5 s default killed a
+        # worker still importing the app on a busy machine, and its successor, in a loop.
+        "timeout_worker_healthcheck": 60,
         **UVICORN_OPTIONS,
     }
     try:
