@@ -22,9 +22,9 @@ from tokenledger.app import create_app
 from tokenledger.audit.models import AuditEntry
 from tokenledger.config import Settings
 from tokenledger.db import Database
+from tokenledger.ledger.reconcile import reconcile
 from tokenledger.licenses.models import License
 from tokenledger.usage.models import UsageEvent
-from tokenledger.usage.reconcile import reconcile
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 

@@ -36,8 +36,8 @@ from tokenledger.audit.models import AuditEntry
 from tokenledger.cli import main
 from tokenledger.config import get_settings
 from tokenledger.db import Database
+from tokenledger.ledger.reconcile import reconcile
 from tokenledger.usage.models import UsageEvent
-from tokenledger.usage.reconcile import reconcile
 
 IMAGINARY = "/api/pricing/overrides/anthropic/claude-imaginary-9"
 PRICE = {"input": "10", "output": "20", "valid_from": "2026-01-01T00:00:00Z"}

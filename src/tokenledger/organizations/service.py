@@ -132,19 +132,25 @@ def search(
 
 
 def delete(session: Session, org: Organization) -> None:
-    """Delete an organization that never had anything; one with history is archived instead."""
-    # Imported here: these domains build on organizations, not the other way round.
-    from tokenledger.auth.models import ApiKey
-    from tokenledger.licenses.models import License
-    from tokenledger.usage.models import Refresh, UsageEvent
+    """Delete an organization that never had anything; one with history is archived instead.
 
-    for model in (UsageEvent, License, Refresh, ApiKey):
-        if session.scalar(select(model.id).where(model.organization_id == org.id).limit(1)):
-            raise DomainError(
-                409,
-                "organization_has_history",
-                "this organization has usage, licenses or keys: archive it instead "
-                '(PATCH {"archived": true})',
-            )
+    History is any row that refers to it (usage, rollups, licenses, keys, runs, holds,
+    alerts): every table with a foreign key to organizations is asked, so that a table
+    added later cannot turn the delete into a foreign key error.
+    """
+    # Imported here: these domains build on organizations, not the other way round.
+    from tokenledger.models import Base
+
+    for table in Base.metadata.sorted_tables:
+        for key in table.foreign_keys:
+            if key.column.table.name != Organization.__tablename__:
+                continue
+            if session.execute(select(key.parent).where(key.parent == org.id).limit(1)).first():
+                raise DomainError(
+                    409,
+                    "organization_has_history",
+                    "this organization has usage, licenses, keys or holds: archive it instead "
+                    '(PATCH {"archived": true})',
+                )
     session.delete(org)
     session.flush()

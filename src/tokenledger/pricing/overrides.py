@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from tokenledger.audit import service as audit
 from tokenledger.db import utcnow
 from tokenledger.errors import DomainError
-from tokenledger.money import MoneyError, to_decimal
+from tokenledger.money import MoneyError, decimal_places, to_decimal
 from tokenledger.pricing.engine import PriceBook, PriceOverride, PriceQuote, Rates, TokenUsage
 from tokenledger.pricing.models import PriceOverrideRow
 
@@ -48,7 +48,7 @@ def _to_rate(name: str, value: Any) -> Decimal | None:
         raise DomainError(422, "invalid_rate", f"{name}: {exc}") from exc
     if amount < 0 or amount > _MAX_RATE:
         raise DomainError(422, "invalid_rate", f"{name}: must be between 0 and 1000000 USD")
-    if amount * _NANO != (amount * _NANO).to_integral_value():
+    if decimal_places(amount) > 9:
         raise DomainError(422, "invalid_rate", f"{name}: at most 9 decimal places")
     return amount
 

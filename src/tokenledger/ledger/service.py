@@ -1,13 +1,13 @@
 """The unit of work of usage ingestion: events, rollups, holds, alerts and budget states.
 
 `record_usage` is the whole write of a group of ingest requests, in the caller's one
-transaction: the group commit (usage/writer.py) runs it for every request that arrived
+transaction: the group commit (ledger/writer.py) runs it for every request that arrived
 while the previous group was being written; demo data and tests run it for one batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -19,11 +19,11 @@ from tokenledger.auth.models import ApiKey
 from tokenledger.budgets import service as budgets
 from tokenledger.config import Settings
 from tokenledger.errors import DomainError
+from tokenledger.ledger import ingest
+from tokenledger.ledger.ingest import IngestOutcome, PreparedBatch
 from tokenledger.licenses import service as licenses
 from tokenledger.organizations import service as organizations
 from tokenledger.pricing.overrides import price_book
-from tokenledger.usage import ingest
-from tokenledger.usage.ingest import IngestOutcome, PreparedBatch
 from tokenledger.usage.schemas import UsageBatch
 
 
@@ -35,6 +35,8 @@ class UsageAnswer:
     budgets: list[dict[str, Any]]
     created: int
     duplicates: int
+    # Events a partial batch left out: (index in the batch, why).
+    rejected: list[tuple[int, str]] = field(default_factory=list)
 
     def body(self) -> dict[str, Any]:
         return {"results": self.results, "budgets": self.budgets}
@@ -110,6 +112,7 @@ def record_usage(
                 budgets=states,
                 created=outcome.created,
                 duplicates=outcome.duplicates,
+                rejected=outcome.rejected,
             )
         )
     return answers

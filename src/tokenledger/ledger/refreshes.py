@@ -12,8 +12,8 @@ from tokenledger.db import insert_for
 from tokenledger.errors import DomainError
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
+from tokenledger.periods import month_of
 from tokenledger.usage.models import Refresh, TokenUsageMonthly
-from tokenledger.usage.periods import month_of
 from tokenledger.usage.schemas import PRINTABLE, RefreshIn
 
 _MONTHLY = TokenUsageMonthly.__table__

@@ -26,6 +26,8 @@ from tokenledger.audit import service as audit
 from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.errors import DomainError
+from tokenledger.ledger import providers
+from tokenledger.ledger.ingest import assign_price_ids, price_fields, price_fingerprint
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import License
 from tokenledger.money import credits_for_cost, format_credits, format_usd
@@ -33,8 +35,6 @@ from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing.engine import PriceBook, TokenUsage, UsageError
 from tokenledger.pricing.overrides import price_book
-from tokenledger.usage import providers
-from tokenledger.usage.ingest import assign_price_ids, price_fields, price_fingerprint
 from tokenledger.usage.models import (
     INCOMPLETE_PRICING,
     LicenseUsage,
