@@ -22,9 +22,9 @@ from sqlalchemy import select
 from tests.conftest import add_admin, bearer
 from tests.operations.conftest import Server, Tenant, new_tenant
 from tokenledger.db import Database
+from tokenledger.ledger.reconcile import reconcile
 from tokenledger.organizations.models import Organization
 from tokenledger.usage.models import UsageEvent
-from tokenledger.usage.reconcile import reconcile
 
 pytestmark = [
     pytest.mark.slow,
