@@ -31,8 +31,8 @@ pytestmark = [
     pytest.mark.parametrize("database_url", ["postgresql"], indirect=True),
 ]
 
-SECONDS_BEFORE_KILL = 6
-SECONDS_AFTER_RESTART = 6
+SECONDS_BEFORE_KILL = 5
+SECONDS_AFTER_RESTART = 4
 SONNET = "/api/pricing/overrides/anthropic/claude-sonnet-4-5"
 # One day of the load's June: a bounded share of the events, repriced over and over.
 JUNE_1 = {
