@@ -126,7 +126,7 @@ def test_reprice_ingest_budget_and_holds_run_together_without_deadlock(
         ]
         for worker in workers:
             worker.start()
-        time.sleep(8)
+        time.sleep(5)
         stop.set()
         for worker in workers:
             worker.join(timeout=120)
