@@ -6,7 +6,9 @@ Plain ASGI middleware (not BaseHTTPMiddleware), so streamed responses pass untou
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -15,10 +17,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokenledger.db import RETRY_ATTEMPTS, is_retryable, retry_pause
 from tokenledger.errors import error_body
+
+log = logging.getLogger("tokenledger.http")
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 INFLATING_ROUTE = "/v1/traces"
+# Routes whose request may have had effects outside the database (a provider's call).
+NOT_RETRIED_PREFIX = "/gateway/"
 # Where StrictJson leaves the body it parsed, in the request's scope.
 PARSED_JSON = "tokenledger.parsed_json"
 
@@ -107,12 +114,13 @@ def check_json(body: bytes) -> str | None:
 
 
 def _body_kind(scope: Scope) -> str | None:
-    """ "json" or "form" for a body to check here, else None. A compressed one sent to the
-    OTLP route (exporters gzip theirs) is checked by that route once inflated
-    (usage/otlp.py, with check_json too); on every other route a compressed body is
-    checked as it is, and so refused."""
+    """ "json" or "form" for a body to check here, else None. The OTLP route checks its own
+    (ledger/otlp.py, with check_json too), once inflated (exporters gzip theirs), and
+    answers in OTLP's error shape; on every other route a compressed body is checked as
+    it is, and so refused."""
+    if scope.get("path") == INFLATING_ROUTE:
+        return None
     kind: str | None = None
-    compressed = False
     for name, value in scope["headers"]:
         if name == b"content-type":
             media_type: bytes = value.split(b";", 1)[0].strip().lower()
@@ -122,10 +130,6 @@ def _body_kind(scope: Scope) -> str | None:
                 kind = "form"
             else:
                 kind = None
-        elif name == b"content-encoding":
-            compressed = value.strip().lower() not in (b"", b"identity")
-    if compressed and scope.get("path") == INFLATING_ROUTE:
-        return None
     return kind
 
 
@@ -216,22 +220,83 @@ def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
     return receive
 
 
+class RetryConflicts:
+    """A request whose transaction lost a deadlock or serialization conflict (PostgreSQL,
+    SQLSTATE 40P01 / 40001) is served again from the start, a few times after a random
+    pause, instead of answering 500: its transaction was rolled back whole, so nothing of
+    it is stored. The body is kept to be read again (BodyLimit bounds it). Not once the
+    answer has begun, and never the gateway's routes, which have called a provider.
+    """
+
+    def __init__(self, app: ASGIApp, attempts: int = RETRY_ATTEMPTS) -> None:
+        self.app = app
+        self.attempts = attempts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(NOT_RETRIED_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        for attempt in range(self.attempts):
+            try:
+                await self.app(scope, _replay(list(messages), receive), watched_send)
+                return
+            except Exception as exc:
+                if started or attempt + 1 >= self.attempts or not is_retryable(exc):
+                    raise
+                log.info("%s %s lost a lock conflict; served again", scope["method"], scope["path"])
+            await asyncio.sleep(retry_pause(attempt))
+
+
 # Pages and the docs load their scripts and styles as files from this server; nothing
 # inline, nothing from elsewhere, never inside a frame.
-CONTENT_SECURITY_POLICY = "; ".join(
-    (
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data:",
-        "font-src 'self'",
-        "connect-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
+def content_security_policy(frame_ancestors: str = "'none'") -> str:
+    return "; ".join(
+        (
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            "font-src 'self'",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            f"frame-ancestors {frame_ancestors}",
+        )
     )
-)
+
+
+CONTENT_SECURITY_POLICY = content_security_policy()
+# The tenant portal (/portal/...): the same policy, but framed by the origins the operator
+# lists (TOKENLEDGER_PORTAL_FRAME_ANCESTORS); its token is in the address, so no referrer.
+PORTAL_PREFIX = "/portal/"
+
+
+def portal_headers(frame_origins: list[str]) -> dict[str, str]:
+    headers = {
+        **SECURITY_HEADERS,
+        "referrer-policy": "no-referrer",
+        "content-security-policy": content_security_policy(" ".join(frame_origins) or "'none'"),
+    }
+    if frame_origins:
+        # X-Frame-Options cannot name origins; frame-ancestors alone decides.
+        del headers["x-frame-options"]
+    return headers
+
+
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
     "referrer-policy": "same-origin",
@@ -254,17 +319,27 @@ def security_headers(path: str) -> dict[str, str]:
 class SecurityHeaders:
     """Adds security_headers() to every response that does not set them itself."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, portal_frame_origins: list[str] | None = None) -> None:
         self.app = app
+        self.portal = [
+            (name.encode(), value.encode())
+            for name, value in {
+                **portal_headers(portal_frame_origins or []),
+                **NO_STORE,
+            }.items()
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = [
-            (name.encode(), value.encode())
-            for name, value in security_headers(scope["path"]).items()
-        ]
+        if scope["path"].startswith(PORTAL_PREFIX):
+            extra = self.portal
+        else:
+            extra = [
+                (name.encode(), value.encode())
+                for name, value in security_headers(scope["path"]).items()
+            ]
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

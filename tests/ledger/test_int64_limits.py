@@ -33,9 +33,9 @@ from tests.ledger.conftest import (
 )
 from tokenledger.budgets.models import Reservation
 from tokenledger.db import Database
+from tokenledger.ledger.reconcile import reconcile
 from tokenledger.licenses.models import License
 from tokenledger.usage.models import TokenUsageMonthly
-from tokenledger.usage.reconcile import reconcile
 
 INT64_MAX = 2**63 - 1  # the largest integer SQLite and PostgreSQL's bigint hold
 MAX_EVENT_NANO = 10**6 * 10**9  # the documented $1,000,000 of one event, in nano-USD

@@ -15,11 +15,11 @@ from tokenledger.budgets import service
 from tokenledger.config import Settings
 from tokenledger.deps import AppSettings, IngestKey, Now, Session, UsageKey, get_database, get_hot
 from tokenledger.errors import DomainError
+from tokenledger.ledger.api import organization_for_key, organization_ref_for_key
 from tokenledger.money import format_usd, usd_to_nano
 from tokenledger.pricing.engine import TokenUsage
 from tokenledger.pricing.overrides import price_book
 from tokenledger.schemas import ORGANIZATION_RULE, PRINTABLE, InputModel, PathText, Text
-from tokenledger.usage.api import organization_for_key, organization_ref_for_key
 from tokenledger.usage.schemas import BudgetStateRead, TokenCount, UsdInput
 
 router = APIRouter(prefix="/api/v1", tags=["budgets"])

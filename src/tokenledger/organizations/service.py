@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -35,6 +36,24 @@ def get(session: Session, org_id: int) -> Organization:
     if org is None:
         raise not_found("organization", org_id)
     return org
+
+
+def lock(session: Session, org_ids: Iterable[int]) -> None:
+    """Lock these organizations' rows, in id order: the first lock of every write
+    transaction that changes what an organization owns (the lock order is in db.py).
+
+    FOR NO KEY UPDATE: writers of one organization take turns, while inserts that only
+    refer to it (a new license, an alert) go on. SQLite's one writer needs no row lock.
+    """
+    ids = sorted(set(org_ids))
+    if not ids or session.get_bind().dialect.name != "postgresql":
+        return
+    session.execute(
+        select(Organization.id)
+        .where(Organization.id.in_(ids))
+        .order_by(Organization.id)
+        .with_for_update(key_share=True)
+    ).all()
 
 
 def by_slug_or_id(session: Session, ref: str) -> Organization | None:

@@ -10,11 +10,11 @@ from pydantic import BaseModel, Field, StrictInt, StrictStr
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session as OrmSession
 
-from tokenledger.deps import Admin, AppSettings, Now, Session, Viewer
+from tokenledger.deps import Admin, AdminAlone, AppSettings, DatabaseDep, Now, Session, Viewer
+from tokenledger.ledger.reprice import Selection, reprice
 from tokenledger.pricing import overrides
 from tokenledger.schemas import INSTANT_RANGE, RANGE_RULE, InputModel, Instant, PathText, Text
 from tokenledger.usage.models import INCOMPLETE_PRICING, UsageEvent, UsagePrice
-from tokenledger.usage.reprice import Selection, reprice
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
 
@@ -186,9 +186,10 @@ class RepriceIn(InputModel):
 
 @router.post("/reprice")
 def reprice_events(
-    data: RepriceIn, session: Session, admin: Admin, settings: AppSettings, now: Now
+    data: RepriceIn, database: DatabaseDep, admin: AdminAlone, settings: AppSettings, now: Now
 ) -> dict[str, Any]:
-    """Price stored events again with the prices now in force at their timestamps."""
+    """Price stored events again with the prices now in force at their timestamps, in
+    chunks of their own transactions (ingestion goes on between them)."""
     selection = Selection(
         unpriced=data.unpriced,
         provider=data.provider,
@@ -197,7 +198,7 @@ def reprice_events(
         end=data.to,
     )
     outcome = reprice(
-        session,
+        database,
         selection,
         settings=settings,
         now=now,

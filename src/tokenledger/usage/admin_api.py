@@ -13,10 +13,10 @@ from tokenledger.licenses import service as licenses
 from tokenledger.licenses.budget import change_budget
 from tokenledger.licenses.schemas import BudgetUpdate
 from tokenledger.organizations import service as organizations
+from tokenledger.periods import month_of
 from tokenledger.schemas import MONTH_PATTERN, RANGE_RULE, Instant
 from tokenledger.usage import export, queries
 from tokenledger.usage.export import ClosingStreamingResponse
-from tokenledger.usage.periods import month_of
 
 router = APIRouter(tags=["token-usage"])
 

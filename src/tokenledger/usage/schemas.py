@@ -96,7 +96,7 @@ class UsageEventIn(InputModel):
             f"days by default), 422 otherwise; always {schemas.INSTANT_RANGE}"
         ),
     )
-    # Inferred from the model when not given (usage/providers.py).
+    # Inferred from the model when not given (ledger/providers.py).
     provider: StrictStr | None = Field(
         default=None, min_length=1, max_length=64, pattern=_PRINTABLE
     )
