@@ -695,3 +695,23 @@ def test_spans_the_ledger_refuses_as_a_whole_are_rejected_not_a_failed_export(
     assert message.startswith("span aaa91bc0b4c2f1b2: this batch would carry"), message
     assert "input_tokens past 9223372036854775807" in message, message
     assert snapshot(database) == before
+
+
+def test_nul_in_one_span_of_a_json_export_refuses_that_span_alone(
+    client: TestClient, database: Database, tenant: Tenant
+) -> None:
+    """NUL is refused in every JSON body, but an OTLP export is judged span by span (as
+    its protobuf twin): a NUL in one span's text is that span's rejection, not the export's."""
+    body = json_export(
+        json_span("eee91bc0b4c2f1b1", **GPT_4O),
+        json_span("eee91bc0b4c2f1b2", **{**GPT_4O, "gen_ai__request__model": "gpt-4o\u0000"}),
+        json_span("eee91bc0b4c2f1b3", **GPT_4O, gen_ai__prompt="a\u0000b"),
+    )
+    response = client.post("/v1/traces", json=body, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["partialSuccess"]["rejectedSpans"] == "1", response.text
+    stored = stored_events(database, tenant.org_id)
+    assert set(stored) == {
+        "otel-5b8efff798038103d269b633813fc60c-eee91bc0b4c2f1b1",
+        "otel-5b8efff798038103d269b633813fc60c-eee91bc0b4c2f1b3",
+    }

@@ -334,8 +334,10 @@ def _parse(body: bytes, media: str) -> ExportTraceServiceRequest:
         if media == PROTOBUF:
             export.ParseFromString(body)
         else:
-            # The same rule as for every JSON body (middleware.py), also after inflating.
-            problem = check_json(body)
+            # The same rule as for every JSON body (middleware.py), also after inflating;
+            # but NUL is judged span by span, as in protobuf: a span whose text holds one
+            # is rejected alone (its fields refuse control characters).
+            problem = check_json(body, allow_nul=True)
             if problem is not None:
                 raise _bad(f"body: {problem}")
             data = json.loads(body)

@@ -15,7 +15,7 @@ from tokenledger.deps import Admin, Session, Viewer
 from tokenledger.money import format_usd
 from tokenledger.provider_reports import service
 from tokenledger.provider_reports.models import TOKEN_KINDS
-from tokenledger.schemas import PRINTABLE, InputModel
+from tokenledger.schemas import PRINTABLE, RANGE_RULE, Day, InputModel
 
 router = APIRouter(prefix="/api/provider-reports", tags=["provider reports"])
 
@@ -147,8 +147,8 @@ def comparison(
     session: Session,
     _viewer: Viewer,
     provider: Provider,
-    from_: Annotated[date, Query(alias="from")],
-    to: date,
+    from_: Annotated[Day, Query(alias="from")],
+    to: Annotated[Day, Query(description=f"last day, inclusive; from 'from' on ({RANGE_RULE})")],
     organization_id: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
 ) -> Response:
     """Per UTC day and model: the provider's tokens and cost against the ledger's."""

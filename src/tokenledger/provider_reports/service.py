@@ -36,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.dml import UpdateBase
 
+from tokenledger import schemas
 from tokenledger.alerts.models import Alert
 from tokenledger.alerts.service import queue_deliveries
 from tokenledger.audit import service as audit
@@ -917,6 +918,6 @@ def default_range(now: datetime, days: int) -> tuple[date, date]:
 
 def parse_day(text: str) -> date:
     try:
-        return date.fromisoformat(text)
+        return schemas.parse_day(text)
     except ValueError as exc:
-        raise DomainError(422, "invalid_date", f"not a date (YYYY-MM-DD): {text!r}") from exc
+        raise DomainError(422, "invalid_date", f"{text!r}: {exc}") from exc

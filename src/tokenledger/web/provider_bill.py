@@ -22,6 +22,7 @@ from tokenledger.organizations.models import Organization
 from tokenledger.provider_reports import service
 from tokenledger.provider_reports.api import comparison_body
 from tokenledger.provider_reports.models import PROVIDERS, TOKEN_KINDS
+from tokenledger.schemas import parse_day
 from tokenledger.web import forms
 from tokenledger.web.charts import SLOT, _nice_ceiling
 from tokenledger.web.common import AdminPage, DbSession, Form, PageRoute, ViewerPage, redirect
@@ -105,7 +106,7 @@ def _day_or_default(text: str, default: date) -> date:
     if not text:
         return default
     try:
-        return date.fromisoformat(text)
+        return parse_day(text)
     except ValueError as exc:
         raise DomainError(422, "invalid_date", N_("The address holds an invalid value.")) from exc
 
