@@ -52,7 +52,12 @@ def upstream_of(app: FastAPI) -> Upstream:
 
 def _ledger(request: Request) -> metering.Ledger:
     state = request.app.state
-    return metering.Ledger(state.database, state.settings, get_hot(request), state.usage_writer)
+    upstream = upstream_of(request.app)
+    if upstream.holds is None:
+        upstream.holds = metering.HoldWriter(state.database)
+    return metering.Ledger(
+        state.database, state.settings, get_hot(request), state.usage_writer, upstream.holds
+    )
 
 
 def _error(provider: Provider, status: int, message: str, headers: Any = None) -> JSONResponse:
