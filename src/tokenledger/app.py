@@ -25,18 +25,21 @@ from tokenledger.gateway.admin import router as gateway_admin_router
 from tokenledger.gateway.api import router as gateway_router
 from tokenledger.gateway.api import upstream_of
 from tokenledger.hot import HotReads
+from tokenledger.ledger.api import router as usage_router
+from tokenledger.ledger.otlp import router as otlp_router
+from tokenledger.ledger.writer import UsageWriter
 from tokenledger.licenses.api import router as licenses_router
-from tokenledger.middleware import SecurityHeaders, StrictJson
+from tokenledger.middleware import RetryConflicts, SecurityHeaders, StrictJson
 from tokenledger.openapi import install_openapi
 from tokenledger.ops import BodyLimit, Metrics, install_metrics
 from tokenledger.ops import router as ops_router
 from tokenledger.organizations.api import router as organizations_router
+from tokenledger.portal.api import router as portal_router
 from tokenledger.pricing.api import router as pricing_router
+from tokenledger.provider_reports.api import router as provider_reports_router
 from tokenledger.ratelimit import Rate, RateLimiter
 from tokenledger.usage.admin_api import router as token_usage_router
-from tokenledger.usage.api import router as usage_router
-from tokenledger.usage.otlp import router as otlp_router
-from tokenledger.usage.writer import UsageWriter
+from tokenledger.usage.tenant_api import router as tenant_router
 from tokenledger.web import install as install_web
 
 log = logging.getLogger("tokenledger")
@@ -77,7 +80,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
                 lease_seconds=settings.webhook_lease_seconds,
             )
             worker.start()
+        provider_sync = None
+        if settings.provider_sync_interval_minutes:
+            from tokenledger.provider_reports.worker import ProviderSyncWorker
+
+            provider_sync = ProviderSyncWorker(database, settings)
+            provider_sync.start()
         yield
+        if provider_sync is not None:
+            provider_sync.stop()
         if worker is not None:
             worker.stop()
         await upstream_of(app).close()
@@ -105,11 +116,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
     # The buckets refill by the real monotonic clock, not the app's: a rate is real time.
     app.state.ingest_limiter = RateLimiter(Rate.parse(rate)) if rate else None
     install_error_handlers(app)
+    # Innermost: a request that lost a lock conflict is served again from its route.
+    app.add_middleware(RetryConflicts)
     app.add_middleware(StrictJson)  # inside the body cap: it reads whole bodies
     # Added first, so it runs inside the metrics middleware: 413s are counted too.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     install_metrics(app, app.state.metrics)
-    app.add_middleware(SecurityHeaders)  # outermost: every answer carries them
+    # Outermost: every answer carries them.
+    app.add_middleware(SecurityHeaders, portal_frame_origins=settings.portal_frame_origins)
     if settings.trusted_proxy_list:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
     # The ingestion routes first: routes are matched in order, and these take the load.
@@ -125,6 +139,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
         pricing_router,
         token_usage_router,
         otlp_router,
+        tenant_router,
+        portal_router,
+        provider_reports_router,
         gateway_router,
         gateway_admin_router,
     ):

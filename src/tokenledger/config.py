@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import secrets
 import tempfile
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -15,6 +17,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./data/tokenledger.db"
+# An origin as a CSP source: a scheme and a host (a leading "*." allowed), an optional port;
+# nothing that could end the directive or add another.
+_ORIGIN = re.compile(r"https?://(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:\d{1,5})?")
 
 
 class Settings(BaseSettings):
@@ -31,6 +36,8 @@ class Settings(BaseSettings):
     access_token_minutes: int = Field(default=12 * 60, ge=1)
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     reservation_ttl_seconds: int = Field(default=15 * 60, ge=1)
+    # Events per repricing transaction: ingestion is served between two.
+    reprice_chunk_events: int = Field(default=1000, ge=1, le=100_000)
     # FULL survives power loss, NORMAL only a process crash; money wants FULL.
     sqlite_synchronous: str = "FULL"
     login_max_failures: int = Field(default=5, ge=1)
@@ -51,8 +58,26 @@ class Settings(BaseSettings):
     metrics_token: str = ""
     # /docs, /redoc and /openapi.json; an operator may turn them off in production.
     docs: bool = True
-    # The gateway (/gateway/...): each provider's key and address. A provider without a key
-    # answers 503. The keys are secrets: never logged, never echoed.
+    # Tenant access: how long a portal link lasts unless its creator says (hours), and
+    # the longest it may be asked to last.
+    portal_link_hours: int = Field(default=24, ge=1)
+    portal_link_max_hours: int = Field(default=24 * 30, ge=1)
+    # Origins allowed to frame the portal (space- or comma-separated, e.g.
+    # "https://app.example.com"); empty: none may (frame-ancestors 'none').
+    portal_frame_ancestors: str = ""
+    # Whether the portal and the tenant API show USD (provider cost, the USD budget) or
+    # only credits and tokens: an operator who sells credits may keep its margin private.
+    tenant_show_usd: bool = True
+    # Provider reports: admin keys (never logged or shown), the periodic sync (minutes
+    # between syncs, 0: off), how many recent UTC days it syncs, and the drift that alerts.
+    anthropic_admin_key: SecretStr | None = None
+    openai_admin_key: SecretStr | None = None
+    provider_sync_interval_minutes: int = Field(default=0, ge=0, le=7 * 24 * 60)
+    provider_sync_days: int = Field(default=3, ge=1, le=31)
+    provider_drift_alert_percent: Decimal = Field(default=Decimal(2), ge=0, le=1000)
+    # The gateway (/gateway/...) and the provider reports: each provider's key and
+    # address. A provider without a key answers 503 at the gateway. The keys are secrets:
+    # never logged, never echoed.
     anthropic_api_key: SecretStr = SecretStr("")
     anthropic_base_url: str = "https://api.anthropic.com"
     openai_api_key: SecretStr = SecretStr("")
@@ -99,6 +124,18 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"not an address or network: {item!r}") from exc
         return value
+
+    @field_validator("portal_frame_ancestors")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for item in _split(value.replace(" ", ",")):
+            if not _ORIGIN.fullmatch(item):
+                raise ValueError(f"not an origin (scheme://host[:port]): {item!r}")
+        return value
+
+    @property
+    def portal_frame_origins(self) -> list[str]:
+        return _split(self.portal_frame_ancestors.replace(" ", ","))
 
     @property
     def trusted_proxy_list(self) -> list[str]:

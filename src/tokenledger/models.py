@@ -7,7 +7,17 @@ from tokenledger.budgets.models import Reservation
 from tokenledger.db import Base
 from tokenledger.licenses.models import CreditAdjustment, License
 from tokenledger.organizations.models import Organization
+from tokenledger.portal.models import PortalGeneration
 from tokenledger.pricing.models import PriceOverrideRow
+from tokenledger.provider_reports.models import (
+    ProviderAccount,
+    ProviderDriftAlert,
+    ProviderReportDay,
+    ProviderReportRow,
+    ProviderReportTotal,
+    ProviderSync,
+    ProviderSyncLease,
+)
 from tokenledger.usage.models import (
     LicenseUsage,
     Refresh,
@@ -28,7 +38,15 @@ __all__ = [
     "LicenseUsage",
     "LoginAttempt",
     "Organization",
+    "PortalGeneration",
     "PriceOverrideRow",
+    "ProviderAccount",
+    "ProviderDriftAlert",
+    "ProviderReportDay",
+    "ProviderReportRow",
+    "ProviderReportTotal",
+    "ProviderSync",
+    "ProviderSyncLease",
     "Refresh",
     "Reservation",
     "TokenUsageMonthly",

@@ -247,10 +247,10 @@ def test_one_group_commit_settles_several_holds(client, make_tenant, database, s
     """Two requests written by one group commit, each settling its own hold: one UPDATE
     run for both (an IN list in it made that executemany fail, and the group fell back to
     a transaction per request)."""
+    from tokenledger.ledger.ingest import prepare, session_lookup
+    from tokenledger.ledger.service import record_usage
     from tokenledger.pricing.overrides import price_book
-    from tokenledger.usage.ingest import prepare, session_lookup
     from tokenledger.usage.schemas import UsageBatch
-    from tokenledger.usage.service import record_usage
 
     tenant = make_tenant(license={})
     first = _hold(client, tenant, max_cost_usd="0.50").json()["id"]

@@ -16,9 +16,9 @@ from tests.gateway.ledger import holds, stored_events
 from tests.gateway.upstream import UPSTREAM_ANTHROPIC_KEY, UPSTREAM_OPENAI_KEY
 from tests.operations.conftest import Server
 from tokenledger.db import Database
+from tokenledger.ledger.reconcile import reconcile
 from tokenledger.licenses.models import License
 from tokenledger.usage.models import LicenseUsage
-from tokenledger.usage.reconcile import reconcile
 
 BUDGET_NANO = 50_000_000  # 0.05 USD
 # claude-haiku-4-5 (USD/MTok: input 1, output 5): 1000 * 1 + 900 * 5 = 5,500 micro-USD.

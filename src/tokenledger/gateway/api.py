@@ -27,10 +27,10 @@ from tokenledger.gateway.proxy import (
     record,
     upstream_headers,
 )
+from tokenledger.ledger.api import organization_ref_for_key
 from tokenledger.middleware import PARSED_JSON
 from tokenledger.ops import Metrics
 from tokenledger.schemas import PRINTABLE
-from tokenledger.usage.api import organization_ref_for_key
 from tokenledger.usage.schemas import MAX_METADATA_BYTES
 
 log = logging.getLogger("tokenledger.gateway")

@@ -21,11 +21,11 @@ from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.errors import DomainError
 from tokenledger.hot import HotReads
+from tokenledger.ledger import ingest
+from tokenledger.ledger.service import UsageAnswer
+from tokenledger.ledger.writer import UsageWriter
 from tokenledger.money import NANO_PER_USD
-from tokenledger.usage import ingest
 from tokenledger.usage.schemas import UsageBatch, UsageEventIn
-from tokenledger.usage.service import UsageAnswer
-from tokenledger.usage.writer import UsageWriter
 
 log = logging.getLogger("tokenledger.gateway")
 
@@ -47,7 +47,7 @@ class _Job:
 
 
 class HoldWriter:
-    """Group commit of holds and releases, as usage/writer.py does for events: what arrives
+    """Group commit of holds and releases, as ledger/writer.py does for events: what arrives
     while a group is written becomes the next group, one transaction and one commit for
     all. Each hold is still checked against what remains after the holds before it in the
     group (the same transaction sees them), under the license rows' lock."""

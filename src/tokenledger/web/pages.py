@@ -6,7 +6,7 @@ licenses, alerts); these routes only parse, call and render.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -30,8 +30,9 @@ from tokenledger.money import format_usd, nano_to_usd, percent
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.schemas import OrganizationCreate, OrganizationUpdate
+from tokenledger.periods import month_bounds, month_of
+from tokenledger.schemas import MONTH_PATTERN
 from tokenledger.usage import queries
-from tokenledger.usage.periods import month_bounds, month_of
 from tokenledger.web import forms
 from tokenledger.web.charts import bar_chart, meters
 from tokenledger.web.common import (
@@ -44,10 +45,11 @@ from tokenledger.web.common import (
     redirect,
 )
 from tokenledger.web.i18n import N_
+from tokenledger.web.periods import bar_periods
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
-Month = Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+Month = Annotated[str | None, Query(pattern=MONTH_PATTERN)]
 
 STATE_LABELS = {
     "ok": N_("OK"),
@@ -74,6 +76,7 @@ ALERT_LABELS = {
     "credits.warning": N_("Credits warning"),
     "credits.exhausted": N_("Credits exhausted"),
     "budget.forecast": N_("Budget forecast"),
+    "provider.drift": N_("Provider bill drift"),
 }
 DELIVERY_LABELS = {
     "pending": N_("Pending"),
@@ -122,7 +125,9 @@ def dashboard(page: ViewerPage, session: DbSession) -> Response:
     )
     recent, _total = alerts.list_alerts(session, None, None, 8, 0)
     deliveries = alerts.deliveries_of(session, [alert.id for alert in recent])
-    names = _org_names(session, {alert.organization_id for alert in recent})
+    names = _org_names(
+        session, {alert.organization_id for alert in recent if alert.organization_id is not None}
+    )
     return render(
         page,
         "dashboard.html",
@@ -376,26 +381,8 @@ def _monthly_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _period(page: Page, lic: License | None) -> dict[str, Any] | None:
-    """The budget period of a license now: its dates, time zone and when it resets."""
-    if lic is None:
-        return None
-    tz = page.settings.timezone
-    if lic.budget_period == "monthly":
-        start, end = month_bounds(month_of(page.now, tz), tz)
-        return {
-            "kind": "monthly",
-            "label": page.fmt.interval(start.date(), (end - timedelta(days=1)).date()),
-            "resets": page.fmt.relative(end - page.now),
-        }
-    start_day = lic.valid_from.astimezone(tz).date()
-    if lic.valid_until is None:
-        return {"kind": "license", "label": None, "since": page.fmt.day(start_day), "resets": None}
-    last_day = (lic.valid_until.astimezone(tz) - timedelta(microseconds=1)).date()
-    return {
-        "kind": "license",
-        "label": page.fmt.interval(start_day, last_day),
-        "resets": page.fmt.relative(lic.valid_until - page.now),
-    }
+    """The period each bar counts now (credits: the license term; USD: its budget period)."""
+    return bar_periods(page.fmt, page.now, lic)
 
 
 @router.get("/organizations/{org_id}/usage")

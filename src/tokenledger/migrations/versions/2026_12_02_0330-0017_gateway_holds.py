@@ -1,7 +1,7 @@
 """gateway holds: the kind, provider and model of a reservation
 
-Revision ID: 0014_gateway_holds
-Revises: 0013_failed_refreshes
+Revision ID: 0017_gateway_holds
+Revises: 0016_provider_reports
 Create Date: 2026-12-02 03:00:00
 
 A gateway call holds its upper bound before it is forwarded; a hold its process never
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0014_gateway_holds"
-down_revision: str | None = "0013_failed_refreshes"
+revision: str = "0017_gateway_holds"
+down_revision: str | None = "0016_provider_reports"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
