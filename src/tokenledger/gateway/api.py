@@ -139,6 +139,7 @@ async def forward(request: Request, provider: Provider, api: str, path: str) -> 
             hold_id = await metering.hold(ledger, org.id, provider.name, model, amount, now)
             call = metering.Call(
                 organization_id=org.id,
+                organization_slug=org.slug,
                 provider=provider.name,
                 model=model,
                 hold_id=hold_id,

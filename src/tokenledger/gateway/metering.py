@@ -151,6 +151,7 @@ class Call:
     """One call through the gateway, as held."""
 
     organization_id: int
+    organization_slug: str
     provider: str
     model: str
     hold_id: str
@@ -216,7 +217,8 @@ async def record(
     """
     values: dict[str, Any] = {
         "id": response_id or f"gateway_{call.hold_id}",
-        "organization": call.organization_id,
+        # By slug: the hot cache answers it (an id given as text is looked up as a slug too).
+        "organization": call.organization_slug,
         "provider": call.provider,
         "model": model or call.model,
         "refresh_id": call.refresh_id,
