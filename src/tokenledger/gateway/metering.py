@@ -102,7 +102,10 @@ class HoldWriter:
                     if job.failed is None and job.outcome is None:
                         job.failed = exc
             for job in group:
-                job.future.get_loop().call_soon_threadsafe(_settle, job)
+                try:
+                    job.future.get_loop().call_soon_threadsafe(_settle, job)
+                except RuntimeError:  # that loop has closed: nobody waits any more
+                    log.warning("a hold's answer had no one to go to")
 
     def _write(self, group: list[_Job]) -> None:
         try:
