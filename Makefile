@@ -23,6 +23,7 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
+	$(PY) bench/gateway.py
 
 bench-otlp: $(STAMP)
 	$(PY) bench/otlp.py

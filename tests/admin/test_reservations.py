@@ -241,3 +241,35 @@ def test_parallel_holds_never_exceed_what_remains(settings, make_tenant, databas
         ).all()
     assert len(held) == 6
     assert sum(held) <= 10**9
+
+
+def test_one_group_commit_settles_several_holds(client, make_tenant, database, settings):
+    """Two requests written by one group commit, each settling its own hold: one UPDATE
+    run for both (an IN list in it made that executemany fail, and the group fell back to
+    a transaction per request)."""
+    from tokenledger.ledger.ingest import prepare, session_lookup
+    from tokenledger.ledger.service import record_usage
+    from tokenledger.pricing.overrides import price_book
+    from tokenledger.usage.schemas import UsageBatch
+
+    tenant = make_tenant(license={})
+    first = _hold(client, tenant, max_cost_usd="0.50").json()["id"]
+    second = _hold(client, tenant, max_cost_usd="0.50").json()["id"]
+    with database.session(write=True) as session:
+        batches = [
+            prepare(
+                UsageBatch.model_validate(
+                    {"events": [event("0.10", reservation_id=rid, organization=tenant.slug)]}
+                ),
+                key_org_id=None,
+                organizations=session_lookup(session),
+                book=price_book(session),
+                settings=settings,
+                now=NOW,
+            )
+            for rid in (first, second)
+        ]
+        record_usage(session, batches, settings, NOW)
+    for rid in (first, second):
+        held = _reservation(database, rid)
+        assert (held.status, held.settled_cost_nano) == ("settled", 100_000_000)

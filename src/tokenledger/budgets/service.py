@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar, cast
 
-from sqlalchemy import Connection, Table, bindparam, func, select, update
+from sqlalchemy import Connection, Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from tokenledger.budgets.models import Reservation
@@ -604,7 +604,8 @@ def settle_reservations(session: Session, rows: list[dict[str, Any]], now: datet
         .where(
             table.c.id == bindparam("rid"),
             table.c.organization_id == bindparam("org"),
-            table.c.status.in_(("held", "settled")),
+            # Not an IN list: SQLAlchemy cannot run an expanding parameter as executemany.
+            or_(table.c.status == "held", table.c.status == "settled"),
         )
         .values(
             status="settled",

@@ -52,7 +52,12 @@ def upstream_of(app: FastAPI) -> Upstream:
 
 def _ledger(request: Request) -> metering.Ledger:
     state = request.app.state
-    return metering.Ledger(state.database, state.settings, get_hot(request), state.usage_writer)
+    upstream = upstream_of(request.app)
+    if upstream.holds is None:
+        upstream.holds = metering.HoldWriter(state.database)
+    return metering.Ledger(
+        state.database, state.settings, get_hot(request), state.usage_writer, upstream.holds
+    )
 
 
 def _error(provider: Provider, status: int, message: str, headers: Any = None) -> JSONResponse:
@@ -134,6 +139,7 @@ async def forward(request: Request, provider: Provider, api: str, path: str) -> 
             hold_id = await metering.hold(ledger, org.id, provider.name, model, amount, now)
             call = metering.Call(
                 organization_id=org.id,
+                organization_slug=org.slug,
                 provider=provider.name,
                 model=model,
                 hold_id=hold_id,

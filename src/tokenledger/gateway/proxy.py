@@ -80,6 +80,7 @@ class Upstream:
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.holds: metering.HoldWriter | None = None
 
     def client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -109,6 +110,8 @@ class Upstream:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self.holds is not None:
+            self.holds.stop()
 
 
 @dataclass(slots=True)
