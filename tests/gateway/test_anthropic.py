@@ -244,3 +244,33 @@ def test_metrics_count_calls_and_never_show_the_provider_key(gateway, make_tenan
     assert 'tokenledger_gateway_overhead_seconds_count{provider="anthropic"} 2.0' in text
     assert UPSTREAM_ANTHROPIC_KEY not in text
     assert UPSTREAM_ANTHROPIC_KEY not in caplog.text
+
+
+def test_a_call_already_recorded_by_its_trace_is_counted_once(gateway, make_tenant, database):
+    """The provider's response id names one call: when an OpenTelemetry span of the same call
+    stored it first (there with less detail), the gateway's event is a duplicate, not a
+    conflict, and its hold is let go rather than left open as an interrupted call."""
+    tenant = make_tenant(license={})
+    traced = {
+        "id": "msg_traced_once",
+        "organization": tenant.slug,
+        "model": "claude-sonnet-4-6",
+        "usage": {"input_tokens": 1000, "output_tokens": 200},
+    }
+    answer = httpx.post(
+        f"{gateway}/api/v1/usage",
+        json={"events": [traced]},
+        headers={"Authorization": f"Bearer {tenant.key}"},
+    )
+    assert answer.status_code == 200, answer.text
+    sdk(gateway, tenant.key).messages.create(
+        model="claude-sonnet-4-6",
+        max_tokens=1000,
+        messages=MESSAGES,
+        extra_headers=headers(**{"x-fake-id": "msg_traced_once"}),
+    )
+    (event,) = stored_events(database, tenant.org_id)
+    # The first record stands: 1000 * 3 + 200 * 15 = 6,000 micro-USD.
+    assert (event["id"], event["cost_nano"]) == ("msg_traced_once", 6_000_000)
+    (hold,) = holds(database, tenant.org_id)
+    assert hold.status == "released"

@@ -243,11 +243,20 @@ async def record(
         settings=ledger.settings,
         now=now,
     )
-    if not complete:
-        for item in prepared.events:
+    for item in prepared.events:
+        # The provider's response id names one call: stored already (an OpenTelemetry span
+        # of the same call got there first), this event is that call's duplicate, never a
+        # conflict, whatever the span reported (the OTLP route's rule, ledger/otlp.py).
+        item.call_id = response_id is not None
+        if not complete:
             _mark_incomplete(item.row)
     prepared.touch_key_id = call.touch_key_id
-    return await ledger.writer.write(prepared)
+    answer = await ledger.writer.write(prepared)
+    if answer.duplicates:
+        # A duplicate settles nothing: the call is counted once, by the event stored first,
+        # so its hold is let go rather than left to look like an interrupted call.
+        await release(ledger, call, now)
+    return answer
 
 
 def _mark_incomplete(row: dict[str, Any]) -> None:
