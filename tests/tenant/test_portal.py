@@ -312,3 +312,17 @@ def test_a_viewer_sees_no_portal_control_and_cannot_create_one(web, database, pa
         == 403
     )
     assert B_SLUG  # (B's data is checked by the other tests)
+
+
+def test_an_organization_with_revoked_links_only_can_still_be_deleted(client, admin_headers):
+    created = client.post("/api/organizations", json={"name": "Short-lived"}, headers=admin_headers)
+    org_id = created.json()["id"]
+    _link(client, org_id, admin_headers)
+    assert (
+        client.delete(
+            f"/api/organizations/{org_id}/portal-links", headers=admin_headers
+        ).status_code
+        == 204
+    )
+    assert client.delete(f"/api/organizations/{org_id}", headers=admin_headers).status_code == 204
+    assert client.get(f"/api/organizations/{org_id}", headers=admin_headers).status_code == 404
