@@ -301,8 +301,8 @@ BULK_RATES = {
 
 def bulk_prices(db: sqlite3.Connection) -> list[int]:
     """The usage_prices rows of the three models (as ingestion stores them), their ids."""
+    from tokenledger.ledger.ingest import price_fingerprint
     from tokenledger.pricing.engine import LIBRARY_VERSION
-    from tokenledger.usage.ingest import price_fingerprint
 
     ids = []
     for model, values in BULK_RATES.items():

@@ -20,9 +20,10 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from tokenledger.config import Settings, get_settings
-from tokenledger.db import Database
+from tokenledger.db import Database, retrying
 from tokenledger.errors import DomainError
 from tokenledger.migrations import runner
+from tokenledger.schemas import check_instant
 
 
 class CliError(Exception):
@@ -99,6 +100,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         "port": args.port,
         "workers": args.workers,
         "log_level": "info",
+        # A worker that misses its supervisor's ping for this long is killed and replaced:
+        # uvicorn's 5 s killed workers still starting on a busy 2-core machine.
+        "timeout_worker_healthcheck": 30,
         **UVICORN_OPTIONS,
     }
     try:
@@ -284,7 +288,7 @@ def cmd_demo_data(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from tokenledger.usage.reconcile import reconcile
+    from tokenledger.ledger.reconcile import reconcile
 
     database = _database(settings)
     _require_migrated(database)
@@ -371,20 +375,22 @@ def cmd_prices(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_reprice(args: argparse.Namespace, settings: Settings) -> int:
     from tokenledger.db import utcnow
-    from tokenledger.usage.reprice import Selection, reprice
+    from tokenledger.ledger.reprice import Selection, reprice
 
     database = _database(settings)
-    _require_migrated(database)
-    selection = Selection(
-        unpriced=args.unpriced,
-        provider=args.provider,
-        model=args.model,
-        start=args.start,
-        end=args.end,
-    )
-    with database.session(write=not args.dry_run) as session:
+    try:
+        _require_migrated(database)
+        selection = Selection(
+            unpriced=args.unpriced,
+            provider=args.provider,
+            model=args.model,
+            start=args.start,
+            end=args.end,
+        )
+        # In chunks, each its own transaction (retried when it loses a deadlock): a run
+        # cut short is finished by running it again.
         outcome = reprice(
-            session,
+            database,
             selection,
             settings=settings,
             now=utcnow(),
@@ -392,6 +398,8 @@ def cmd_reprice(args: argparse.Namespace, settings: Settings) -> int:
             actor="cli",
             client_address=None,
         ).render()
+    finally:
+        database.dispose()
     head = "dry run, nothing changed: " if args.dry_run else ""
     print(
         f"{head}{outcome['changed']} of {outcome['examined']} events of {outcome['selection']} "
@@ -413,13 +421,27 @@ def cmd_reprice(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_provider_sync(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenledger.provider_reports.commands import provider_sync
+
+    database = _database(settings)
+    _require_migrated(database)
+    try:
+        return provider_sync(database, settings, args.provider, args.start, args.end)
+    finally:
+        database.dispose()
+
+
 def _instant(text: str) -> datetime:
     """An ISO 8601 date or time; a date means its midnight UTC, a time without zone UTC."""
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from exc
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        return check_instant(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
 
 
 def _pair(text: str, option: str) -> tuple[str, str]:
@@ -499,6 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
     reprice.add_argument("--dry-run", action="store_true", help="show the change per organization")
     reprice.set_defaults(handler=cmd_reprice)
 
+    sync = sub.add_parser(
+        "provider-sync", help="import a provider's usage and cost reports (UTC days)"
+    )
+    sync.add_argument("--provider", required=True, choices=["anthropic", "openai"])
+    sync.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD")
+    sync.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
+    sync.set_defaults(handler=cmd_provider_sync)
+
     backup = sub.add_parser(
         "backup", help="copy the SQLite database while it serves (PostgreSQL: pg_dump)"
     )
@@ -544,6 +574,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# PostgreSQL's SQLSTATEs of a lost or refused connection: class 08 (connection exception),
+# and the server shutting down or starting up.
+_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+def _unreachable(exc: OperationalError) -> bool:
+    """Whether the database could not be reached at all, as opposed to an error inside it
+    (a deadlock, a lock timeout, a locked SQLite file, a missing table), which DBAPIs also
+    call OperationalError."""
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if type(orig).__module__.startswith("psycopg"):
+        state = getattr(orig, "sqlstate", None)
+        # A connection that never opened has no SQLSTATE.
+        return state is None or state.startswith(_CONNECTION_STATES)
+    return "unable to open database file" in str(orig)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
@@ -558,10 +607,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     try:
-        return handler(args, settings)
+        # A command whose transaction lost a deadlock (PostgreSQL, a server writing
+        # meanwhile) runs again: its transaction was rolled back whole.
+        return retrying(lambda: handler(args, settings))
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        print(f"tokenledger: database unreachable: {reason}", file=sys.stderr)
+        what = "database unreachable" if _unreachable(exc) else "database error"
+        print(f"tokenledger: {what}: {reason}", file=sys.stderr)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         print(f"tokenledger: database error: {reason}", file=sys.stderr)

@@ -22,14 +22,14 @@ from tokenledger.audit import service as audit
 from tokenledger.auth.service import create_api_key
 from tokenledger.config import Settings
 from tokenledger.db import utcnow
+from tokenledger.ledger.refreshes import record_refresh
+from tokenledger.ledger.service import record_batch
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.schemas import LicenseCreate
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.schemas import OrganizationCreate
-from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, UsageBatch, UsageEventIn
-from tokenledger.usage.service import record_batch
 
 
 @dataclass(frozen=True)

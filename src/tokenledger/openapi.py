@@ -38,10 +38,17 @@ DESCRIPTIONS = {
     402: "The organization's license is suspended or its budget cannot hold this.",
     403: "Credentials valid, but not allowed here (role, CSRF token, another organization).",
     404: "No such resource.",
-    409: "Conflicts with what is stored (a taken slug, an id reused for other content).",
+    409: (
+        "Conflicts with what is stored (a taken slug, an id reused for other content, a sum "
+        "that would pass the ledger's int64 bound)."
+    ),
     415: "Neither OTLP protobuf nor OTLP JSON, or an unknown Content-Encoding.",
     413: "Request body over the limit (TOKENLEDGER_MAX_BODY_BYTES).",
-    422: "Invalid request: parameters or body (also duplicate JSON keys, NaN, bad UTF-8).",
+    422: (
+        "Invalid request: parameters or body (also duplicate JSON keys, NaN, bad UTF-8, NUL "
+        "in text), including the rules between fields that the schema states in words: a "
+        "service key must name the organization, 'to' must be after 'from'."
+    ),
     429: "Too many attempts; see Retry-After.",
 }
 
@@ -50,7 +57,8 @@ _WRITES = {"post", "put", "patch", "delete"}
 _SPECIAL: dict[tuple[str, str], set[int]] = {
     ("post", "/api/auth/token"): {400, 401, 429},
     ("post", "/api/v1/reservations"): {402},
-    ("post", "/v1/traces"): {413, 415, 422},
+    ("post", "/api/licenses"): {404},  # no such organization
+    ("post", "/v1/traces"): {400, 413, 415},
 }
 # Routes for ingest keys: the usage API and OTLP/HTTP.
 _INGEST_PREFIXES = ("/api/v1/", "/v1/")
@@ -58,6 +66,20 @@ _INGEST_PREFIXES = ("/api/v1/", "/v1/")
 _OTLP_CONTENT = {
     "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
     "application/json": {"schema": {"type": "object"}},
+}
+# OTLP/HTTP's error body: a google.rpc.Status (JSON or protobuf, as the request).
+_OTLP_STATUS = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "integer"},
+                "message": {"type": "string"},
+                "details": {"type": "array", "items": {"type": "object"}},
+            },
+        }
+    },
+    "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
 }
 _PUBLIC = {("post", "/api/auth/token")}
 
@@ -128,6 +150,15 @@ def complete_schema(schema: dict[str, Any]) -> dict[str, Any]:
     if otlp is not None:
         otlp["requestBody"] = {"required": True, "content": _OTLP_CONTENT}
         otlp["responses"]["200"]["content"] = _OTLP_CONTENT
+        # An unreadable export is OTLP's 400, not this API's 422.
+        otlp["responses"].pop("422", None)
+        for status in (400, 413, 415):
+            otlp["responses"][str(status)] = {
+                "description": "Not a readable OTLP trace export."
+                if status == 400
+                else DESCRIPTIONS[status],
+                "content": _OTLP_STATUS,
+            }
     return schema
 
 

@@ -26,9 +26,9 @@ from tests.admin.conftest import Tenant, serve
 from tests.conftest import ADMIN_PASSWORD, add_admin, bearer
 from tokenledger.config import Settings
 from tokenledger.db import Database
+from tokenledger.ledger.service import record_batch
 from tokenledger.usage.models import UsageEvent
 from tokenledger.usage.schemas import UsageBatch
-from tokenledger.usage.service import record_batch
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 FROM = "2026-01-01T00:00:00Z"

@@ -24,10 +24,10 @@ from tests.conftest import add_admin, bearer, make_settings
 from tokenledger.app import create_app
 from tokenledger.auth.service import create_api_key
 from tokenledger.db import Database, UTCDateTime
+from tokenledger.ledger.ingest import content_hash
+from tokenledger.ledger.reconcile import reconcile
 from tokenledger.migrations import runner
-from tokenledger.usage.ingest import content_hash
 from tokenledger.usage.models import UsageEvent, UsagePrice
-from tokenledger.usage.reconcile import reconcile
 from tokenledger.usage.schemas import UsageEventIn
 
 SONNET_RATES = {

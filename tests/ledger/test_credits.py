@@ -17,9 +17,9 @@ from tests.ledger.conftest import (
     write,
 )
 from tokenledger.db import Database
+from tokenledger.ledger.reconcile import reconcile
 from tokenledger.licenses import service as licenses
 from tokenledger.money import credits_for_cost
-from tokenledger.usage.reconcile import reconcile
 
 
 def event(id: str, at: str, cost: str | None, **fields: Any) -> dict[str, Any]:

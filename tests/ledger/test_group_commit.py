@@ -27,8 +27,8 @@ from tokenledger.app import create_app
 from tokenledger.auth.models import ApiKey
 from tokenledger.config import Settings
 from tokenledger.db import Database
+from tokenledger.ledger.reconcile import reconcile
 from tokenledger.organizations.models import Organization
-from tokenledger.usage.reconcile import reconcile
 
 # claude-sonnet-4-5, 1000 input and 100 output tokens: $0.0045 (see usage_event)
 EVENT_NANO = 4_500_000

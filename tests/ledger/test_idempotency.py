@@ -27,9 +27,9 @@ from tests.ledger.conftest import (
 from tests.ledger.conftest import usage_event as event
 from tokenledger.config import Settings
 from tokenledger.db import Database
-from tokenledger.usage.reconcile import reconcile
+from tokenledger.ledger.reconcile import reconcile
+from tokenledger.ledger.service import record_batch as ingest
 from tokenledger.usage.schemas import UsageBatch
-from tokenledger.usage.service import record_batch as ingest
 
 
 def statuses(body: dict[str, Any]) -> list[str]:

@@ -43,7 +43,7 @@ from tests.ledger.conftest import (
     stored_events,
 )
 from tokenledger.db import Database
-from tokenledger.usage.providers import reread
+from tokenledger.ledger.providers import reread
 
 # Message Batches prices exist in the data from 2026-10-14 on.
 AT_BATCH = "2026-11-20T12:00:00Z"

@@ -16,8 +16,8 @@ from sqlalchemy.pool import NullPool
 from tests.ledger.conftest import Tenant, cli, ok, post, snapshot, write
 from tests.ledger.conftest import usage_event as usage
 from tokenledger.db import Database
+from tokenledger.ledger.reconcile import reconcile
 from tokenledger.licenses import service as licenses
-from tokenledger.usage.reconcile import reconcile
 
 
 def populate(client: TestClient, database: Database, tenant: Tenant) -> None:

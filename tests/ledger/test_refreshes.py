@@ -19,11 +19,11 @@ from tests.ledger.conftest import (
 )
 from tokenledger.config import Settings
 from tokenledger.db import Database
+from tokenledger.ledger.reconcile import reconcile
+from tokenledger.ledger.refreshes import record_refresh
+from tokenledger.ledger.service import record_batch as ingest
 from tokenledger.organizations.models import Organization
-from tokenledger.usage.reconcile import reconcile
-from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, UsageBatch
-from tokenledger.usage.service import record_batch as ingest
 
 
 def put(client: TestClient, headers: dict[str, str], refresh_id: str, **body: Any) -> Any:

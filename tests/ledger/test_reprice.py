@@ -30,7 +30,7 @@ from tests.ledger.conftest import bare_event as event
 from tokenledger.alerts.models import Alert
 from tokenledger.audit.models import AuditEntry
 from tokenledger.db import Database
-from tokenledger.usage.reconcile import reconcile
+from tokenledger.ledger.reconcile import reconcile
 
 IMAGINARY = "/api/pricing/overrides/anthropic/claude-imaginary-9"
 SONNET = "/api/pricing/overrides/anthropic/claude-sonnet-4-5"

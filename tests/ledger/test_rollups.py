@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from tests.ledger.conftest import MONTHLY_FIELDS, Tenant, monthly_rows, ok
 from tokenledger.db import Database
+from tokenledger.ledger.reconcile import reconcile
 from tokenledger.usage.models import UsageDaily
-from tokenledger.usage.reconcile import reconcile
 
 # (timestamp, month in Europe/Berlin, month in UTC)
 INSTANTS = [

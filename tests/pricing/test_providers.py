@@ -19,7 +19,7 @@ from openai.types.completion_usage import CompletionUsage
 from openai.types.responses import ResponseUsage
 from pydantic import BaseModel
 
-from tokenledger.usage.providers import UsageReadError, read_usage, shape_of
+from tokenledger.ledger.providers import UsageReadError, read_usage, shape_of
 
 
 def filled(model: type[BaseModel], top: bool = True) -> Any:

@@ -26,6 +26,7 @@ ALERT_TYPES = (
     "credits.warning",
     "credits.exhausted",
     "budget.forecast",
+    "provider.drift",
 )
 
 
@@ -50,8 +51,9 @@ class Alert(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
-    license_id: Mapped[int] = mapped_column(ForeignKey("licenses.id"))
+    # Both None for an alert of no organization (provider.drift: a provider's day).
+    organization_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id"), index=True)
+    license_id: Mapped[int | None] = mapped_column(ForeignKey("licenses.id"))
     type: Mapped[str] = mapped_column(String(32))
     period: Mapped[str] = mapped_column(String(16))
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)

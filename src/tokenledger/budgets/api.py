@@ -15,18 +15,21 @@ from tokenledger.budgets import service
 from tokenledger.config import Settings
 from tokenledger.deps import AppSettings, IngestKey, Now, Session, UsageKey, get_database, get_hot
 from tokenledger.errors import DomainError
+from tokenledger.ledger.api import organization_for_key, organization_ref_for_key
 from tokenledger.money import format_usd, usd_to_nano
 from tokenledger.pricing.engine import TokenUsage
 from tokenledger.pricing.overrides import price_book
-from tokenledger.schemas import PRINTABLE, InputModel, PathText, Text
-from tokenledger.usage.api import organization_for_key, organization_ref_for_key
+from tokenledger.schemas import ORGANIZATION_RULE, PRINTABLE, InputModel, PathText, Text
 from tokenledger.usage.schemas import BudgetStateRead, TokenCount, UsdInput
 
 router = APIRouter(prefix="/api/v1", tags=["budgets"])
 
 
 class ReservationCreate(InputModel):
-    organization: Text | StrictInt | None = None
+    """Give max_cost_usd, or model with max_input_tokens and/or max_output_tokens (the
+    model's price then estimates the hold), not both (422 otherwise)."""
+
+    organization: Text | StrictInt | None = Field(default=None, description=ORGANIZATION_RULE)
     max_cost_usd: UsdInput | None = None
     # Inferred from the model when not given, as for usage events.
     provider: StrictStr | None = Field(default=None, min_length=1, max_length=64, pattern=PRINTABLE)
@@ -61,7 +64,9 @@ async def get_budget(
     request: Request,
     key: UsageKey,
     now: Now,
-    organization: Annotated[str | None, Query(max_length=64, pattern=PRINTABLE)] = None,
+    organization: Annotated[
+        str | None, Query(max_length=64, pattern=PRINTABLE, description=ORGANIZATION_RULE)
+    ] = None,
 ) -> JSONResponse:
     """The key, the organization and its licenses from memory; the figures in one statement.
 

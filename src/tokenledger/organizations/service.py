@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -35,6 +36,24 @@ def get(session: Session, org_id: int) -> Organization:
     if org is None:
         raise not_found("organization", org_id)
     return org
+
+
+def lock(session: Session, org_ids: Iterable[int]) -> None:
+    """Lock these organizations' rows, in id order: the first lock of every write
+    transaction that changes what an organization owns (the lock order is in db.py).
+
+    FOR NO KEY UPDATE: writers of one organization take turns, while inserts that only
+    refer to it (a new license, an alert) go on. SQLite's one writer needs no row lock.
+    """
+    ids = sorted(set(org_ids))
+    if not ids or session.get_bind().dialect.name != "postgresql":
+        return
+    session.execute(
+        select(Organization.id)
+        .where(Organization.id.in_(ids))
+        .order_by(Organization.id)
+        .with_for_update(key_share=True)
+    ).all()
 
 
 def by_slug_or_id(session: Session, ref: str) -> Organization | None:
@@ -113,19 +132,25 @@ def search(
 
 
 def delete(session: Session, org: Organization) -> None:
-    """Delete an organization that never had anything; one with history is archived instead."""
-    # Imported here: these domains build on organizations, not the other way round.
-    from tokenledger.auth.models import ApiKey
-    from tokenledger.licenses.models import License
-    from tokenledger.usage.models import Refresh, UsageEvent
+    """Delete an organization that never had anything; one with history is archived instead.
 
-    for model in (UsageEvent, License, Refresh, ApiKey):
-        if session.scalar(select(model.id).where(model.organization_id == org.id).limit(1)):
-            raise DomainError(
-                409,
-                "organization_has_history",
-                "this organization has usage, licenses or keys: archive it instead "
-                '(PATCH {"archived": true})',
-            )
+    History is any row that refers to it (usage, rollups, licenses, keys, runs, holds,
+    alerts): every table with a foreign key to organizations is asked, so that a table
+    added later cannot turn the delete into a foreign key error.
+    """
+    # Imported here: these domains build on organizations, not the other way round.
+    from tokenledger.models import Base
+
+    for table in Base.metadata.sorted_tables:
+        for key in table.foreign_keys:
+            if key.column.table.name != Organization.__tablename__:
+                continue
+            if session.execute(select(key.parent).where(key.parent == org.id).limit(1)).first():
+                raise DomainError(
+                    409,
+                    "organization_has_history",
+                    "this organization has usage, licenses, keys or holds: archive it instead "
+                    '(PATCH {"archived": true})',
+                )
     session.delete(org)
     session.flush()

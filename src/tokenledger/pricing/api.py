@@ -6,15 +6,15 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from pydantic import AwareDatetime, BaseModel, Field, StrictInt, StrictStr
+from pydantic import BaseModel, Field, StrictInt, StrictStr
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session as OrmSession
 
-from tokenledger.deps import Admin, AppSettings, Now, Session, Viewer
+from tokenledger.deps import Admin, AdminAlone, AppSettings, DatabaseDep, Now, Session, Viewer
+from tokenledger.ledger.reprice import Selection, reprice
 from tokenledger.pricing import overrides
-from tokenledger.schemas import InputModel, PathText
+from tokenledger.schemas import INSTANT_RANGE, RANGE_RULE, InputModel, Instant, PathText, Text
 from tokenledger.usage.models import INCOMPLETE_PRICING, UsageEvent, UsagePrice
-from tokenledger.usage.reprice import Selection, reprice
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
 
@@ -40,10 +40,14 @@ class OverrideSet(InputModel):
     cache_write_5m: RateText = None
     cache_write_1h: RateText = None
     cache_read: RateText = None
-    valid_from: AwareDatetime | None = Field(
-        default=None, description="first event timestamp it prices; default: now"
+    valid_from: Instant | None = Field(
+        default=None,
+        description=f"first event timestamp it prices; default: now; {INSTANT_RANGE}",
     )
-    valid_until: AwareDatetime | None = Field(default=None, description="end, exclusive")
+    valid_until: Instant | None = Field(
+        default=None,
+        description=f"end, exclusive; after valid_from (422 otherwise); {INSTANT_RANGE}",
+    )
     tiers: list[OverrideTier] | None = Field(default=None, max_length=8)
     units: dict[Annotated[str, Field(max_length=64)], StrictStr | StrictInt] | None = Field(
         default=None,
@@ -102,7 +106,7 @@ def unset_override(
     model: PathText,
     session: Session,
     admin: Admin,
-    valid_from: Annotated[AwareDatetime | None, Query()] = None,
+    valid_from: Annotated[Instant | None, Query()] = None,
 ) -> Response:
     """Remove the override that starts at valid_from, or without it every one of the model."""
     overrides.unset_override(
@@ -167,21 +171,25 @@ def unpriced_models(session: OrmSession) -> list[UnpricedModel]:
 
 
 class RepriceIn(InputModel):
-    """Either the unpriced events, or one model's events in [from, to)."""
+    """Either the unpriced events (`unpriced: true`), or one model's events in [from, to):
+    `model`, `from` and `to` together, 'to' after 'from'; not both (422 otherwise)."""
 
     unpriced: bool = False
-    provider: str | None = Field(default=None, min_length=1, max_length=64)
-    model: str | None = Field(default=None, min_length=1, max_length=128)
-    from_: AwareDatetime | None = Field(default=None, alias="from")
-    to: AwareDatetime | None = None
+    provider: Text | None = Field(default=None, min_length=1, max_length=64)
+    model: Text | None = Field(
+        default=None, min_length=1, max_length=128, description="with from and to"
+    )
+    from_: Instant | None = Field(default=None, alias="from", description="with model and to")
+    to: Instant | None = Field(default=None, description=f"with model and from; {RANGE_RULE}")
     dry_run: bool = False
 
 
 @router.post("/reprice")
 def reprice_events(
-    data: RepriceIn, session: Session, admin: Admin, settings: AppSettings, now: Now
+    data: RepriceIn, database: DatabaseDep, admin: AdminAlone, settings: AppSettings, now: Now
 ) -> dict[str, Any]:
-    """Price stored events again with the prices now in force at their timestamps."""
+    """Price stored events again with the prices now in force at their timestamps, in
+    chunks of their own transactions (ingestion goes on between them)."""
     selection = Selection(
         unpriced=data.unpriced,
         provider=data.provider,
@@ -190,7 +198,7 @@ def reprice_events(
         end=data.to,
     )
     outcome = reprice(
-        session,
+        database,
         selection,
         settings=settings,
         now=now,

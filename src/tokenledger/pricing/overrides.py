@@ -18,13 +18,14 @@ from decimal import Decimal
 from typing import Any
 
 from genai_prices.types import Tier, TieredPrices
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tokenledger.audit import service as audit
 from tokenledger.db import utcnow
 from tokenledger.errors import DomainError
-from tokenledger.money import MoneyError, to_decimal
+from tokenledger.money import MoneyError, decimal_places, to_decimal
 from tokenledger.pricing.engine import PriceBook, PriceOverride, PriceQuote, Rates, TokenUsage
 from tokenledger.pricing.models import PriceOverrideRow
 
@@ -47,7 +48,7 @@ def _to_rate(name: str, value: Any) -> Decimal | None:
         raise DomainError(422, "invalid_rate", f"{name}: {exc}") from exc
     if amount < 0 or amount > _MAX_RATE:
         raise DomainError(422, "invalid_rate", f"{name}: must be between 0 and 1000000 USD")
-    if amount * _NANO != (amount * _NANO).to_integral_value():
+    if decimal_places(amount) > 9:
         raise DomainError(422, "invalid_rate", f"{name}: at most 9 decimal places")
     return amount
 
@@ -307,12 +308,14 @@ def set_override(
     tier_list = _normalized_tiers(tiers)
     unit_rates = _normalized_units(units)
 
+    lock_model(session, provider, model)
     existing = list(
         session.scalars(
             select(PriceOverrideRow)
             .where(PriceOverrideRow.provider == provider, PriceOverrideRow.model == model)
             .order_by(PriceOverrideRow.valid_from)
             .with_for_update()
+            .execution_options(populate_existing=True)
         ).all()
     )
     row = next((other for other in existing if other.valid_from == start), None)
@@ -332,6 +335,8 @@ def set_override(
             f"{other.valid_until.isoformat() if other.valid_until else 'open-ended'}: "
             "choose dates that do not overlap it",
         )
+    # The earlier override's end first: the database checks the rule row by row.
+    _flush(session, provider, model)
     before = rates_json(row) if row else None
     if row is None:
         row = PriceOverrideRow(provider=provider, model=model, valid_from=start)
@@ -349,11 +354,39 @@ def set_override(
         to_override(row)  # the engine accepts it, or nothing is stored
     except ValueError as exc:
         raise DomainError(422, "invalid_rate", str(exc)) from exc
-    session.flush()
+    _flush(session, provider, model)
     for other, other_before in ended:
         _audit(session, actor, client_address, "price_override.end", other, other_before)
     _audit(session, actor, client_address, "price_override.set", row, before)
     return row
+
+
+def lock_model(session: Session, provider: str, model: str) -> None:
+    """Changes to one model's overrides take turns (PostgreSQL: a transaction-scoped
+    advisory lock per model, held with no other lock). Without it, two overlapping
+    overrides sent at once both found no other and were both stored; the database's
+    exclusion constraint now refuses that too, but the lock makes the second see the
+    first, as if they had come one after the other. SQLite's one writer already does."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"price_override:{provider}/{model}"},
+    )
+
+
+def _flush(session: Session, provider: str, model: str) -> None:
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        if "ex_price_overrides_no_overlap" not in str(exc.orig):
+            raise
+        raise DomainError(
+            409,
+            "overlapping_override",
+            f"{provider}/{model} has an override in force in these dates: "
+            "choose dates that do not overlap it",
+        ) from exc
 
 
 def _audit(
@@ -387,6 +420,7 @@ def unset_override(
 ) -> int:
     """Remove a model's override starting at `valid_from`, or all of them; returns how many."""
     provider, model = provider.strip().lower(), model.strip().lower()
+    lock_model(session, provider, model)
     query = select(PriceOverrideRow).where(
         PriceOverrideRow.provider == provider, PriceOverrideRow.model == model
     )

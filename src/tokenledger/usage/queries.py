@@ -25,6 +25,7 @@ from tokenledger.licenses.models import License, LicenseTerms
 from tokenledger.licenses.service import terms_in_force
 from tokenledger.money import format_usd, percent, round_credits, round_usd
 from tokenledger.organizations.models import Organization
+from tokenledger.periods import month_bounds, month_of
 from tokenledger.usage.models import (
     LicenseUsage,
     Refresh,
@@ -33,7 +34,6 @@ from tokenledger.usage.models import (
     UsageEvent,
     UsagePrice,
 )
-from tokenledger.usage.periods import month_bounds, month_of
 
 M = TokenUsageMonthly
 

@@ -21,9 +21,9 @@ from tokenledger.errors import DomainError
 from tokenledger.licenses.models import LicenseTerms
 from tokenledger.licenses.service import terms_in_force
 from tokenledger.organizations.models import Organization
+from tokenledger.periods import month_bounds, month_of
 from tokenledger.usage import queries
 from tokenledger.usage.export import COLUMNS
-from tokenledger.usage.periods import month_bounds, month_of
 
 # A billing month a tenant may ask for: years 1970 to 9998 (every bound stays a datetime).
 MONTH_PATTERN = r"^(19[7-9]\d|[2-8]\d{3}|9[0-8]\d\d|99[0-8]\d)-(0[1-9]|1[0-2])$"

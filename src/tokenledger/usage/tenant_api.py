@@ -28,12 +28,12 @@ from tokenledger.deps import (
 )
 from tokenledger.errors import DomainError
 from tokenledger.hot import HotReads, OrgRef
+from tokenledger.ledger.api import organization_ref_for_key
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
+from tokenledger.periods import month_of
 from tokenledger.usage import export, tenant
-from tokenledger.usage.api import organization_ref_for_key
 from tokenledger.usage.export import ClosingStreamingResponse
-from tokenledger.usage.periods import month_of
 
 router = APIRouter(prefix="/api/v1/usage", tags=["tenant"])
 

@@ -21,6 +21,7 @@ from tokenledger.auth import service as auth_service
 from tokenledger.budgets.service import budget_states, figures_for
 from tokenledger.deps import RowId, get_hot
 from tokenledger.errors import DomainError
+from tokenledger.gateway.admin import interrupted_calls
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.budget import budget_fields, change_budget
 from tokenledger.licenses.models import BUDGET_PERIODS, ENFORCEMENTS, LICENSE_STATUSES, License
@@ -29,8 +30,9 @@ from tokenledger.money import format_usd, nano_to_usd, percent
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.schemas import OrganizationCreate, OrganizationUpdate
+from tokenledger.periods import month_bounds, month_of
+from tokenledger.schemas import MONTH_PATTERN
 from tokenledger.usage import queries
-from tokenledger.usage.periods import month_bounds, month_of
 from tokenledger.web import forms
 from tokenledger.web.charts import bar_chart, meters
 from tokenledger.web.common import (
@@ -47,7 +49,7 @@ from tokenledger.web.periods import bar_periods
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
-Month = Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+Month = Annotated[str | None, Query(pattern=MONTH_PATTERN)]
 
 STATE_LABELS = {
     "ok": N_("OK"),
@@ -74,6 +76,7 @@ ALERT_LABELS = {
     "credits.warning": N_("Credits warning"),
     "credits.exhausted": N_("Credits exhausted"),
     "budget.forecast": N_("Budget forecast"),
+    "provider.drift": N_("Provider bill drift"),
 }
 DELIVERY_LABELS = {
     "pending": N_("Pending"),
@@ -122,7 +125,9 @@ def dashboard(page: ViewerPage, session: DbSession) -> Response:
     )
     recent, _total = alerts.list_alerts(session, None, None, 8, 0)
     deliveries = alerts.deliveries_of(session, [alert.id for alert in recent])
-    names = _org_names(session, {alert.organization_id for alert in recent})
+    names = _org_names(
+        session, {alert.organization_id for alert in recent if alert.organization_id is not None}
+    )
     return render(
         page,
         "dashboard.html",
@@ -133,6 +138,7 @@ def dashboard(page: ViewerPage, session: DbSession) -> Response:
         deliveries=deliveries,
         org_names=names,
         format_usd=format_usd,
+        interrupted_calls=interrupted_calls(session, page.now),
     )
 
 
@@ -311,7 +317,13 @@ def _governing(session: DbSession, page: Page, org: Organization) -> dict[str, A
 
 def _org_context(session: DbSession, page: Page, org_id: int, tab: str) -> dict[str, Any]:
     org = organizations.get(session, org_id)
-    return {"org": org, "tab": tab, **_governing(session, page, org)}
+    interrupted = interrupted_calls(session, page.now, org_id)
+    return {
+        "org": org,
+        "tab": tab,
+        "interrupted_calls": interrupted,
+        **_governing(session, page, org),
+    }
 
 
 @router.get("/organizations/{org_id}")

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tokenledger.licenses.models import LicenseTerms
-from tokenledger.usage.periods import month_bounds, month_of
+from tokenledger.periods import month_bounds, month_of
 from tokenledger.web.i18n import Formatter
 
 

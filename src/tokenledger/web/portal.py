@@ -28,11 +28,11 @@ from tokenledger.licenses.models import License
 from tokenledger.money import percent
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
+from tokenledger.periods import month_bounds, month_of
 from tokenledger.portal import links
 from tokenledger.portal.api import portal_url
 from tokenledger.usage import export, tenant
 from tokenledger.usage.export import ClosingStreamingResponse
-from tokenledger.usage.periods import month_bounds, month_of
 from tokenledger.web import forms, i18n
 from tokenledger.web.charts import bar_chart, meters
 from tokenledger.web.common import AdminPage, DbSession, Form, PageRoute, redirect, templates

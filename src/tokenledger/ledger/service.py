@@ -1,17 +1,17 @@
 """The unit of work of usage ingestion: events, rollups, holds, alerts and budget states.
 
 `record_usage` is the whole write of a group of ingest requests, in the caller's one
-transaction: the group commit (usage/writer.py) runs it for every request that arrived
+transaction: the group commit (ledger/writer.py) runs it for every request that arrived
 while the previous group was being written; demo data and tests run it for one batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from tokenledger.alerts import service as alerts
@@ -19,11 +19,11 @@ from tokenledger.auth.models import ApiKey
 from tokenledger.budgets import service as budgets
 from tokenledger.config import Settings
 from tokenledger.errors import DomainError
+from tokenledger.ledger import ingest
+from tokenledger.ledger.ingest import IngestOutcome, PreparedBatch
 from tokenledger.licenses import service as licenses
-from tokenledger.organizations.models import Organization
+from tokenledger.organizations import service as organizations
 from tokenledger.pricing.overrides import price_book
-from tokenledger.usage import ingest
-from tokenledger.usage.ingest import IngestOutcome, PreparedBatch
 from tokenledger.usage.schemas import UsageBatch
 
 
@@ -35,6 +35,8 @@ class UsageAnswer:
     budgets: list[dict[str, Any]]
     created: int
     duplicates: int
+    # Events a partial batch left out: (index in the batch, why).
+    rejected: list[tuple[int, str]] = field(default_factory=list)
 
     def body(self) -> dict[str, Any]:
         return {"results": self.results, "budgets": self.budgets}
@@ -56,16 +58,10 @@ def record_usage(
     budget state after the group, from the figures read once.
     """
     org_ids = sorted({org_id for batch in batches for org_id in batch.orgs})
-    if session.get_bind().dialect.name == "postgresql":
-        # Every writer of events locks their organizations first, in id order: two groups
-        # touching the same organizations run one after the other (no unique-key waits,
-        # no deadlocks), and the stored twins read next cannot change before the insert.
-        session.execute(
-            select(Organization.id)
-            .where(Organization.id.in_(org_ids))
-            .order_by(Organization.id)
-            .with_for_update(key_share=True)
-        ).all()
+    # The lock order of db.py: organizations, then their licenses. Two groups touching the
+    # same organizations run one after the other (no unique-key waits, no deadlocks), and
+    # the stored twins read next cannot change before the insert.
+    organizations.lock(session, org_ids)
     candidates = licenses.candidates_for(session, org_ids, lock=True)
     outcomes = ingest.write(session, batches, candidates, price_ids)
     created_rows = [
@@ -116,6 +112,7 @@ def record_usage(
                 budgets=states,
                 created=outcome.created,
                 duplicates=outcome.duplicates,
+                rejected=outcome.rejected,
             )
         )
     return answers

@@ -8,6 +8,11 @@ duplicates and which batches conflict with what is stored (those fail alone, cla
 nothing); `roll_up` adds the new events to every rollup. Round trips per group are
 constant: one query for the stored twins of every event, one insert, one upsert per
 rollup table, however many batches and events the group holds.
+
+A batch is all or nothing (POST /api/v1/usage), or partial (POST /v1/traces, whose
+protocol reports refused spans beside the stored ones): then an event refused for its own
+reason (invalid, too old, an id reused for other content) is left out and reported in
+`rejected`, and the rest of its batch is stored, in the same single pass.
 """
 
 from __future__ import annotations
@@ -21,19 +26,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, or_, select, text
+from sqlalchemy import Table, bindparam, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from tokenledger.config import Settings
 from tokenledger.db import MAX_ROW_ID, execute_rows, insert_for, to_micros
 from tokenledger.errors import DomainError
 from tokenledger.hot import OrgRef
+from tokenledger.ledger import providers
 from tokenledger.licenses import service as licenses
-from tokenledger.licenses.models import LicenseTerms
-from tokenledger.money import credits_for_cost, format_credits, format_usd, usd_to_nano
+from tokenledger.licenses.models import License, LicenseTerms
+from tokenledger.money import (
+    INT64_MAX,
+    MAX_EVENT_USD,
+    credits_for_cost,
+    format_credits,
+    format_usd,
+    usd_to_nano,
+)
 from tokenledger.organizations.models import Organization
+from tokenledger.periods import day_of, month_of
 from tokenledger.pricing.engine import PriceBook, PriceQuote, UsageError
-from tokenledger.usage import providers
 from tokenledger.usage.models import (
     INCOMPLETE_PRICING,
     LICENSE_USAGE_FIELDS,
@@ -44,10 +57,10 @@ from tokenledger.usage.models import (
     UsageEvent,
     UsagePrice,
 )
-from tokenledger.usage.periods import day_of, month_of
 from tokenledger.usage.schemas import UsageBatch, UsageEventIn
 
 MAX_FUTURE = timedelta(minutes=5)
+MAX_EVENT_NANO = usd_to_nano(MAX_EVENT_USD)
 _EVENTS = UsageEvent.__table__
 
 # Organizations by slug and by id, for the references given: (by_slug, by_id).
@@ -63,6 +76,10 @@ class Prepared:
     row: dict[str, Any]  # the event's row, but for its license and credits
     # Past the backfill limit: refused (this message) unless it is a stored event's retry.
     too_old: str | None = None
+    # The id is the provider's response id, which names one call: a stored event with it
+    # is this call (reported by the gateway or another instrumentation), whatever figures
+    # it was stored with, so this one is a duplicate, never a conflict.
+    call_id: bool = False
 
 
 @dataclass(slots=True)
@@ -74,6 +91,8 @@ class PreparedBatch:
     size: int
     orgs: dict[int, OrgRef]
     touch_key_id: int | None = None  # record this ingest key's use with the events
+    partial: bool = False  # an event refused for its own reason is left out, not the batch
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (index, why), partial
 
 
 @dataclass(slots=True)
@@ -83,6 +102,7 @@ class IngestOutcome:
     created: int
     duplicates: int
     created_rows: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (index, why), partial
 
 
 def _invalid(index: int, field_name: str, message: str) -> DomainError:
@@ -129,20 +149,23 @@ def session_lookup(session: Session) -> OrganizationLookup:
 
 def _resolve_organizations(
     batch: UsageBatch, key_org_id: int | None, lookup: OrganizationLookup
-) -> list[OrgRef]:
+) -> list[OrgRef | DomainError]:
+    """Each event's organization, or why it has none it may write to."""
     refs = {str(e.organization) for e in batch.events if e.organization is not None}
     ids = {org_id for org_id in map(_as_org_id, refs) if org_id is not None}
     if key_org_id is not None:
         ids.add(key_org_id)
     by_slug, by_id = lookup(refs, ids) if refs or ids else ({}, {})
-    result = []
+    result: list[OrgRef | DomainError] = []
     for index, event in enumerate(batch.events):
         if event.organization is None:
             if key_org_id is None:
-                raise _invalid(index, "organization", "required with a service key")
+                result.append(_invalid(index, "organization", "required with a service key"))
+                continue
             own = by_id.get(key_org_id)
             if own is None:
-                raise _invalid(index, "organization", "the key's organization is gone")
+                result.append(_invalid(index, "organization", "the key's organization is gone"))
+                continue
             result.append(own)
             continue
         ref = str(event.organization)
@@ -150,15 +173,18 @@ def _resolve_organizations(
         if org is None and (org_id := _as_org_id(ref)) is not None:
             org = by_id.get(org_id)
         if org is None:
-            raise _invalid(index, "organization", f"unknown organization {ref!r}")
-        if key_org_id is not None and org.id != key_org_id:
-            raise DomainError(
-                403,
-                "organization_mismatch",
-                f"events[{index}]: this key may only write usage of its own organization",
-                details={"index": index, "field": "organization"},
+            result.append(_invalid(index, "organization", f"unknown organization {ref!r}"))
+        elif key_org_id is not None and org.id != key_org_id:
+            result.append(
+                DomainError(
+                    403,
+                    "organization_mismatch",
+                    f"events[{index}]: this key may only write usage of its own organization",
+                    details={"index": index, "field": "organization"},
+                )
             )
-        result.append(org)
+        else:
+            result.append(org)
     return result
 
 
@@ -207,8 +233,10 @@ def prepare(
     book: PriceBook,
     settings: Settings,
     now: datetime,
+    partial: bool = False,
 ) -> PreparedBatch:
-    """Everything about a batch that needs no lock; a DomainError refuses the batch."""
+    """Everything about a batch that needs no lock; a DomainError refuses the batch (a
+    partial batch: the event, listed in `rejected`)."""
     orgs = _resolve_organizations(batch, key_org_id, organizations)
     oldest = now - timedelta(days=settings.backfill_max_age_days)
     latest = now + MAX_FUTURE
@@ -216,38 +244,49 @@ def prepare(
     prepared: list[Prepared] = []
     seen: dict[Key, Prepared] = {}
     repeats: list[tuple[int, Prepared]] = []
+    rejected: list[tuple[int, str]] = []
     for index, (event, org) in enumerate(zip(batch.events, orgs, strict=True)):
-        at = event.timestamp or now
-        if at > latest:
-            raise _invalid(index, "timestamp", "more than 5 minutes in the future")
-        digest = content_hash(event, org.id)
-        key = (org.id, event.id)
-        twin = seen.get(key)
-        if twin is not None:
-            if twin.row["content_hash"] != digest:
-                raise DomainError(
-                    409,
-                    "idempotency_conflict",
-                    f"events[{index}]: id {event.id!r} appears twice with different content",
-                    details={"index": index, "id": event.id},
-                )
-            repeats.append((index, twin))
+        try:
+            if isinstance(org, DomainError):
+                raise org
+            at = event.timestamp or now
+            if at > latest:
+                raise _invalid(index, "timestamp", "more than 5 minutes in the future")
+            digest = content_hash(event, org.id)
+            key = (org.id, event.id)
+            twin = seen.get(key)
+            if twin is not None:
+                if twin.row["content_hash"] != digest:
+                    raise DomainError(
+                        409,
+                        "idempotency_conflict",
+                        f"events[{index}]: id {event.id!r} appears twice with different content",
+                        details={"index": index, "id": event.id},
+                    )
+                repeats.append((index, twin))
+                continue
+            if at < oldest:
+                # Too old only if new: a retry of a stored event is still answered
+                # `duplicate` (write() tells which, with the stored twins in hand).
+                item = Prepared(index=index, event=event, org=org, row={"content_hash": digest})
+                item.too_old = f"older than {settings.backfill_max_age_days} days"
+            else:
+                row = _priced_row(index, event, org, at, now, digest, periods, book)
+                item = Prepared(index=index, event=event, org=org, row=row)
+        except DomainError as exc:
+            if not partial:
+                raise
+            rejected.append((index, exc.message))
             continue
-        if at < oldest:
-            # Too old only if new: a retry of a stored event is still answered `duplicate`
-            # (write() tells which, with the stored twins in hand).
-            item = Prepared(index=index, event=event, org=org, row={"content_hash": digest})
-            item.too_old = f"older than {settings.backfill_max_age_days} days"
-        else:
-            row = _priced_row(index, event, org, at, now, digest, periods, book)
-            item = Prepared(index=index, event=event, org=org, row=row)
         seen[key] = item
         prepared.append(item)
     return PreparedBatch(
         events=prepared,
         repeats=repeats,
         size=len(batch.events),
-        orgs={org.id: org for org in orgs},
+        orgs={org.id: org for org in orgs if not isinstance(org, DomainError)},
+        partial=partial,
+        rejected=rejected,
     )
 
 
@@ -261,16 +300,23 @@ def write(
 
     A batch with an id already used (stored, or by an earlier batch of the group) for
     other content fails alone with a 409 and claims none of its events; the others go on.
+    In a partial batch only that event is refused (IngestOutcome.rejected).
     The caller holds the writer (SQLite) or the organizations' row locks (PostgreSQL), so
     no other transaction inserts these keys meanwhile.
     """
     stored = _stored_twins(session, [_key(item) for batch in batches for item in batch.events])
+    room = LedgerRoom.read(
+        session,
+        sorted({org_id for batch in batches for org_id in batch.orgs}),
+        sorted({lic.id for found in candidates.values() for lic in found}),
+    )
     claimed: dict[Key, dict[str, Any]] = {}
     outcomes: list[IngestOutcome | DomainError] = []
     new_rows: list[dict[str, Any]] = []
     for batch in batches:
         try:
             outcome, rows = _claim(batch, stored, claimed, candidates)
+            room.take(rows)
         except DomainError as exc:
             outcomes.append(exc)
             continue
@@ -284,6 +330,103 @@ def write(
     return outcomes
 
 
+_MONTHLY = cast(Table, TokenUsageMonthly.__table__)
+_LICENSE_USAGE = cast(Table, LicenseUsage.__table__)
+_LICENSES = cast(Table, License.__table__)
+# Every organization's all-time sums (token_usage_monthly holds them by month; the daily
+# and license rollups are parts of them), and every license's credits: used (events plus
+# adjustments) and of its events alone (what reconcile adds up).
+_ORG_TOTALS = (
+    select(
+        _MONTHLY.c.organization_id,
+        *(func.coalesce(func.sum(_MONTHLY.c[name]), 0) for name in ROLLUP_FIELDS),
+    )
+    .where(_MONTHLY.c.organization_id.in_(bindparam("orgs", expanding=True)))
+    .group_by(_MONTHLY.c.organization_id)
+)
+_LICENSE_TOTALS = select(
+    _LICENSES.c.id,
+    _LICENSES.c.credits_used_micro,
+    select(func.coalesce(func.sum(_LICENSE_USAGE.c.credits_micro), 0))
+    .where(_LICENSE_USAGE.c.license_id == _LICENSES.c.id)
+    .scalar_subquery(),
+).where(_LICENSES.c.id.in_(bindparam("ids", expanding=True)))
+
+
+@dataclass(slots=True)
+class LedgerRoom:
+    """What the sums the ledger keeps hold before a group, so that a batch that would
+    carry one past int64 (the largest integer either database stores) is refused alone,
+    in Python integers and before any SQL changes a row.
+
+    An organization's all-time totals bound every rollup row of it (month, day, license)
+    and every sum over them that a page or a budget reads; a license's credits bound its
+    credits_used and what reconcile adds up. Read in two indexed queries per group, under
+    the locks the group already holds (the writer on SQLite, the organizations' rows on
+    PostgreSQL), so nothing else adds to them meanwhile.
+    """
+
+    orgs: dict[int, list[int]]  # organization: sums in the order of ROLLUP_FIELDS
+    licenses: dict[int, list[int]]  # license: [credits used, credits of its events]
+
+    @classmethod
+    def read(cls, session: Session, org_ids: list[int], license_ids: list[int]) -> LedgerRoom:
+        connection = session.connection()
+        orgs: dict[int, list[int]] = {org_id: [0] * len(ROLLUP_FIELDS) for org_id in org_ids}
+        if org_ids:
+            for org_id, *sums in connection.execute(_ORG_TOTALS, {"orgs": org_ids}):
+                orgs[org_id] = [int(value) for value in sums]
+        found: dict[int, list[int]] = {}
+        if license_ids:
+            for license_id, used, of_events in connection.execute(
+                _LICENSE_TOTALS, {"ids": license_ids}
+            ):
+                found[license_id] = [int(used), int(of_events)]
+        return cls(orgs, found)
+
+    def take(self, rows: list[dict[str, Any]]) -> None:
+        """Count a batch's new events in, or refuse them all (409) if a sum would pass int64."""
+        by_org: dict[int, list[int]] = {}
+        by_license: dict[int, int] = {}
+        for row in rows:
+            sums = by_org.get(row["organization_id"])
+            if sums is None:
+                sums = by_org[row["organization_id"]] = [0] * 6
+            sums[0] += row["input_tokens"]
+            sums[1] += row["output_tokens"]
+            sums[2] += row["cache_creation_input_tokens"]
+            sums[3] += row["cache_read_input_tokens"]
+            sums[4] += row["cost_nano"] or 0
+            sums[5] += row["api_calls"]
+            if row["license_id"] is not None:
+                license_id = row["license_id"]
+                by_license[license_id] = by_license.get(license_id, 0) + (row["credits_micro"] or 0)
+        # Event counts (one per event) and unpriced counts never near the bound: not checked.
+        for org_id, added in by_org.items():
+            totals = self.orgs[org_id]
+            for position, value in enumerate(added):
+                if totals[position] + value > INT64_MAX:
+                    raise _past_the_bound(f"organization {org_id}'s {ROLLUP_FIELDS[position]}")
+        for license_id, credits in by_license.items():
+            if any(total + credits > INT64_MAX for total in self.licenses[license_id]):
+                raise _past_the_bound(f"license {license_id}'s credits used")
+        for org_id, added in by_org.items():
+            totals = self.orgs[org_id]
+            for position, value in enumerate(added):
+                totals[position] += value
+        for license_id, credits in by_license.items():
+            self.licenses[license_id] = [total + credits for total in self.licenses[license_id]]
+
+
+def _past_the_bound(what: str) -> DomainError:
+    return DomainError(
+        409,
+        "ledger_limit",
+        f"this batch would carry {what} past {INT64_MAX}, the largest sum the ledger "
+        "keeps: nothing of it was stored",
+    )
+
+
 def _claim(
     batch: PreparedBatch,
     stored: dict[Key, dict[str, Any]],
@@ -292,32 +435,49 @@ def _claim(
 ) -> tuple[IngestOutcome, list[dict[str, Any]]]:
     results: list[dict[str, Any] | None] = [None] * batch.size
     rows: list[dict[str, Any]] = []
+    rejected: dict[int, str] = {}
     for item in batch.events:
         key = _key(item)
         previous = stored.get(key) or claimed.get(key)
-        if previous is None:
-            if item.too_old is not None:
-                raise _invalid(item.index, "timestamp", item.too_old)
-            row = item.row
-            lic = licenses.in_force_at(candidates.get(item.org.id, []), row["timestamp"])
-            row["license_id"] = lic.id if lic else None
-            if lic is not None and row["cost_nano"] is not None:
-                row["credits_micro"] = credits_for_cost(row["cost_nano"], lic.cost_per_credit_nano)
-            rows.append(row)
-            results[item.index] = _result(item, "created", row)
-            continue
-        if previous["content_hash"] != item.row["content_hash"]:
-            raise DomainError(
+        refusal: DomainError | None = None
+        if previous is None and item.too_old is not None:
+            refusal = _invalid(item.index, "timestamp", item.too_old)
+        elif (
+            previous is not None
+            and previous["content_hash"] != item.row["content_hash"]
+            and not item.call_id
+        ):
+            refusal = DomainError(
                 409,
                 "idempotency_conflict",
                 f"events[{item.index}]: id {item.event.id!r} was already used for "
                 "different content",
                 details={"index": item.index, "id": item.event.id},
             )
+        if refusal is not None:
+            if not batch.partial:
+                raise refusal
+            rejected[item.index] = refusal.message
+            continue
+        if previous is None:
+            row = item.row
+            lic = licenses.in_force_at(candidates.get(item.org.id, []), row["timestamp"])
+            row["license_id"] = lic.id if lic else None
+            # Set either way: a group written again after a lost deadlock claims anew.
+            row["credits_micro"] = (
+                credits_for_cost(row["cost_nano"], lic.cost_per_credit_nano)
+                if lic is not None and row["cost_nano"] is not None
+                else None
+            )
+            rows.append(row)
+            results[item.index] = _result(item, "created", row)
+            continue
         results[item.index] = _result(item, "duplicate", previous)
     for index, first in batch.repeats:
         original = results[first.index]
-        assert original is not None
+        if original is None:  # refused in a partial batch: its copies with it
+            rejected[index] = rejected[first.index]
+            continue
         results[index] = {**original, "status": "duplicate"}
     final = [result for result in results if result is not None]
     return (
@@ -327,6 +487,7 @@ def _claim(
             created=len(rows),
             duplicates=len(final) - len(rows),
             created_rows=rows,
+            rejected=sorted(batch.rejected + list(rejected.items())),
         ),
         rows,
     )
@@ -395,6 +556,13 @@ def _priced_row(
         except UsageError as exc:
             raise _invalid(index, "usage", str(exc)) from exc
         if quote is not None:
+            if quote.cost_nano > MAX_EVENT_NANO:
+                raise _invalid(
+                    index,
+                    "usage",
+                    f"priced at {format_usd(quote.cost_nano)} USD, over the limit of "
+                    f"{MAX_EVENT_USD} USD for one event",
+                )
             row.update(price_fields(quote, read.unknown_units))
         row["price_key"] = price_fingerprint(row)
     return row

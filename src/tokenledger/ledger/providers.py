@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 from genai_prices.types import ArrayMatch, Provider, UsageExtractor
 
 from tokenledger.pricing.engine import REPORTED_UNITS, PriceBook, TokenUsage
-from tokenledger.usage.schemas import MAX_USAGE_BYTES
+from tokenledger.usage.schemas import MAX_TOKENS, MAX_USAGE_BYTES
 
 if TYPE_CHECKING:
     from tokenledger.usage.schemas import UsageEventIn
@@ -179,6 +179,8 @@ def read_usage(
             continue
         if type(value) is not int:  # 2.5 tokens is no count: never rounded silently
             raise UsageReadError(f"usage: {key} must be a whole number, got {value!r}")
+        if not 0 <= value <= MAX_TOKENS:  # the bound of the flat counts, 10^9 each
+            raise UsageReadError(f"usage: {key} must be between 0 and {MAX_TOKENS}")
         values[key] = value
     tokens = _token_usage(values)
     context: dict[str, str] = {}

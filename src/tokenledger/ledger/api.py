@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -20,15 +18,14 @@ from tokenledger.deps import (
 )
 from tokenledger.errors import DomainError
 from tokenledger.hot import HotReads, OrgRef
+from tokenledger.ledger import ingest
+from tokenledger.ledger.refreshes import record_refresh
+from tokenledger.ledger.writer import UsageWriter
 from tokenledger.middleware import ParsedJsonRoute
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.schemas import PathText
-from tokenledger.usage import ingest
-from tokenledger.usage.refreshes import record_refresh
 from tokenledger.usage.schemas import RefreshIn, RefreshRead, UsageBatch, UsageResponse
-from tokenledger.usage.service import UsageAnswer, record_batch
-from tokenledger.usage.writer import UsageWriter
 
 router = APIRouter(prefix="/api/v1", tags=["ingestion"], route_class=ParsedJsonRoute)
 
@@ -74,7 +71,7 @@ def organization_ref_for_key(hot: HotReads, key: IngestPrincipal, ref: str | Non
 @router.post("/usage", response_model=UsageResponse)
 async def post_usage(request: Request, batch: UsageBatch, key: UsageKey, now: Now) -> JSONResponse:
     """Validate and price here; the writer stores it with the requests of its group and
-    answers after the commit. The whole unit of work is usage.service.record_usage."""
+    answers after the commit. The whole unit of work is ledger.service.record_usage."""
     settings: Settings = request.app.state.settings
     writer: UsageWriter = request.app.state.usage_writer
     hot = get_hot(request)
@@ -92,25 +89,6 @@ async def post_usage(request: Request, batch: UsageBatch, key: UsageKey, now: No
     # Built from plain values in the documented shape: validating a thousand results
     # again on the way out would cost more than the rest of the response.
     return JSONResponse(answer.body())
-
-
-def record_usage(
-    request: Request,
-    session: Session,
-    batch: UsageBatch,
-    key: IngestKey,
-    settings: AppSettings,
-    now: datetime,
-) -> UsageAnswer:
-    """One batch in the caller's own write session (POST /v1/traces): the same unit of work
-    as the group commit's, usage.service.record_usage, for this one batch."""
-    answer = record_batch(
-        session, batch, key_org_id=key.organization_id, settings=settings, now=now
-    )
-    metrics = request.app.state.metrics
-    metrics.events.labels("created").inc(answer.created)
-    metrics.events.labels("duplicate").inc(answer.duplicates)
-    return answer
 
 
 @router.put("/refreshes/{refresh_id:path}")

@@ -5,7 +5,7 @@ committed, everything waiting (up to MAX_GROUP_EVENTS events) becomes the next g
 one transaction with one commit. A lone request is written at once: no fixed delay.
 Every request is answered only after the commit that stored it, all of a group's with
 one wake-up of each event loop that waits (not one per request). A batch refused for its
-own reason fails alone (usage.service.record_usage); if the group's transaction fails as
+own reason fails alone (ledger.service.record_usage); if the group's transaction fails as
 a whole, each of its batches is tried again in a transaction of its own, so that one bad
 batch cannot take the others down.
 """
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from tokenledger.config import Settings
 from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import DomainError
+from tokenledger.ledger.ingest import PreparedBatch
+from tokenledger.ledger.service import UsageAnswer, record_usage
 from tokenledger.ops import Metrics
-from tokenledger.usage.ingest import PreparedBatch
-from tokenledger.usage.service import UsageAnswer, record_usage
 
 log = logging.getLogger("tokenledger.writer")
 
@@ -125,8 +125,12 @@ class UsageWriter:
             pending.outcome = answer
 
     def _commit(self, batches: list[PreparedBatch]) -> list[UsageAnswer | DomainError]:
-        with self.database.session(write=True) as session:
-            return record_usage(session, batches, self.settings, self.clock(), self._price_ids)
+        # A group that loses a deadlock (PostgreSQL) is written again in a new transaction.
+        return self.database.run_write(
+            lambda session: record_usage(
+                session, batches, self.settings, self.clock(), self._price_ids
+            )
+        )
 
     def _answer(self, group: list[_Pending]) -> None:
         """Hand every outcome to its event loop: one call per loop for the whole group."""

@@ -1,7 +1,7 @@
 """portal links: a generation per organization, raised to revoke all its links
 
-Revision ID: 0014_portal_generations
-Revises: 0013_failed_refreshes
+Revision ID: 0015_portal_generations
+Revises: 0014_override_no_overlap
 Create Date: 2026-12-02 03:00:00
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0014_portal_generations"
-down_revision: str | None = "0013_failed_refreshes"
+revision: str = "0015_portal_generations"
+down_revision: str | None = "0014_override_no_overlap"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

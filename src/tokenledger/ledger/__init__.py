@@ -1,0 +1,1 @@
+"""The write path: ingest, store, roll up, credits, holds settled, alerts, reprice, reconcile."""
