@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Path, Query
@@ -81,6 +81,29 @@ def parse_instant(value: Any) -> datetime:
         raise ValueError("must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z") from exc
     return check_instant(parsed)
 
+
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def parse_day(value: Any) -> date:
+    """A calendar day as YYYY-MM-DD text, inside the range of instants; else ValueError."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        day = value
+    elif not isinstance(value, str) or not _DAY.fullmatch(value):
+        raise ValueError("must be a date, YYYY-MM-DD")
+    else:
+        day = date.fromisoformat(value)
+    if not EARLIEST_INSTANT.date() <= day < LATEST_INSTANT.date():
+        raise ValueError(f"must lie {INSTANT_RANGE}")
+    return day
+
+
+# The one type of every calendar day a request gives (provider report ranges).
+Day = Annotated[
+    date,
+    BeforeValidator(parse_day),
+    Field(description=f"YYYY-MM-DD, {INSTANT_RANGE}"),
+]
 
 # The one type of every instant a request gives (JSON bodies, queries).
 Instant = Annotated[

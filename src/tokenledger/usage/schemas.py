@@ -17,6 +17,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -61,7 +62,20 @@ def parse_usd(value: Any) -> Decimal:
 
 # Usage timestamps and refresh times: the shared instant type.
 Timestamp = schemas.Instant
-UsdInput = Annotated[Decimal, BeforeValidator(parse_usd)]
+UsdInput = Annotated[
+    Decimal,
+    BeforeValidator(parse_usd),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "number", "minimum": 0, "maximum": int(MAX_EVENT_USD)},
+            ],
+            "description": f"USD as decimal text (or a number), 0 to {MAX_EVENT_USD}, at "
+            "most 9 decimal places",
+        }
+    ),
+]
 
 
 class CacheCreation(InputModel):
@@ -113,7 +127,11 @@ class UsageEventIn(InputModel):
     output_tokens_details: JsonObject | None = None
     # The provider's own usage object, untouched (instead of the flat counts above). Declared
     # last: its validator sees every other field.
-    usage: JsonObject | None = None
+    usage: JsonObject | None = Field(
+        default=None,
+        description=f"the provider's usage object as it came; each count in it 0 to "
+        f"{MAX_TOKENS}, at most {MAX_USAGE_BYTES} bytes of JSON",
+    )
 
     @field_validator("provider")
     @classmethod
