@@ -9,9 +9,12 @@ import json
 import re
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import NOW, make_settings
 from tests.tenant.conftest import B_SLUG, assert_nothing_of_b
@@ -71,6 +74,7 @@ def test_a_link_opens_the_organizations_portal_for_24_hours(client, pair, admin_
     for link_target in page.links:
         assert link_target.startswith(path), link_target
     assert "Sign out" not in page.text
+    assert "admin@example.com" not in response.text
     assert "/admin" not in response.text
     assert_nothing_of_b(response.text)
     # A day before it expires it works; at the hour it expires it does not.
@@ -312,3 +316,46 @@ def test_a_viewer_sees_no_portal_control_and_cannot_create_one(web, database, pa
         == 403
     )
     assert B_SLUG  # (B's data is checked by the other tests)
+
+
+def test_an_organization_with_revoked_links_only_can_still_be_deleted(client, admin_headers):
+    created = client.post("/api/organizations", json={"name": "Short-lived"}, headers=admin_headers)
+    org_id = created.json()["id"]
+    _link(client, org_id, admin_headers)
+    assert (
+        client.delete(
+            f"/api/organizations/{org_id}/portal-links", headers=admin_headers
+        ).status_code
+        == 204
+    )
+    assert client.delete(f"/api/organizations/{org_id}", headers=admin_headers).status_code == 204
+    assert client.get(f"/api/organizations/{org_id}", headers=admin_headers).status_code == 404
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    token=st.text(min_size=1, max_size=300).filter(lambda t: "/" not in t and t not in (".", ".."))
+)
+def test_any_other_token_is_refused_naming_no_one(client, pair, token):
+    response = client.get(f"/portal/{quote(token, safe='')}")
+    _refused(response, "Alpha Tenant GmbH", "alpha")
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ref=st.text(min_size=1, max_size=80), month=st.text(max_size=12))
+def test_any_organization_or_month_a_key_names_shows_nothing_of_another(client, pair, ref, month):
+    for route in ("summary", "monthly", "models", "daily"):
+        response = client.get(
+            f"/api/v1/usage/{route}",
+            params={"organization": ref, "month": month},
+            headers=pair.a.headers,
+        )
+        assert response.status_code in (200, 403, 422), response.text
+        if response.status_code == 200:
+            # Only A's own slug or id opens anything, with a month the route accepts.
+            assert ref in ("alpha", str(pair.a.org_id))
+        assert_nothing_of_b(response.text)

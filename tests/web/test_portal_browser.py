@@ -22,11 +22,14 @@ import httpx
 import pytest
 
 from tests.conftest import add_admin, bearer, make_settings, serving
-from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, Watch, _need_browser
+from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS, Watch, _need_browser
 from tokenledger.app import create_app
 from tokenledger.db import Database
 from tokenledger.demo import load_demo_data
 from tokenledger.migrations import runner
+
+# Apart from test_browser.SHOTS, whose count that module checks.
+PORTAL_SHOTS: list[Path] = []
 
 
 class _Framer(BaseHTTPRequestHandler):
@@ -144,7 +147,7 @@ def test_an_allowed_origin_frames_the_portal_and_another_is_refused(chromium, po
     assert context.cookies() == []
     path = shots / "portal-framed-allowed.png"
     page.screenshot(path=str(path), full_page=True)
-    SHOTS.append(path)
+    PORTAL_SHOTS.append(path)
     assert watch.problems == []
 
     refused = context.new_page()
@@ -159,7 +162,7 @@ def test_an_allowed_origin_frames_the_portal_and_another_is_refused(chromium, po
     assert any("frame-ancestors" in text for text in messages), messages
     path = shots / "portal-framed-refused.png"
     refused.screenshot(path=str(path), full_page=True)
-    SHOTS.append(path)
+    PORTAL_SHOTS.append(path)
     context.close()
 
 
@@ -181,7 +184,7 @@ def test_screenshots_of_the_portal_in_both_languages_and_themes(chromium, portal
                 assert page_width <= width, f"the portal is {page_width}px wide at {width}px"
                 path = shots / f"portal-{theme}-{language}-{width}.png"
                 page.screenshot(path=str(path), full_page=True)
-                SHOTS.append(path)
+                PORTAL_SHOTS.append(path)
                 context.close()
     assert watch.problems == []
 
@@ -197,5 +200,5 @@ def test_a_revoked_link_is_a_page_that_names_no_one(chromium, portal, shots):
     assert "Hafenstadt" not in page.content()
     path = shots / "portal-refused-de.png"
     page.screenshot(path=str(path), full_page=True)
-    SHOTS.append(path)
+    PORTAL_SHOTS.append(path)
     context.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -81,20 +81,19 @@ class Formatter:
         self.tz = tz
 
     def number(self, value: int | Decimal | None) -> str:
-        return DASH if value is None else format_decimal(value, locale=self.locale)
+        if value is None:
+            return DASH
+        if type(value) is int:
+            # Whole numbers (token counts, calls: most of a table's cells) by Python's own
+            # grouping with the locale's separator, what Babel writes for "#,##0", about
+            # 30 times faster.
+            return f"{value:,}".replace(",", _group_symbol(self.language))
+        return format_decimal(value, locale=self.locale)
 
     def usd(self, amount: Decimal | None, places: int = 2) -> str:
         if amount is None:
             return DASH
-        pattern = None if places == 2 else self._currency_pattern(places)
-        text: str = format_currency(
-            amount, "USD", format=pattern, locale=self.locale, currency_digits=places == 2
-        )
-        return text
-
-    def _currency_pattern(self, places: int) -> str:
-        base: str = self.locale.currency_formats["standard"].pattern
-        return base.replace("0.00", "0." + "0" * places)
+        return _usd_text(self.language, amount, places)
 
     def nano(self, nano: int | None, places: int = 2) -> str:
         """nano-USD as money, rounded for display (half even) to `places`."""
@@ -121,7 +120,7 @@ class Formatter:
 
     def month(self, year_month: str, width: str = "MMM y") -> str:
         year, month = (int(part) for part in year_month.split("-"))
-        return format_date(date(year, month, 1), width, locale=self.locale)
+        return _date_text(self.language, date(year, month, 1), width)
 
     def month_long(self, year_month: str) -> str:
         return self.month(year_month, "MMMM y")
@@ -131,7 +130,7 @@ class Formatter:
 
     def day(self, day: str | date) -> str:
         value = date.fromisoformat(day) if isinstance(day, str) else day
-        return format_date(value, "medium", locale=self.locale)
+        return _date_text(self.language, value, "medium")
 
     def last_day(self, end: datetime | str) -> str:
         """The last day of a period that ends at this instant (exclusive), in the time zone."""
@@ -139,7 +138,7 @@ class Formatter:
         return self.day((at.astimezone(self.tz) - timedelta(microseconds=1)).date())
 
     def day_short(self, day: str) -> str:
-        return format_date(date.fromisoformat(day), "d", locale=self.locale)
+        return _date_text(self.language, date.fromisoformat(day), "d")
 
     def datetime(self, at: datetime | None) -> str:
         if at is None:
@@ -154,6 +153,32 @@ class Formatter:
 
     def duration(self, delta: timedelta) -> str:
         return format_timedelta(delta, threshold=1.5, locale=self.locale)
+
+
+@cache
+def _group_symbol(language: str) -> str:
+    symbol: str = Locale.parse(language).number_symbols["latn"]["group"]
+    return symbol
+
+
+@lru_cache(maxsize=8192)
+def _usd_text(language: str, amount: Decimal, places: int) -> str:
+    """Babel's currency format (kept: the pages show the same amounts many times over)."""
+    locale = Locale.parse(language)
+    pattern = None
+    if places != 2:
+        base: str = locale.currency_formats["standard"].pattern
+        pattern = base.replace("0.00", "0." + "0" * places)
+    text: str = format_currency(
+        amount, "USD", format=pattern, locale=locale, currency_digits=places == 2
+    )
+    return text
+
+
+@lru_cache(maxsize=8192)
+def _date_text(language: str, day: date, pattern: str) -> str:
+    text: str = format_date(day, pattern, locale=Locale.parse(language))
+    return text
 
 
 def formatter(language: str, tz: ZoneInfo) -> Formatter:
