@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tokenledger.ratelimit import Rate
+
 DEFAULT_DATABASE_URL = "sqlite:///./data/tokenledger.db"
 
 
@@ -64,8 +66,6 @@ class Settings(BaseSettings):
     @field_validator("ingest_rate_limit")
     @classmethod
     def _rate(cls, value: str) -> str:
-        from tokenledger.ratelimit import Rate
-
         if value.strip():
             Rate.parse(value)
         return value.strip()

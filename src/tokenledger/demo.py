@@ -11,7 +11,6 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -79,8 +78,9 @@ MODELS = (
     ("claude-haiku-4-5", 0.27),
     ("claude-opus-4-1", 0.05),
 )
-DAYS = 183
 DEMO_WEBHOOK = "https://hooks.example.com/tokenledger"
+# Whose changes the demo data are, in the audit log.
+DEMO = audit.Operator("demo-data")
 
 
 def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
@@ -97,11 +97,12 @@ def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
     session.flush()
     events = refreshes = 0
     for demo in DEMO_ORGS:
-        org = organizations.create(session, OrganizationCreate(name=demo.name, slug=demo.slug))
-        _audit(session, "organization.create", "organization", org.id, organizations.snapshot(org))
+        org = organizations.create(
+            session, OrganizationCreate(name=demo.name, slug=demo.slug), actor=DEMO
+        )
         start = now - timedelta(days=demo.days)
         if demo.credits is not None:
-            lic = licenses.create(
+            licenses.create(
                 session,
                 LicenseCreate(
                     organization_id=org.id,
@@ -117,8 +118,8 @@ def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
                     enforcement=demo.enforcement,
                 ),
                 now,
+                actor=DEMO,
             )
-            _audit(session, "license.create", "license", lic.id, licenses.snapshot(lic))
         batch: list[UsageEventIn] = []
         for day in range(demo.days):
             pace = demo.runs_per_day * (demo.ramp if demo.days - day <= 14 else 1.0)
@@ -164,22 +165,9 @@ def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
     )
     _settle_some_deliveries(session, now)
     # Ingest keys as an operator has them (their secrets are not kept anywhere).
-    create_api_key(session, "Production ingest (all organizations)", None)
-    create_api_key(session, "Nordlicht worker", "nordlicht-energie")
+    create_api_key(session, "Production ingest (all organizations)", None, actor=DEMO)
+    create_api_key(session, "Nordlicht worker", "nordlicht-energie", actor=DEMO)
     return f"{len(DEMO_ORGS)} organizations, {refreshes} refreshes, {events} usage events"
-
-
-def _audit(session: Session, action: str, kind: str, entity_id: int, after: dict[str, Any]) -> None:
-    audit.record(
-        session,
-        actor="demo-data",
-        action=action,
-        entity_type=kind,
-        entity_id=entity_id,
-        before=None,
-        after=after,
-        client_address=None,
-    )
 
 
 def _calls(rng: random.Random, slug: str, refresh_id: str, at: datetime) -> list[UsageEventIn]:

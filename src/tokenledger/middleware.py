@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenledger.errors import error_body
+from tokenledger.headers import security_headers
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 INFLATING_ROUTE = "/v1/traces"
@@ -158,41 +159,6 @@ def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
         return {"type": "http.disconnect"}
 
     return receive
-
-
-# Pages and the docs load their scripts and styles as files from this server; nothing
-# inline, nothing from elsewhere, never inside a frame.
-CONTENT_SECURITY_POLICY = "; ".join(
-    (
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data:",
-        "font-src 'self'",
-        "connect-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    )
-)
-SECURITY_HEADERS = {
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "same-origin",
-    "content-security-policy": CONTENT_SECURITY_POLICY,
-    "x-frame-options": "DENY",
-}
-# Answers, tokens above all (RFC 6749 section 5.1), are never stored by a cache; static
-# files (the UI's, the docs' assets) may be, for a while.
-NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
-CACHEABLE_PREFIXES = ("/static/", "/docs/assets/")
-CACHEABLE = {"cache-control": "public, max-age=3600"}
-
-
-def security_headers(path: str) -> dict[str, str]:
-    """The headers every response carries, for a request of this path."""
-    caching = CACHEABLE if path.startswith(CACHEABLE_PREFIXES) else NO_STORE
-    return {**SECURITY_HEADERS, **caching}
 
 
 class SecurityHeaders:

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Path, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, StrictStr, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+)
+
+from tokenledger.money import MAX_USD, MoneyError, to_decimal
 
 T = TypeVar("T")
 
@@ -81,3 +93,26 @@ MAX_LIMIT = 500
 MAX_OFFSET = 1_000_000_000
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"at most {MAX_LIMIT}")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"at most {MAX_OFFSET}")]
+
+
+MAX_TOKENS = 10**9
+# A count of tokens a caller gives (usage events, holds).
+TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
+
+
+def parse_usd(value: Any) -> Decimal:
+    try:
+        amount = to_decimal(value)
+    except MoneyError as exc:
+        raise ValueError(str(exc)) from exc
+    if amount < 0:
+        raise ValueError("must not be negative")
+    if amount > MAX_USD:
+        raise ValueError(f"must be at most {MAX_USD}")
+    if amount.normalize().as_tuple().exponent < -9:  # type: ignore[operator]
+        raise ValueError("at most 9 decimal places")
+    return amount
+
+
+# An amount of USD a caller gives: decimal text or a number, never negative, nano-exact.
+UsdInput = Annotated[Decimal, BeforeValidator(parse_usd)]

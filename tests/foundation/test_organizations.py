@@ -11,7 +11,8 @@ from tests.conftest import NOW
 from tests.factories import make_license, make_org
 from tokenledger.auth.service import create_api_key
 from tokenledger.organizations.models import Organization
-from tokenledger.organizations.service import by_slug_or_id, slugify
+from tokenledger.organizations.refs import by_slug_or_id
+from tokenledger.organizations.service import slugify
 from tokenledger.usage.models import UsageEvent, UsagePrice
 
 
@@ -224,7 +225,7 @@ def test_delete_is_refused_once_there_is_history(client, database, admin_headers
         with_license = make_org(session)
         make_license(session, with_license)
         with_key = make_org(session)
-        create_api_key(session, "k", with_key.slug)
+        create_api_key(session, "k", with_key.slug, actor=None)
 
     for org in (with_usage, with_license, with_key):
         response = client.delete(f"/api/organizations/{org.id}", headers=admin_headers)

@@ -20,19 +20,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from tokenledger.db import Base, BigId, UTCDateTime, utcnow
 
-ALERT_TYPES = (
-    "budget.warning",
-    "budget.exhausted",
-    "credits.warning",
-    "credits.exhausted",
-    "budget.forecast",
-)
-
-
 ARMED = text("rearmed_at IS NULL")
 
 
 class Alert(Base):
+    """A threshold crossed: budget.warning, budget.exhausted, budget.forecast,
+    credits.warning or credits.exhausted, once per license and period while armed."""
+
     __tablename__ = "alerts"
     # Once per license, threshold and period while armed: insert-or-skip against this
     # index. A change of the license's limits that brings its use back below a threshold

@@ -16,23 +16,23 @@ import hashlib
 import json
 import operator
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, or_, select, text
+from sqlalchemy import Table, select, text
 from sqlalchemy.orm import Session
 
 from tokenledger.config import Settings
-from tokenledger.db import MAX_ROW_ID, execute_rows, insert_for, to_micros
+from tokenledger.db import execute_rows, insert_for, to_micros
 from tokenledger.errors import DomainError
-from tokenledger.hot import OrgRef
 from tokenledger.ledger import providers
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import LicenseTerms
 from tokenledger.money import credits_for_cost, format_credits, format_usd, usd_to_nano
-from tokenledger.organizations.models import Organization
+from tokenledger.organizations import refs
+from tokenledger.organizations.refs import OrgRef
 from tokenledger.periods import day_of, month_of
 from tokenledger.pricing.engine import PriceBook, PriceQuote, UsageError
 from tokenledger.usage.models import (
@@ -51,7 +51,6 @@ MAX_FUTURE = timedelta(minutes=5)
 _EVENTS = UsageEvent.__table__
 
 # Organizations by slug and by id, for the references given: (by_slug, by_id).
-OrganizationLookup = Callable[[set[str], set[int]], tuple[dict[str, OrgRef], dict[int, OrgRef]]]
 Key = tuple[int, str]
 
 
@@ -94,72 +93,27 @@ def _invalid(index: int, field_name: str, message: str) -> DomainError:
     )
 
 
-def _as_org_id(ref: str) -> int | None:
-    """The id a reference may mean; None for text (or numbers) no organization id can be."""
-    if not (ref.isascii() and ref.isdigit()):
-        return None
-    value = int(ref)
-    return value if 1 <= value <= MAX_ROW_ID else None
-
-
-def session_lookup(session: Session) -> OrganizationLookup:
-    """Organizations read in this session (for callers without the hot cache)."""
-
-    def lookup(slugs: set[str], ids: set[int]) -> tuple[dict[str, OrgRef], dict[int, OrgRef]]:
-        conditions = []
-        if slugs:
-            conditions.append(Organization.slug.in_(slugs))
-        if ids:
-            conditions.append(Organization.id.in_(ids))
-        if not conditions:
-            return {}, {}
-        refs = [
-            OrgRef(org_id, slug)
-            for org_id, slug in session.execute(
-                select(Organization.id, Organization.slug).where(or_(*conditions))
-            )
-        ]
-        return (
-            {ref.slug: ref for ref in refs if ref.slug in slugs},
-            {ref.id: ref for ref in refs if ref.id in ids},
-        )
-
-    return lookup
-
-
 def _resolve_organizations(
-    batch: UsageBatch, key_org_id: int | None, lookup: OrganizationLookup
+    batch: UsageBatch, key_org_id: int | None, lookup: refs.Lookup
 ) -> list[OrgRef]:
-    refs = {str(e.organization) for e in batch.events if e.organization is not None}
-    ids = {org_id for org_id in map(_as_org_id, refs) if org_id is not None}
-    if key_org_id is not None:
-        ids.add(key_org_id)
-    by_slug, by_id = lookup(refs, ids) if refs or ids else ({}, {})
-    result = []
-    for index, event in enumerate(batch.events):
-        if event.organization is None:
-            if key_org_id is None:
-                raise _invalid(index, "organization", "required with a service key")
-            own = by_id.get(key_org_id)
-            if own is None:
-                raise _invalid(index, "organization", "the key's organization is gone")
-            result.append(own)
-            continue
-        ref = str(event.organization)
-        org = by_slug.get(ref)
-        if org is None and (org_id := _as_org_id(ref)) is not None:
-            org = by_id.get(org_id)
-        if org is None:
-            raise _invalid(index, "organization", f"unknown organization {ref!r}")
-        if key_org_id is not None and org.id != key_org_id:
+    """Each event's organization (organizations.refs' rule), as the event's own error."""
+    named = [None if e.organization is None else str(e.organization) for e in batch.events]
+    try:
+        return refs.resolve(lookup, key_org_id, named)
+    except refs.Refused as exc:
+        index = exc.index
+        if exc.reason == "mismatch":
             raise DomainError(
                 403,
                 "organization_mismatch",
                 f"events[{index}]: this key may only write usage of its own organization",
                 details={"index": index, "field": "organization"},
-            )
-        result.append(org)
-    return result
+            ) from None
+        message = {
+            "required": "required with a service key",
+            "gone": "the key's organization is gone",
+        }.get(exc.reason, f"unknown organization {exc.ref!r}")
+        raise _invalid(index, "organization", message) from None
 
 
 def content_hash(event: UsageEventIn, org_id: int) -> bytes:
@@ -203,7 +157,7 @@ def prepare(
     batch: UsageBatch,
     *,
     key_org_id: int | None,
-    organizations: OrganizationLookup,
+    organizations: refs.Lookup,
     book: PriceBook,
     settings: Settings,
     now: datetime,

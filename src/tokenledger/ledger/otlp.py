@@ -47,8 +47,8 @@ from pydantic import ValidationError
 
 from tokenledger.deps import AppSettings, IngestKey, Now, Session
 from tokenledger.errors import DomainError
-from tokenledger.ledger.api import record_usage
 from tokenledger.ledger.ingest import MAX_FUTURE
+from tokenledger.ledger.service import record_batch
 from tokenledger.middleware import check_json
 from tokenledger.usage.schemas import UsageBatch, UsageEventIn
 
@@ -185,7 +185,14 @@ def _record(
         batch = UsageBatch.model_construct(events=events)
         try:
             with session.begin_nested():
-                record_usage(request, session, batch, key, settings, now)
+                record_batch(
+                    session,
+                    batch,
+                    key_org_id=key.organization_id,
+                    settings=settings,
+                    now=now,
+                    metrics=request.app.state.metrics,
+                )
             return
         except DomainError as exc:
             index = exc.details.get("index") if isinstance(exc.details, dict) else None

@@ -153,8 +153,7 @@ def reprice(
     settings: Settings,
     now: datetime,
     dry_run: bool,
-    actor: str,
-    client_address: str | None,
+    actor: audit.Actor,
 ) -> Outcome:
     """Price the selected events again; with dry_run, only say what would change."""
     outcome = Outcome(dry_run=dry_run, selection=selection.describe())
@@ -192,7 +191,7 @@ def reprice(
     outcome.new_alerts += len(alerts.evaluate(session, license_ids, settings.timezone, now, months))
     audit.record(
         session,
-        actor=actor,
+        actor=actor.email,
         action="pricing.reprice",
         entity_type="usage_events",
         entity_id=selection.describe()[:64],
@@ -203,7 +202,7 @@ def reprice(
             **outcome.totals.side("after"),
             "organizations": outcome.render()["organizations"],
         },
-        client_address=client_address,
+        client_address=actor.address,
     )
     return outcome
 

@@ -2,67 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from pydantic import AwareDatetime, BaseModel, Field, StrictInt, StrictStr
-from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session as OrmSession
+from pydantic import AwareDatetime
 
 from tokenledger.deps import Admin, AppSettings, Now, Session, Viewer
 from tokenledger.ledger.reprice import Selection, reprice
 from tokenledger.pricing import overrides
-from tokenledger.schemas import InputModel, PathText
-from tokenledger.usage.models import INCOMPLETE_PRICING, UsageEvent, UsagePrice
+from tokenledger.pricing.schemas import OverrideSet, RepriceIn, UnpricedModel
+from tokenledger.schemas import PathText
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
-
-# Decimal text or a whole number; strict, so that true is not taken for 1.
-RateText = StrictStr | StrictInt | None
-
-
-class OverrideTier(InputModel):
-    """Rates for prompts above a size (input, cache reads and writes): all the request's
-    tokens are then priced at them, as genai-prices' long-context tiers are."""
-
-    above_prompt_tokens: StrictInt = Field(ge=0)
-    input: RateText = None
-    output: RateText = None
-    cache_write_5m: RateText = None
-    cache_write_1h: RateText = None
-    cache_read: RateText = None
-
-
-class OverrideSet(InputModel):
-    input: StrictStr | StrictInt = Field(description="USD per million input tokens")
-    output: StrictStr | StrictInt
-    cache_write_5m: RateText = None
-    cache_write_1h: RateText = None
-    cache_read: RateText = None
-    valid_from: AwareDatetime | None = Field(
-        default=None, description="first event timestamp it prices; default: now"
-    )
-    valid_until: AwareDatetime | None = Field(default=None, description="end, exclusive")
-    tiers: list[OverrideTier] | None = Field(default=None, max_length=8)
-    units: dict[Annotated[str, Field(max_length=64)], StrictStr | StrictInt] | None = Field(
-        default=None,
-        max_length=16,
-        description="further units by genai-prices price key, USD per 1000 "
-        "(e.g. requests_kcount, web_searches_kcount)",
-    )
-
-
-class UnpricedModel(BaseModel):
-    provider: str
-    model: str
-    # unpriced: no price at all; partially_priced: a cost that leaves out `units`
-    pricing: str
-    # the units (or unknown usage fields) no rate covered, e.g. ["web_searches"]
-    units: list[str]
-    events: int
-    first_seen: datetime
-    last_seen: datetime
 
 
 @router.get("/overrides")
@@ -85,8 +36,7 @@ def set_override(
         provider=provider,
         model=model,
         rates=data.model_dump(include=set(overrides.RATE_FIELDS)),
-        actor=admin.email,
-        client_address=admin.address,
+        actor=admin,
         valid_from=data.valid_from,
         valid_until=data.valid_until,
         tiers=[tier.model_dump(exclude_none=True) for tier in data.tiers or []],
@@ -109,8 +59,7 @@ def unset_override(
         session,
         provider=provider,
         model=model,
-        actor=admin.email,
-        client_address=admin.address,
+        actor=admin,
         valid_from=valid_from,
     )
     return Response(status_code=204)
@@ -118,63 +67,7 @@ def unset_override(
 
 @router.get("/unpriced")
 def unpriced(session: Session, _viewer: Viewer) -> list[UnpricedModel]:
-    return unpriced_models(session)
-
-
-def unpriced_models(session: OrmSession) -> list[UnpricedModel]:
-    """Models and units nobody could price: unpriced and partially priced events."""
-    rows = session.execute(
-        select(
-            UsagePrice.provider,
-            UsagePrice.model,
-            UsagePrice.pricing,
-            UsageEvent.unpriced_units,
-            func.count(),
-            func.min(UsageEvent.timestamp),
-            func.max(UsageEvent.timestamp),
-        )
-        .select_from(UsageEvent)
-        .join(UsagePrice, UsagePrice.id == UsageEvent.price_id)
-        # The first condition is the partial index's: incomplete events are within it.
-        .where(
-            or_(UsageEvent.cost_nano.is_(None), UsageEvent.unpriced_units.is_not(None)),
-            UsagePrice.pricing.in_(INCOMPLETE_PRICING),
-        )
-        .group_by(
-            UsagePrice.provider, UsagePrice.model, UsagePrice.pricing, UsageEvent.unpriced_units
-        )
-    ).all()
-    groups: dict[tuple[str, str, str], UnpricedModel] = {}
-    for provider, model, pricing, units, count, first, last in rows:
-        names = units.split(",") if units else []
-        group = groups.get((provider, model, pricing))
-        if group is None:
-            groups[(provider, model, pricing)] = UnpricedModel(
-                provider=provider,
-                model=model,
-                pricing=pricing,
-                units=sorted(set(names)),
-                events=count,
-                first_seen=first,
-                last_seen=last,
-            )
-            continue
-        group.units = sorted(set(group.units) | set(names))
-        group.events += count
-        group.first_seen = min(group.first_seen, first)
-        group.last_seen = max(group.last_seen, last)
-    return sorted(groups.values(), key=lambda group: (-group.events, group.provider, group.model))
-
-
-class RepriceIn(InputModel):
-    """Either the unpriced events, or one model's events in [from, to)."""
-
-    unpriced: bool = False
-    provider: str | None = Field(default=None, min_length=1, max_length=64)
-    model: str | None = Field(default=None, min_length=1, max_length=128)
-    from_: AwareDatetime | None = Field(default=None, alias="from")
-    to: AwareDatetime | None = None
-    dry_run: bool = False
+    return overrides.unpriced_models(session)
 
 
 @router.post("/reprice")
@@ -195,7 +88,6 @@ def reprice_events(
         settings=settings,
         now=now,
         dry_run=data.dry_run,
-        actor=admin.email,
-        client_address=admin.address,
+        actor=admin,
     )
     return outcome.render()

@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from genai_prices.types import Tier, TieredPrices
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from tokenledger.audit import service as audit
@@ -27,10 +27,10 @@ from tokenledger.errors import DomainError
 from tokenledger.money import MoneyError, to_decimal
 from tokenledger.pricing.engine import PriceBook, PriceOverride, PriceQuote, Rates, TokenUsage
 from tokenledger.pricing.models import PriceOverrideRow
+from tokenledger.pricing.schemas import UnpricedModel
+from tokenledger.usage.models import INCOMPLETE_PRICING, UsageEvent, UsagePrice
 
 RATE_FIELDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
-# Where history begins: overrides made before effective dates existed start here.
-BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
 _NANO = Decimal(10**9)
 _MAX_RATE = Decimal(1_000_000)
 _lock = threading.Lock()
@@ -281,18 +281,19 @@ def set_override(
     provider: str,
     model: str,
     rates: dict[str, Any],
-    actor: str,
-    client_address: str | None,
+    actor: audit.Actor,
     valid_from: datetime | None = None,
     valid_until: datetime | None = None,
     tiers: list[dict[str, Any]] | None = None,
     units: Mapping[str, Any] | None = None,
     now: datetime | None = None,
 ) -> PriceOverrideRow:
-    """Set the price of a model from `valid_from` (default: now) until `valid_until`.
+    """Set the price of a model from `valid_from` (default: now) until `valid_until`,
+    audited (price_override.set, and price_override.end for one it ends).
 
     The same start replaces that override. An open-ended override that began earlier ends
-    where the new one begins; any other overlap is refused (409).
+    where the new one begins; any other overlap is refused (409). Everything is checked
+    before anything changes: a refusal writes nothing.
     """
     provider, model = provider.strip().lower(), model.strip().lower()
     if not provider or not model:
@@ -301,6 +302,9 @@ def set_override(
     if values["input"] is None or values["output"] is None:
         raise DomainError(422, "invalid_rate", "input and output rates are required")
     start = (valid_from or now or utcnow()).astimezone(UTC)
+    # The real clock, not `now`: updated_at is part of a price's version, which must change
+    # with every change, also when a caller's clock stands still.
+    changed_at = utcnow()
     end = valid_until.astimezone(UTC) if valid_until is not None else None
     if end is not None and end <= start:
         raise DomainError(422, "invalid_validity", "valid_until must be after valid_from")
@@ -316,63 +320,66 @@ def set_override(
         ).all()
     )
     row = next((other for other in existing if other.valid_from == start), None)
-    ended: list[tuple[PriceOverrideRow, dict[str, Any]]] = []
-    for other in existing:
-        if other is row or not _overlap(start, end, other):
-            continue
-        if other.valid_from < start and other.valid_until is None:
-            ended.append((other, rates_json(other)))
-            other.valid_until = start
-            other.updated_at = utcnow()
-            continue
-        raise DomainError(
-            409,
-            "overlapping_override",
-            f"{provider}/{model} has an override from {other.valid_from.isoformat()} until "
-            f"{other.valid_until.isoformat() if other.valid_until else 'open-ended'}: "
-            "choose dates that do not overlap it",
-        )
+    ends = [other for other in existing if other is not row and _overlap(start, end, other)]
+    for other in ends:
+        if not (other.valid_from < start and other.valid_until is None):
+            raise DomainError(
+                409,
+                "overlapping_override",
+                f"{provider}/{model} has an override from {other.valid_from.isoformat()} until "
+                f"{other.valid_until.isoformat() if other.valid_until else 'open-ended'}: "
+                "choose dates that do not overlap it",
+            )
+    fields: dict[str, Any] = {
+        "valid_until": end,
+        "input_nano_per_mtok": int(values["input"] * _NANO),
+        "output_nano_per_mtok": int(values["output"] * _NANO),
+        "cache_write_5m_nano_per_mtok": _to_nano(values["cache_write_5m"]),
+        "cache_write_1h_nano_per_mtok": _to_nano(values["cache_write_1h"]),
+        "cache_read_nano_per_mtok": _to_nano(values["cache_read"]),
+        "tiers": tier_list,
+        "unit_rates": unit_rates,
+        "updated_at": changed_at,
+    }
+    try:
+        # The engine accepts it, or nothing is stored (a row outside the session).
+        to_override(PriceOverrideRow(provider=provider, model=model, valid_from=start, **fields))
+    except ValueError as exc:
+        raise DomainError(422, "invalid_rate", str(exc)) from exc
+
+    ended = [(other, rates_json(other)) for other in ends]
+    for other in ends:
+        other.valid_until = start
+        other.updated_at = changed_at
     before = rates_json(row) if row else None
     if row is None:
         row = PriceOverrideRow(provider=provider, model=model, valid_from=start)
         session.add(row)
-    row.valid_until = end
-    row.input_nano_per_mtok = int(values["input"] * _NANO)
-    row.output_nano_per_mtok = int(values["output"] * _NANO)
-    row.cache_write_5m_nano_per_mtok = _to_nano(values["cache_write_5m"])
-    row.cache_write_1h_nano_per_mtok = _to_nano(values["cache_write_1h"])
-    row.cache_read_nano_per_mtok = _to_nano(values["cache_read"])
-    row.tiers = tier_list
-    row.unit_rates = unit_rates
-    row.updated_at = utcnow()
-    try:
-        to_override(row)  # the engine accepts it, or nothing is stored
-    except ValueError as exc:
-        raise DomainError(422, "invalid_rate", str(exc)) from exc
+    for name, value in fields.items():
+        setattr(row, name, value)
     session.flush()
     for other, other_before in ended:
-        _audit(session, actor, client_address, "price_override.end", other, other_before)
-    _audit(session, actor, client_address, "price_override.set", row, before)
+        _audit(session, actor, "price_override.end", other, other_before)
+    _audit(session, actor, "price_override.set", row, before)
     return row
 
 
 def _audit(
     session: Session,
-    actor: str,
-    client_address: str | None,
+    actor: audit.Actor,
     action: str,
     row: PriceOverrideRow,
     before: dict[str, Any] | None,
 ) -> None:
     audit.record(
         session,
-        actor=actor,
+        actor=actor.email,
         action=action,
         entity_type="price_override",
         entity_id=row.id,  # provider, model and dates are in before and after
         before=before,
         after=rates_json(row),
-        client_address=client_address,
+        client_address=actor.address,
     )
 
 
@@ -381,11 +388,11 @@ def unset_override(
     *,
     provider: str,
     model: str,
-    actor: str,
-    client_address: str | None,
+    actor: audit.Actor,
     valid_from: datetime | None = None,
 ) -> int:
-    """Remove a model's override starting at `valid_from`, or all of them; returns how many."""
+    """Remove a model's override starting at `valid_from`, or all of them, each audited;
+    returns how many."""
     provider, model = provider.strip().lower(), model.strip().lower()
     query = select(PriceOverrideRow).where(
         PriceOverrideRow.provider == provider, PriceOverrideRow.model == model
@@ -401,12 +408,57 @@ def unset_override(
         session.flush()
         audit.record(
             session,
-            actor=actor,
+            actor=actor.email,
             action="price_override.unset",
             entity_type="price_override",
             entity_id=row_id,
             before=before,
             after=None,
-            client_address=client_address,
+            client_address=actor.address,
         )
     return len(rows)
+
+
+def unpriced_models(session: Session) -> list[UnpricedModel]:
+    """Models and units nobody could price: unpriced and partially priced events."""
+    rows = session.execute(
+        select(
+            UsagePrice.provider,
+            UsagePrice.model,
+            UsagePrice.pricing,
+            UsageEvent.unpriced_units,
+            func.count(),
+            func.min(UsageEvent.timestamp),
+            func.max(UsageEvent.timestamp),
+        )
+        .select_from(UsageEvent)
+        .join(UsagePrice, UsagePrice.id == UsageEvent.price_id)
+        # The first condition is the partial index's: incomplete events are within it.
+        .where(
+            or_(UsageEvent.cost_nano.is_(None), UsageEvent.unpriced_units.is_not(None)),
+            UsagePrice.pricing.in_(INCOMPLETE_PRICING),
+        )
+        .group_by(
+            UsagePrice.provider, UsagePrice.model, UsagePrice.pricing, UsageEvent.unpriced_units
+        )
+    ).all()
+    groups: dict[tuple[str, str, str], UnpricedModel] = {}
+    for provider, model, pricing, units, count, first, last in rows:
+        names = units.split(",") if units else []
+        group = groups.get((provider, model, pricing))
+        if group is None:
+            groups[(provider, model, pricing)] = UnpricedModel(
+                provider=provider,
+                model=model,
+                pricing=pricing,
+                units=sorted(set(names)),
+                events=count,
+                first_seen=first,
+                last_seen=last,
+            )
+            continue
+        group.units = sorted(set(group.units) | set(names))
+        group.events += count
+        group.first_seen = min(group.first_seen, first)
+        group.last_seen = max(group.last_seen, last)
+    return sorted(groups.values(), key=lambda group: (-group.events, group.provider, group.model))

@@ -140,9 +140,6 @@ class Formatter:
     def relative(self, delta: timedelta) -> str:
         return format_timedelta(delta, add_direction=True, threshold=1.5, locale=self.locale)
 
-    def duration(self, delta: timedelta) -> str:
-        return format_timedelta(delta, threshold=1.5, locale=self.locale)
-
 
 def formatter(language: str, tz: ZoneInfo) -> Formatter:
     return Formatter(language, tz)
