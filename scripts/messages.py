@@ -15,7 +15,11 @@ from jinja2.ext import babel_extract
 
 WEB = Path(__file__).resolve().parent.parent / "src" / "tokenledger" / "web"
 KEYWORDS = {"_": None, "N_": None, "_n": (1, 2), "gettext": None, "ngettext": (1, 2)}
-METHODS = [("*.py", "python"), ("templates/*.html", babel_extract)]
+METHODS = [
+    ("*.py", "python"),
+    ("templates/*.html", babel_extract),
+    ("templates/portal/*.html", babel_extract),
+]
 
 
 def extract() -> Catalog:

@@ -27,14 +27,16 @@ from tokenledger.ledger.api import router as usage_router
 from tokenledger.ledger.otlp import router as otlp_router
 from tokenledger.ledger.writer import UsageWriter
 from tokenledger.licenses.api import router as licenses_router
-from tokenledger.middleware import SecurityHeaders, StrictJson
+from tokenledger.middleware import RetryConflicts, SecurityHeaders, StrictJson
 from tokenledger.openapi import install_openapi
 from tokenledger.ops import BodyLimit, Metrics, install_metrics
 from tokenledger.ops import router as ops_router
 from tokenledger.organizations.api import router as organizations_router
+from tokenledger.portal.api import router as portal_router
 from tokenledger.pricing.api import router as pricing_router
 from tokenledger.ratelimit import Rate, RateLimiter
 from tokenledger.usage.admin_api import router as token_usage_router
+from tokenledger.usage.tenant_api import router as tenant_router
 from tokenledger.web import install as install_web
 
 log = logging.getLogger("tokenledger")
@@ -102,11 +104,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
     # The buckets refill by the real monotonic clock, not the app's: a rate is real time.
     app.state.ingest_limiter = RateLimiter(Rate.parse(rate)) if rate else None
     install_error_handlers(app)
+    # Innermost: a request that lost a lock conflict is served again from its route.
+    app.add_middleware(RetryConflicts)
     app.add_middleware(StrictJson)  # inside the body cap: it reads whole bodies
     # Added first, so it runs inside the metrics middleware: 413s are counted too.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     install_metrics(app, app.state.metrics)
-    app.add_middleware(SecurityHeaders)  # outermost: every answer carries them
+    # Outermost: every answer carries them.
+    app.add_middleware(SecurityHeaders, portal_frame_origins=settings.portal_frame_origins)
     if settings.trusted_proxy_list:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
     # The ingestion routes first: routes are matched in order, and these take the load.
@@ -123,6 +128,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
         token_usage_router,
         budget_admin_router,
         otlp_router,
+        tenant_router,
+        portal_router,
     ):
         app.include_router(router)
     install_web(app)

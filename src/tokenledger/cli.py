@@ -20,9 +20,10 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from tokenledger.audit.service import Operator
 from tokenledger.config import Settings, get_settings
-from tokenledger.db import Database, utcnow
+from tokenledger.db import Database, retrying, utcnow
 from tokenledger.errors import DomainError
 from tokenledger.migrations import runner
+from tokenledger.schemas import check_instant
 
 # Whose changes the command line's are, in the audit log.
 CLI = Operator("cli")
@@ -352,27 +353,30 @@ def cmd_prices(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reprice(args: argparse.Namespace, settings: Settings) -> int:
-    from tokenledger.db import utcnow
     from tokenledger.ledger.reprice import Selection, reprice
 
     database = _database(settings)
-    _require_migrated(database)
-    selection = Selection(
-        unpriced=args.unpriced,
-        provider=args.provider,
-        model=args.model,
-        start=args.start,
-        end=args.end,
-    )
-    with database.session(write=not args.dry_run) as session:
+    try:
+        _require_migrated(database)
+        selection = Selection(
+            unpriced=args.unpriced,
+            provider=args.provider,
+            model=args.model,
+            start=args.start,
+            end=args.end,
+        )
+        # In chunks, each its own transaction (retried when it loses a deadlock): a run
+        # cut short is finished by running it again.
         outcome = reprice(
-            session,
+            database,
             selection,
             settings=settings,
             now=utcnow(),
             dry_run=args.dry_run,
             actor=CLI,
         ).render()
+    finally:
+        database.dispose()
     head = "dry run, nothing changed: " if args.dry_run else ""
     print(
         f"{head}{outcome['changed']} of {outcome['examined']} events of {outcome['selection']} "
@@ -400,7 +404,10 @@ def _instant(text: str) -> datetime:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from exc
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    try:
+        return check_instant(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
 
 
 def _pair(text: str, option: str) -> tuple[str, str]:
@@ -525,6 +532,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# PostgreSQL's SQLSTATEs of a lost or refused connection: class 08 (connection exception),
+# and the server shutting down or starting up.
+_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+def _unreachable(exc: OperationalError) -> bool:
+    """Whether the database could not be reached at all, as opposed to an error inside it
+    (a deadlock, a lock timeout, a locked SQLite file, a missing table), which DBAPIs also
+    call OperationalError."""
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if type(orig).__module__.startswith("psycopg"):
+        state = getattr(orig, "sqlstate", None)
+        # A connection that never opened has no SQLSTATE.
+        return state is None or state.startswith(_CONNECTION_STATES)
+    return "unable to open database file" in str(orig)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
@@ -539,10 +565,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     try:
-        return handler(args, settings)
+        # A command whose transaction lost a deadlock (PostgreSQL, a server writing
+        # meanwhile) runs again: its transaction was rolled back whole.
+        return retrying(lambda: handler(args, settings))
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        print(f"tokenledger: database unreachable: {reason}", file=sys.stderr)
+        what = "database unreachable" if _unreachable(exc) else "database error"
+        print(f"tokenledger: {what}: {reason}", file=sys.stderr)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         print(f"tokenledger: database error: {reason}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import secrets
 import tempfile
 from functools import lru_cache
@@ -17,6 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tokenledger.ratelimit import Rate
 
 DEFAULT_DATABASE_URL = "sqlite:///./data/tokenledger.db"
+# An origin as a CSP source: a scheme and a host (a leading "*." allowed), an optional port;
+# nothing that could end the directive or add another.
+_ORIGIN = re.compile(r"https?://(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:\d{1,5})?")
 
 
 class Settings(BaseSettings):
@@ -33,6 +37,8 @@ class Settings(BaseSettings):
     access_token_minutes: int = Field(default=12 * 60, ge=1)
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     reservation_ttl_seconds: int = Field(default=15 * 60, ge=1)
+    # Events per repricing transaction: ingestion is served between two.
+    reprice_chunk_events: int = Field(default=1000, ge=1, le=100_000)
     # FULL survives power loss, NORMAL only a process crash; money wants FULL.
     sqlite_synchronous: str = "FULL"
     login_max_failures: int = Field(default=5, ge=1)
@@ -53,6 +59,16 @@ class Settings(BaseSettings):
     metrics_token: str = ""
     # /docs, /redoc and /openapi.json; an operator may turn them off in production.
     docs: bool = True
+    # Tenant access: how long a portal link lasts unless its creator says (hours), and
+    # the longest it may be asked to last.
+    portal_link_hours: int = Field(default=24, ge=1)
+    portal_link_max_hours: int = Field(default=24 * 30, ge=1)
+    # Origins allowed to frame the portal (space- or comma-separated, e.g.
+    # "https://app.example.com"); empty: none may (frame-ancestors 'none').
+    portal_frame_ancestors: str = ""
+    # Whether the portal and the tenant API show USD (provider cost, the USD budget) or
+    # only credits and tokens: an operator who sells credits may keep its margin private.
+    tenant_show_usd: bool = True
 
     @field_validator("billing_timezone")
     @classmethod
@@ -87,6 +103,18 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"not an address or network: {item!r}") from exc
         return value
+
+    @field_validator("portal_frame_ancestors")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for item in _split(value.replace(" ", ",")):
+            if not _ORIGIN.fullmatch(item):
+                raise ValueError(f"not an origin (scheme://host[:port]): {item!r}")
+        return value
+
+    @property
+    def portal_frame_origins(self) -> list[str]:
+        return _split(self.portal_frame_ancestors.replace(" ", ","))
 
     @property
     def trusted_proxy_list(self) -> list[str]:

@@ -7,25 +7,43 @@ sleeping in SQLite's busy handler; reads use a pool of their own. Write transact
 still open with BEGIN IMMEDIATE (and a busy timeout) against writers of other processes
 (the command line, a second server).
 PostgreSQL: READ COMMITTED, with atomic increments and row locks where rows are shared;
-writers run concurrently.
+writers run concurrently, so every write transaction takes its locks in ONE order:
+
+1. organizations, in id order (FOR NO KEY UPDATE, `lock_organizations`): ingestion,
+   repricing, budget changes, holds and refreshes of an organization take turns here;
+2. licenses, in id order (FOR UPDATE);
+3. the rows those organizations and licenses own: events (a repricing locks only the
+   event rows, never the price rows it reads), refreshes, reservations, credit
+   adjustments, alerts, and rollups in key order;
+4. usage_prices, shared and append-only: new rows inserted in fingerprint order in one
+   statement, never updated, never locked otherwise;
+5. api_keys (last_used_at) last, in id order, or in a short transaction of their own.
+
+reconcile's table locks follow the same order. Price overrides of a model are one more
+domain with its own lock (pricing/overrides.py), taken with nothing else held.
+A transaction that loses a deadlock or a serialization conflict all the same (SQLSTATE
+40P01 / 40001) is run again (`retrying`, `Database.run_write`, and for requests
+middleware.RetryConflicts): a few times, after a random pause, never answered as a 500.
 """
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from sqlalchemy import BigInteger, Connection, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.dml import UpdateBase
@@ -212,6 +230,50 @@ class WriterBusy(RuntimeError):
 WRITER_TIMEOUT = 30
 
 
+# SQLSTATEs of a transaction PostgreSQL rolled back to break a deadlock or a serialization
+# conflict: the same transaction run again is expected to succeed.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+RETRY_ATTEMPTS = 6
+_RETRY_PAUSE = 0.02  # seconds: the first pause is up to this, doubled after each loss
+
+T = TypeVar("T")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A deadlock or serialization failure (SQLSTATE 40P01 / 40001), however wrapped."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError) and current.orig is not None:
+            current = current.orig
+            continue
+        if getattr(current, "sqlstate", None) in RETRYABLE_SQLSTATES:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def retry_pause(attempt: int) -> float:
+    """Seconds to wait before attempt `attempt` + 1: random, so that the losers part."""
+    return random.uniform(0, _RETRY_PAUSE * 2**attempt)
+
+
+def retrying(work: Callable[[], T], *, attempts: int = RETRY_ATTEMPTS) -> T:
+    """work(), run again (bounded, with jitter) while it loses a deadlock or conflict.
+
+    `work` must be a whole transaction: it opens, commits or rolls back its own session.
+    """
+    for attempt in range(attempts):
+        try:
+            return work()
+        except Exception as exc:
+            if attempt + 1 >= attempts or not is_retryable(exc):
+                raise
+        time.sleep(retry_pause(attempt))
+    raise AssertionError("unreachable")
+
+
 # What a committed write changed, by table name: caches of those tables are dropped.
 ChangeListener = Callable[[frozenset[str]], None]
 _listeners: dict[str, weakref.WeakSet[Any]] = {}
@@ -268,6 +330,16 @@ class Database:
                 yield from self._unit_of_work(session)
         finally:
             self._writer.release()
+
+    def run_write(self, work: Callable[[Session], T]) -> T:
+        """work(session) in a write transaction of its own, committed; run again in a new
+        one when it loses a deadlock or serialization conflict (retrying)."""
+
+        def once() -> T:
+            with self.session(write=True) as session:
+                return work(session)
+
+        return retrying(once)
 
     def _unit_of_work(self, session: Session) -> Iterator[Session]:
         try:

@@ -161,6 +161,20 @@ Viewer = Annotated[Principal, Depends(require_viewer)]
 Admin = Annotated[Principal, Depends(require_admin)]
 
 
+def require_admin_alone(request: Request, settings: AppSettings) -> Principal:
+    """The admin of a route that runs its own write transactions (repricing, in chunks):
+    checked in a read transaction that ends before the route runs, so that the request
+    holds no transaction (on SQLite, not the one writer) meanwhile."""
+    with get_database(request).session(write=False) as session:
+        principal = authenticate(request, session, settings, request.headers.get(CSRF_HEADER, ""))
+    return require_admin(principal)
+
+
+# With AdminAlone a route has no request transaction: it opens its own from DatabaseDep.
+AdminAlone = Annotated[Principal, Depends(require_admin_alone)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+
+
 @dataclass(frozen=True, slots=True)
 class IngestPrincipal:
     """An ingest key: for one organization, or a service key for all (organization_id None).
@@ -210,10 +224,14 @@ def require_ingest_key(request: Request, session: Session, now: Now) -> IngestPr
     _limit_rate(request, secret)
     principal = _live_key(request, get_hot(request).api_key(secret), secret, now)
     if principal.touch_due:
-        if request.method in SAFE_METHODS:
-            # Its own short transaction, so that read-only requests stay read-only.
-            with get_database(request).session(write=True) as touch:
-                auth_service.touch_api_key(touch, principal.key_id, now)
+        database = get_database(request)
+        if request.method in SAFE_METHODS or database.dialect_name != "sqlite":
+            # Its own short transaction: read-only requests stay read-only, and on
+            # PostgreSQL the key's row lock is never held while the request takes the
+            # organization's and license's (api_keys come last in db.py's lock order).
+            database.run_write(
+                lambda touch: auth_service.touch_api_key(touch, principal.key_id, now)
+            )
         else:
             auth_service.touch_api_key(session, principal.key_id, now)
     return principal

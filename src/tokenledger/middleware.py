@@ -1,11 +1,14 @@
-"""HTTP rules that hold for every route: what a JSON body may be, and response headers.
+"""HTTP rules that hold for every route: what a JSON or form body and a query may be
+(no NUL anywhere: PostgreSQL cannot store it), and response headers.
 
 Plain ASGI middleware (not BaseHTTPMiddleware), so streamed responses pass untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -14,11 +17,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokenledger.db import RETRY_ATTEMPTS, is_retryable, retry_pause
 from tokenledger.errors import error_body
-from tokenledger.headers import security_headers
+from tokenledger.headers import NO_STORE, PORTAL_PREFIX, portal_headers, security_headers
+
+log = logging.getLogger("tokenledger.http")
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 INFLATING_ROUTE = "/v1/traces"
+# Routes whose request may have had effects outside the database (a provider's call).
+NOT_RETRIED_PREFIX = "/gateway/"
 # Where StrictJson leaves the body it parsed, in the request's scope.
 PARSED_JSON = "tokenledger.parsed_json"
 
@@ -42,11 +50,34 @@ def _refuse_constant(name: str) -> Any:
     raise AmbiguousJson(f"{name} is not a JSON number")
 
 
+NUL_MESSAGE = "text must not contain NUL (U+0000)"
+
+
+def _nul_at(value: Any, path: str = "") -> str | None:
+    """Where the first NUL in a JSON document is (events[1].id), or None."""
+    if isinstance(value, str):
+        return path or "body" if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return where
+            found = _nul_at(item, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_at(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
 def strict_json(body: bytes) -> Any:
     """The one JSON document in this body (UTF-8, unique keys, finite numbers, nesting the
-    parser can follow); ValueError saying why it is not one."""
+    parser can follow, no NUL in any text); ValueError saying why it is not one."""
     try:
-        return json.loads(
+        document = json.loads(
             body.decode("utf-8"),
             object_pairs_hook=_refuse_duplicate_keys,
             parse_constant=_refuse_constant,
@@ -61,6 +92,17 @@ def strict_json(body: bytes) -> Any:
         ) from exc
     except RecursionError as exc:
         raise ValueError("JSON nested too deeply") from exc
+    # JSON can only say NUL as the escape \u0000 (a raw control character in a string is
+    # invalid): one search of the bytes, and a walk of the document only when it is there
+    # (it may be an escaped backslash before "u0000").
+    if b"\\u0000" in body and (where := _nul_at(document)) is not None:
+        raise ValueError(f"{where!r}: {NUL_MESSAGE}")
+    return document
+
+
+def _form_nul(body: bytes) -> bool:
+    """Whether a URL-encoded form (or a query string) says NUL: %00 or the byte itself."""
+    return b"%00" in body or b"\x00" in body
 
 
 def check_json(body: bytes) -> str | None:
@@ -72,35 +114,58 @@ def check_json(body: bytes) -> str | None:
     return None
 
 
-def _is_json(scope: Scope) -> bool:
-    """A JSON body to check here. A compressed one sent to the OTLP route (exporters gzip
-    theirs) is checked by that route once inflated (ledger/otlp.py, with check_json too);
-    on every other route a compressed body is checked as it is, and so refused."""
-    json_type = compressed = False
+def _body_kind(scope: Scope) -> str | None:
+    """ "json" or "form" for a body to check here, else None. A compressed one sent to the
+    OTLP route (exporters gzip theirs) is checked by that route once inflated
+    (ledger/otlp.py, with check_json too); on every other route a compressed body is
+    checked as it is, and so refused."""
+    kind: str | None = None
+    compressed = False
     for name, value in scope["headers"]:
         if name == b"content-type":
             media_type: bytes = value.split(b";", 1)[0].strip().lower()
-            json_type = media_type == b"application/json" or media_type.endswith(b"+json")
+            if media_type == b"application/json" or media_type.endswith(b"+json"):
+                kind = "json"
+            elif media_type == b"application/x-www-form-urlencoded":
+                kind = "form"
+            else:
+                kind = None
         elif name == b"content-encoding":
             compressed = value.strip().lower() not in (b"", b"identity")
     if compressed and scope.get("path") == INFLATING_ROUTE:
-        return False
-    return json_type
+        return None
+    return kind
+
+
+def _refusal(where: str, problem: str) -> JSONResponse:
+    # The shape of every other payload error (errors.py's validation handler).
+    details = [{"loc": [where], "msg": problem, "type": "json_invalid"}]
+    return JSONResponse(error_body("validation_error", f"{where}: {problem}", details), 422)
 
 
 class StrictJson:
-    """422 for a JSON body with a duplicate key, NaN or Infinity, bad UTF-8 or too deep.
+    """422 for a JSON body with a duplicate key, NaN or Infinity, bad UTF-8, too deep or
+    with NUL in a text; and for a form or a query string that holds NUL.
 
     Python's parser keeps the last of two equal keys; another reader may keep the
     first. A usage event billed differently by two readers of one body is refused here,
-    once for every route, before FastAPI parses the body.
+    once for every route, before FastAPI parses the body. NUL is refused here once for
+    every text a caller sends (the login form's username included): no column of either
+    database may hold it, and PostgreSQL refuses it with an error.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS or not _is_json(scope):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if _form_nul(scope.get("query_string", b"")):
+            await _refusal("query", NUL_MESSAGE)(scope, receive, send)
+            return
+        kind = _body_kind(scope) if scope["method"] in _BODY_METHODS else None
+        if kind is None:
             await self.app(scope, receive, send)
             return
         chunks = []
@@ -114,18 +179,16 @@ class StrictJson:
                 break
         body = b"".join(chunks)
         problem = None
-        if body:
+        if kind == "form":
+            problem = NUL_MESSAGE if _form_nul(body) else None
+        elif body:
             try:
                 # Kept for routes that take it instead of parsing the body again.
                 scope[PARSED_JSON] = strict_json(body)
             except ValueError as exc:
                 problem = str(exc)
         if problem is not None:
-            # The shape of every other payload error (errors.py's validation handler).
-            details = [{"loc": ["body"], "msg": problem, "type": "json_invalid"}]
-            body_error = error_body("validation_error", f"body: {problem}", details)
-            response = JSONResponse(body_error, status_code=422)
-            await response(scope, receive, send)
+            await _refusal("body", problem)(scope, receive, send)
             return
         await self.app(scope, _replay([{"type": "http.request", "body": body}], receive), send)
 
@@ -161,20 +224,70 @@ def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
     return receive
 
 
+class RetryConflicts:
+    """A request whose transaction lost a deadlock or serialization conflict (PostgreSQL,
+    SQLSTATE 40P01 / 40001) is served again from the start, a few times after a random
+    pause, instead of answering 500: its transaction was rolled back whole, so nothing of
+    it is stored. The body is kept to be read again (BodyLimit bounds it). Not once the
+    answer has begun, and never the gateway's routes, which have called a provider.
+    """
+
+    def __init__(self, app: ASGIApp, attempts: int = RETRY_ATTEMPTS) -> None:
+        self.app = app
+        self.attempts = attempts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(NOT_RETRIED_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        for attempt in range(self.attempts):
+            try:
+                await self.app(scope, _replay(list(messages), receive), watched_send)
+                return
+            except Exception as exc:
+                if started or attempt + 1 >= self.attempts or not is_retryable(exc):
+                    raise
+                log.info("%s %s lost a lock conflict; served again", scope["method"], scope["path"])
+            await asyncio.sleep(retry_pause(attempt))
+
+
 class SecurityHeaders:
     """Adds security_headers() to every response that does not set them itself."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, portal_frame_origins: list[str] | None = None) -> None:
         self.app = app
+        self.portal = [
+            (name.encode(), value.encode())
+            for name, value in {
+                **portal_headers(portal_frame_origins or []),
+                **NO_STORE,
+            }.items()
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = [
-            (name.encode(), value.encode())
-            for name, value in security_headers(scope["path"]).items()
-        ]
+        if scope["path"].startswith(PORTAL_PREFIX):
+            extra = self.portal
+        else:
+            extra = [
+                (name.encode(), value.encode())
+                for name, value in security_headers(scope["path"]).items()
+            ]
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

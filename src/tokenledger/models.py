@@ -7,6 +7,7 @@ from tokenledger.budgets.models import Reservation
 from tokenledger.db import Base
 from tokenledger.licenses.models import CreditAdjustment, License
 from tokenledger.organizations.models import Organization
+from tokenledger.portal.models import PortalGeneration
 from tokenledger.pricing.models import PriceOverrideRow
 from tokenledger.usage.models import (
     LicenseUsage,
@@ -28,6 +29,7 @@ __all__ = [
     "LicenseUsage",
     "LoginAttempt",
     "Organization",
+    "PortalGeneration",
     "PriceOverrideRow",
     "Refresh",
     "Reservation",

@@ -43,6 +43,20 @@ def to_decimal(value: object) -> Decimal:
     return amount
 
 
+def decimal_places(amount: Decimal) -> int:
+    """How many decimal places a finite amount needs (trailing zeros do not count).
+
+    Read from the digits themselves: Decimal.normalize() and arithmetic round to the
+    context's exponent range, and "1e-999999999" would become 0 there.
+    """
+    _sign, digits, exponent = amount.as_tuple()
+    assert isinstance(exponent, int)
+    if not any(digits):
+        return 0
+    trailing = len(digits) - len(bytes(digits).rstrip(b"\0"))
+    return max(0, -(exponent + trailing))
+
+
 def usd_to_nano(amount: Decimal) -> int:
     """Whole nano-dollars of an amount of USD, rounded half to even."""
     return int((amount * NANO_PER_USD).to_integral_value(ROUND_HALF_EVEN))
@@ -157,6 +171,17 @@ def percent(part: int, whole: int, places: int = 1) -> float | None:
     return float(value.quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN))
 
 
-# Bounds of what the API accepts, so that every stored integer fits in int64.
-MAX_USD = Decimal(1_000_000_000)
-MAX_CREDITS = Decimal(1_000_000_000_000)
+# Bounds of what the API accepts. Each value fits int64 with room to spare, and a ledger of
+# realistic size never nears the bound in any sum it keeps (INT64_MAX nano-USD is about
+# $9.2 billion): an organization's all-time totals, a license's credits, a license's holds.
+# The write path refuses (409 ledger_limit, stores nothing) what would still pass it
+# (usage.ingest.LedgerRoom, budgets.service.create_reservation).
+INT64_MAX = 2**63 - 1
+MAX_USD = Decimal(1_000_000_000)  # a budget
+MAX_EVENT_USD = Decimal(1_000_000)  # one event's cost, given or priced; one hold
+MAX_CREDITS = Decimal(1_000_000_000_000)  # credits_total, credits_used
+# Credits of one event are its cost / cost_per_credit: at $0.0001 a credit, a $1M event is
+# 10^10 credits (10^16 micro-credits), and a license's credits reach int64 only past
+# $900 million of spend.
+MIN_COST_PER_CREDIT = Decimal("0.0001")
+MAX_COST_PER_CREDIT = Decimal(1_000_000)

@@ -38,10 +38,17 @@ DESCRIPTIONS = {
     402: "The organization's license is suspended or its budget cannot hold this.",
     403: "Credentials valid, but not allowed here (role, CSRF token, another organization).",
     404: "No such resource.",
-    409: "Conflicts with what is stored (a taken slug, an id reused for other content).",
+    409: (
+        "Conflicts with what is stored (a taken slug, an id reused for other content, a sum "
+        "that would pass the ledger's int64 bound)."
+    ),
     415: "Neither OTLP protobuf nor OTLP JSON, or an unknown Content-Encoding.",
     413: "Request body over the limit (TOKENLEDGER_MAX_BODY_BYTES).",
-    422: "Invalid request: parameters or body (also duplicate JSON keys, NaN, bad UTF-8).",
+    422: (
+        "Invalid request: parameters or body (also duplicate JSON keys, NaN, bad UTF-8, NUL "
+        "in text), including the rules between fields that the schema states in words: a "
+        "service key must name the organization, 'to' must be after 'from'."
+    ),
     429: "Too many attempts; see Retry-After.",
 }
 
@@ -50,6 +57,7 @@ _WRITES = {"post", "put", "patch", "delete"}
 _SPECIAL: dict[tuple[str, str], set[int]] = {
     ("post", "/api/auth/token"): {400, 401, 429},
     ("post", "/api/v1/reservations"): {402},
+    ("post", "/api/licenses"): {404},  # no such organization
     ("post", "/v1/traces"): {413, 415, 422},
 }
 # Routes for ingest keys: the usage API and OTLP/HTTP.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -19,7 +20,7 @@ from pydantic import (
     StringConstraints,
 )
 
-from tokenledger.money import MAX_USD, MoneyError, to_decimal
+from tokenledger.money import MAX_EVENT_USD, MoneyError, decimal_places, to_decimal
 
 T = TypeVar("T")
 
@@ -42,6 +43,64 @@ Text = Annotated[StrictStr, StringConstraints(pattern=PRINTABLE)]
 # The same rule for text in a path or a query.
 PathText = Annotated[str, Path(min_length=1, max_length=128, pattern=PRINTABLE)]
 QueryText = Annotated[str | None, Query(max_length=200, pattern=PRINTABLE)]
+
+# Every instant a caller gives (usage timestamps, refresh times, license validity, price
+# override dates, reprice and export ranges, months) lies in one range: from the start of
+# 1970 up to, not including, the start of 9000 (UTC). Far from datetime's own ends (years
+# 1 and 9999), so that no offset, billing time zone or month arithmetic can leave them.
+EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_INSTANT = datetime(9000, 1, 1, tzinfo=UTC)  # exclusive
+INSTANT_RANGE = "from 1970-01-01T00:00:00Z up to (not including) 9000-01-01T00:00:00Z"
+# A month (YYYY-MM) of that range.
+MONTH_PATTERN = r"^(19[7-9][0-9]|[2-8][0-9]{3})-(0[1-9]|1[0-2])$"
+# RFC 3339's date-time (T or space, Z or a numeric offset with a colon); the ISO 8601
+# variants that datetime.fromisoformat also takes (week dates, basic format) are refused.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def check_instant(value: datetime) -> datetime:
+    """An aware datetime inside the documented range, else ValueError."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("needs an offset (Z or +01:00)")
+    # The year first: comparing year 1 (+01:00) or 9999-12-31 (-01:00) converts it to UTC,
+    # which datetime cannot hold.
+    if not EARLIEST_INSTANT.year - 1 <= value.year <= LATEST_INSTANT.year or not (
+        EARLIEST_INSTANT <= value < LATEST_INSTANT
+    ):
+        raise ValueError(f"must lie {INSTANT_RANGE}")
+    return value
+
+
+def parse_instant(value: Any) -> datetime:
+    """RFC 3339 text with an offset, in the documented range; numbers are refused."""
+    if isinstance(value, datetime):  # built in Python (demo data, tests), not from JSON
+        return check_instant(value)
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 date-time string, e.g. 2026-01-31T12:00:00Z")
+    try:
+        if not _RFC3339.fullmatch(value):
+            raise ValueError(value)
+        parsed = datetime.fromisoformat(value.upper())
+    except ValueError as exc:
+        raise ValueError("must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z") from exc
+    return check_instant(parsed)
+
+
+# The one type of every instant a request gives (JSON bodies, queries).
+Instant = Annotated[
+    datetime,
+    BeforeValidator(parse_instant),
+    Field(description=f"RFC 3339 date-time with an offset, {INSTANT_RANGE}"),
+]
+
+# The rules of an organization reference, which the schema cannot express alone.
+ORGANIZATION_RULE = (
+    "The organization's slug or id. Required with a service key (one of no organization); "
+    "with an organization's own key it may be left out, and if given must be that "
+    "organization (else 403)."
+)
+# The rule between the two ends of a range.
+RANGE_RULE = "'to' must be after 'from' (422 otherwise)."
 
 MAX_JSON_DEPTH = 16
 
@@ -107,9 +166,9 @@ def parse_usd(value: Any) -> Decimal:
         raise ValueError(str(exc)) from exc
     if amount < 0:
         raise ValueError("must not be negative")
-    if amount > MAX_USD:
-        raise ValueError(f"must be at most {MAX_USD}")
-    if amount.normalize().as_tuple().exponent < -9:  # type: ignore[operator]
+    if amount > MAX_EVENT_USD:
+        raise ValueError(f"must be at most {MAX_EVENT_USD}")
+    if decimal_places(amount) > 9:
         raise ValueError("at most 9 decimal places")
     return amount
 

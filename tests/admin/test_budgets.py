@@ -236,10 +236,13 @@ def test_forecast_from_the_last_seven_days(client, make_tenant):
     forecast = budget(client, tenant)["forecast"]
     assert forecast["window_days"] == 7
     assert forecast["usd_per_day"] == "1.00"  # 7 USD in 7 days
-    # 100 - 57 = 43 USD of budget left at 1 USD a day: 43 days after 2026-11-18 12:00, after
-    # the license ends (2026-11-28); 20 USD of credits against 57 spent: gone now.
-    assert forecast["budget_exhausted_at"] == "2026-12-31T12:00:00+00:00"
+    # 100 - 57 = 43 USD of budget left at 1 USD a day lasts 43 days, past the end of the
+    # license (2026-11-28 12:00), the budget's period: no date, but 57 + 10 x 1 = 67 by
+    # then. 20 USD of credits against 57 spent: gone now.
+    assert forecast["budget_exhausted_at"] is None
     assert forecast["budget_exhausted_before_period_end"] is False
+    assert forecast["period_end"] == "2026-11-28T12:00:00+00:00"
+    assert forecast["projected_spent_usd"] == "67.00"
     assert forecast["credits_exhausted_at"] == "2026-11-18T12:00:00+00:00"
 
     idle = make_tenant(license={})
@@ -290,3 +293,71 @@ def test_forecast_window_is_seven_calendar_days_across_daylight_saving(
         org = session.get(Organization, tenant.org_id)
         (state,) = budget_states(session, [org], berlin, now, forecast=True)
     assert state["forecast"]["usd_per_day"] == "1.00"
+
+
+def test_a_monthly_forecast_stops_at_the_reset(client, make_tenant):
+    """Issue 15, item 16: a $60 monthly budget at $0.71 a day does not run out before
+    the month resets; the forecast says what the month comes to instead."""
+    now = NOW  # 2026-11-18 12:00 UTC; the month resets 2026-12-01 00:00 UTC
+    tenant = make_tenant(
+        license={
+            "credits_total": Decimal(0),  # no credit limit
+            "token_budget_usd": Decimal(60),
+            "budget_period": "monthly",
+            "valid_from": now - timedelta(days=40),
+        }
+    )
+    # $0.71 on each of the 7 days of the window (2026-11-12 .. 2026-11-18).
+    ingest(client, tenant, *(event("0.71", at=now - timedelta(days=d, hours=1)) for d in range(7)))
+    forecast = budget(client, tenant)["forecast"]
+    assert forecast["usd_per_day"] == "0.71"
+    # 60 - 4.97 = 55.03 left at 0.71 a day is 77.5 days: past the reset, so no date.
+    assert forecast["budget_exhausted_at"] is None
+    assert forecast["budget_exhausted_before_period_end"] is False
+    assert forecast["period_end"] == "2026-12-01T00:00:00+00:00"
+    # 12.5 days to the reset: 4.97 + 0.71 x 12.5 = 4.97 + 8.875 = 13.845.
+    assert forecast["projected_spent_usd"] == "13.845"
+    assert forecast["credits_exhausted_at"] is None
+
+    # At 7 USD a day the budget runs out within the month: 60 - 49 = 11 USD left,
+    # 11 / 7 days = 1 day 13 h 42 min 51.428571 s after now.
+    fast = make_tenant(
+        license={
+            "credits_total": Decimal(0),
+            "token_budget_usd": Decimal(60),
+            "valid_from": now - timedelta(days=40),
+        }
+    )
+    ingest(client, fast, *(event("7", at=now - timedelta(days=d, hours=1)) for d in range(7)))
+    forecast = budget(client, fast)["forecast"]
+    assert forecast["budget_exhausted_at"] == "2026-11-20T01:42:51.428571+00:00"
+    assert forecast["budget_exhausted_before_period_end"] is True
+    # 49 + 7 x 12.5 = 136.5 by the reset, had nothing stopped it.
+    assert forecast["projected_spent_usd"] == "136.50"
+
+
+def test_credits_never_run_out_after_the_license_ends(client, make_tenant):
+    now = NOW
+    # 1000 credits at 0.01 = 10 USD; the license ends in 5 days (2026-11-23 12:00 UTC).
+    tenant = make_tenant(
+        license={
+            "token_budget_usd": None,
+            "budget_period": "license",
+            "valid_from": now - timedelta(days=30),
+            "valid_until": now + timedelta(days=5),
+        }
+    )
+    ingest(client, tenant, *(event("0.5", at=now - timedelta(days=d, hours=1)) for d in range(7)))
+    forecast = budget(client, tenant)["forecast"]
+    assert forecast["usd_per_day"] == "0.50"
+    # 10 - 3.5 = 6.5 USD of credits left at 0.5 a day is 13 days: after the license ends.
+    assert forecast["credits_exhausted_at"] is None
+    assert forecast["credits_period_end"] == "2026-11-23T12:00:00+00:00"
+    # 350 credits used, 50 a day for 5 more days: 600 of 1000 when the license ends.
+    assert forecast["projected_credits_used"] == "600.0"
+    assert forecast["budget_exhausted_at"] is None
+
+    # At 2 USD a day (200 credits): 1000 - 1400 is gone already, now.
+    ingest(client, tenant, *(event("1.5", at=now - timedelta(days=d, hours=2)) for d in range(7)))
+    forecast = budget(client, tenant)["forecast"]
+    assert forecast["credits_exhausted_at"] == "2026-11-18T12:00:00+00:00"

@@ -158,3 +158,60 @@ def test_control_characters_in_query_text_are_refused(client, admin_headers):
         ("/api/alerts", "type"),
     ):
         _is_422(client.get(path, params={name: "x\u0000y"}, headers=admin_headers))
+
+
+# Reported from outside (PostgreSQL): NUL gave 500 at the unauthenticated login and in the
+# reprice filters. Refused once where bodies and queries are read, for every route.
+@pytest.mark.parametrize("username", ["a\u0000b@example.com", "admin@example.com\u0000", "\u0000"])
+def test_nul_at_the_login_is_its_normal_failure(client, database, username):
+    from tests.conftest import ADMIN_PASSWORD, add_admin
+
+    add_admin(database, "admin@example.com")
+    for path in ("/api/auth/token", "/login"):
+        response = client.post(
+            path,
+            data={"username": username, "password": ADMIN_PASSWORD},
+            follow_redirects=False,
+        )
+        assert response.status_code in {401, 422}, (path, response.status_code, response.text)
+    raw = "username=a%00b%40example.com&password=x"
+    response = client.post(
+        "/api/auth/token",
+        content=raw,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "claude\u0000", "from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"},
+        {
+            "provider": "anthropic\u0000",
+            "model": "m",
+            "from": "2026-01-01T00:00:00Z",
+            "to": "2026-02-01T00:00:00Z",
+        },
+        {"unpriced": True, "dry_run": True, "\u0000": 1},
+    ],
+)
+def test_nul_in_reprice_filters_is_refused(client, admin_headers, body):
+    _is_422(client.post("/api/pricing/reprice", json=body, headers=admin_headers))
+
+
+def test_nul_in_any_query_or_json_text_is_refused(client, admin_headers, make_tenant):
+    tenant = make_tenant(license={})
+    for path, params in (
+        ("/api/organizations", {"q": "a\u0000"}),
+        ("/api/audit-log", {"action": "\u0000"}),
+        (f"/api/token-usage/{tenant.org_id}/models", {"month": "2026-01\u0000"}),
+        ("/api/alerts", {"type": "budget.warning\u0000"}),
+    ):
+        _is_422(client.get(path, params=params, headers=admin_headers))
+    body = {"events": [{"id": "1", "model": "m", "metadata": {"k\u0000": "v"}}]}
+    _is_422(client.post("/api/v1/usage", json=body, headers=tenant.headers))
+    # An escaped backslash before "u0000" is text, not NUL: kept.
+    body = {"events": [{"id": "1", "model": "m", "metadata": {"k": "\\u0000"}}]}
+    response = client.post("/api/v1/usage", json=body, headers=tenant.headers)
+    assert response.status_code == 200, response.text

@@ -61,6 +61,41 @@ def test_bad_tokens_are_refused(client, database):
     )
 
 
+@pytest.mark.parametrize(
+    ("sub", "ver"),
+    [
+        ("9" * 30, 0),
+        (str(2**63), 0),
+        (str(2**31), 0),
+        ("0", 0),
+        ("-1", 0),
+        ("1", 10**30),
+        ("1", -(2**63) - 1),
+        (["1"], 0),
+        ("1", "x"),
+    ],
+)
+def test_tokens_signed_with_the_real_secret_but_claims_no_row_can_have_are_401(
+    client, database, sub, ver
+):
+    """Reported from outside: a genuine signature over a huge `sub` gave 500 (the id
+    could not be bound); the page's session cookie takes the same path."""
+    add_admin(database, "ops@example.com")
+    now = utcnow()
+    claims = {
+        "sub": sub,
+        "aud": "tokenledger-admin",
+        "iat": now,
+        "exp": now + timedelta(minutes=5),
+        "csrf": "c",
+        "ver": ver,
+    }
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    response = client.get("/api/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "not_authenticated"
+
+
 def test_disabled_user_loses_access_at_once(client, database):
     user_id = add_admin(database, "ops@example.com")
     token = login(client, "ops@example.com")["access_token"]

@@ -265,3 +265,45 @@ def test_the_workers_socket_gets_tcp_nodelay_on_every_connection() -> None:
 
     asyncio.run(connect_once())
     assert accepted == [1]
+
+
+def test_a_database_error_is_not_called_unreachable(database_url, database, tmp_path):
+    """Reported from outside: every database error (a deadlock among them) was printed as
+    "database unreachable". A reachable database that fails a statement says what failed:
+    on SQLite a missing table, on PostgreSQL a lock wait past its timeout."""
+    runner.upgrade(database.engine)
+    env = _env(database_url, SECRET)
+    if database.dialect_name == "sqlite":
+        with database.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE api_keys")
+        done = subprocess.run(
+            [str(TOKENLEDGER), "api-key", "list"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        expected = "no such table: api_keys"
+    else:
+        env["PGOPTIONS"] = "-c lock_timeout=200"
+        with database.engine.connect() as holder:
+            holder.exec_driver_sql("BEGIN")
+            holder.exec_driver_sql("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+            done = subprocess.run(
+                [str(TOKENLEDGER), "api-key", "list"],
+                env=env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            holder.exec_driver_sql("ROLLBACK")
+        expected = "lock timeout"
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert line.startswith("tokenledger: database error: "), line
+    assert expected in line
+    assert "unreachable" not in line

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from tests.conftest import NOW
 from tests.factories import make_license, make_org
+from tokenledger.auth.models import ApiKey
 from tokenledger.auth.service import create_api_key
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.refs import by_slug_or_id
@@ -277,3 +278,24 @@ def test_organization_by_slug_or_id(database):
         assert by_slug_or_id(session, "2024").id == numeric.id  # type: ignore[union-attr]
         for ref in ("nope", "99999999999", str(10**20), "0", "-1", "\u00b2", "\u0661"):
             assert by_slug_or_id(session, ref) is None, ref
+
+
+def test_delete_of_an_organization_whose_only_history_is_a_hold_is_a_409(
+    client, database, admin_headers
+):
+    """Reported from outside: a reservation's foreign key made the delete a 500."""
+    with database.session(write=True) as session:
+        org = make_org(session)
+        _key, secret = create_api_key(session, "k", org.slug, actor=None)
+    hold = client.post(
+        "/api/v1/reservations",
+        json={"max_cost_usd": "1.5"},
+        headers={"Authorization": f"Bearer {secret}"},
+    )
+    assert hold.status_code == 201, hold.text
+    with database.session(write=True) as session:  # the key goes; the hold stays
+        session.execute(delete(ApiKey).where(ApiKey.organization_id == org.id))
+    response = client.delete(f"/api/organizations/{org.id}", headers=admin_headers)
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["code"] == "organization_has_history"
+    assert client.get(f"/api/organizations/{org.id}", headers=admin_headers).status_code == 200

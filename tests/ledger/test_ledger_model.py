@@ -78,9 +78,10 @@ COSTS = st.one_of(
 )
 # Costs per credit: round ones, tiny ones (many divisions end on half a micro-credit),
 # and any with 9 places.
+# From the documented minimum, $0.0001 a credit (with 9 places: uneven divisions).
 COSTS_PER_CREDIT = st.one_of(
-    st.sampled_from(["0.01", "0.03", "0.007", "0.000000001", "0.000000002", "3"]),
-    st.decimals(min_value=Decimal("0.000000001"), max_value=1000, places=9).map(
+    st.sampled_from(["0.01", "0.03", "0.007", "0.0001", "0.000100003", "3"]),
+    st.decimals(min_value=Decimal("0.0001"), max_value=1000, places=9).map(
         lambda d: format(d, "f")
     ),
 )

@@ -348,6 +348,9 @@ def test_override_rates_are_validated(
         ("boolean", {"input": True, "output": "15"}),
         ("boolean cache rate", {"input": "3", "output": "15", "cache_read": False}),
         ("below a nano-dollar per MTok", {"input": "0.0000000001", "output": "15"}),
+        # Reported from outside: past Decimal's exponent range it became 0 and was stored.
+        ("far below a nano-dollar", {"input": "3", "output": "1e-999999999"}),
+        ("far below a nano-dollar, cache", {"input": "3", "output": "15", "cache_read": "1E-99"}),
         ("no output", {"input": "3"}),
         ("unknown rate", {"input": "3", "output": "15", "batch": "1"}),
     ]:

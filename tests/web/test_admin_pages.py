@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -178,3 +178,51 @@ def test_price_overrides_are_set_and_removed_through_the_page(admin_browser, dat
     assert response.status_code == 303
     with database.session(write=False) as session:
         assert session.scalar(select(PriceOverrideRow)) is None
+
+
+def test_each_consumption_bar_names_the_period_it_counts(admin_browser, make_tenant):
+    """Issue 15, item 17: the credits bar counts the license's term, a monthly USD budget
+    the month (NOW is 2026-11-18 12:00 UTC); both in the billing time zone."""
+    tenant = make_tenant(
+        license={
+            "valid_from": datetime(2026, 10, 10, tzinfo=UTC),
+            "valid_until": datetime(2027, 4, 10, tzinfo=UTC),
+            "budget_period": "monthly",
+        }
+    )
+    for path in ("", "/usage"):
+        html = admin_browser.get(f"/organizations/{tenant.org_id}{path}").text
+        periods = _bar_periods(html)
+        # Babel's intervals join with an en dash.
+        assert periods["Credits"] == "Oct 10, 2026 \u2013 Apr 9, 2027 · UTC · ends in 5 months"
+        assert periods["USD budget"] == "Nov 1 \u2013 30, 2026 · UTC · resets in 2 weeks"
+
+
+def _bar_periods(html: str) -> dict[str, str]:
+    """Each meter's label and the text of its period line, spaces made plain."""
+    found = {}
+    for meter in html.split('<div class="meter ')[1:]:
+        label = read(meter.split('class="meter-label">')[1].split("<")[0]).text
+        period = meter.split('class="meter-period"')[1].split("</p>")[0].split(">", 1)[1]
+        found[label] = " ".join(read(period).text.replace("\u2009", " ").split())
+    return found
+
+
+def test_the_forecast_of_a_monthly_budget_ends_with_the_month(admin_browser, make_tenant):
+    """Issue 15, item 16, as the page says it: 0.71 a day never exhausts 60 this month."""
+    tenant = make_tenant(
+        license={
+            "credits_total": Decimal(0),
+            "token_budget_usd": Decimal(60),
+            "valid_from": datetime(2026, 10, 1, tzinfo=UTC),
+        }
+    )
+    ingest(
+        admin_browser.client,
+        tenant,
+        *(event("0.71", at=NOW - timedelta(days=d, hours=1)) for d in range(7)),
+    )
+    page = read(admin_browser.get(f"/organizations/{tenant.org_id}").text)
+    # 4.97 + 0.71 x 12.5 days = 13.845, shown as $13.84 (half to even).
+    assert "USD budget at this pace: $13.84 of $60.00 by Nov 30, 2026" in page.texts
+    assert not any("runs out" in text for text in page.texts)

@@ -493,7 +493,7 @@ def test_templates_hold_no_text_outside_translation_calls():
     templates = Path(__file__).parents[2] / "src/tokenledger/web/templates"
     allowed = {"tokenledger", "HTTP"}
     problems = []
-    for template in sorted(templates.glob("*.html")):
+    for template in sorted(templates.rglob("*.html")):
         source = template.read_text()
         source = re.sub(r"\{#.*?#\}|\{%.*?%\}|\{\{.*?\}\}", " ", source, flags=re.S)
         source = re.sub(r"<[^>]*>", " ", source, flags=re.S)

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import jwt
 
-from tokenledger.db import utcnow
+from tokenledger.db import MAX_ROW_ID, utcnow
 
 _ALGORITHM = "HS256"
 _AUDIENCE = "tokenledger-admin"
@@ -38,10 +38,17 @@ def issue_token(
 
 
 def decode_token(secret: str, token: str) -> TokenClaims | None:
+    """The claims of a valid token; None for anything else, a genuine signature over
+    claims no account can have (an id past any row, a version past int64) included."""
     try:
         payload = jwt.decode(token, secret, algorithms=[_ALGORITHM], audience=_AUDIENCE)
-        return TokenClaims(
-            user_id=int(payload["sub"]), csrf=str(payload["csrf"]), version=int(payload["ver"])
-        )
-    except (jwt.PyJWTError, KeyError, ValueError):
+        user_id, version = payload["sub"], payload["ver"]
+        if not isinstance(user_id, str) or not user_id.isascii() or not user_id.isdigit():
+            return None
+        if len(user_id) > 10 or not 1 <= int(user_id) <= MAX_ROW_ID:
+            return None
+        if type(version) is not int or not 0 <= version <= 2**63 - 1:
+            return None
+        return TokenClaims(user_id=int(user_id), csrf=str(payload["csrf"]), version=version)
+    except (jwt.PyJWTError, KeyError, ValueError, TypeError):
         return None

@@ -31,7 +31,7 @@ from tokenledger.deps import (
 from tokenledger.licenses import service as licenses
 from tokenledger.money import format_usd
 from tokenledger.organizations import refs
-from tokenledger.schemas import PRINTABLE, PathText
+from tokenledger.schemas import ORGANIZATION_RULE, PRINTABLE, PathText
 
 router = APIRouter(prefix="/api/v1", tags=["budgets"])
 # The origin's budget route (admin), beside the other /api/token-usage routes in the docs.
@@ -57,7 +57,9 @@ async def get_budget(
     request: Request,
     key: UsageKey,
     now: Now,
-    organization: Annotated[str | None, Query(max_length=64, pattern=PRINTABLE)] = None,
+    organization: Annotated[
+        str | None, Query(max_length=64, pattern=PRINTABLE, description=ORGANIZATION_RULE)
+    ] = None,
 ) -> JSONResponse:
     """The key, the organization and its licenses from memory; the figures in one statement.
 

@@ -9,7 +9,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StrictInt, StrictStr, model_validator
 
 from tokenledger.licenses.schemas import Credits, PricePerCredit, UsdAmount, WarningPercent
-from tokenledger.schemas import PRINTABLE, InputModel, Text, TokenCount, UsdInput
+from tokenledger.schemas import (
+    ORGANIZATION_RULE,
+    PRINTABLE,
+    InputModel,
+    Text,
+    TokenCount,
+    UsdInput,
+)
 
 
 class BudgetUpdate(InputModel):
@@ -43,7 +50,10 @@ class BudgetStateRead(BaseModel):
 
 
 class ReservationCreate(InputModel):
-    organization: Text | StrictInt | None = None
+    """Give max_cost_usd, or model with max_input_tokens and/or max_output_tokens (the
+    model's price then estimates the hold), not both (422 otherwise)."""
+
+    organization: Text | StrictInt | None = Field(default=None, description=ORGANIZATION_RULE)
     max_cost_usd: UsdInput | None = None
     # Inferred from the model when not given, as for usage events.
     provider: StrictStr | None = Field(default=None, min_length=1, max_length=64, pattern=PRINTABLE)

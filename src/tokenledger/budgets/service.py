@@ -23,12 +23,15 @@ from tokenledger.errors import DomainError, not_found
 from tokenledger.licenses.models import License, LicenseTerms
 from tokenledger.licenses.service import terms_in_force
 from tokenledger.money import (
+    INT64_MAX,
     credits_for_cost,
     credits_value_nano,
+    divide_half_even,
     format_credits,
     format_usd,
     usd_to_nano,
 )
+from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.periods import month_bounds, month_of
 from tokenledger.pricing.engine import TokenUsage
@@ -365,26 +368,61 @@ def recent_cost(reader: Reader, org_ids: list[int], tz: Any, now: datetime) -> d
 
 
 def burn_forecast(fig: Figures, window_cost_nano: int, tz: Any, now: datetime) -> dict[str, Any]:
-    """At the last 7 days' pace: USD per day, and when credits and budget run out."""
+    """At the last 7 days' pace: USD per day, when credits and budget run out within the
+    period each is counted in, and what each comes to when its period ends.
+
+    A monthly budget resets at the month's end and credits end with the license: neither
+    "runs out" after that, so a date past the period's end is no date (None), and the
+    projection at the period's end says where the pace leads instead.
+    """
     per_day = Decimal(window_cost_nano) / FORECAST_DAYS
+    budget_end = _budget_period_end(fig, tz)
+    credits_end = fig.license.valid_until
     result: dict[str, Any] = {
         "window_days": FORECAST_DAYS,
         "usd_per_day": format_usd(int(per_day)),
         "credits_exhausted_at": None,
         "budget_exhausted_at": None,
         "budget_exhausted_before_period_end": False,
+        # The end of the period the budget is counted in (None: open-ended), and the
+        # committed spend at that instant at this pace.
+        "period_end": budget_end.isoformat() if budget_end else None,
+        "projected_spent_usd": None,
+        # The end of the license (credits count over its whole term), and credits used then.
+        "credits_period_end": credits_end.isoformat() if credits_end else None,
+        "projected_credits_used": None,
     }
+    if budget_end is not None and fig.usd_limit is not None:
+        result["projected_spent_usd"] = format_usd(
+            fig.usd_committed + _cost_until(window_cost_nano, now, budget_end)
+        )
+    if credits_end is not None and fig.credit_limit is not None:
+        cost = _cost_until(window_cost_nano, now, credits_end)
+        result["projected_credits_used"] = format_credits(
+            fig.credits_committed + credits_for_cost(cost, fig.license.cost_per_credit_nano)
+        )
     if per_day <= 0:
         return result
     if fig.credit_limit is not None:
         left_nano = (fig.credit_limit - fig.credits_committed) * fig.license.cost_per_credit_nano
         days = max(Decimal(0), Decimal(left_nano) / 10**6 / per_day)
-        result["credits_exhausted_at"] = _days_after(now, days)
+        credits_at = _after(now, days)
+        if credits_end is None or credits_at < credits_end:
+            result["credits_exhausted_at"] = credits_at.isoformat()
     at = _budget_runs_out_at(fig, window_cost_nano, now)
-    if at is not None:
+    if at is not None and (budget_end is None or at < budget_end):
         result["budget_exhausted_at"] = at.isoformat()
-        result["budget_exhausted_before_period_end"] = _before_period_end(fig, at, tz)
+        result["budget_exhausted_before_period_end"] = budget_end is not None
     return result
+
+
+def _cost_until(window_cost_nano: int, now: datetime, end: datetime) -> int:
+    """The cost from now until end at the window's pace, in nano-USD (0 once end is past)."""
+    microseconds = max(0, (end - now) // timedelta(microseconds=1))
+    return divide_half_even(window_cost_nano * microseconds, FORECAST_DAYS * _DAY_MICROSECONDS)
+
+
+_DAY_MICROSECONDS = 86_400 * 10**6
 
 
 def exhausts_before_period_end(fig: Figures, window_cost_nano: int, tz: Any, now: datetime) -> bool:
@@ -392,7 +430,8 @@ def exhausts_before_period_end(fig: Figures, window_cost_nano: int, tz: Any, now
     asks of every license a group of usage touched (the whole forecast is rendered only
     for the few it fires for)."""
     at = _budget_runs_out_at(fig, window_cost_nano, now)
-    return at is not None and _before_period_end(fig, at, tz)
+    end = _budget_period_end(fig, tz)
+    return at is not None and end is not None and at < end
 
 
 def _budget_runs_out_at(fig: Figures, window_cost_nano: int, now: datetime) -> datetime | None:
@@ -401,20 +440,21 @@ def _budget_runs_out_at(fig: Figures, window_cost_nano: int, now: datetime) -> d
         return None
     per_day = Decimal(window_cost_nano) / FORECAST_DAYS
     days = max(Decimal(0), Decimal(fig.usd_limit - fig.usd_committed) / per_day)
-    return now + timedelta(days=float(min(days, Decimal(36500))))
+    return _after(now, days)
 
 
-def _before_period_end(fig: Figures, at: datetime, tz: Any) -> bool:
+def _budget_period_end(fig: Figures, tz: Any) -> datetime | None:
+    """When the period the USD budget is counted in ends: the month's end for a monthly
+    budget, the license's for a license-term one (None when open-ended)."""
     if fig.license.budget_period == "monthly":
-        _start, end = month_bounds(fig.period, tz)
-        return at < end
-    if fig.license.valid_until is not None:
-        return at < fig.license.valid_until
-    return False
+        return month_bounds(fig.period, tz)[1]
+    return fig.license.valid_until
 
 
-def _days_after(now: datetime, days: Decimal) -> str:
-    return (now + timedelta(days=float(min(days, Decimal(36500))))).isoformat()
+def _after(now: datetime, days: Decimal) -> datetime:
+    # A whole number of microseconds (timedelta's unit), capped at a century.
+    microseconds = int(min(days, Decimal(36500)) * _DAY_MICROSECONDS)
+    return now + timedelta(microseconds=microseconds)
 
 
 def hold_amount_nano(session: Session, data: ReservationCreate, now: datetime) -> int:
@@ -447,6 +487,7 @@ def create_reservation(
     The governing license's row is locked first, so concurrent holds are checked one
     after another and can never together exceed what remains.
     """
+    organizations.lock(session, [org.id])
     licenses = list(
         session.scalars(
             select(License)
@@ -464,6 +505,14 @@ def create_reservation(
         raise DomainError(402, "license_suspended", "the organization's license is suspended")
     if lic is not None:
         fig = figures_for(session, [lic], tz, now)[lic.id]
+        if fig.reserved_nano + amount_nano > INT64_MAX:
+            # Soft enforcement holds past what remains; their sum still has to fit.
+            raise DomainError(
+                409,
+                "ledger_limit",
+                f"the license's holds would pass {INT64_MAX} nano-USD, the largest sum the "
+                "ledger keeps: release some first",
+            )
         remaining = fig.remaining_nano()
         # Once exhausted nothing more is held, not even an empty hold.
         exhausted = fig.state() == "exhausted"
@@ -497,7 +546,18 @@ def create_reservation(
 def release_reservation(
     session: Session, reservation_id: str, org_id: int | None, now: datetime
 ) -> Reservation:
-    query = select(Reservation).where(Reservation.id == reservation_id).with_for_update()
+    # Its organization first (db.py's lock order), then the hold, as ingestion settles it.
+    owner = session.scalar(
+        select(Reservation.organization_id).where(Reservation.id == reservation_id)
+    )
+    if owner is not None:
+        organizations.lock(session, [owner])
+    query = (
+        select(Reservation)
+        .where(Reservation.id == reservation_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     reservation = session.scalar(query)
     if reservation is None or (org_id is not None and reservation.organization_id != org_id):
         raise not_found("reservation", reservation_id)

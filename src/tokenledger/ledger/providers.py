@@ -32,6 +32,7 @@ from typing import Any, Final
 from genai_prices.types import ArrayMatch, Provider, UsageExtractor
 
 from tokenledger.pricing.engine import REPORTED_UNITS, PriceBook, TokenUsage
+from tokenledger.schemas import MAX_TOKENS
 from tokenledger.usage.schemas import MAX_USAGE_BYTES, UsageEventIn
 
 # A reader: the provider whose genai-prices extractor reads the shape, and its API flavour.
@@ -175,6 +176,8 @@ def read_usage(
             continue
         if type(value) is not int:  # 2.5 tokens is no count: never rounded silently
             raise UsageReadError(f"usage: {key} must be a whole number, got {value!r}")
+        if not 0 <= value <= MAX_TOKENS:  # the bound of the flat counts, 10^9 each
+            raise UsageReadError(f"usage: {key} must be between 0 and {MAX_TOKENS}")
         values[key] = value
     tokens = _token_usage(values)
     context: dict[str, str] = {}

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from tokenledger.db import insert_for
 from tokenledger.errors import DomainError
+from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.periods import month_of
 from tokenledger.usage.models import Refresh, TokenUsageMonthly
@@ -51,6 +52,7 @@ def record_refresh(
             "invalid_refresh_id",
             "refresh_id must have 1 to 128 characters, none of them a control character",
         )
+    organizations.lock(session, [org.id])  # db.py's lock order: the organization first
     insert = insert_for(session)
     session.execute(
         insert(Refresh.__table__)

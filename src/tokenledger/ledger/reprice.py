@@ -1,6 +1,7 @@
 """Repricing: events stored unpriced (or in a range an operator corrects) priced again with
-the price now in force at their timestamps; rollups, balances and alerts in the same
-transaction; a dry run first; an audit entry with the totals before and after.
+the price now in force at their timestamps, in chunks (TOKENLEDGER_REPRICE_CHUNK_EVENTS),
+each with its rollups, balances and alerts in one short transaction; a dry run first;
+audit entries at the start and with the totals before and after.
 
 Events the caller priced (`cost_usd`, price source "caller") are never repriced. An
 event's tokens, provider, license and month stay as stored: only its price changes, so
@@ -11,23 +12,26 @@ credits by the difference of credits, applied as atomic increments.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Table, bindparam, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, contains_eager
 
 from tokenledger.alerts import service as alerts
 from tokenledger.audit import service as audit
 from tokenledger.config import Settings
+from tokenledger.db import Database
 from tokenledger.errors import DomainError
 from tokenledger.ledger import providers
 from tokenledger.ledger.ingest import assign_price_ids, price_fields, price_fingerprint
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import License
 from tokenledger.money import credits_for_cost, format_credits, format_usd
+from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing.engine import PriceBook, TokenUsage, UsageError
 from tokenledger.pricing.overrides import price_book
@@ -42,7 +46,6 @@ from tokenledger.usage.models import (
 
 E = UsageEvent
 P = UsagePrice
-CHUNK = 1000
 # What repricing may change on an event; everything else stays as stored.
 PRICE_COLUMNS = (
     "cost_nano",
@@ -127,6 +130,10 @@ class Outcome:
     slugs: dict[int, str] = field(default_factory=dict)
     new_alerts: int = 0
 
+    def add(self, org_id: int, before: dict[str, Any], after: dict[str, Any]) -> None:
+        self.totals.add(before, after)
+        self.by_organization[org_id].add(before, after)
+
     def render(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,
@@ -147,7 +154,7 @@ class Outcome:
 
 
 def reprice(
-    session: Session,
+    database: Database,
     selection: Selection,
     *,
     settings: Settings,
@@ -155,64 +162,194 @@ def reprice(
     dry_run: bool,
     actor: audit.Actor,
 ) -> Outcome:
-    """Price the selected events again; with dry_run, only say what would change."""
+    """Price the selected events again, chunk by chunk; with dry_run, only say what would
+    change.
+
+    The events are read a chunk at a time by id (keyset), and priced outside any write
+    transaction; each chunk that changes then commits in a short write transaction of
+    its own (`_write_chunk`), so ingestion is served between chunks and memory stays that
+    of one chunk. A run cut short leaves every chunk whole: a new run prices what is
+    left, and the events already repriced are at their price and do not move again.
+    Audited as a start entry with the first change and `pricing.reprice` with the totals.
+    """
     outcome = Outcome(dry_run=dry_run, selection=selection.describe())
-    book = price_book(session)
+    size = settings.reprice_chunk_events
+    with database.session(write=False) as session:
+        book = price_book(session)
+    after = 0
+    started = False
+    while True:
+        with database.session(write=False) as session:
+            events = _chunk(session, selection, after, size)
+            rates = _rates(session, {event.license_id for event in events})
+        if not events:
+            break
+        after = events[-1].id
+        outcome.examined += len(events)
+        plan = [
+            (event, new)
+            for event in events
+            if (new := _priced(event, book, rates)) != _price_of(event)
+        ]
+        if not plan:
+            continue
+        if dry_run:
+            for event, new in plan:
+                outcome.add(event.organization_id, _price_of(event), new)
+            continue
+        # The run's start entry goes with its first change, in the same transaction.
+        start = None if started else partial(_audit_start, selection, size, actor)
+        changed, new_alerts = database.run_write(
+            partial(
+                _write_chunk,
+                plan=plan,
+                planned_rates=rates,
+                book=book,
+                settings=settings,
+                now=now,
+                start=start,
+            )
+        )
+        started = True
+        outcome.new_alerts += new_alerts
+        for org_id, old, new in changed:
+            outcome.add(org_id, old, new)
+    if outcome.by_organization:
+        with database.session(write=False) as session:
+            outcome.slugs = dict(
+                session.execute(
+                    select(Organization.id, Organization.slug).where(
+                        Organization.id.in_(list(outcome.by_organization))
+                    )
+                ).all()
+            )
+    if not dry_run and outcome.totals.events:
+        database.run_write(lambda session: _audit_finish(session, outcome, actor))
+    return outcome
+
+
+# An event as read, and its price columns with the price now in force.
+Planned = tuple[UsageEvent, dict[str, Any]]
+# What a chunk changed: (organization id, price columns before, after) per event.
+Changed = list[tuple[int, dict[str, Any], dict[str, Any]]]
+
+
+def _write_chunk(
+    session: Session,
+    *,
+    plan: list[Planned],
+    planned_rates: dict[int, int],
+    book: PriceBook,
+    settings: Settings,
+    now: datetime,
+    start: Callable[[Session], None] | None = None,
+) -> tuple[Changed, int]:
+    """One chunk's new prices, rollups, balances and alerts, in the session's transaction.
+
+    db.py's lock order: the organizations, their licenses, then the event rows only (FOR
+    UPDATE OF usage_events: the price rows they join stay unlocked for ingestion). An
+    event that changed since it was priced (another repricing, a license's new rate) is
+    priced again here, under the locks.
+    """
+    planned = {event.id: (event, new) for event, new in plan}
+    organizations.lock(session, {event.organization_id for event, _ in plan})
+    license_ids = sorted({event.license_id for event, _ in plan if event.license_id})
+    rates: dict[int, int] = dict(
+        session.execute(
+            select(License.id, License.cost_per_credit_nano)
+            .where(License.id.in_(license_ids))
+            .order_by(License.id)
+            .with_for_update()
+        ).all()
+    )
+    fresh = session.scalars(
+        select(E)
+        .join(E.price)
+        .options(contains_eager(E.price))
+        .where(E.id.in_(list(planned)))
+        .order_by(E.id)
+        .with_for_update(of=E)
+        .execution_options(populate_existing=True)
+    ).all()
     changes: list[tuple[UsageEvent, dict[str, Any]]] = []
-    rates_of: dict[int, int] = {}  # license id -> cost per credit
-    for event in _selected(session, selection, lock=not dry_run):
-        outcome.examined += 1
-        new = _priced(event, book, rates_of, session)
-        old = {name: getattr(event, name) for name in PRICE_COLUMNS}
+    changed: Changed = []
+    for event in fresh:
+        seen, new = planned[event.id]
+        old = _price_of(event)
+        lic = event.license_id
+        if (
+            old != _price_of(seen)
+            or lic != seen.license_id
+            or (lic is not None and rates.get(lic) != planned_rates.get(lic))
+        ):
+            new = _priced(event, book, rates)
         if new == old:
             continue
         changes.append((event, new))
-        outcome.totals.add(old, new)
-        outcome.by_organization[event.organization_id].add(old, new)
-    if outcome.by_organization:
-        outcome.slugs = dict(
-            session.execute(
-                select(Organization.id, Organization.slug).where(
-                    Organization.id.in_(list(outcome.by_organization))
-                )
-            ).all()
-        )
-    if dry_run or not changes:
-        return outcome
+        changed.append((event.organization_id, old, new))
+    if not changes:
+        return changed, 0
+    if start is not None:
+        start(session)
     _apply(session, changes)
-    license_ids = sorted({event.license_id for event, _ in changes if event.license_id})
     months: dict[int, set[str]] = defaultdict(set)
     for event, _new in changes:
         if event.license_id is not None:
             months[event.license_id].add(event.year_month)
-    for lic in session.scalars(select(License).where(License.id.in_(license_ids))):
+    touched = sorted(months)
+    new_alerts = 0
+    for lic_row in session.scalars(select(License).where(License.id.in_(touched))):
         # A correction downwards re-arms thresholds; upwards, crossings alert now.
-        outcome.new_alerts += len(alerts.rearm(session, lic, settings.timezone, now))
-    outcome.new_alerts += len(alerts.evaluate(session, license_ids, settings.timezone, now, months))
+        new_alerts += len(alerts.rearm(session, lic_row, settings.timezone, now))
+    new_alerts += len(alerts.evaluate(session, touched, settings.timezone, now, months))
+    return changed, new_alerts
+
+
+def _audit_start(selection: Selection, size: int, actor: audit.Actor, session: Session) -> None:
+    """The run has begun to change events (with its first chunk, in its transaction)."""
+    audit.record(
+        session,
+        actor=actor.email,
+        action="pricing.reprice.start",
+        entity_type="usage_events",
+        entity_id=selection.describe()[:64],
+        before=None,
+        after={"selection": selection.describe(), "chunk_events": size},
+        client_address=actor.address,
+    )
+
+
+def _audit_finish(session: Session, outcome: Outcome, actor: audit.Actor) -> None:
+    """The run's totals before and after, once every chunk has committed."""
     audit.record(
         session,
         actor=actor.email,
         action="pricing.reprice",
         entity_type="usage_events",
-        entity_id=selection.describe()[:64],
-        before={"selection": selection.describe(), **outcome.totals.side("before")},
+        entity_id=outcome.selection[:64],
+        before={"selection": outcome.selection, **outcome.totals.side("before")},
         after={
-            "selection": selection.describe(),
+            "selection": outcome.selection,
             "events": outcome.totals.events,
             **outcome.totals.side("after"),
             "organizations": outcome.render()["organizations"],
         },
         client_address=actor.address,
     )
-    return outcome
 
 
-def _selected(session: Session, selection: Selection, *, lock: bool) -> Iterator[UsageEvent]:
-    """The selected events, a chunk at a time in id order; never the caller-priced ones."""
+def _price_of(event: UsageEvent) -> dict[str, Any]:
+    return {name: getattr(event, name) for name in PRICE_COLUMNS}
+
+
+def _chunk(session: Session, selection: Selection, after: int, size: int) -> list[UsageEvent]:
+    """Up to `size` selected events with ids above `after`, in id order, with their price
+    rows; never the caller-priced ones."""
     # What the price was lives in usage_prices (one row per distinct price).
     query = (
         select(E)
-        .join(P, E.price_id == P.id)
+        .join(E.price)
+        .options(contains_eager(E.price))
         .where(P.pricing != "provided", or_(P.price_source.is_(None), P.price_source != "caller"))
     )
     if selection.unpriced:
@@ -226,17 +363,19 @@ def _selected(session: Session, selection: Selection, *, lock: bool) -> Iterator
         )
         if selection.provider:
             query = query.where(P.provider == selection.provider.strip().lower())
-    last_id = 0
-    while True:
-        chunk = query.where(E.id > last_id).order_by(E.id).limit(CHUNK)
-        if lock:
-            # Two repricings of the same events take turns: each sees the other's prices.
-            chunk = chunk.with_for_update()
-        rows = list(session.scalars(chunk.execution_options(populate_existing=True)).all())
-        if not rows:
-            return
-        yield from rows
-        last_id = rows[-1].id
+    return list(session.scalars(query.where(E.id > after).order_by(E.id).limit(size)).all())
+
+
+def _rates(session: Session, license_ids: set[int | None]) -> dict[int, int]:
+    """Cost per credit of these licenses."""
+    ids = sorted(lid for lid in license_ids if lid is not None)
+    if not ids:
+        return {}
+    return dict(
+        session.execute(
+            select(License.id, License.cost_per_credit_nano).where(License.id.in_(ids))
+        ).all()
+    )
 
 
 def _stored_usage(event: UsageEvent) -> tuple[TokenUsage, dict[str, str], tuple[str, ...]]:
@@ -257,15 +396,14 @@ def _stored_usage(event: UsageEvent) -> tuple[TokenUsage, dict[str, str], tuple[
     return tokens, {}, ()
 
 
-def _priced(
-    event: UsageEvent, book: PriceBook, rates_of: dict[int, int], session: Session
-) -> dict[str, Any]:
-    """The price columns of the event with the price now in force at its timestamp."""
+def _priced(event: UsageEvent, book: PriceBook, rates: dict[int, int]) -> dict[str, Any]:
+    """The price columns of the event with the price now in force at its timestamp
+    (`rates`: the cost per credit of its license)."""
     try:
         tokens, context, unknown = _stored_usage(event)
     except providers.UsageReadError:
         # A stored object this version cannot read: the event stays as it is.
-        return {name: getattr(event, name) for name in PRICE_COLUMNS}
+        return _price_of(event)
     provider = event.provider
     if provider == providers.UNKNOWN_PROVIDER:
         # Nobody knew the model when it was written; an override may name it now.
@@ -274,26 +412,15 @@ def _priced(
         quote = book.quote(provider, event.model, tokens, event.timestamp, context)
     except UsageError:
         # Counts no price can take (ingestion refuses them): the event stays as it is.
-        return {name: getattr(event, name) for name in PRICE_COLUMNS}
+        return _price_of(event)
     new: dict[str, Any] = {"credits_micro": None, **price_fields(quote, unknown)}
     if event.license_id is not None and new["cost_nano"] is not None:
-        if event.license_id not in rates_of:
-            rate = session.scalar(
-                select(License.cost_per_credit_nano).where(License.id == event.license_id)
-            )
-            assert rate is not None
-            rates_of[event.license_id] = rate
-        new["credits_micro"] = credits_for_cost(new["cost_nano"], rates_of[event.license_id])
+        new["credits_micro"] = credits_for_cost(new["cost_nano"], rates[event.license_id])
     return new
 
 
 def _apply(session: Session, changes: list[tuple[UsageEvent, dict[str, Any]]]) -> None:
     """The new prices on the events, and each difference on every rollup and balance."""
-    license_ids = sorted({event.license_id for event, _ in changes if event.license_id})
-    # Licenses first, in id order, as ingestion locks them: no deadlock between the two.
-    session.execute(
-        select(License.id).where(License.id.in_(license_ids)).order_by(License.id).with_for_update()
-    ).all()
     monthly: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
     daily: dict[tuple[int, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     by_license: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from tokenledger.alerts import service as alerts
@@ -24,7 +24,7 @@ from tokenledger.ledger.ingest import IngestOutcome, PreparedBatch
 from tokenledger.licenses import service as licenses
 from tokenledger.ops import Metrics
 from tokenledger.organizations import refs
-from tokenledger.organizations.models import Organization
+from tokenledger.organizations import service as organizations
 from tokenledger.pricing.overrides import price_book
 from tokenledger.usage.schemas import UsageBatch
 
@@ -58,16 +58,10 @@ def record_usage(
     budget state after the group, from the figures read once.
     """
     org_ids = sorted({org_id for batch in batches for org_id in batch.orgs})
-    if session.get_bind().dialect.name == "postgresql":
-        # Every writer of events locks their organizations first, in id order: two groups
-        # touching the same organizations run one after the other (no unique-key waits,
-        # no deadlocks), and the stored twins read next cannot change before the insert.
-        session.execute(
-            select(Organization.id)
-            .where(Organization.id.in_(org_ids))
-            .order_by(Organization.id)
-            .with_for_update(key_share=True)
-        ).all()
+    # The lock order of db.py: organizations, then their licenses. Two groups touching the
+    # same organizations run one after the other (no unique-key waits, no deadlocks), and
+    # the stored twins read next cannot change before the insert.
+    organizations.lock(session, org_ids)
     candidates = licenses.candidates_for(session, org_ids, lock=True)
     outcomes = ingest.write(session, batches, candidates, price_ids)
     created_rows = [

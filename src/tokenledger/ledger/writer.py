@@ -125,8 +125,12 @@ class UsageWriter:
             pending.outcome = answer
 
     def _commit(self, batches: list[PreparedBatch]) -> list[UsageAnswer | DomainError]:
-        with self.database.session(write=True) as session:
-            return record_usage(session, batches, self.settings, self.clock(), self._price_ids)
+        # A group that loses a deadlock (PostgreSQL) is written again in a new transaction.
+        return self.database.run_write(
+            lambda session: record_usage(
+                session, batches, self.settings, self.clock(), self._price_ids
+            )
+        )
 
     def _answer(self, group: list[_Pending]) -> None:
         """Hand every outcome to its event loop: one call per loop for the whole group."""

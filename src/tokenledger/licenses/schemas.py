@@ -6,11 +6,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from tokenledger.db import MAX_ROW_ID
-from tokenledger.money import MAX_CREDITS, MAX_USD
-from tokenledger.schemas import InputModel
+from tokenledger.money import (
+    MAX_COST_PER_CREDIT,
+    MAX_CREDITS,
+    MAX_USD,
+    MIN_COST_PER_CREDIT,
+)
+from tokenledger.schemas import InputModel, Instant
 
 LicenseStatus = Literal["active", "suspended", "expired", "cancelled"]
 BudgetPeriod = Literal["monthly", "license"]
@@ -21,16 +26,28 @@ Credits = Annotated[
 ]
 UsdAmount = Annotated[Decimal, Field(ge=0, le=MAX_USD, decimal_places=9, allow_inf_nan=False)]
 PricePerCredit = Annotated[
-    Decimal, Field(gt=0, le=Decimal(1_000_000), decimal_places=9, allow_inf_nan=False)
+    Decimal,
+    Field(
+        ge=MIN_COST_PER_CREDIT,
+        le=MAX_COST_PER_CREDIT,
+        decimal_places=9,
+        allow_inf_nan=False,
+        description=f"USD per credit, {MIN_COST_PER_CREDIT} to {MAX_COST_PER_CREDIT}",
+    ),
 ]
 WarningPercent = Annotated[int, Field(ge=1, le=100, strict=True)]
 
 
 class LicenseCreate(InputModel):
+    """A license of an existing organization (404 otherwise); at most one active license
+    per organization (a second is a 409)."""
+
     organization_id: Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
     status: LicenseStatus = "active"
-    valid_from: AwareDatetime | None = None
-    valid_until: AwareDatetime | None = None
+    valid_from: Instant | None = Field(default=None, description="default: now")
+    valid_until: Instant | None = Field(
+        default=None, description="after valid_from (422 otherwise); default: open-ended"
+    )
     credits_total: Credits
     cost_per_credit: PricePerCredit
     token_budget_usd: UsdAmount | None = None
@@ -47,8 +64,8 @@ class LicenseCreate(InputModel):
 
 class LicenseUpdate(InputModel):
     status: LicenseStatus | None = None
-    valid_from: AwareDatetime | None = None
-    valid_until: AwareDatetime | None = None
+    valid_from: Instant | None = None
+    valid_until: Instant | None = None
     credits_total: Credits | None = None
     cost_per_credit: PricePerCredit | None = None
     token_budget_usd: UsdAmount | None = None

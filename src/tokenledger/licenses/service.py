@@ -61,9 +61,13 @@ def snapshot(lic: License) -> dict[str, Any]:
 
 
 def get(session: Session, license_id: int, *, for_update: bool = False) -> License:
+    """A license; for_update locks it, after its organization (db.py's lock order)."""
     query = select(License).where(License.id == license_id)
     if for_update:
-        query = query.with_for_update()
+        org_id = session.scalar(select(License.organization_id).where(License.id == license_id))
+        if org_id is not None:
+            organizations.lock(session, [org_id])
+        query = query.with_for_update().execution_options(populate_existing=True)
     lic = session.scalar(query)
     if lic is None:
         raise not_found("license", license_id)

@@ -125,6 +125,20 @@ def for_key(lookup: Lookup, key_org_id: int | None, ref: str | int | None) -> Or
         ) from None
 
 
+def for_reader(lookup: Lookup, key_org_id: int | None, ref: str | int | None) -> OrgRef:
+    """for_key's rule for reading (the tenant routes): a key of one organization that names
+    another is refused the same way whether that other exists or not (403), so that a
+    tenant learns nothing of other organizations' slugs or ids."""
+    if key_org_id is not None and ref is not None:
+        own = for_key(lookup, key_org_id, None)
+        if str(ref) not in (own.slug, str(own.id)):
+            raise DomainError(
+                403, "organization_mismatch", "this key belongs to another organization"
+            )
+        return own
+    return for_key(lookup, key_org_id, ref)
+
+
 def organization_for_key(
     session: Session, key_org_id: int | None, ref: str | int | None
 ) -> Organization:

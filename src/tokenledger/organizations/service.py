@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -12,12 +13,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tokenledger.audit import service as audit
-from tokenledger.auth.models import ApiKey
 from tokenledger.errors import DomainError, not_found
-from tokenledger.licenses.models import License
+from tokenledger.models import Base  # every table: delete() asks each one that refers here
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.schemas import OrganizationCreate, OrganizationUpdate
-from tokenledger.usage.models import Refresh, UsageEvent
 
 
 def slugify(name: str) -> str:
@@ -39,6 +38,24 @@ def get(session: Session, org_id: int) -> Organization:
     if org is None:
         raise not_found("organization", org_id)
     return org
+
+
+def lock(session: Session, org_ids: Iterable[int]) -> None:
+    """Lock these organizations' rows, in id order: the first lock of every write
+    transaction that changes what an organization owns (the lock order is in db.py).
+
+    FOR NO KEY UPDATE: writers of one organization take turns, while inserts that only
+    refer to it (a new license, an alert) go on. SQLite's one writer needs no row lock.
+    """
+    ids = sorted(set(org_ids))
+    if not ids or session.get_bind().dialect.name != "postgresql":
+        return
+    session.execute(
+        select(Organization.id)
+        .where(Organization.id.in_(ids))
+        .order_by(Organization.id)
+        .with_for_update(key_share=True)
+    ).all()
 
 
 def _slug_taken(session: Session, slug: str, except_id: int | None = None) -> bool:
@@ -145,15 +162,23 @@ def search(
 
 def delete(session: Session, org: Organization, *, actor: audit.Actor) -> None:
     """Delete an organization that never had anything, audited; one with history is archived
-    instead (a 409 that deletes nothing)."""
-    for model in (UsageEvent, License, Refresh, ApiKey):
-        if session.scalar(select(model.id).where(model.organization_id == org.id).limit(1)):
-            raise DomainError(
-                409,
-                "organization_has_history",
-                "this organization has usage, licenses or keys: archive it instead "
-                '(PATCH {"archived": true})',
-            )
+    instead (a 409 that deletes nothing).
+
+    History is any row that refers to it (usage, rollups, licenses, keys, runs, holds,
+    alerts): every table with a foreign key to organizations is asked, so that a table
+    added later cannot turn the delete into a foreign key error.
+    """
+    for table in Base.metadata.sorted_tables:
+        for key in table.foreign_keys:
+            if key.column.table.name != Organization.__tablename__:
+                continue
+            if session.execute(select(key.parent).where(key.parent == org.id).limit(1)).first():
+                raise DomainError(
+                    409,
+                    "organization_has_history",
+                    "this organization has usage, licenses, keys or holds: archive it instead "
+                    '(PATCH {"archived": true})',
+                )
     before = snapshot(org)
     session.delete(org)
     session.flush()

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from pydantic import AwareDatetime
 
-from tokenledger.deps import Admin, AppSettings, Now, Session, Viewer
+from tokenledger.deps import Admin, AdminAlone, AppSettings, DatabaseDep, Now, Session, Viewer
 from tokenledger.ledger.reprice import Selection, reprice
 from tokenledger.pricing import overrides
 from tokenledger.pricing.schemas import OverrideSet, RepriceIn, UnpricedModel
-from tokenledger.schemas import PathText
+from tokenledger.schemas import Instant, PathText
 
 router = APIRouter(prefix="/api/pricing", tags=["pricing"])
 
@@ -52,7 +51,7 @@ def unset_override(
     model: PathText,
     session: Session,
     admin: Admin,
-    valid_from: Annotated[AwareDatetime | None, Query()] = None,
+    valid_from: Annotated[Instant | None, Query()] = None,
 ) -> Response:
     """Remove the override that starts at valid_from, or without it every one of the model."""
     overrides.unset_override(
@@ -72,9 +71,10 @@ def unpriced(session: Session, _viewer: Viewer) -> list[UnpricedModel]:
 
 @router.post("/reprice")
 def reprice_events(
-    data: RepriceIn, session: Session, admin: Admin, settings: AppSettings, now: Now
+    data: RepriceIn, database: DatabaseDep, admin: AdminAlone, settings: AppSettings, now: Now
 ) -> dict[str, Any]:
-    """Price stored events again with the prices now in force at their timestamps."""
+    """Price stored events again with the prices now in force at their timestamps, in
+    chunks of their own transactions (ingestion goes on between them)."""
     selection = Selection(
         unpriced=data.unpriced,
         provider=data.provider,
@@ -83,7 +83,7 @@ def reprice_events(
         end=data.to,
     )
     outcome = reprice(
-        session,
+        database,
         selection,
         settings=settings,
         now=now,

@@ -18,13 +18,14 @@ from decimal import Decimal
 from typing import Any
 
 from genai_prices.types import Tier, TieredPrices
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tokenledger.audit import service as audit
 from tokenledger.db import utcnow
 from tokenledger.errors import DomainError
-from tokenledger.money import MoneyError, to_decimal
+from tokenledger.money import MoneyError, decimal_places, to_decimal
 from tokenledger.pricing.engine import PriceBook, PriceOverride, PriceQuote, Rates, TokenUsage
 from tokenledger.pricing.models import PriceOverrideRow
 from tokenledger.pricing.schemas import UnpricedModel
@@ -47,7 +48,7 @@ def _to_rate(name: str, value: Any) -> Decimal | None:
         raise DomainError(422, "invalid_rate", f"{name}: {exc}") from exc
     if amount < 0 or amount > _MAX_RATE:
         raise DomainError(422, "invalid_rate", f"{name}: must be between 0 and 1000000 USD")
-    if amount * _NANO != (amount * _NANO).to_integral_value():
+    if decimal_places(amount) > 9:
         raise DomainError(422, "invalid_rate", f"{name}: at most 9 decimal places")
     return amount
 
@@ -292,8 +293,9 @@ def set_override(
     audited (price_override.set, and price_override.end for one it ends).
 
     The same start replaces that override. An open-ended override that began earlier ends
-    where the new one begins; any other overlap is refused (409). Everything is checked
-    before anything changes: a refusal writes nothing.
+    where the new one begins; any other overlap is refused (409). A refusal writes nothing:
+    what can be checked is checked before the first change, and a concurrent overlap the
+    database refuses undoes this call's changes (a savepoint).
     """
     provider, model = provider.strip().lower(), model.strip().lower()
     if not provider or not model:
@@ -302,21 +304,20 @@ def set_override(
     if values["input"] is None or values["output"] is None:
         raise DomainError(422, "invalid_rate", "input and output rates are required")
     start = (valid_from or now or utcnow()).astimezone(UTC)
-    # The real clock, not `now`: updated_at is part of a price's version, which must change
-    # with every change, also when a caller's clock stands still.
-    changed_at = utcnow()
     end = valid_until.astimezone(UTC) if valid_until is not None else None
     if end is not None and end <= start:
         raise DomainError(422, "invalid_validity", "valid_until must be after valid_from")
     tier_list = _normalized_tiers(tiers)
     unit_rates = _normalized_units(units)
 
+    lock_model(session, provider, model)
     existing = list(
         session.scalars(
             select(PriceOverrideRow)
             .where(PriceOverrideRow.provider == provider, PriceOverrideRow.model == model)
             .order_by(PriceOverrideRow.valid_from)
             .with_for_update()
+            .execution_options(populate_existing=True)
         ).all()
     )
     row = next((other for other in existing if other.valid_from == start), None)
@@ -330,6 +331,9 @@ def set_override(
                 f"{other.valid_until.isoformat() if other.valid_until else 'open-ended'}: "
                 "choose dates that do not overlap it",
             )
+    # The real clock, not `now`: updated_at is part of a price's version, which must change
+    # with every change, also when a caller's clock stands still.
+    changed_at = utcnow()
     fields: dict[str, Any] = {
         "valid_until": end,
         "input_nano_per_mtok": int(values["input"] * _NANO),
@@ -348,20 +352,51 @@ def set_override(
         raise DomainError(422, "invalid_rate", str(exc)) from exc
 
     ended = [(other, rates_json(other)) for other in ends]
-    for other in ends:
-        other.valid_until = start
-        other.updated_at = changed_at
     before = rates_json(row) if row else None
-    if row is None:
-        row = PriceOverrideRow(provider=provider, model=model, valid_from=start)
-        session.add(row)
-    for name, value in fields.items():
-        setattr(row, name, value)
-    session.flush()
+    with session.begin_nested():
+        for other in ends:
+            other.valid_until = start
+            other.updated_at = changed_at
+        # The earlier override's end first: the database checks the rule row by row.
+        _flush(session, provider, model)
+        if row is None:
+            row = PriceOverrideRow(provider=provider, model=model, valid_from=start)
+            session.add(row)
+        for name, value in fields.items():
+            setattr(row, name, value)
+        _flush(session, provider, model)
     for other, other_before in ended:
         _audit(session, actor, "price_override.end", other, other_before)
     _audit(session, actor, "price_override.set", row, before)
     return row
+
+
+def lock_model(session: Session, provider: str, model: str) -> None:
+    """Changes to one model's overrides take turns (PostgreSQL: a transaction-scoped
+    advisory lock per model, held with no other lock). Without it, two overlapping
+    overrides sent at once both found no other and were both stored; the database's
+    exclusion constraint now refuses that too, but the lock makes the second see the
+    first, as if they had come one after the other. SQLite's one writer already does."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"price_override:{provider}/{model}"},
+    )
+
+
+def _flush(session: Session, provider: str, model: str) -> None:
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        if "ex_price_overrides_no_overlap" not in str(exc.orig):
+            raise
+        raise DomainError(
+            409,
+            "overlapping_override",
+            f"{provider}/{model} has an override in force in these dates: "
+            "choose dates that do not overlap it",
+        ) from exc
 
 
 def _audit(
@@ -394,6 +429,7 @@ def unset_override(
     """Remove a model's override starting at `valid_from`, or all of them, each audited;
     returns how many."""
     provider, model = provider.strip().lower(), model.strip().lower()
+    lock_model(session, provider, model)
     query = select(PriceOverrideRow).where(
         PriceOverrideRow.provider == provider, PriceOverrideRow.model == model
     )

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, Field, StrictInt, StrictStr
+from pydantic import BaseModel, Field, StrictInt, StrictStr
 
-from tokenledger.schemas import InputModel
+from tokenledger.schemas import INSTANT_RANGE, RANGE_RULE, InputModel, Instant, Text
 
 # Decimal text or a whole number; strict, so that true is not taken for 1.
 RateText = StrictStr | StrictInt | None
@@ -31,10 +31,14 @@ class OverrideSet(InputModel):
     cache_write_5m: RateText = None
     cache_write_1h: RateText = None
     cache_read: RateText = None
-    valid_from: AwareDatetime | None = Field(
-        default=None, description="first event timestamp it prices; default: now"
+    valid_from: Instant | None = Field(
+        default=None,
+        description=f"first event timestamp it prices; default: now; {INSTANT_RANGE}",
     )
-    valid_until: AwareDatetime | None = Field(default=None, description="end, exclusive")
+    valid_until: Instant | None = Field(
+        default=None,
+        description=f"end, exclusive; after valid_from (422 otherwise); {INSTANT_RANGE}",
+    )
     tiers: list[OverrideTier] | None = Field(default=None, max_length=8)
     units: dict[Annotated[str, Field(max_length=64)], StrictStr | StrictInt] | None = Field(
         default=None,
@@ -57,11 +61,14 @@ class UnpricedModel(BaseModel):
 
 
 class RepriceIn(InputModel):
-    """Either the unpriced events, or one model's events in [from, to)."""
+    """Either the unpriced events (`unpriced: true`), or one model's events in [from, to):
+    `model`, `from` and `to` together, 'to' after 'from'; not both (422 otherwise)."""
 
     unpriced: bool = False
-    provider: str | None = Field(default=None, min_length=1, max_length=64)
-    model: str | None = Field(default=None, min_length=1, max_length=128)
-    from_: AwareDatetime | None = Field(default=None, alias="from")
-    to: AwareDatetime | None = None
+    provider: Text | None = Field(default=None, min_length=1, max_length=64)
+    model: Text | None = Field(
+        default=None, min_length=1, max_length=128, description="with from and to"
+    )
+    from_: Instant | None = Field(default=None, alias="from", description="with model and to")
+    to: Instant | None = Field(default=None, description=f"with model and from; {RANGE_RULE}")
     dry_run: bool = False

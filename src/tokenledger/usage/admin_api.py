@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import AwareDatetime, TypeAdapter
+from pydantic import TypeAdapter
 
 from tokenledger.deps import AppSettings, Now, RowId, Session, Viewer, get_database, get_hot
 from tokenledger.errors import DomainError
 from tokenledger.organizations import service as organizations
 from tokenledger.periods import month_of
+from tokenledger.schemas import MONTH_PATTERN, RANGE_RULE, Instant
 from tokenledger.usage import export, queries
 from tokenledger.usage.export import ClosingStreamingResponse
 
@@ -56,7 +57,7 @@ def organization_models(
     _viewer: Viewer,
     settings: AppSettings,
     now: Now,
-    month: Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")] = None,
+    month: Annotated[str | None, Query(pattern=MONTH_PATTERN)] = None,
 ) -> dict[str, Any]:
     organizations.get(session, org_id)
     year_month = month or month_of(now, settings.timezone)
@@ -95,8 +96,8 @@ def export_events(
     request: Request,
     session: Session,
     _viewer: Viewer,
-    start: Annotated[AwareDatetime, Query(alias="from")],
-    end: Annotated[AwareDatetime, Query(alias="to")],
+    start: Annotated[Instant, Query(alias="from", description=f"first instant; {RANGE_RULE}")],
+    end: Annotated[Instant, Query(alias="to", description=f"end, exclusive; {RANGE_RULE}")],
 ) -> ClosingStreamingResponse:
     org = organizations.get(session, org_id)
     if end <= start:

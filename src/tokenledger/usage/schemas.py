@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     Field,
     StrictInt,
     StrictStr,
@@ -39,32 +38,11 @@ _ANTHROPIC_EXTRAS = (
 # (C0, DEL or C1) belongs in an id or a model name.
 _PRINTABLE = schemas.PRINTABLE
 PRINTABLE = re.compile(_PRINTABLE)
-# RFC 3339's date-time (T or space, Z or a numeric offset with a colon); the ISO 8601
-# variants that datetime.fromisoformat also takes (week dates, basic format) are refused.
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
-
 OrganizationRef = Annotated[StrictStr, Field(pattern=_PRINTABLE)] | StrictInt
 
 
-def parse_timestamp(value: Any) -> datetime:
-    """RFC 3339 text with an offset; naive times and numbers are refused."""
-    if isinstance(value, datetime):  # built in Python (demo data, tests), not from JSON
-        parsed = value
-    elif not isinstance(value, str):
-        raise ValueError("must be an RFC 3339 timestamp string")
-    else:
-        try:
-            if not _RFC3339.fullmatch(value):
-                raise ValueError(value)
-            parsed = datetime.fromisoformat(value.upper())
-        except ValueError as exc:
-            raise ValueError("must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z") from exc
-    if parsed.tzinfo is None or parsed.utcoffset() is None:
-        raise ValueError("timestamp needs an offset (Z or +01:00)")
-    return parsed
-
-
-Timestamp = Annotated[datetime, BeforeValidator(parse_timestamp)]
+# Usage timestamps and refresh times: the shared instant type.
+Timestamp = schemas.Instant
 
 
 class CacheCreation(InputModel):
@@ -74,8 +52,17 @@ class CacheCreation(InputModel):
 
 class UsageEventIn(InputModel):
     id: StrictStr = Field(min_length=1, max_length=128, pattern=_PRINTABLE)
-    organization: OrganizationRef | None = None
-    timestamp: Timestamp | None = None
+    organization: OrganizationRef | None = Field(
+        default=None, description=schemas.ORGANIZATION_RULE
+    )
+    timestamp: Timestamp | None = Field(
+        default=None,
+        description=(
+            "RFC 3339 with an offset, default the time of receipt; at most 5 minutes in the "
+            "future, and a new event no older than TOKENLEDGER_BACKFILL_MAX_AGE_DAYS (400 "
+            f"days by default), 422 otherwise; always {schemas.INSTANT_RANGE}"
+        ),
+    )
     # Inferred from the model when not given (ledger/providers.py).
     provider: StrictStr | None = Field(
         default=None, min_length=1, max_length=64, pattern=_PRINTABLE
@@ -244,7 +231,9 @@ class UsageResponse(BaseModel):
 
 
 class RefreshIn(InputModel):
-    organization: OrganizationRef | None = None
+    organization: OrganizationRef | None = Field(
+        default=None, description=schemas.ORGANIZATION_RULE
+    )
     status: Literal["running", "completed", "failed"]
     started_at: Timestamp | None = None
     finished_at: Timestamp | None = None

@@ -169,6 +169,7 @@ FLASH_MESSAGES = {
     N_("Account %(email)s disabled."),
     N_("Account %(email)s enabled."),
     N_("You are signed out."),
+    N_("Every portal link of %(name)s is revoked."),
 }
 
 

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from tokenledger.errors import DomainError
+from tokenledger.schemas import check_instant
 from tokenledger.web.i18n import N_
 
 # pydantic's error types, as a user reads them (params come from the error's context).
@@ -102,11 +103,11 @@ def day_start(form: FormData, name: str, tz: ZoneInfo, *, after: bool = False) -
         return None
     try:
         day = date.fromisoformat(value)
-    except ValueError:
-        return value  # refused by the schema as not a datetime
-    if after:
-        day += timedelta(days=1)
-    return datetime.combine(day, time(), tzinfo=tz)
+        if after:
+            day += timedelta(days=1)
+        return check_instant(datetime.combine(day, time(), tzinfo=tz))
+    except (ValueError, OverflowError):
+        return value  # refused by the schema (not a datetime, or outside the range)
 
 
 def day_of(at: datetime | None, tz: ZoneInfo, *, before: bool = False) -> str:

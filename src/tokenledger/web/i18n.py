@@ -106,6 +106,13 @@ class Formatter:
         value = micro_to_credits(micro).quantize(Decimal("0.1"))
         return format_decimal(value, format="#,##0.0", locale=self.locale)
 
+    def credits_text(self, text: str | None) -> str:
+        """Credits given as exact decimal text (as the API writes them)."""
+        if text is None:
+            return DASH
+        value = Decimal(text).quantize(Decimal("0.1"))
+        return format_decimal(value, format="#,##0.0", locale=self.locale)
+
     def percent(self, value: float | Decimal | None) -> str:
         if value is None:
             return DASH
@@ -125,6 +132,11 @@ class Formatter:
     def day(self, day: str | date) -> str:
         value = date.fromisoformat(day) if isinstance(day, str) else day
         return format_date(value, "medium", locale=self.locale)
+
+    def last_day(self, end: datetime | str) -> str:
+        """The last day of a period that ends at this instant (exclusive), in the time zone."""
+        at = datetime.fromisoformat(end) if isinstance(end, str) else end
+        return self.day((at.astimezone(self.tz) - timedelta(microseconds=1)).date())
 
     def day_short(self, day: str) -> str:
         return format_date(date.fromisoformat(day), "d", locale=self.locale)

@@ -6,7 +6,7 @@ licenses, alerts); these routes only parse, call and render.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -30,6 +30,7 @@ from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.schemas import OrganizationCreate, OrganizationUpdate
 from tokenledger.periods import month_bounds, month_of
+from tokenledger.schemas import MONTH_PATTERN
 from tokenledger.usage import queries
 from tokenledger.web import forms
 from tokenledger.web.charts import bar_chart, meters
@@ -43,11 +44,12 @@ from tokenledger.web.common import (
     redirect,
 )
 from tokenledger.web.i18n import N_
+from tokenledger.web.periods import bar_periods
 from tokenledger.web.rendering import render
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
-Month = Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+Month = Annotated[str | None, Query(pattern=MONTH_PATTERN)]
 
 SORTS = {
     "name": N_("Name"),
@@ -303,26 +305,8 @@ def _monthly_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _period(page: Page, lic: License | None) -> dict[str, Any] | None:
-    """The budget period of a license now: its dates, time zone and when it resets."""
-    if lic is None:
-        return None
-    tz = page.settings.timezone
-    if lic.budget_period == "monthly":
-        start, end = month_bounds(month_of(page.now, tz), tz)
-        return {
-            "kind": "monthly",
-            "label": page.fmt.interval(start.date(), (end - timedelta(days=1)).date()),
-            "resets": page.fmt.relative(end - page.now),
-        }
-    start_day = lic.valid_from.astimezone(tz).date()
-    if lic.valid_until is None:
-        return {"kind": "license", "label": None, "since": page.fmt.day(start_day), "resets": None}
-    last_day = (lic.valid_until.astimezone(tz) - timedelta(microseconds=1)).date()
-    return {
-        "kind": "license",
-        "label": page.fmt.interval(start_day, last_day),
-        "resets": page.fmt.relative(lic.valid_until - page.now),
-    }
+    """The period each bar counts now (credits: the license term; USD: its budget period)."""
+    return bar_periods(page.fmt, page.now, lic)
 
 
 @router.get("/organizations/{org_id}/usage")

@@ -34,6 +34,7 @@ ALERT_LABELS = {
     "credits.warning": N_("Credits warning"),
     "credits.exhausted": N_("Credits exhausted"),
     "budget.forecast": N_("Budget forecast"),
+    "provider.drift": N_("Provider bill drift"),
 }
 DELIVERY_LABELS = {
     "pending": N_("Pending"),

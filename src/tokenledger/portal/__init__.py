@@ -1,0 +1,1 @@
+"""Tenant access: signed, expiring portal links to an organization's own read-only view."""
