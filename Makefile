@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check bench clean messages
+.PHONY: run test check bench bench-otlp clean messages
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,9 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
+
+bench-otlp: $(STAMP)
+	$(PY) bench/otlp.py
 
 messages: $(STAMP)
 	$(PY) scripts/messages.py

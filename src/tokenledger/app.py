@@ -22,6 +22,9 @@ from tokenledger.budgets.api import router as budgets_router
 from tokenledger.config import Settings, get_settings
 from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import install_error_handlers
+from tokenledger.gateway.admin import router as gateway_admin_router
+from tokenledger.gateway.api import router as gateway_router
+from tokenledger.gateway.api import upstream_of
 from tokenledger.hot import HotReads
 from tokenledger.ledger.api import router as usage_router
 from tokenledger.ledger.otlp import router as otlp_router
@@ -34,6 +37,7 @@ from tokenledger.ops import router as ops_router
 from tokenledger.organizations.api import router as organizations_router
 from tokenledger.portal.api import router as portal_router
 from tokenledger.pricing.api import router as pricing_router
+from tokenledger.provider_reports.api import router as provider_reports_router
 from tokenledger.ratelimit import Rate, RateLimiter
 from tokenledger.usage.admin_api import router as token_usage_router
 from tokenledger.usage.tenant_api import router as tenant_router
@@ -77,9 +81,18 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
                 lease_seconds=settings.webhook_lease_seconds,
             )
             worker.start()
+        provider_sync = None
+        if settings.provider_sync_interval_minutes:
+            from tokenledger.provider_reports.worker import ProviderSyncWorker
+
+            provider_sync = ProviderSyncWorker(database, settings)
+            provider_sync.start()
         yield
+        if provider_sync is not None:
+            provider_sync.stop()
         if worker is not None:
             worker.stop()
+        await upstream_of(app).close()
         app.state.usage_writer.stop()
         database.dispose()
 
@@ -130,6 +143,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
         otlp_router,
         tenant_router,
         portal_router,
+        provider_reports_router,
+        gateway_router,
+        gateway_admin_router,
     ):
         app.include_router(router)
     install_web(app)

@@ -86,6 +86,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         "port": args.port,
         "workers": args.workers,
         "log_level": "info",
+        # A worker that misses its supervisor's ping for this long is killed and replaced:
+        # uvicorn's 5 s killed workers still starting on a busy 2-core machine.
+        "timeout_worker_healthcheck": 30,
         **UVICORN_OPTIONS,
     }
     try:
@@ -398,6 +401,17 @@ def cmd_reprice(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_provider_sync(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenledger.provider_reports.commands import provider_sync
+
+    database = _database(settings)
+    _require_migrated(database)
+    try:
+        return provider_sync(database, settings, args.provider, args.start, args.end)
+    finally:
+        database.dispose()
+
+
 def _instant(text: str) -> datetime:
     """An ISO 8601 date or time; a date means its midnight UTC, a time without zone UTC."""
     try:
@@ -486,6 +500,14 @@ def build_parser() -> argparse.ArgumentParser:
     reprice.add_argument("--to", dest="end", type=_instant, help="end, exclusive")
     reprice.add_argument("--dry-run", action="store_true", help="show the change per organization")
     reprice.set_defaults(handler=cmd_reprice)
+
+    sync = sub.add_parser(
+        "provider-sync", help="import a provider's usage and cost reports (UTC days)"
+    )
+    sync.add_argument("--provider", required=True, choices=["anthropic", "openai"])
+    sync.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD")
+    sync.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
+    sync.set_defaults(handler=cmd_provider_sync)
 
     backup = sub.add_parser(
         "backup", help="copy the SQLite database while it serves (PostgreSQL: pg_dump)"

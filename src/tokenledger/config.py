@@ -8,11 +8,12 @@ import os
 import re
 import secrets
 import tempfile
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokenledger.ratelimit import Rate
@@ -69,6 +70,26 @@ class Settings(BaseSettings):
     # Whether the portal and the tenant API show USD (provider cost, the USD budget) or
     # only credits and tokens: an operator who sells credits may keep its margin private.
     tenant_show_usd: bool = True
+    # Provider reports: admin keys (never logged or shown), the periodic sync (minutes
+    # between syncs, 0: off), how many recent UTC days it syncs, and the drift that alerts.
+    anthropic_admin_key: SecretStr | None = None
+    openai_admin_key: SecretStr | None = None
+    provider_sync_interval_minutes: int = Field(default=0, ge=0, le=7 * 24 * 60)
+    provider_sync_days: int = Field(default=3, ge=1, le=31)
+    provider_drift_alert_percent: Decimal = Field(default=Decimal(2), ge=0, le=1000)
+    # The gateway (/gateway/...) and the provider reports: each provider's key and
+    # address. A provider without a key answers 503 at the gateway. The keys are secrets:
+    # never logged, never echoed.
+    anthropic_api_key: SecretStr = SecretStr("")
+    anthropic_base_url: str = "https://api.anthropic.com"
+    openai_api_key: SecretStr = SecretStr("")
+    openai_base_url: str = "https://api.openai.com/v1"
+    # Seconds: to connect to the provider, for its answer to begin (the first byte), and
+    # between two events of a stream (idle). A whole call is bounded by gateway_max_call_seconds.
+    gateway_connect_timeout: float = Field(default=10, gt=0)
+    gateway_first_byte_timeout: float = Field(default=600, gt=0)
+    gateway_idle_timeout: float = Field(default=300, gt=0)
+    gateway_max_call_seconds: int = Field(default=3600, ge=1)
 
     @field_validator("billing_timezone")
     @classmethod

@@ -97,6 +97,11 @@ def _bearer(request: Request) -> str | None:
     return None
 
 
+def bearer_token(request: Request) -> str | None:
+    """The token of an "Authorization: Bearer" header, if any."""
+    return _bearer(request)
+
+
 def _unauthenticated() -> DomainError:
     return DomainError(
         401, "not_authenticated", "sign in first", headers={"WWW-Authenticate": "Bearer"}
@@ -240,7 +245,12 @@ def require_ingest_key(request: Request, session: Session, now: Now) -> IngestPr
 async def require_usage_key(request: Request, now: Now) -> IngestPrincipal:
     """The ingest key of POST /api/v1/usage, from memory; its use is recorded by the write
     of the usage itself (touch_due), which holds no request session meanwhile."""
-    secret = _bearer(request)
+    return await key_principal(request, _bearer(request), now)
+
+
+async def key_principal(request: Request, secret: str | None, now: datetime) -> IngestPrincipal:
+    """An ingest key given in any header (POST /api/v1/usage: the bearer token; the
+    gateway: x-api-key too), from memory; its use is recorded by the caller's write."""
     if secret is None:
         raise _unauthenticated()
     _limit_rate(request, secret)

@@ -115,12 +115,13 @@ def check_json(body: bytes) -> str | None:
 
 
 def _body_kind(scope: Scope) -> str | None:
-    """ "json" or "form" for a body to check here, else None. A compressed one sent to the
-    OTLP route (exporters gzip theirs) is checked by that route once inflated
-    (ledger/otlp.py, with check_json too); on every other route a compressed body is
-    checked as it is, and so refused."""
+    """ "json" or "form" for a body to check here, else None. The OTLP route checks its own
+    (ledger/otlp.py, with check_json too), once inflated (exporters gzip theirs), and
+    answers in OTLP's error shape; on every other route a compressed body is checked as
+    it is, and so refused."""
+    if scope.get("path") == INFLATING_ROUTE:
+        return None
     kind: str | None = None
-    compressed = False
     for name, value in scope["headers"]:
         if name == b"content-type":
             media_type: bytes = value.split(b";", 1)[0].strip().lower()
@@ -130,10 +131,6 @@ def _body_kind(scope: Scope) -> str | None:
                 kind = "form"
             else:
                 kind = None
-        elif name == b"content-encoding":
-            compressed = value.strip().lower() not in (b"", b"identity")
-    if compressed and scope.get("path") == INFLATING_ROUTE:
-        return None
     return kind
 
 

@@ -9,6 +9,15 @@ from tokenledger.licenses.models import CreditAdjustment, License
 from tokenledger.organizations.models import Organization
 from tokenledger.portal.models import PortalGeneration
 from tokenledger.pricing.models import PriceOverrideRow
+from tokenledger.provider_reports.models import (
+    ProviderAccount,
+    ProviderDriftAlert,
+    ProviderReportDay,
+    ProviderReportRow,
+    ProviderReportTotal,
+    ProviderSync,
+    ProviderSyncLease,
+)
 from tokenledger.usage.models import (
     LicenseUsage,
     Refresh,
@@ -31,6 +40,13 @@ __all__ = [
     "Organization",
     "PortalGeneration",
     "PriceOverrideRow",
+    "ProviderAccount",
+    "ProviderDriftAlert",
+    "ProviderReportDay",
+    "ProviderReportRow",
+    "ProviderReportTotal",
+    "ProviderSync",
+    "ProviderSyncLease",
     "Refresh",
     "Reservation",
     "TokenUsageMonthly",

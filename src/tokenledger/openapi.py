@@ -58,7 +58,7 @@ _SPECIAL: dict[tuple[str, str], set[int]] = {
     ("post", "/api/auth/token"): {400, 401, 429},
     ("post", "/api/v1/reservations"): {402},
     ("post", "/api/licenses"): {404},  # no such organization
-    ("post", "/v1/traces"): {413, 415, 422},
+    ("post", "/v1/traces"): {400, 413, 415},
 }
 # Routes for ingest keys: the usage API and OTLP/HTTP.
 _INGEST_PREFIXES = ("/api/v1/", "/v1/")
@@ -66,6 +66,20 @@ _INGEST_PREFIXES = ("/api/v1/", "/v1/")
 _OTLP_CONTENT = {
     "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
     "application/json": {"schema": {"type": "object"}},
+}
+# OTLP/HTTP's error body: a google.rpc.Status (JSON or protobuf, as the request).
+_OTLP_STATUS = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "integer"},
+                "message": {"type": "string"},
+                "details": {"type": "array", "items": {"type": "object"}},
+            },
+        }
+    },
+    "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
 }
 _PUBLIC = {("post", "/api/auth/token")}
 
@@ -136,6 +150,15 @@ def complete_schema(schema: dict[str, Any]) -> dict[str, Any]:
     if otlp is not None:
         otlp["requestBody"] = {"required": True, "content": _OTLP_CONTENT}
         otlp["responses"]["200"]["content"] = _OTLP_CONTENT
+        # An unreadable export is OTLP's 400, not this API's 422.
+        otlp["responses"].pop("422", None)
+        for status in (400, 413, 415):
+            otlp["responses"][str(status)] = {
+                "description": "Not a readable OTLP trace export."
+                if status == 400
+                else DESCRIPTIONS[status],
+                "content": _OTLP_STATUS,
+            }
     return schema
 
 

@@ -54,6 +54,26 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self.gateway_requests = Counter(
+            "tokenledger_gateway_requests",
+            "Calls through the gateway by provider and the status answered.",
+            ["provider", "status"],
+            registry=self.registry,
+        )
+        self.gateway_upstream_seconds = Histogram(
+            "tokenledger_gateway_upstream_seconds",
+            "Time the provider took to answer a gateway call (streams: to the answer's start).",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.gateway_overhead_seconds = Histogram(
+            "tokenledger_gateway_overhead_seconds",
+            "The gateway's own time per call: before forwarding (key, hold) and after the "
+            "provider's answer (the usage event's commit).",
+            ["provider"],
+            buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=self.registry,
+        )
         self.usage_group_requests = Histogram(
             "tokenledger_usage_group_requests",
             "Ingest requests written per group commit.",

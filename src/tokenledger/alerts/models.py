@@ -25,7 +25,8 @@ ARMED = text("rearmed_at IS NULL")
 
 class Alert(Base):
     """A threshold crossed: budget.warning, budget.exhausted, budget.forecast,
-    credits.warning or credits.exhausted, once per license and period while armed."""
+    credits.warning or credits.exhausted, once per license and period while armed; or
+    provider.drift, a provider's bill apart from the ledger (no organization)."""
 
     __tablename__ = "alerts"
     # Once per license, threshold and period while armed: insert-or-skip against this
@@ -44,8 +45,9 @@ class Alert(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
-    license_id: Mapped[int] = mapped_column(ForeignKey("licenses.id"))
+    # Both None for an alert of no organization (provider.drift: a provider's day).
+    organization_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id"), index=True)
+    license_id: Mapped[int | None] = mapped_column(ForeignKey("licenses.id"))
     type: Mapped[str] = mapped_column(String(32))
     period: Mapped[str] = mapped_column(String(16))
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)

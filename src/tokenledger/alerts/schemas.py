@@ -15,8 +15,9 @@ class AlertRead(BaseModel):
 
     id: int
     type: str
-    organization_id: int
-    license_id: int
+    # None for an alert of no organization (provider.drift: a provider's UTC day).
+    organization_id: int | None
+    license_id: int | None
     period: str
     details: dict[str, Any] | None
     created_at: datetime

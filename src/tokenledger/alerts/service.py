@@ -212,12 +212,12 @@ def rearm(session: Session, lic: License, tz: Any, now: datetime) -> list[int]:
     return evaluate(session, [lic.id], tz, now)
 
 
-def alert_payload(alert: Alert, org: Organization) -> dict[str, Any]:
+def alert_payload(alert: Alert, org: Organization | None) -> dict[str, Any]:
     return {
         "id": alert.id,
         "type": alert.type,
         "organization_id": alert.organization_id,
-        "organization": org.slug,
+        "organization": org.slug if org is not None else None,
         "license_id": alert.license_id,
         "period": alert.period,
         "created_at": alert.created_at.isoformat(),
@@ -232,7 +232,7 @@ def queue_deliveries(session: Session, alert_ids: list[int], now: datetime) -> N
         return
     pairs = session.execute(
         select(Alert, Organization)
-        .join(Organization, Organization.id == Alert.organization_id)
+        .outerjoin(Organization, Organization.id == Alert.organization_id)
         .where(Alert.id.in_(alert_ids))
     ).all()
     deliveries = [
@@ -291,12 +291,12 @@ def deliveries_of(
 
 def list_deliveries(
     session: Session, webhook_id: int | None, limit: int
-) -> list[tuple[WebhookDelivery, Alert, Organization]]:
+) -> list[tuple[WebhookDelivery, Alert, Organization | None]]:
     """The delivery log, newest first: status, attempts and last error of each delivery."""
     query = (
         select(WebhookDelivery, Alert, Organization)
         .join(Alert, Alert.id == WebhookDelivery.alert_id)
-        .join(Organization, Organization.id == Alert.organization_id)
+        .outerjoin(Organization, Organization.id == Alert.organization_id)
         .order_by(WebhookDelivery.id.desc())
         .limit(limit)
     )

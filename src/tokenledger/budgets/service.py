@@ -482,17 +482,38 @@ def hold_amount_nano(session: Session, data: ReservationCreate, now: datetime) -
 def create_reservation(
     session: Session, org: Organization, amount_nano: int, ttl_seconds: int, tz: Any, now: datetime
 ) -> tuple[Reservation, dict[str, Any]]:
+    """Hold an amount (hold's rules) and the organization's budget state after it."""
+    reservation = hold(session, org.id, amount_nano, ttl_seconds, tz, now)
+    state = budget_states(session, [org], tz, now)[0]
+    return reservation, state
+
+
+def hold(
+    session: Session,
+    organization_id: int,
+    amount_nano: int | None,
+    ttl_seconds: int,
+    tz: Any,
+    now: datetime,
+    *,
+    kind: str | None = None,
+    provider: str | None = None,
+    model: str | None = None,
+) -> Reservation:
     """Hold an amount; under hard enforcement only if it fits in what remains.
 
-    The governing license's row is locked first, so concurrent holds are checked one
-    after another and can never together exceed what remains.
+    The organization's license rows are locked first (PostgreSQL: FOR UPDATE, which every
+    writer of usage takes too; SQLite: the write transaction excludes other writers), so
+    concurrent holds are checked one after another and can never together exceed what
+    remains. amount_nano None: a cost that cannot be bounded (an unknown model), refused
+    under hard enforcement and held as 0 otherwise.
     """
-    organizations.lock(session, [org.id])
+    organizations.lock(session, [organization_id])
     licenses = list(
         session.scalars(
             select(License)
             .where(
-                License.organization_id == org.id,
+                License.organization_id == organization_id,
                 License.status.in_(("active", "suspended")),
             )
             .order_by(License.id)
@@ -503,9 +524,15 @@ def create_reservation(
     lic, suspended = governing(licenses, now)
     if lic is None and suspended:
         raise DomainError(402, "license_suspended", "the organization's license is suspended")
+    if lic is not None and lic.enforcement == "hard" and amount_nano is None:
+        raise DomainError(
+            402,
+            "unbounded_cost",
+            f"the cost of {model!r} cannot be bounded (no price), and the budget is hard",
+        )
     if lic is not None:
         fig = figures_for(session, [lic], tz, now)[lic.id]
-        if fig.reserved_nano + amount_nano > INT64_MAX:
+        if fig.reserved_nano + (amount_nano or 0) > INT64_MAX:
             # Soft enforcement holds past what remains; their sum still has to fit.
             raise DomainError(
                 409,
@@ -519,28 +546,51 @@ def create_reservation(
         if (
             lic.enforcement == "hard"
             and remaining is not None
-            and (exhausted or amount_nano > remaining)
+            and (exhausted or (amount_nano or 0) > remaining)
         ):
             raise DomainError(
                 402,
                 "insufficient_budget",
-                f"the hold of {format_usd(amount_nano)} USD exceeds what remains "
+                f"the hold of {format_usd(amount_nano or 0)} USD exceeds what remains "
                 f"({format_usd(remaining)} USD)",
                 details={"remaining_usd": format_usd(remaining)},
             )
     reservation = Reservation(
         id="res_" + uuid.uuid4().hex,
-        organization_id=org.id,
+        organization_id=organization_id,
         license_id=lic.id if lic else None,
-        amount_nano=amount_nano,
+        amount_nano=amount_nano or 0,
         status="held",
         created_at=now,
         expires_at=now + timedelta(seconds=ttl_seconds),
+        kind=kind,
+        provider=provider,
+        model=model,
     )
     session.add(reservation)
     session.flush()
-    state = budget_states(session, [org], tz, now)[0]
-    return reservation, state
+    return reservation
+
+
+def interrupted_calls(
+    session: Session, now: datetime, organization_id: int | None = None, limit: int = 100
+) -> list[Reservation]:
+    """Gateway holds never settled nor released, whose call has outlived its longest
+    possible duration (the hold's expiry): calls whose gateway process was killed mid-call.
+    Newest first."""
+    query = (
+        select(Reservation)
+        .where(
+            Reservation.status == "held",
+            Reservation.kind == "gateway",
+            Reservation.expires_at <= now,
+        )
+        .order_by(Reservation.created_at.desc())
+        .limit(limit)
+    )
+    if organization_id is not None:
+        query = query.where(Reservation.organization_id == organization_id)
+    return list(session.scalars(query).all())
 
 
 def release_reservation(

@@ -8,6 +8,11 @@ duplicates and which batches conflict with what is stored (those fail alone, cla
 nothing); `roll_up` adds the new events to every rollup. Round trips per group are
 constant: one query for the stored twins of every event, one insert, one upsert per
 rollup table, however many batches and events the group holds.
+
+A batch is all or nothing (POST /api/v1/usage), or partial (POST /v1/traces, whose
+protocol reports refused spans beside the stored ones): then an event refused for its own
+reason (invalid, too old, an id reused for other content) is left out and reported in
+`rejected`, and the rest of its batch is stored, in the same single pass.
 """
 
 from __future__ import annotations
@@ -70,6 +75,10 @@ class Prepared:
     row: dict[str, Any]  # the event's row, but for its license and credits
     # Past the backfill limit: refused (this message) unless it is a stored event's retry.
     too_old: str | None = None
+    # The id is the provider's response id, which names one call: a stored event with it
+    # is this call (reported by the gateway or another instrumentation), whatever figures
+    # it was stored with, so this one is a duplicate, never a conflict.
+    call_id: bool = False
 
 
 @dataclass(slots=True)
@@ -81,6 +90,8 @@ class PreparedBatch:
     size: int
     orgs: dict[int, OrgRef]
     touch_key_id: int | None = None  # record this ingest key's use with the events
+    partial: bool = False  # an event refused for its own reason is left out, not the batch
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (index, why), partial
 
 
 @dataclass(slots=True)
@@ -90,6 +101,7 @@ class IngestOutcome:
     created: int
     duplicates: int
     created_rows: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (index, why), partial
 
 
 def _invalid(index: int, field_name: str, message: str) -> DomainError:
@@ -103,25 +115,30 @@ def _invalid(index: int, field_name: str, message: str) -> DomainError:
 
 def _resolve_organizations(
     batch: UsageBatch, key_org_id: int | None, lookup: refs.Lookup
-) -> list[OrgRef]:
-    """Each event's organization (organizations.refs' rule), as the event's own error."""
+) -> list[OrgRef | DomainError]:
+    """Each event's organization (organizations.refs' rule), or why it has none it may
+    write to, as the event's own error."""
     named = [None if e.organization is None else str(e.organization) for e in batch.events]
-    try:
-        return refs.resolve(lookup, key_org_id, named)
-    except refs.Refused as exc:
-        index = exc.index
-        if exc.reason == "mismatch":
-            raise DomainError(
-                403,
-                "organization_mismatch",
-                f"events[{index}]: this key may only write usage of its own organization",
-                details={"index": index, "field": "organization"},
-            ) from None
-        message = {
-            "required": "required with a service key",
-            "gone": "the key's organization is gone",
-        }.get(exc.reason, f"unknown organization {exc.ref!r}")
-        raise _invalid(index, "organization", message) from None
+    return [
+        found if isinstance(found, OrgRef) else _refused(found)
+        for found in refs.resolve(lookup, key_org_id, named)
+    ]
+
+
+def _refused(refused: refs.Refused) -> DomainError:
+    index = refused.index
+    if refused.reason == "mismatch":
+        return DomainError(
+            403,
+            "organization_mismatch",
+            f"events[{index}]: this key may only write usage of its own organization",
+            details={"index": index, "field": "organization"},
+        )
+    message = {
+        "required": "required with a service key",
+        "gone": "the key's organization is gone",
+    }.get(refused.reason, f"unknown organization {refused.ref!r}")
+    return _invalid(index, "organization", message)
 
 
 def content_hash(event: UsageEventIn, org_id: int) -> bytes:
@@ -169,8 +186,10 @@ def prepare(
     book: PriceBook,
     settings: Settings,
     now: datetime,
+    partial: bool = False,
 ) -> PreparedBatch:
-    """Everything about a batch that needs no lock; a DomainError refuses the batch."""
+    """Everything about a batch that needs no lock; a DomainError refuses the batch (a
+    partial batch: the event, listed in `rejected`)."""
     orgs = _resolve_organizations(batch, key_org_id, organizations)
     oldest = now - timedelta(days=settings.backfill_max_age_days)
     latest = now + MAX_FUTURE
@@ -178,38 +197,49 @@ def prepare(
     prepared: list[Prepared] = []
     seen: dict[Key, Prepared] = {}
     repeats: list[tuple[int, Prepared]] = []
+    rejected: list[tuple[int, str]] = []
     for index, (event, org) in enumerate(zip(batch.events, orgs, strict=True)):
-        at = event.timestamp or now
-        if at > latest:
-            raise _invalid(index, "timestamp", "more than 5 minutes in the future")
-        digest = content_hash(event, org.id)
-        key = (org.id, event.id)
-        twin = seen.get(key)
-        if twin is not None:
-            if twin.row["content_hash"] != digest:
-                raise DomainError(
-                    409,
-                    "idempotency_conflict",
-                    f"events[{index}]: id {event.id!r} appears twice with different content",
-                    details={"index": index, "id": event.id},
-                )
-            repeats.append((index, twin))
+        try:
+            if isinstance(org, DomainError):
+                raise org
+            at = event.timestamp or now
+            if at > latest:
+                raise _invalid(index, "timestamp", "more than 5 minutes in the future")
+            digest = content_hash(event, org.id)
+            key = (org.id, event.id)
+            twin = seen.get(key)
+            if twin is not None:
+                if twin.row["content_hash"] != digest:
+                    raise DomainError(
+                        409,
+                        "idempotency_conflict",
+                        f"events[{index}]: id {event.id!r} appears twice with different content",
+                        details={"index": index, "id": event.id},
+                    )
+                repeats.append((index, twin))
+                continue
+            if at < oldest:
+                # Too old only if new: a retry of a stored event is still answered
+                # `duplicate` (write() tells which, with the stored twins in hand).
+                item = Prepared(index=index, event=event, org=org, row={"content_hash": digest})
+                item.too_old = f"older than {settings.backfill_max_age_days} days"
+            else:
+                row = _priced_row(index, event, org, at, now, digest, periods, book)
+                item = Prepared(index=index, event=event, org=org, row=row)
+        except DomainError as exc:
+            if not partial:
+                raise
+            rejected.append((index, exc.message))
             continue
-        if at < oldest:
-            # Too old only if new: a retry of a stored event is still answered `duplicate`
-            # (write() tells which, with the stored twins in hand).
-            item = Prepared(index=index, event=event, org=org, row={"content_hash": digest})
-            item.too_old = f"older than {settings.backfill_max_age_days} days"
-        else:
-            row = _priced_row(index, event, org, at, now, digest, periods, book)
-            item = Prepared(index=index, event=event, org=org, row=row)
         seen[key] = item
         prepared.append(item)
     return PreparedBatch(
         events=prepared,
         repeats=repeats,
         size=len(batch.events),
-        orgs={org.id: org for org in orgs},
+        orgs={org.id: org for org in orgs if not isinstance(org, DomainError)},
+        partial=partial,
+        rejected=rejected,
     )
 
 
@@ -223,6 +253,7 @@ def write(
 
     A batch with an id already used (stored, or by an earlier batch of the group) for
     other content fails alone with a 409 and claims none of its events; the others go on.
+    In a partial batch only that event is refused (IngestOutcome.rejected).
     The caller holds the writer (SQLite) or the organizations' row locks (PostgreSQL), so
     no other transaction inserts these keys meanwhile.
     """
@@ -357,12 +388,31 @@ def _claim(
 ) -> tuple[IngestOutcome, list[dict[str, Any]]]:
     results: list[dict[str, Any] | None] = [None] * batch.size
     rows: list[dict[str, Any]] = []
+    rejected: dict[int, str] = {}
     for item in batch.events:
         key = _key(item)
         previous = stored.get(key) or claimed.get(key)
+        refusal: DomainError | None = None
+        if previous is None and item.too_old is not None:
+            refusal = _invalid(item.index, "timestamp", item.too_old)
+        elif (
+            previous is not None
+            and previous["content_hash"] != item.row["content_hash"]
+            and not item.call_id
+        ):
+            refusal = DomainError(
+                409,
+                "idempotency_conflict",
+                f"events[{item.index}]: id {item.event.id!r} was already used for "
+                "different content",
+                details={"index": item.index, "id": item.event.id},
+            )
+        if refusal is not None:
+            if not batch.partial:
+                raise refusal
+            rejected[item.index] = refusal.message
+            continue
         if previous is None:
-            if item.too_old is not None:
-                raise _invalid(item.index, "timestamp", item.too_old)
             row = item.row
             lic = licenses.in_force_at(candidates.get(item.org.id, []), row["timestamp"])
             row["license_id"] = lic.id if lic else None
@@ -375,18 +425,12 @@ def _claim(
             rows.append(row)
             results[item.index] = _result(item, "created", row)
             continue
-        if previous["content_hash"] != item.row["content_hash"]:
-            raise DomainError(
-                409,
-                "idempotency_conflict",
-                f"events[{item.index}]: id {item.event.id!r} was already used for "
-                "different content",
-                details={"index": item.index, "id": item.event.id},
-            )
         results[item.index] = _result(item, "duplicate", previous)
     for index, first in batch.repeats:
         original = results[first.index]
-        assert original is not None
+        if original is None:  # refused in a partial batch: its copies with it
+            rejected[index] = rejected[first.index]
+            continue
         results[index] = {**original, "status": "duplicate"}
     final = [result for result in results if result is not None]
     return (
@@ -396,6 +440,7 @@ def _claim(
             created=len(rows),
             duplicates=len(final) - len(rows),
             created_rows=rows,
+            rejected=sorted(batch.rejected + list(rejected.items())),
         ),
         rows,
     )

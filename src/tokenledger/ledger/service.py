@@ -7,7 +7,7 @@ while the previous group was being written; demo data and tests run it for one b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +37,8 @@ class UsageAnswer:
     budgets: list[dict[str, Any]]
     created: int
     duplicates: int
+    # Events a partial batch left out: (index in the batch, why).
+    rejected: list[tuple[int, str]] = field(default_factory=list)
 
     def body(self) -> dict[str, Any]:
         return {"results": self.results, "budgets": self.budgets}
@@ -106,6 +108,7 @@ def record_usage(
                 budgets=states,
                 created=outcome.created,
                 duplicates=outcome.duplicates,
+                rejected=outcome.rejected,
             )
         )
     return answers
@@ -118,10 +121,9 @@ def record_batch(
     key_org_id: int | None,
     settings: Settings,
     now: datetime,
-    metrics: Metrics | None = None,
 ) -> UsageAnswer:
-    """One batch in the caller's own transaction (POST /v1/traces, demo data, tests): the
-    group commit's unit of work for this one batch; its answer, or the refusal."""
+    """One batch in the caller's own transaction (demo data, scripts, tests): the group
+    commit's unit of work for this one batch; its answer, or the refusal."""
     prepared = ingest.prepare(
         batch,
         key_org_id=key_org_id,
@@ -133,8 +135,6 @@ def record_batch(
     (answer,) = record_usage(session, [prepared], settings, now)
     if isinstance(answer, DomainError):
         raise answer
-    if metrics is not None:
-        count_events(metrics, answer)
     return answer
 
 

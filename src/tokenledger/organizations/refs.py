@@ -64,65 +64,64 @@ def in_session(session: Session) -> Lookup:
     return lookup
 
 
-class Refused(Exception):
+@dataclass(frozen=True, slots=True)
+class Refused:
     """A reference a key may not use: why (required, gone, unknown, mismatch) and where."""
 
-    def __init__(self, index: int, reason: str, ref: str | None) -> None:
-        super().__init__(reason)
-        self.index = index
-        self.reason = reason
-        self.ref = ref
+    index: int
+    reason: str
+    ref: str | None
+
+    def error(self, ref: object) -> DomainError:
+        """As a request's one reference (`ref` as the caller gave it)."""
+        if self.reason == "required":
+            return DomainError(
+                422, "organization_required", "a service key must name the organization"
+            )
+        if self.reason == "gone":
+            return DomainError(404, "organization_not_found", "the key's organization is gone")
+        if self.reason == "unknown":
+            return DomainError(404, "organization_not_found", f"unknown organization {ref!r}")
+        return DomainError(403, "organization_mismatch", "this key belongs to another organization")
 
 
-def resolve(lookup: Lookup, key_org_id: int | None, refs: Sequence[str | None]) -> list[OrgRef]:
-    """The organization each reference means for this key (None: the key's own), all
-    looked up at once; the first one refused raises Refused."""
+def resolve(
+    lookup: Lookup, key_org_id: int | None, refs: Sequence[str | None]
+) -> list[OrgRef | Refused]:
+    """The organization each reference means for this key (None: the key's own), or why
+    the key may not use it; all looked up at once."""
     named = {ref for ref in refs if ref is not None}
     ids = {org_id for org_id in map(id_of, named) if org_id is not None}
     if key_org_id is not None:
         ids.add(key_org_id)
     by_slug, by_id = lookup(named, ids) if named or ids else ({}, {})
-    found = []
+    found: list[OrgRef | Refused] = []
     for index, ref in enumerate(refs):
         if ref is None:
-            if key_org_id is None:
-                raise Refused(index, "required", ref)
-            own = by_id.get(key_org_id)
+            own = by_id.get(key_org_id) if key_org_id is not None else None
             if own is None:
-                raise Refused(index, "gone", ref)
-            found.append(own)
+                found.append(Refused(index, "required" if key_org_id is None else "gone", ref))
+            else:
+                found.append(own)
             continue
         org = by_slug.get(ref)
         if org is None and (org_id := id_of(ref)) is not None:
             org = by_id.get(org_id)
         if org is None:
-            raise Refused(index, "unknown", ref)
-        if key_org_id is not None and org.id != key_org_id:
-            raise Refused(index, "mismatch", ref)
-        found.append(org)
+            found.append(Refused(index, "unknown", ref))
+        elif key_org_id is not None and org.id != key_org_id:
+            found.append(Refused(index, "mismatch", ref))
+        else:
+            found.append(org)
     return found
 
 
 def for_key(lookup: Lookup, key_org_id: int | None, ref: str | int | None) -> OrgRef:
     """The organization one reference of a request means for this key, or the DomainError."""
-    try:
-        return resolve(lookup, key_org_id, [None if ref is None else str(ref)])[0]
-    except Refused as exc:
-        if exc.reason == "required":
-            raise DomainError(
-                422, "organization_required", "a service key must name the organization"
-            ) from None
-        if exc.reason == "gone":
-            raise DomainError(
-                404, "organization_not_found", "the key's organization is gone"
-            ) from None
-        if exc.reason == "unknown":
-            raise DomainError(
-                404, "organization_not_found", f"unknown organization {ref!r}"
-            ) from None
-        raise DomainError(
-            403, "organization_mismatch", "this key belongs to another organization"
-        ) from None
+    (found,) = resolve(lookup, key_org_id, [None if ref is None else str(ref)])
+    if isinstance(found, Refused):
+        raise found.error(ref)
+    return found
 
 
 def for_reader(lookup: Lookup, key_org_id: int | None, ref: str | int | None) -> OrgRef:
@@ -152,8 +151,5 @@ def by_slug_or_id(session: Session, ref: str) -> Organization | None:
     """The organization a reference means (no key involved), or None."""
     if not ref.isprintable():  # no slug has control characters; PostgreSQL refuses NUL
         return None
-    try:
-        (org,) = resolve(in_session(session), None, [ref])
-    except Refused:
-        return None
-    return session.get(Organization, org.id)
+    (found,) = resolve(in_session(session), None, [ref])
+    return None if isinstance(found, Refused) else session.get(Organization, found.id)

@@ -775,6 +775,15 @@ class PriceBook:
         entry = self._entry(key, provider, model)
         return entry is not None and self._table(entry, at, entry.period(at, ())) is not None
 
+    def context_window(self, provider: str, model: str) -> int | None:
+        """The model's context window in tokens (genai-prices' data), None when unknown.
+
+        No call's prompt and output together exceed it, so it bounds both.
+        """
+        entry = self._entry(_key(provider, model), provider, model)
+        window = entry.model.context_window if entry is not None else None
+        return window if isinstance(window, int) and window > 0 else None
+
     def provider_for(self, model: str) -> str | None:
         """The provider a bare model name belongs to: an override's, else genai-prices' match.
 

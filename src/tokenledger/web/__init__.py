@@ -8,14 +8,21 @@ from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from tokenledger.web import admin, auth, pages, portal
+from tokenledger.web import admin, auth, pages, portal, provider_bill
 from tokenledger.web.common import WEB_DIR, error_page
 
 
 def install(app: FastAPI) -> None:
     """Mount the pages and their static files on the app."""
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
-    for router in (auth.router, pages.router, admin.router, portal.router, portal.admin_router):
+    for router in (
+        auth.router,
+        pages.router,
+        admin.router,
+        portal.router,
+        portal.admin_router,
+        provider_bill.router,
+    ):
         app.include_router(router)
     _html_for_unknown_pages(app)
 

@@ -170,6 +170,7 @@ FLASH_MESSAGES = {
     N_("Account %(email)s enabled."),
     N_("You are signed out."),
     N_("Every portal link of %(name)s is revoked."),
+    N_("%(account)s mapped."),
 }
 
 

@@ -22,6 +22,7 @@ from tokenledger.budgets.changes import budget_fields
 from tokenledger.budgets.service import budget_states, figures_for
 from tokenledger.deps import RowId, get_hot
 from tokenledger.errors import DomainError
+from tokenledger.gateway.admin import interrupted_calls
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import BUDGET_PERIODS, ENFORCEMENTS, LICENSE_STATUSES, License
 from tokenledger.licenses.schemas import LicenseCreate, LicenseUpdate
@@ -80,7 +81,9 @@ def dashboard(page: ViewerPage, session: DbSession) -> Response:
     )
     recent, _total = alerts.list_alerts(session, None, None, 8, 0)
     deliveries = alerts.deliveries_of(session, [alert.id for alert in recent])
-    names = _org_names(session, {alert.organization_id for alert in recent})
+    names = _org_names(
+        session, {alert.organization_id for alert in recent if alert.organization_id is not None}
+    )
     return render(
         page,
         "dashboard.html",
@@ -91,6 +94,7 @@ def dashboard(page: ViewerPage, session: DbSession) -> Response:
         deliveries=deliveries,
         org_names=names,
         format_usd=format_usd,
+        interrupted_calls=interrupted_calls(session, page.now),
     )
 
 
@@ -247,7 +251,13 @@ def _governing(session: DbSession, page: Page, org: Organization) -> dict[str, A
 
 def _org_context(session: DbSession, page: Page, org_id: int, tab: str) -> dict[str, Any]:
     org = organizations.get(session, org_id)
-    return {"org": org, "tab": tab, **_governing(session, page, org)}
+    interrupted = interrupted_calls(session, page.now, org_id)
+    return {
+        "org": org,
+        "tab": tab,
+        "interrupted_calls": interrupted,
+        **_governing(session, page, org),
+    }
 
 
 @router.get("/organizations/{org_id}")

@@ -1,0 +1,1 @@
+"""The gateway: the providers' APIs through tokenledger, every call held, forwarded and metered."""

@@ -1,0 +1,245 @@
+"""Forwarding: the caller's request to the provider, and its answer back, streamed as it
+arrives. A stream is read from the provider by a task of its own, so that a client that
+goes away does not end the call unseen: the task reads on to the end (bounded by the idle
+timeout and the longest call) and records the usage."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from tokenledger.config import Settings
+from tokenledger.db import Clock
+from tokenledger.errors import DomainError
+from tokenledger.gateway import metering
+from tokenledger.gateway.providers import EventSplitter, Outcome, Provider, StreamReader
+from tokenledger.ops import Metrics
+
+log = logging.getLogger("tokenledger.gateway")
+
+# Headers that are the connection's, the caller's key, or tokenledger's own: never forwarded.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_NOT_FORWARDED = _HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "authorization",
+    "x-api-key",
+    "cookie",
+    # The answer is read here (usage): asked for as it is, never compressed.
+    "accept-encoding",
+    "expect",
+}
+_NOT_RETURNED = _HOP_BY_HOP | {"content-length", "content-encoding"}
+_END = object()
+_BROKEN = object()
+
+
+class UpstreamBroke(Exception):
+    """The provider's stream broke off: the client's is broken off too."""
+
+
+def upstream_headers(headers: Mapping[str, str], provider: Provider, key: str) -> dict[str, str]:
+    forwarded = {
+        name: value
+        for name, value in headers.items()
+        if name not in _NOT_FORWARDED and not name.startswith("tokenledger-")
+    }
+    forwarded["accept-encoding"] = "identity"
+    forwarded.update(provider.auth_headers(key))
+    return forwarded
+
+
+def client_headers(headers: httpx.Headers) -> list[tuple[str, str]]:
+    return [(name, value) for name, value in headers.multi_items() if name not in _NOT_RETURNED]
+
+
+class Upstream:
+    """The app's HTTP client to the providers (one per event loop), and its stream tasks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = httpx.AsyncClient(
+                timeout=self.timeout(),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+                trust_env=False,
+            )
+            self._loop = loop
+        return self._client
+
+    def timeout(self) -> httpx.Timeout:
+        settings = self.settings
+        # read: the wait for the answer's first byte (then the idle timeout rules).
+        return httpx.Timeout(
+            connect=settings.gateway_connect_timeout,
+            read=settings.gateway_first_byte_timeout,
+            write=settings.gateway_first_byte_timeout,
+            pool=settings.gateway_connect_timeout,
+        )
+
+    async def close(self) -> None:
+        """At shutdown: let the streams still being read finish (bounded), then close."""
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=self.settings.gateway_idle_timeout)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+@dataclass(slots=True)
+class Timing:
+    started: float
+    sent: float = 0.0
+    answered: float = 0.0
+
+    def upstream(self) -> float:
+        return self.answered - self.sent
+
+
+@dataclass(slots=True)
+class Relay:
+    """One stream: the task that reads the provider's events, and the client's queue."""
+
+    provider: Provider
+    api: str
+    response: httpx.Response
+    reader: StreamReader
+    ledger: metering.Ledger
+    call: metering.Call
+    clock: Clock
+    metrics: Metrics
+    timing: Timing
+    deadline: float  # time.monotonic() by which the call ends
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    client_gone: bool = False
+    held_back: list[bytes] = field(default_factory=list)
+
+    def _put(self, item: Any) -> None:
+        if not self.client_gone:
+            self.queue.put_nowait(item)
+
+    async def pump(self) -> None:
+        splitter = EventSplitter()
+        idle = self.ledger.settings.gateway_idle_timeout
+        complete = False
+        broken = False
+        try:
+            chunks = self.response.aiter_raw().__aiter__()
+            while True:
+                wait = min(idle, self.deadline - time.monotonic())
+                try:
+                    async with asyncio.timeout(max(0.0, wait)):
+                        chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                for event in splitter.feed(chunk):
+                    self._see(event)
+            rest = splitter.rest()
+            if rest.strip():
+                self._see(rest)
+            complete = self.reader.outcome.final
+        except (httpx.HTTPError, TimeoutError) as exc:
+            log.warning("%s stream broke: %s", self.provider.name, type(exc).__name__)
+            broken = True
+        except BaseException:
+            for event in self.held_back:
+                self._put(event)
+            self._put(_END)
+            raise
+        finally:
+            await self.response.aclose()
+        finished = time.perf_counter()
+        try:
+            await record(self.ledger, self.call, self.reader.outcome, complete, self.clock())
+        finally:
+            self.metrics.gateway_overhead_seconds.labels(self.provider.name).observe(
+                (self.timing.sent - self.timing.started) + (time.perf_counter() - finished)
+            )
+            for event in self.held_back:
+                self._put(event)
+            self._put(_BROKEN if broken else _END)
+
+    def _see(self, event: bytes) -> None:
+        """Forward an event at once; from the final usage on, only once it is recorded:
+        a client that has the stream's last event finds the call in the ledger."""
+        if not self.reader.see(event):
+            return
+        if self.reader.outcome.final:
+            self.held_back.append(event)
+        else:
+            self._put(event)
+
+    async def events(self) -> AsyncIterator[bytes]:
+        try:
+            while (item := await self.queue.get()) is not _END:
+                if item is _BROKEN:
+                    raise UpstreamBroke("the provider's stream broke off")
+                yield item
+        finally:
+            # Closed early (the client went away) or at the end: the pump goes on alone.
+            self.client_gone = True
+
+
+async def record(
+    ledger: metering.Ledger, call: metering.Call, outcome: Outcome, complete: bool, now: datetime
+) -> None:
+    """The call's usage event; usage the ledger cannot read is recorded at the hold, for
+    review. Should even that fail, the hold stays and is listed as an interrupted call."""
+    try:
+        await metering.record(
+            ledger,
+            call,
+            response_id=outcome.response_id,
+            model=outcome.model,
+            usage=outcome.usage,
+            service_tier=outcome.service_tier,
+            complete=complete,
+            now=now,
+        )
+        return
+    except DomainError as exc:
+        if exc.code == "idempotency_conflict" or outcome.usage is None:
+            log.error("gateway call %s not recorded: %s", call.hold_id, exc.message)
+            return
+        log.error("gateway call %s: usage not read (%s); recorded at its hold", call.hold_id, exc)
+    except Exception:
+        log.exception("gateway call %s not recorded; its hold stays", call.hold_id)
+        return
+    try:
+        await metering.record(
+            ledger,
+            call,
+            response_id=outcome.response_id,
+            model=outcome.model,
+            usage=None,
+            service_tier=None,
+            complete=False,
+            now=now,
+        )
+    except Exception:
+        log.exception("gateway call %s not recorded; its hold stays", call.hold_id)

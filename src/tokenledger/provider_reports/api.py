@@ -1,0 +1,218 @@
+"""Admin routes of provider bills: the comparison, provider accounts and their mapping, syncs."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from tokenledger.db import MAX_ROW_ID
+from tokenledger.deps import Admin, Session, Viewer
+from tokenledger.money import format_usd
+from tokenledger.provider_reports import service
+from tokenledger.provider_reports.models import TOKEN_KINDS
+from tokenledger.schemas import PRINTABLE, InputModel
+
+router = APIRouter(prefix="/api/provider-reports", tags=["provider reports"])
+
+Provider = Annotated[str, Query(pattern="^(anthropic|openai)$")]
+
+
+class SideRead(BaseModel):
+    uncached_input_tokens: int
+    cache_write_5m_tokens: int
+    cache_write_1h_tokens: int
+    cache_read_tokens: int
+    output_tokens: int
+    # None on the ledger's side: it keeps no count of web searches to compare.
+    web_search_requests: int | None
+    cost_usd: str
+    unpriced_events: int | None = None
+
+
+class ComparisonRowRead(BaseModel):
+    day: str
+    model: str
+    partial: bool
+    provider: SideRead
+    ledger: SideRead
+    # ledger / provider per kind, 4 places (None where the provider counted none).
+    coverage: dict[str, str | None]
+    drift_usd: str
+    drift_percent: str | None
+
+
+class DayRead(BaseModel):
+    day: str
+    partial: bool
+    provider_cost_usd: str
+    ledger_cost_usd: str
+    drift_usd: str
+    drift_percent: str | None
+
+
+class ComparisonRead(BaseModel):
+    provider: str
+    from_: date = Field(alias="from")
+    to: date
+    organization_id: int | None
+    timezone: str = "UTC"
+    provider_cost_usd: str
+    ledger_cost_usd: str
+    drift_usd: str
+    drift_percent: str | None
+    days: list[DayRead]
+    rows: list[ComparisonRowRead]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _side(side: service.Side, ledger: bool) -> SideRead:
+    tokens: dict[str, Any] = dict(side.tokens)
+    if ledger:
+        tokens["web_search_requests"] = None
+    return SideRead(
+        **tokens,
+        cost_usd=format_usd(side.cost_nano) or "0",
+        unpriced_events=side.unpriced_events if ledger else None,
+    )
+
+
+def comparison_body(result: service.Comparison) -> ComparisonRead:
+    """One dataset, rendered as JSON here and as the Provider bill page."""
+    rows = [
+        ComparisonRowRead(
+            day=row.day,
+            model=row.model,
+            partial=row.partial,
+            provider=_side(row.provider, ledger=False),
+            ledger=_side(row.ledger, ledger=True),
+            coverage={
+                kind: _text(service.ratio(row.ledger.tokens[kind], row.provider.tokens[kind]))
+                for kind in service.LEDGER_KINDS
+            }
+            | {"cost_usd": _text(service.ratio(row.ledger.cost_nano, row.provider.cost_nano))},
+            drift_usd=format_usd(row.drift_nano) or "0",
+            drift_percent=_text(service.drift_percent(row.drift_nano, row.provider.cost_nano)),
+        )
+        for row in result.rows
+    ]
+    days = [
+        DayRead(
+            day=day.day,
+            partial=day.partial,
+            provider_cost_usd=format_usd(day.provider_nano) or "0",
+            ledger_cost_usd=format_usd(day.ledger_nano) or "0",
+            drift_usd=format_usd(day.drift_nano) or "0",
+            drift_percent=_text(service.drift_percent(day.drift_nano, day.provider_nano)),
+        )
+        for day in result.days
+    ]
+    drift = result.provider_nano - result.ledger_nano
+    return ComparisonRead.model_validate(
+        {
+            "provider": result.provider,
+            "from": result.first,
+            "to": result.last,
+            "organization_id": result.organization_id,
+            "provider_cost_usd": format_usd(result.provider_nano) or "0",
+            "ledger_cost_usd": format_usd(result.ledger_nano) or "0",
+            "drift_usd": format_usd(drift) or "0",
+            "drift_percent": _text(service.drift_percent(drift, result.provider_nano)),
+            "days": days,
+            "rows": rows,
+        }
+    )
+
+
+assert set(TOKEN_KINDS) - set(service.LEDGER_KINDS) == {"web_search_requests"}
+
+
+@router.get("/comparison", response_model_by_alias=True)
+def comparison(
+    session: Session,
+    _viewer: Viewer,
+    provider: Provider,
+    from_: Annotated[date, Query(alias="from")],
+    to: date,
+    organization_id: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
+) -> ComparisonRead:
+    """Per UTC day and model: the provider's tokens and cost against the ledger's."""
+    return comparison_body(service.compare(session, provider, from_, to, organization_id))
+
+
+class AccountRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    provider: str
+    kind: str
+    external_id: str
+    # None: unassigned (its usage belongs to no organization).
+    organization_id: int | None
+    first_seen_day: str | None
+    last_seen_day: str | None
+
+
+class AccountMapping(InputModel):
+    organization_id: int | None = Field(ge=1, le=MAX_ROW_ID)
+
+
+AccountKind = Annotated[str, Path(pattern="^(api_key|workspace|project)$")]
+ExternalId = Annotated[str, Path(min_length=1, max_length=128, pattern=PRINTABLE)]
+
+
+@router.get("/accounts")
+def list_accounts(
+    session: Session,
+    _viewer: Viewer,
+    provider: Annotated[str | None, Query(pattern="^(anthropic|openai)$")] = None,
+) -> list[AccountRead]:
+    """The provider API keys, workspaces and projects seen or mapped, with their organization."""
+    return [AccountRead.model_validate(row) for row in service.list_accounts(session, provider)]
+
+
+@router.put("/accounts/{provider}/{kind}/{external_id}")
+def map_account(
+    provider: Annotated[str, Path(pattern="^(anthropic|openai)$")],
+    kind: AccountKind,
+    external_id: ExternalId,
+    data: AccountMapping,
+    session: Session,
+    admin: Admin,
+) -> AccountRead:
+    """Map a provider account to an organization (organization_id null: unassigned)."""
+    account = service.map_account(session, provider, kind, external_id, data.organization_id, admin)
+    return AccountRead.model_validate(account)
+
+
+class SyncRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    provider: str
+    first_day: str
+    last_day: str
+    status: str
+    actor: str
+    row_count: int
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+@router.get("/syncs")
+def list_syncs(
+    session: Session,
+    _viewer: Viewer,
+    provider: Annotated[str | None, Query(pattern="^(anthropic|openai)$")] = None,
+) -> list[SyncRead]:
+    """The latest syncs, newest first, with the reason of each failure."""
+    return [SyncRead.model_validate(row) for row in service.recent_syncs(session, provider)]

@@ -1,0 +1,910 @@
+"""Provider bills: import a provider's reports (one sync), map its accounts to
+organizations, and compare its figures with the ledger's per UTC day and model.
+
+A sync writes its rows under its own id, in chunks (the database's writer is never held
+for the whole import), and then, in one transaction, makes them the figures of their days
+(provider_report_days), records the figures they replace in the audit log and raises
+provider.drift alerts. Until that transaction commits nobody sees the new rows; a failed
+sync deletes them: nothing is ever stored by halves.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any, cast
+
+from sqlalchemy import (
+    BigInteger,
+    CursorResult,
+    Table,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.dml import UpdateBase
+
+from tokenledger.alerts.models import Alert
+from tokenledger.alerts.service import queue_deliveries
+from tokenledger.audit import service as audit
+from tokenledger.config import Settings
+from tokenledger.db import Database, execute_rows, insert_for
+from tokenledger.errors import DomainError, not_found
+from tokenledger.money import format_usd
+from tokenledger.organizations.models import Organization
+from tokenledger.provider_reports.models import (
+    ACCOUNT_KINDS,
+    PROVIDERS,
+    TOKEN_KINDS,
+    ProviderAccount,
+    ProviderDriftAlert,
+    ProviderReportDay,
+    ProviderReportRow,
+    ProviderReportTotal,
+    ProviderSync,
+    ProviderSyncLease,
+)
+from tokenledger.provider_reports.sources import ReportRow, anthropic_rows, openai_rows
+from tokenledger.usage.models import UsageEvent, UsagePrice
+
+log = logging.getLogger("tokenledger.provider_reports")
+
+ROWS = cast(Table, ProviderReportRow.__table__)
+TOTALS = cast(Table, ProviderReportTotal.__table__)
+SYNCS = cast(Table, ProviderSync.__table__)
+LEASES = cast(Table, ProviderSyncLease.__table__)
+DAYS = cast(Table, ProviderReportDay.__table__)
+ACCOUNTS = cast(Table, ProviderAccount.__table__)
+
+FIGURES = (*TOKEN_KINDS, "requests", "cost_nano")
+CHUNK_ROWS = 5000
+LEASE_SECONDS = 30 * 60
+MAX_RANGE_DAYS = 400
+# Where a provider's workspaces (Anthropic) or projects (OpenAI) are kept.
+GROUP_KIND = {"anthropic": "workspace", "openai": "project"}
+ADMIN_KEY_VARIABLE = {
+    "anthropic": "TOKENLEDGER_ANTHROPIC_ADMIN_KEY",
+    "openai": "TOKENLEDGER_OPENAI_ADMIN_KEY",
+}
+MICROS_PER_DAY = 86_400_000_000
+_EPOCH_DAY = date(1970, 1, 1)
+RATIO_PLACES = Decimal("0.0001")
+PERCENT_PLACES = Decimal("0.01")
+
+
+def utc_day_start(day: date) -> datetime:
+    return datetime.combine(day, time(), UTC)
+
+
+def check_provider(provider: str) -> str:
+    if provider not in PROVIDERS:
+        raise DomainError(
+            422, "unknown_provider", f"provider must be one of {', '.join(PROVIDERS)}"
+        )
+    return provider
+
+
+def check_range(first: date, last: date) -> None:
+    if last < first:
+        raise DomainError(422, "invalid_range", "to must not be before from")
+    if (last - first).days + 1 > MAX_RANGE_DAYS:
+        raise DomainError(422, "invalid_range", f"at most {MAX_RANGE_DAYS} days at once")
+
+
+# Clients ------------------------------------------------------------------------------
+
+
+def sdk_client(
+    settings: Settings, provider: str, *, max_retries: int = 5, strict: bool = False
+) -> Any:
+    """The provider's official SDK client with the admin key; the key stays inside it.
+
+    strict: the SDK validates every answer against its types (tests), instead of taking
+    fields it does not know as they come.
+    """
+    secret = settings.anthropic_admin_key if provider == "anthropic" else settings.openai_admin_key
+    if secret is None or not secret.get_secret_value():
+        raise DomainError(
+            400,
+            "provider_admin_key_missing",
+            f"set {ADMIN_KEY_VARIABLE[provider]} to import {provider}'s reports",
+        )
+    if provider == "anthropic":
+        import anthropic
+
+        return anthropic.Anthropic(
+            api_key=secret.get_secret_value(),
+            base_url=settings.anthropic_base_url,
+            max_retries=max_retries,
+            _strict_response_validation=strict,
+        )
+    import openai
+
+    return openai.OpenAI(
+        api_key="unused",  # the usage and cost routes authenticate with the admin key
+        admin_api_key=secret.get_secret_value(),
+        base_url=settings.openai_base_url,
+        max_retries=max_retries,
+        _strict_response_validation=strict,
+    )
+
+
+def report_rows(provider: str, client: Any, first: date, last: date) -> Iterator[ReportRow]:
+    reader = anthropic_rows if provider == "anthropic" else openai_rows
+    return reader(client, first, last)
+
+
+# The sync lease -------------------------------------------------------------------------
+
+
+def claim_lease(database: Database, provider: str, holder: str, now: datetime) -> bool:
+    """Take the provider's sync lease unless another holder's has not run out."""
+    table = LEASES
+    with database.session(write=True) as session:
+        session.execute(
+            insert_for(session)(table)
+            .values(provider=provider, holder="", locked_until=now - timedelta(seconds=1))
+            .on_conflict_do_nothing(index_elements=["provider"])
+        )
+        claimed = cast(
+            CursorResult[Any],
+            session.execute(
+                update(table)
+                .where(
+                    table.c.provider == provider,
+                    or_(table.c.locked_until < now, table.c.holder == holder),
+                )
+                .values(holder=holder, locked_until=now + timedelta(seconds=LEASE_SECONDS))
+            ),
+        )
+        return bool(claimed.rowcount)
+
+
+def release_lease(database: Database, provider: str, holder: str) -> None:
+    table = LEASES
+    with database.session(write=True) as session:
+        session.execute(
+            update(table)
+            .where(table.c.provider == provider, table.c.holder == holder)
+            .values(holder="", locked_until=datetime(1970, 1, 2, tzinfo=UTC))
+        )
+
+
+# Sync ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SyncResult:
+    sync_id: int
+    provider: str
+    first_day: str
+    last_day: str
+    rows: int
+    days: int
+    partial_days: list[str]
+    alerts: list[int] = field(default_factory=list)
+
+
+_UPSERTS: dict[str, UpdateBase] = {}
+
+
+def _row_upsert(session: Session) -> UpdateBase:
+    """Insert a chunk's rows, adding to a row of the same key (usage and cost rows of one
+    day, model and account meet here)."""
+    dialect = session.get_bind().dialect.name
+    found = _UPSERTS.get(dialect)
+    if found is None:
+        table = ROWS
+        statement = insert_for(session)(table)
+        found = _UPSERTS[dialect] = statement.on_conflict_do_update(
+            index_elements=["sync_id", "day", "model", "api_key_id", "workspace_id"],
+            set_={name: table.c[name] + statement.excluded[name] for name in FIGURES},
+        )
+    return found
+
+
+def _chunks(rows: Iterable[ReportRow], first: str, last: str) -> Iterator[list[dict[str, Any]]]:
+    """Rows merged by key, CHUNK_ROWS keys at a time (a key appears once per statement)."""
+    chunk: dict[tuple[str, str, str, str], list[int]] = {}
+    for row in rows:
+        if not first <= row.day <= last:
+            continue  # a bucket outside the asked range (an API rounding its bounds)
+        key = (row.day, row.model, row.api_key_id, row.workspace_id)
+        values = [getattr(row, name) for name in FIGURES]
+        if any(value < 0 for value in values):
+            raise ValueError(f"negative figure in the report for {key}")
+        found = chunk.get(key)
+        if found is None:
+            chunk[key] = values
+        else:
+            for index, value in enumerate(values):
+                found[index] += value
+        if len(chunk) >= CHUNK_ROWS:
+            yield _dicts(chunk)
+            chunk = {}
+    if chunk:
+        yield _dicts(chunk)
+
+
+def _dicts(chunk: dict[tuple[str, str, str, str], list[int]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "day": day,
+            "model": model,
+            "api_key_id": key,
+            "workspace_id": workspace,
+            **dict(zip(FIGURES, values, strict=True)),
+        }
+        for (day, model, key, workspace), values in chunk.items()
+    ]
+
+
+def sync(
+    database: Database,
+    settings: Settings,
+    provider: str,
+    first: date,
+    last: date,
+    now: datetime,
+    *,
+    actor: str,
+    client: Any = None,
+    holder: str | None = None,
+) -> SyncResult:
+    """Import the provider's reports of the UTC days first..last (inclusive) and make them
+    the figures of those days. Raises DomainError (409 while another sync of the provider
+    runs, 502 when the provider's answers fail) and then stores nothing."""
+    check_provider(provider)
+    check_range(first, last)
+    today = now.astimezone(UTC).date()
+    if last > today:
+        raise DomainError(422, "invalid_range", "to must not be after today (UTC)")
+    if client is None:
+        client = sdk_client(settings, provider)
+    holder = holder or f"sync-{secrets.token_hex(8)}"
+    if not claim_lease(database, provider, holder, now):
+        raise DomainError(409, "provider_sync_running", f"a sync of {provider} is running")
+    try:
+        return _sync_holding_lease(
+            database, settings, provider, first, last, now, actor=actor, client=client
+        )
+    finally:
+        release_lease(database, provider, holder)
+
+
+def _sync_holding_lease(
+    database: Database,
+    settings: Settings,
+    provider: str,
+    first: date,
+    last: date,
+    now: datetime,
+    *,
+    actor: str,
+    client: Any,
+) -> SyncResult:
+    first_day, last_day = first.isoformat(), last.isoformat()
+    with database.session(write=True) as session:
+        record = ProviderSync(
+            provider=provider,
+            first_day=first_day,
+            last_day=last_day,
+            status="running",
+            actor=actor,
+            row_count=0,
+            started_at=now,
+        )
+        session.add(record)
+        session.flush()
+        sync_id = record.id
+    try:
+        for chunk in _chunks(report_rows(provider, client, first, last), first_day, last_day):
+            for row in chunk:
+                row["sync_id"] = sync_id
+            with database.session(write=True) as session:
+                execute_rows(session, _row_upsert(session), chunk)
+        with database.session(write=True) as session:
+            result = _make_current(
+                session, settings, provider, sync_id, first, last, now, actor=actor
+            )
+    except Exception as exc:
+        reason = _reason(exc)
+        log.warning("sync %s of %s failed: %s", sync_id, provider, reason)
+        with database.session(write=True) as session:
+            session.execute(delete(ROWS).where(ROWS.c.sync_id == sync_id))
+            session.execute(
+                update(SYNCS)
+                .where(SYNCS.c.id == sync_id)
+                .values(status="failed", error=reason, finished_at=now)
+            )
+        if isinstance(exc, DomainError):
+            raise
+        raise DomainError(
+            502, "provider_sync_failed", f"the {provider} sync failed, nothing was stored: {reason}"
+        ) from exc
+    with database.session(write=True) as session:
+        _drop_superseded(session, provider, sync_id)
+    return result
+
+
+def _reason(exc: BaseException) -> str:
+    """A one-line reason: the SDK's error names the status and the provider's message."""
+    status = getattr(exc, "status_code", None)
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return (f"HTTP {status}: {text}" if status else f"{type(exc).__name__}: {text}")[:500]
+
+
+def _make_current(
+    session: Session,
+    settings: Settings,
+    provider: str,
+    sync_id: int,
+    first: date,
+    last: date,
+    now: datetime,
+    *,
+    actor: str,
+) -> SyncResult:
+    """The one transaction that makes a sync's rows the figures of its days."""
+    rows = ROWS
+    totals = TOTALS
+    first_day, last_day = first.isoformat(), last.isoformat()
+    sums = [func.sum(rows.c[name]) for name in FIGURES]
+    session.execute(
+        insert(totals).from_select(
+            ["sync_id", "day", "model", *FIGURES],
+            select(rows.c.sync_id, rows.c.day, rows.c.model, *sums)
+            .where(rows.c.sync_id == sync_id)
+            .group_by(rows.c.sync_id, rows.c.day, rows.c.model),
+        )
+    )
+    row_count = session.scalar(select(func.count()).where(rows.c.sync_id == sync_id)) or 0
+    _remember_accounts(session, provider, sync_id)
+    days = [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+    today = now.astimezone(UTC).date().isoformat()
+    previous = dict(
+        session.execute(
+            select(ProviderReportDay.day, ProviderReportDay.sync_id).where(
+                ProviderReportDay.provider == provider, ProviderReportDay.day.in_(days)
+            )
+        ).all()
+    )
+    after = _figures_by_day(session, dict.fromkeys(days, sync_id))
+    before = _figures_by_day(session, previous)
+    for day in days:
+        audit.record(
+            session,
+            actor=actor,
+            action="provider_report.sync",
+            entity_type="provider_report_day",
+            entity_id=f"{provider}:{day}",
+            before=None
+            if day not in previous
+            else {"sync_id": previous[day], "models": before.get(day, {})},
+            after={"sync_id": sync_id, "partial": day >= today, "models": after.get(day, {})},
+            client_address=None,
+        )
+    table = DAYS
+    statement = insert_for(session)(table)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["provider", "day"],
+            set_={
+                "sync_id": statement.excluded.sync_id,
+                "partial": statement.excluded.partial,
+                "synced_at": statement.excluded.synced_at,
+            },
+        ),
+        [
+            {
+                "provider": provider,
+                "day": day,
+                "sync_id": sync_id,
+                "partial": day >= today,
+                "synced_at": now,
+            }
+            for day in days
+        ],
+    )
+    session.execute(
+        update(SYNCS)
+        .where(SYNCS.c.id == sync_id)
+        .values(status="succeeded", row_count=row_count, finished_at=now)
+    )
+    alerts = raise_drift_alerts(
+        session, provider, first, last, now, settings.provider_drift_alert_percent
+    )
+    return SyncResult(
+        sync_id=sync_id,
+        provider=provider,
+        first_day=first_day,
+        last_day=last_day,
+        rows=row_count,
+        days=len(days),
+        partial_days=[day for day in days if day >= today],
+        alerts=alerts,
+    )
+
+
+def _figures_by_day(session: Session, sync_of_day: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """{day: {model: figures}} of the syncs given per day (for the audit log)."""
+    if not sync_of_day:
+        return {}
+    totals = TOTALS
+    result: dict[str, dict[str, Any]] = {}
+    query = select(totals).where(
+        totals.c.sync_id.in_(set(sync_of_day.values())), totals.c.day.in_(list(sync_of_day))
+    )
+    for row in session.execute(query).mappings():
+        if sync_of_day.get(row["day"]) != row["sync_id"]:
+            continue
+        figures: dict[str, Any] = {name: row[name] for name in (*TOKEN_KINDS, "requests")}
+        figures["cost_usd"] = format_usd(row["cost_nano"])
+        result.setdefault(row["day"], {})[row["model"]] = figures
+    return result
+
+
+def _remember_accounts(session: Session, provider: str, sync_id: int) -> None:
+    """Every API key and workspace/project the sync saw becomes an account (unassigned
+    until an operator maps it), with the first and last day it was seen."""
+    rows = ROWS
+    seen: list[dict[str, Any]] = []
+    for kind, column in (
+        ("api_key", rows.c.api_key_id),
+        (GROUP_KIND[provider], rows.c.workspace_id),
+    ):
+        query = (
+            select(column, func.min(rows.c.day), func.max(rows.c.day))
+            .where(rows.c.sync_id == sync_id, column != "")
+            .group_by(column)
+        )
+        for external_id, first_seen, last_seen in session.execute(query):
+            seen.append(
+                {
+                    "provider": provider,
+                    "kind": kind,
+                    "external_id": external_id,
+                    "first_seen_day": first_seen,
+                    "last_seen_day": last_seen,
+                }
+            )
+    if not seen:
+        return
+    table = ACCOUNTS
+    statement = insert_for(session)(table)
+    excluded = statement.excluded
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["provider", "kind", "external_id"],
+            set_={
+                "first_seen_day": case(
+                    (table.c.first_seen_day.is_(None), excluded.first_seen_day),
+                    (excluded.first_seen_day < table.c.first_seen_day, excluded.first_seen_day),
+                    else_=table.c.first_seen_day,
+                ),
+                "last_seen_day": case(
+                    (table.c.last_seen_day.is_(None), excluded.last_seen_day),
+                    (excluded.last_seen_day > table.c.last_seen_day, excluded.last_seen_day),
+                    else_=table.c.last_seen_day,
+                ),
+            },
+        ),
+        seen,
+    )
+
+
+def _drop_superseded(session: Session, provider: str, sync_id: int) -> None:
+    """Rows and totals of earlier syncs for days this sync now holds: no longer seen."""
+    current = select(ProviderReportDay.sync_id, ProviderReportDay.day).where(
+        ProviderReportDay.provider == provider
+    )
+    held = {(row.sync_id, row.day) for row in session.execute(current)}
+    older = session.execute(
+        select(ProviderReportTotal.sync_id, ProviderReportTotal.day)
+        .join(ProviderSync, ProviderSync.id == ProviderReportTotal.sync_id)
+        .where(ProviderSync.provider == provider, ProviderReportTotal.sync_id != sync_id)
+        .distinct()
+    ).all()
+    for old_sync, day in older:
+        if (old_sync, day) in held:
+            continue
+        for table in (ROWS, TOTALS):
+            session.execute(delete(table).where(table.c.sync_id == old_sync, table.c.day == day))
+
+
+# Mapping ------------------------------------------------------------------------------
+
+
+def list_accounts(session: Session, provider: str | None) -> list[ProviderAccount]:
+    query = select(ProviderAccount).order_by(
+        ProviderAccount.provider, ProviderAccount.kind, ProviderAccount.external_id
+    )
+    if provider:
+        query = query.where(ProviderAccount.provider == check_provider(provider))
+    return list(session.scalars(query))
+
+
+def account_snapshot(account: ProviderAccount) -> dict[str, Any]:
+    return {
+        "provider": account.provider,
+        "kind": account.kind,
+        "external_id": account.external_id,
+        "organization_id": account.organization_id,
+    }
+
+
+def map_account(
+    session: Session,
+    provider: str,
+    kind: str,
+    external_id: str,
+    organization_id: int | None,
+    by: audit.Actor,
+) -> ProviderAccount:
+    """Map a provider account to an organization (None: unassigned); it need not have been
+    seen yet. Audited."""
+    check_provider(provider)
+    allowed = ("api_key", GROUP_KIND[provider])
+    if kind not in allowed:
+        raise DomainError(422, "invalid_account_kind", f"kind must be one of {', '.join(allowed)}")
+    if organization_id is not None and session.get(Organization, organization_id) is None:
+        raise not_found("organization", organization_id)
+    account = session.scalars(
+        select(ProviderAccount).where(
+            ProviderAccount.provider == provider,
+            ProviderAccount.kind == kind,
+            ProviderAccount.external_id == external_id,
+        )
+    ).first()
+    before = account_snapshot(account) if account is not None else None
+    if account is None:
+        account = ProviderAccount(provider=provider, kind=kind, external_id=external_id)
+        session.add(account)
+    account.organization_id = organization_id
+    session.flush()
+    audit.record_change(
+        session,
+        by,
+        "provider_account.map",
+        "provider_account",
+        f"{provider}:{kind}:{external_id}",
+        before=before,
+        after=account_snapshot(account),
+    )
+    return account
+
+
+assert set(GROUP_KIND.values()) | {"api_key"} == set(ACCOUNT_KINDS)
+
+
+# Comparison ---------------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """Tokens by kind and cost in nano-USD of one side (provider or ledger)."""
+
+    tokens: dict[str, int]
+    cost_nano: int
+    unpriced_events: int = 0
+
+    @classmethod
+    def empty(cls) -> Side:
+        return cls(dict.fromkeys(TOKEN_KINDS, 0), 0)
+
+    def add(self, other: Side) -> None:
+        for kind in TOKEN_KINDS:
+            self.tokens[kind] += other.tokens[kind]
+        self.cost_nano += other.cost_nano
+        self.unpriced_events += other.unpriced_events
+
+
+@dataclass
+class ComparisonRow:
+    day: str
+    model: str
+    partial: bool
+    provider: Side
+    ledger: Side
+
+    @property
+    def drift_nano(self) -> int:
+        """What the provider billed that the ledger did not record (negative: recorded more)."""
+        return self.provider.cost_nano - self.ledger.cost_nano
+
+
+def ratio(part: int, whole: int) -> Decimal | None:
+    """part / whole to 4 places, half to even; None when whole is 0."""
+    if whole == 0:
+        return None
+    return (Decimal(part) / Decimal(whole)).quantize(RATIO_PLACES, ROUND_HALF_EVEN)
+
+
+def drift_percent(drift_nano: int, provider_nano: int) -> Decimal | None:
+    """Drift in percent of the provider's cost, to 2 places; None when that cost is 0."""
+    if provider_nano == 0:
+        return None
+    return (Decimal(drift_nano) * 100 / Decimal(provider_nano)).quantize(
+        PERCENT_PLACES, ROUND_HALF_EVEN
+    )
+
+
+# The ledger keeps no count of web searches per event column: the kind is provider-only.
+LEDGER_KINDS = tuple(kind for kind in TOKEN_KINDS if kind != "web_search_requests")
+
+
+def synced_days(
+    session: Session, provider: str, first: date, last: date
+) -> dict[str, ProviderReportDay]:
+    rows = session.scalars(
+        select(ProviderReportDay).where(
+            ProviderReportDay.provider == provider,
+            ProviderReportDay.day >= first.isoformat(),
+            ProviderReportDay.day <= last.isoformat(),
+        )
+    )
+    return {row.day: row for row in rows}
+
+
+def _provider_side(
+    session: Session, provider: str, first: date, last: date, organization_id: int | None
+) -> dict[tuple[str, str], Side]:
+    days = ProviderReportDay
+    if organization_id is None:
+        source: Any = TOTALS
+        query = select(
+            source.c.day,
+            source.c.model,
+            *[func.sum(source.c[name]) for name in (*TOKEN_KINDS, "cost_nano")],
+        ).join(days, and_(days.sync_id == source.c.sync_id, days.day == source.c.day))
+    else:
+        source = ROWS
+        by_key = aliased(ProviderAccount)
+        by_group = aliased(ProviderAccount)
+        mapped = list(
+            session.execute(
+                select(ProviderAccount.kind, ProviderAccount.external_id).where(
+                    ProviderAccount.provider == provider,
+                    ProviderAccount.organization_id == organization_id,
+                )
+            )
+        )
+        keys = [external for kind, external in mapped if kind == "api_key"]
+        groups = [external for kind, external in mapped if kind != "api_key"]
+        if not mapped:
+            return {}
+        query = (
+            select(
+                source.c.day,
+                source.c.model,
+                *[func.sum(source.c[name]) for name in (*TOKEN_KINDS, "cost_nano")],
+            )
+            .join(days, and_(days.sync_id == source.c.sync_id, days.day == source.c.day))
+            .outerjoin(
+                by_key,
+                and_(
+                    by_key.provider == provider,
+                    by_key.kind == "api_key",
+                    by_key.external_id == source.c.api_key_id,
+                ),
+            )
+            .outerjoin(
+                by_group,
+                and_(
+                    by_group.provider == provider,
+                    by_group.kind == GROUP_KIND[provider],
+                    by_group.external_id == source.c.workspace_id,
+                ),
+            )
+            # A key's own mapping wins over its workspace's (or project's).
+            .where(
+                or_(source.c.api_key_id.in_(keys), source.c.workspace_id.in_(groups)),
+                func.coalesce(by_key.organization_id, by_group.organization_id) == organization_id,
+            )
+        )
+    query = query.where(
+        days.provider == provider,
+        days.day >= first.isoformat(),
+        days.day <= last.isoformat(),
+    ).group_by(source.c.day, source.c.model)
+    result = {}
+    for day, model, *values in session.execute(query):
+        figures = [int(value or 0) for value in values]
+        result[(day, model)] = Side(dict(zip(TOKEN_KINDS, figures[:-1], strict=True)), figures[-1])
+    return result
+
+
+def ledger_by_utc_day(
+    session: Session, provider: str, first: date, last: date, organization_id: int | None
+) -> dict[tuple[str, str], Side]:
+    """The ledger's events of the provider per UTC day and model, from the events' own
+    timestamps: the rollups' days are days of the billing time zone, and have no split
+    of cache writes by lifetime."""
+    ts = UsageEvent.timestamp
+    if session.get_bind().dialect.name == "sqlite":
+        # Instants are integers of microseconds there: whole days since 1970.
+        day_expr: Any = type_coerce(ts, BigInteger) // MICROS_PER_DAY
+    else:
+        day_expr = func.date(ts)  # stored as naive UTC
+    figures = (
+        func.sum(UsageEvent.input_tokens),
+        func.sum(UsageEvent.cache_creation_input_tokens - UsageEvent.cache_write_1h_tokens),
+        func.sum(UsageEvent.cache_write_1h_tokens),
+        func.sum(UsageEvent.cache_read_input_tokens),
+        func.sum(UsageEvent.output_tokens),
+        func.sum(UsageEvent.cost_nano),
+        func.sum(case((UsageEvent.cost_nano.is_(None), 1), else_=0)),
+    )
+    query = (
+        select(day_expr, UsagePrice.model, *figures)
+        .join(UsagePrice, UsagePrice.id == UsageEvent.price_id)
+        .where(
+            UsagePrice.provider == provider,
+            ts >= utc_day_start(first),
+            ts < utc_day_start(last + timedelta(days=1)),
+        )
+        .group_by(day_expr, UsagePrice.model)
+    )
+    if organization_id is not None:
+        query = query.where(UsageEvent.organization_id == organization_id)
+    result: dict[tuple[str, str], Side] = {}
+    for day_value, model, *values in session.execute(query):
+        day = (
+            (_EPOCH_DAY + timedelta(days=int(day_value))).isoformat()
+            if isinstance(day_value, int)
+            else str(day_value)[:10]
+        )
+        numbers = [int(value or 0) for value in values]
+        tokens = dict(zip(LEDGER_KINDS, numbers[:5], strict=True))
+        tokens["web_search_requests"] = 0
+        result[(day, model)] = Side(tokens, numbers[5], numbers[6])
+    return result
+
+
+@dataclass
+class DayFigures:
+    day: str
+    partial: bool
+    provider_nano: int
+    ledger_nano: int
+
+    @property
+    def drift_nano(self) -> int:
+        return self.provider_nano - self.ledger_nano
+
+
+@dataclass
+class Comparison:
+    provider: str
+    first: date
+    last: date
+    organization_id: int | None
+    rows: list[ComparisonRow]
+    days: list[DayFigures]
+
+    @property
+    def provider_nano(self) -> int:
+        return sum(day.provider_nano for day in self.days)
+
+    @property
+    def ledger_nano(self) -> int:
+        return sum(day.ledger_nano for day in self.days)
+
+
+def compare(
+    session: Session, provider: str, first: date, last: date, organization_id: int | None = None
+) -> Comparison:
+    """Per synced UTC day and model: the provider's figures against the ledger's.
+
+    Only days a sync holds are compared (elsewhere the provider's side is unknown); a model
+    only one side has is a row with zeros on the other.
+    """
+    check_provider(provider)
+    check_range(first, last)
+    if organization_id is not None and session.get(Organization, organization_id) is None:
+        raise not_found("organization", organization_id)
+    days = synced_days(session, provider, first, last)
+    theirs = _provider_side(session, provider, first, last, organization_id)
+    ours = ledger_by_utc_day(session, provider, first, last, organization_id)
+    rows = []
+    per_day: dict[str, DayFigures] = {
+        day: DayFigures(day, held.partial, 0, 0) for day, held in days.items()
+    }
+    for key in sorted(set(theirs) | set(ours)):
+        day, model = key
+        if day not in days:
+            continue
+        row = ComparisonRow(
+            day=day,
+            model=model,
+            partial=days[day].partial,
+            provider=theirs.get(key) or Side.empty(),
+            ledger=ours.get(key) or Side.empty(),
+        )
+        rows.append(row)
+        per_day[day].provider_nano += row.provider.cost_nano
+        per_day[day].ledger_nano += row.ledger.cost_nano
+    return Comparison(
+        provider, first, last, organization_id, rows, [per_day[day] for day in sorted(per_day)]
+    )
+
+
+# provider.drift -----------------------------------------------------------------------
+
+
+def raise_drift_alerts(
+    session: Session,
+    provider: str,
+    first: date,
+    last: date,
+    now: datetime,
+    threshold_percent: Decimal,
+) -> list[int]:
+    """A provider.drift alert for each closed day of the range whose drift (all models,
+    all organizations) exceeds the threshold: once per provider and day, whatever the
+    number of syncs. Returns the new alerts' ids."""
+    new_ids: list[int] = []
+    for day in compare(session, provider, first, last).days:
+        percent = drift_percent(day.drift_nano, day.provider_nano)
+        if day.partial or percent is None or abs(percent) <= threshold_percent:
+            continue
+        # Syncs of one provider run one at a time (the lease): a look, then the insert.
+        if session.get(ProviderDriftAlert, (provider, day.day)) is not None:
+            continue
+        alert = Alert(
+            organization_id=None,
+            license_id=None,
+            type="provider.drift",
+            period=day.day,
+            details={
+                "provider": provider,
+                "day": day.day,
+                "provider_cost_usd": format_usd(day.provider_nano),
+                "ledger_cost_usd": format_usd(day.ledger_nano),
+                "drift_usd": format_usd(day.drift_nano),
+                "drift_percent": str(percent),
+                "threshold_percent": str(threshold_percent),
+            },
+            created_at=now,
+        )
+        session.add(alert)
+        session.flush()
+        session.add(ProviderDriftAlert(provider=provider, day=day.day, alert_id=alert.id))
+        session.flush()
+        new_ids.append(alert.id)
+    if new_ids:
+        queue_deliveries(session, new_ids, now)
+    return new_ids
+
+
+# Syncs, for the page and the API --------------------------------------------------------
+
+
+def recent_syncs(session: Session, provider: str | None, limit: int = 20) -> list[ProviderSync]:
+    query = select(ProviderSync).order_by(ProviderSync.id.desc()).limit(limit)
+    if provider:
+        query = query.where(ProviderSync.provider == provider)
+    return list(session.scalars(query))
+
+
+def default_range(now: datetime, days: int) -> tuple[date, date]:
+    last = now.astimezone(UTC).date()
+    return last - timedelta(days=days - 1), last
+
+
+def parse_day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise DomainError(422, "invalid_date", f"not a date (YYYY-MM-DD): {text!r}") from exc
