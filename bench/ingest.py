@@ -301,7 +301,7 @@ BULK_RATES = {
 
 def bulk_prices(db: sqlite3.Connection) -> list[int]:
     """The usage_prices rows of the three models (as ingestion stores them), their ids."""
-    from tokenledger.ledger.ingest import price_fingerprint
+    from tokenledger.ledger.prices import price_fingerprint
     from tokenledger.pricing.engine import LIBRARY_VERSION
 
     ids = []

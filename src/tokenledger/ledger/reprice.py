@@ -27,7 +27,7 @@ from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.errors import DomainError
 from tokenledger.ledger import providers
-from tokenledger.ledger.ingest import assign_price_ids, price_fields, price_fingerprint
+from tokenledger.ledger.prices import assign_price_ids, price_fields, price_fingerprint
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import License
 from tokenledger.money import credits_for_cost, format_credits, format_usd

@@ -55,7 +55,7 @@ def record_usage(
 
     A batch refused for its own reason (an id reused for other content) stores nothing;
     the others are written. `price_ids`: the writer's memory of stored prices
-    (ingest.assign_price_ids). Then, once for the group: rollups and credits, the holds the
+    (prices.assign_price_ids). Then, once for the group: rollups and credits, the holds the
     new events settle, alerts for the licenses they reached, and every organization's
     budget state after the group, from the figures read once.
     """
