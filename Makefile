@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check bench bench-otlp clean messages
+.PHONY: run test check bench bench-otlp bench-provider-reports bench-reprice clean messages
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,12 @@ bench: $(STAMP)
 
 bench-otlp: $(STAMP)
 	$(PY) bench/otlp.py
+
+bench-provider-reports: $(STAMP)
+	$(PY) bench/provider_reports.py
+
+bench-reprice: $(STAMP)
+	$(PY) bench/reprice.py
 
 messages: $(STAMP)
 	$(PY) scripts/messages.py

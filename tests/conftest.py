@@ -56,6 +56,20 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
+_METRICS_FILES = ("counter_*.db", "histogram_*.db", "gauge_*.db", "summary_*.db")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_metrics_files_in_the_working_directory() -> Iterator[None]:
+    """No test run leaves prometheus_client's multiprocess files where it runs (two were
+    once committed at the repository's root)."""
+    cwd = Path.cwd()
+    before = {path for pattern in _METRICS_FILES for path in cwd.glob(pattern)}
+    yield
+    after = {path for pattern in _METRICS_FILES for path in cwd.glob(pattern)}
+    assert after <= before, f"metrics files written into {cwd}: {sorted(after - before)}"
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "template.db"

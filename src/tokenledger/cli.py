@@ -573,6 +573,20 @@ def _unreachable(exc: OperationalError) -> bool:
     return "unable to open database file" in str(orig)
 
 
+# Commands whose writes are one transaction (reprice: chunks that a new run finishes).
+_ONE_TRANSACTION = frozenset(
+    {
+        cmd_create_admin,
+        cmd_api_key_create,
+        cmd_api_key_revoke,
+        cmd_demo_data,
+        cmd_reconcile,
+        cmd_prices,
+        cmd_reprice,
+    }
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
@@ -587,9 +601,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     try:
-        # A command whose transaction lost a deadlock (PostgreSQL, a server writing
-        # meanwhile) runs again: its transaction was rolled back whole.
-        return retrying(lambda: handler(args, settings))
+        if handler in _ONE_TRANSACTION:
+            # Its transaction lost a deadlock (PostgreSQL, a server writing meanwhile) and
+            # was rolled back whole: the command runs again.
+            return retrying(lambda: handler(args, settings))
+        return handler(args, settings)
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         what = "database unreachable" if _unreachable(exc) else "database error"

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     reservation_ttl_seconds: int = Field(default=15 * 60, ge=1)
     # Events per repricing transaction: ingestion is served between two.
-    reprice_chunk_events: int = Field(default=1000, ge=1, le=100_000)
+    reprice_chunk_events: int = Field(default=500, ge=1, le=10_000)
     # FULL survives power loss, NORMAL only a process crash; money wants FULL.
     sqlite_synchronous: str = "FULL"
     login_max_failures: int = Field(default=5, ge=1)

@@ -9,7 +9,7 @@ still open with BEGIN IMMEDIATE (and a busy timeout) against writers of other pr
 PostgreSQL: READ COMMITTED, with atomic increments and row locks where rows are shared;
 writers run concurrently, so every write transaction takes its locks in ONE order:
 
-1. organizations, in id order (FOR NO KEY UPDATE, `lock_organizations`): ingestion,
+1. organizations, in id order (FOR NO KEY UPDATE, organizations.service.lock): ingestion,
    repricing, budget changes, holds and refreshes of an organization take turns here;
 2. licenses, in id order (FOR UPDATE);
 3. the rows those organizations and licenses own: events (a repricing locks only the

@@ -3,6 +3,11 @@
 A fixed seed makes every load the same shape: a dozen organizations, some healthy, some
 near or past their limits, one projected to run out, one with an unpriced model, one
 without a license, one suspended; alerts with webhook deliveries in every state.
+
+History reads as it would have happened: each organization (and its license) was created
+the day before its first run, and each day's calls are written as of that day, so that
+every alert is dated when its threshold was crossed. The models are current ones of the
+bundled price data (none the Anthropic SDK lists as deprecated).
 """
 
 from __future__ import annotations
@@ -73,41 +78,50 @@ DEMO_ORGS = (
     DemoOrg("Isartal Robotik", "isartal-robotik", 2, 20_000, "0.01", "40", days=20),
     DemoOrg("Weserbogen Verlag", "weserbogen-verlag", 1, 10_000, "0.01", "20", status="suspended"),
 )
+# (model, share of calls, whether the API writes prompt caches explicitly): Anthropic's
+# current family, and an OpenAI model whose cache is automatic (reads only).
 MODELS = (
-    ("claude-sonnet-4-5", 0.68),
-    ("claude-haiku-4-5", 0.27),
-    ("claude-opus-4-1", 0.05),
+    ("claude-sonnet-5-5", 0.58, True),
+    ("claude-haiku-5-5", 0.25, True),
+    ("claude-opus-5-5", 0.07, True),
+    ("gpt-5.5", 0.10, False),
 )
 DEMO_WEBHOOK = "https://hooks.example.com/tokenledger"
 # Whose changes the demo data are, in the audit log.
 DEMO = audit.Operator("demo-data")
 
 
-def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
-    """Load the demo set once; a second run changes nothing."""
+def load_demo_data(
+    session: Session, settings: Settings, seed: int = 7, now: datetime | None = None
+) -> str:
+    """Load the demo set once (as of `now`, default the clock); a second run changes nothing."""
     slugs = [org.slug for org in DEMO_ORGS]
     existing = session.scalars(select(Organization.slug).where(Organization.slug.in_(slugs)))
     if existing.first() is not None:
         return "already present, nothing changed"
     rng = random.Random(seed)
-    now = utcnow().replace(microsecond=0)
+    now = (now or utcnow()).replace(microsecond=0)
     # An endpoint for the alerts (example.com never answers: deliveries show retries).
     hook = Webhook(url=DEMO_WEBHOOK, secret=new_secret(), description="Demo: on-call channel")
     session.add(hook)
     session.flush()
     events = refreshes = 0
     for demo in DEMO_ORGS:
+        start = now - timedelta(days=demo.days)
+        # Signed up the day before the first run.
+        onboarded = start - timedelta(days=1)
         org = organizations.create(
             session, OrganizationCreate(name=demo.name, slug=demo.slug), actor=DEMO
         )
-        start = now - timedelta(days=demo.days)
+        org.created_at = onboarded
+        session.flush()
         if demo.credits is not None:
-            licenses.create(
+            lic = licenses.create(
                 session,
                 LicenseCreate(
                     organization_id=org.id,
                     status=demo.status,
-                    valid_from=start - timedelta(days=1),
+                    valid_from=onboarded,
                     valid_until=(
                         now + timedelta(days=demo.ends_in_days) if demo.ends_in_days else None
                     ),
@@ -117,9 +131,11 @@ def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
                     budget_period=demo.period,
                     enforcement=demo.enforcement,
                 ),
-                now,
+                onboarded,
                 actor=DEMO,
             )
+            lic.created_at = lic.updated_at = onboarded
+            session.flush()
         batch: list[UsageEventIn] = []
         for day in range(demo.days):
             pace = demo.runs_per_day * (demo.ramp if demo.days - day <= 14 else 1.0)
@@ -143,9 +159,10 @@ def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
                     now,
                 )
                 refreshes += 1
-                if len(batch) >= 900:
-                    events += _flush(session, batch, settings, now)
-        events += _flush(session, batch, settings, now)
+            # The day's calls as of the end of that day (or now, for today): the alerts
+            # they set off are dated then.
+            day_end = min(start + timedelta(days=day + 1), now)
+            events += _flush(session, batch, settings, day_end)
     # One model nobody can price, so that the UI has something to show for it.
     events += _flush(
         session,
@@ -173,7 +190,7 @@ def load_demo_data(session: Session, settings: Settings, seed: int = 7) -> str:
 def _calls(rng: random.Random, slug: str, refresh_id: str, at: datetime) -> list[UsageEventIn]:
     calls = []
     for call in range(rng.randint(2, 4)):
-        model = rng.choices([m for m, _ in MODELS], [w for _, w in MODELS])[0]
+        model, _share, writes = rng.choices(MODELS, [share for _, share, _ in MODELS])[0]
         cached = rng.random() < 0.65
         calls.append(
             UsageEventIn(
@@ -184,7 +201,9 @@ def _calls(rng: random.Random, slug: str, refresh_id: str, at: datetime) -> list
                 input_tokens=rng.randint(600, 4_000),
                 output_tokens=rng.randint(150, 1_800),
                 cache_read_input_tokens=rng.randint(4_000, 30_000) if cached else 0,
-                cache_creation_input_tokens=0 if cached else rng.randint(1_500, 7_000),
+                cache_creation_input_tokens=0
+                if cached or not writes
+                else rng.randint(1_500, 7_000),
                 refresh_id=refresh_id,
             )
         )
@@ -192,14 +211,27 @@ def _calls(rng: random.Random, slug: str, refresh_id: str, at: datetime) -> list
 
 
 def _settle_some_deliveries(session: Session, now: datetime) -> None:
-    """Most demo deliveries went through; the newest still retry against the demo host."""
-    ids = list(session.scalars(select(WebhookDelivery.id).order_by(WebhookDelivery.id)))
-    delivered, failing = ids[:-3], ids[-3:]
+    """Most demo deliveries went through seconds after their alert; the newest still retry
+    against the demo host."""
+    rows = session.execute(
+        select(WebhookDelivery.id, WebhookDelivery.created_at).order_by(
+            WebhookDelivery.created_at, WebhookDelivery.id
+        )
+    ).all()
+    delivered, failing = rows[:-3], [delivery_id for delivery_id, _ in rows[-3:]]
     if delivered:
         session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id.in_(delivered))
-            .values(status="delivered", attempts=1, last_status_code=200, delivered_at=now)
+            update(WebhookDelivery),
+            [
+                {
+                    "id": delivery_id,
+                    "status": "delivered",
+                    "attempts": 1,
+                    "last_status_code": 200,
+                    "delivered_at": created + timedelta(seconds=2),
+                }
+                for delivery_id, created in delivered
+            ],
         )
     if failing:
         session.execute(

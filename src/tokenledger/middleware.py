@@ -73,9 +73,9 @@ def _nul_at(value: Any, path: str = "") -> str | None:
     return None
 
 
-def strict_json(body: bytes) -> Any:
+def strict_json(body: bytes, *, allow_nul: bool = False) -> Any:
     """The one JSON document in this body (UTF-8, unique keys, finite numbers, nesting the
-    parser can follow, no NUL in any text); ValueError saying why it is not one."""
+    parser can follow, no NUL in any text unless allowed); ValueError saying why not."""
     try:
         document = json.loads(
             body.decode("utf-8"),
@@ -95,7 +95,7 @@ def strict_json(body: bytes) -> Any:
     # JSON can only say NUL as the escape \u0000 (a raw control character in a string is
     # invalid): one search of the bytes, and a walk of the document only when it is there
     # (it may be an escaped backslash before "u0000").
-    if b"\\u0000" in body and (where := _nul_at(document)) is not None:
+    if not allow_nul and b"\\u0000" in body and (where := _nul_at(document)) is not None:
         raise ValueError(f"{where!r}: {NUL_MESSAGE}")
     return document
 
@@ -105,10 +105,10 @@ def _form_nul(body: bytes) -> bool:
     return b"%00" in body or b"\x00" in body
 
 
-def check_json(body: bytes) -> str | None:
+def check_json(body: bytes, *, allow_nul: bool = False) -> str | None:
     """Why this body is not one plain JSON document (strict_json's rules), or None."""
     try:
-        strict_json(body)
+        strict_json(body, allow_nul=allow_nul)
     except ValueError as exc:
         return str(exc)
     return None

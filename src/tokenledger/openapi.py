@@ -59,6 +59,7 @@ _SPECIAL: dict[tuple[str, str], set[int]] = {
     ("post", "/api/v1/reservations"): {402},
     ("post", "/api/licenses"): {404},  # no such organization
     ("post", "/v1/traces"): {400, 413, 415},
+    ("get", "/api/provider-reports/comparison"): {404},  # no such organization
 }
 # Routes for ingest keys: the usage API and OTLP/HTTP.
 _INGEST_PREFIXES = ("/api/v1/", "/v1/")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -18,6 +18,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     StringConstraints,
+    WithJsonSchema,
 )
 
 from tokenledger.money import MAX_EVENT_USD, MoneyError, decimal_places, to_decimal
@@ -85,6 +86,29 @@ def parse_instant(value: Any) -> datetime:
         raise ValueError("must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z") from exc
     return check_instant(parsed)
 
+
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def parse_day(value: Any) -> date:
+    """A calendar day as YYYY-MM-DD text, inside the range of instants; else ValueError."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        day = value
+    elif not isinstance(value, str) or not _DAY.fullmatch(value):
+        raise ValueError("must be a date, YYYY-MM-DD")
+    else:
+        day = date.fromisoformat(value)
+    if not EARLIEST_INSTANT.date() <= day < LATEST_INSTANT.date():
+        raise ValueError(f"must lie {INSTANT_RANGE}")
+    return day
+
+
+# The one type of every calendar day a request gives (provider report ranges).
+Day = Annotated[
+    date,
+    BeforeValidator(parse_day),
+    Field(description=f"YYYY-MM-DD, {INSTANT_RANGE}"),
+]
 
 # The one type of every instant a request gives (JSON bodies, queries).
 Instant = Annotated[
@@ -174,4 +198,17 @@ def parse_usd(value: Any) -> Decimal:
 
 
 # An amount of USD a caller gives: decimal text or a number, never negative, nano-exact.
-UsdInput = Annotated[Decimal, BeforeValidator(parse_usd)]
+UsdInput = Annotated[
+    Decimal,
+    BeforeValidator(parse_usd),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "number", "minimum": 0, "maximum": int(MAX_EVENT_USD)},
+            ],
+            "description": f"USD as decimal text (or a number), 0 to {MAX_EVENT_USD}, at "
+            "most 9 decimal places",
+        }
+    ),
+]

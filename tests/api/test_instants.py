@@ -155,3 +155,20 @@ def test_the_schema_states_the_range(client):
     text = str(usage)
     assert "1970-01-01T00:00:00Z" in text
     assert "9000-01-01T00:00:00Z" in text
+
+
+@pytest.mark.parametrize("day", ["0001-01-01", "9999-12-31", "1969-12-31", "9000-01-01", "0"])
+def test_days_of_a_report_range_are_bounded_alike(client, admin_headers, day):
+    for params in ({"from": day, "to": "2026-11-30"}, {"from": "2026-11-01", "to": day}):
+        response = client.get(
+            "/api/provider-reports/comparison",
+            params={"provider": "anthropic", **params},
+            headers=admin_headers,
+        )
+        assert response.status_code == 422, (params, _codes(response))
+    response = client.get(
+        "/api/provider-reports/comparison",
+        params={"provider": "anthropic", "from": "1970-01-01", "to": "1970-01-02"},
+        headers=admin_headers,
+    )
+    assert response.status_code == 200, _codes(response)

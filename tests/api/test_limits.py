@@ -77,6 +77,8 @@ def test_past_each_maximum_is_a_422_and_the_maximum_itself_is_served(
         base: dict[str, str] = {}
         if path.endswith("events.csv"):
             base = {"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"}
+        if path == "/api/provider-reports/comparison":
+            base = {"provider": "anthropic", "from": "2026-01-01", "to": "2026-01-31"}
         for value, expected in ((maximum + 1, {422}), (HUGE, {422}), (maximum, {200, 404})):
             params = {**base, parameter["name"]: str(value)}
             response = client.get(url, params=params, headers=admin_headers)

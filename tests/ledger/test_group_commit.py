@@ -9,6 +9,7 @@ answered before the commit that stored their events.
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -202,5 +203,93 @@ def test_a_group_that_fails_as_a_whole_is_written_batch_by_batch(
     assert statuses == {"blocker": 200, "kept": 200, "doomed": 500, "kept2": 200}
     assert sorted(stored_events(database, kept.org_id)) == ["blocker", "k1", "k2"]
     assert monthly_rows(database, kept.org_id)["2026-06"]["cost_nano"] == 3 * EVENT_NANO
+    with database.session(write=False) as session:
+        assert reconcile(session, fix=False) == []
+
+
+@pytest.mark.slow
+def test_an_export_in_a_group_loses_only_its_refused_span(
+    settings: Settings,
+    database: Database,
+    make_tenant: Callable[..., Tenant],
+) -> None:
+    """A partial batch (an OTLP export) in a group: a span reusing a stored span id for other
+    content is refused alone, in the same single pass; a span whose response id is stored is
+    that call's duplicate; the export's other spans and the group's other requests commit."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+        ExportTraceServiceResponse,
+    )
+
+    from tests.ledger.test_otlp import GPT_4O, json_export, json_span
+
+    def protobuf(*spans: dict[str, Any]) -> bytes:
+        body = json_export(*spans)
+        for span in body["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+            for name in ("traceId", "spanId"):
+                span[name] = base64.b64encode(bytes.fromhex(span[name])).decode()
+        return json_format.ParseDict(body, ExportTraceServiceRequest()).SerializeToString()
+
+    one = make_tenant(LICENSE)
+    otlp = {**one.headers, "Content-Type": "application/x-protobuf"}
+    app = create_app(settings)
+    with serving(app) as url:
+        stored = httpx.post(
+            f"{url}/api/v1/usage", json={"events": [event("taken")]}, headers=one.headers
+        )
+        assert stored.status_code == 200, stored.text
+        traced = httpx.post(
+            f"{url}/v1/traces",
+            content=protobuf(json_span("00000000000000a1", **GPT_4O)),
+            headers=otlp,
+        )
+        assert traced.status_code == 200, traced.text
+        writer = app.state.usage_writer
+        sender = Sender(url)
+        exported: dict[str, httpx.Response] = {}
+
+        def export() -> None:
+            spans = (
+                json_span("00000000000000a1", **{**GPT_4O, "gen_ai__usage__output_tokens": 1}),
+                json_span("00000000000000a2", **GPT_4O),
+                json_span("00000000000000a3", **GPT_4O, gen_ai__response__id="taken"),
+            )
+            exported["otlp"] = httpx.post(
+                f"{url}/v1/traces", content=protobuf(*spans), headers=otlp, timeout=60
+            )
+
+        with writer_held(app, database, [one.org_id]):
+            sender.send("blocker", one.headers, event("blocker"))
+            wait_for(lambda: group_sizes(app).get(1.0) == 3, "the blocker's group began")
+            thread = threading.Thread(target=export)
+            thread.start()
+            wait_for(lambda: writer.queued() == 1, "the export is queued")
+            sender.send("good", one.headers, event("good"))
+            sender.send("bad", one.headers, event("bad-new"), event("taken", input_tokens=9))
+            wait_for(lambda: writer.queued() == 3, "three requests are queued")
+        sender.join()
+        thread.join(timeout=60)
+
+    statuses = {name: response.status_code for name, response in sender.responses.items()}
+    assert statuses == {"blocker": 200, "good": 200, "bad": 409}
+    assert exported["otlp"].status_code == 200, exported["otlp"].text
+    partial = ExportTraceServiceResponse.FromString(exported["otlp"].content).partial_success
+    assert partial.rejected_spans == 1
+    assert partial.error_message.startswith("span 00000000000000a1: id 'otel-"), partial
+    # one group of the three queued requests
+    sizes = group_sizes(app)
+    assert (sizes[1.0], sizes[2.0], sizes[4.0]) == (3, 3, 4)
+    trace = "otel-5b8efff798038103d269b633813fc60c"
+    events = stored_events(database, one.org_id)
+    assert sorted(events) == sorted(
+        ["taken", "blocker", "good", f"{trace}-00000000000000a1", f"{trace}-00000000000000a2"]
+    )
+    assert events[f"{trace}-00000000000000a1"].output_tokens == 300  # as first stored
+    assert events["taken"].model == "claude-sonnet-4-5"  # the stored call, untouched
+    # 3 events of $0.0045 (usage_event) and 2 of $0.00672 (GPT_4O), by hand
+    assert monthly_rows(database, one.org_id)["2026-06"]["cost_nano"] == (
+        3 * EVENT_NANO + 2 * 6_720_000
+    )
     with database.session(write=False) as session:
         assert reconcile(session, fix=False) == []

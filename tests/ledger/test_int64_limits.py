@@ -245,3 +245,23 @@ def test_batches_at_the_limits_are_stored_exactly_or_refused_whole(
     assert sum(row["cost_nano"] for row in rows.values()) == cost_total
     assert sum(row["input_tokens"] for row in rows.values()) == tokens_total
     assert _sqlite_types(database, tenant.org_id) == {"integer"}
+
+
+def test_the_schema_states_the_field_bounds(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+
+    def numbers(prop: dict[str, Any]) -> list[dict[str, Any]]:
+        found, todo = [], [prop]
+        while todo:
+            item = todo.pop()
+            todo += item.get("anyOf", [])
+            if item.get("type") in ("number", "integer"):
+                found.append(item)
+        return found
+
+    event = schemas["UsageEventIn"]["properties"]
+    assert [n["maximum"] for n in numbers(event["cost_usd"])] == [1_000_000]
+    assert [n["maximum"] for n in numbers(event["input_tokens"])] == [10**9]
+    assert "1000000000" in event["usage"]["description"]
+    hold = schemas["ReservationCreate"]["properties"]["max_cost_usd"]
+    assert [n["maximum"] for n in numbers(hold)] == [1_000_000]

@@ -126,7 +126,7 @@ def test_reprice_ingest_budget_and_holds_run_together_without_deadlock(
         ]
         for worker in workers:
             worker.start()
-        time.sleep(8)
+        time.sleep(5)
         stop.set()
         for worker in workers:
             worker.join(timeout=120)
@@ -184,7 +184,9 @@ def test_a_transaction_that_loses_a_deadlock_is_run_again(
 
     thread = threading.Thread(target=other)
     thread.start()
-    assert database.run_write(work) == 2  # lost once, then committed
+    # Lost at least once (on a loaded machine the retry may meet the other again), then
+    # committed.
+    assert database.run_write(work) >= 2
     thread.join(timeout=30)
 
 

@@ -21,6 +21,8 @@ import pytest
 from fastapi.testclient import TestClient
 from google.protobuf import json_format
 from google.rpc.status_pb2 import Status
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -30,6 +32,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import text
 
 from tests.conftest import Tenant, serving
 from tests.ledger.conftest import LICENSE, monthly_rows, snapshot, stored_events
@@ -316,6 +319,50 @@ def test_otlp_json_of_the_wrong_shape_is_a_400_in_otlp_form(
     assert answer["code"] == 3, answer  # google.rpc.Status: INVALID_ARGUMENT
     assert answer["message"].startswith("not an OTLP trace export"), answer
     assert snapshot(database) == before
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+# Where a generated value goes in an otherwise valid export of one GenAI span.
+PLACES = st.sampled_from(
+    [
+        ("resourceSpans",),
+        ("resourceSpans", 0),
+        ("resourceSpans", 0, "resource"),
+        ("resourceSpans", 0, "scopeSpans"),
+        ("resourceSpans", 0, "scopeSpans", 0),
+        ("resourceSpans", 0, "scopeSpans", 0, "spans"),
+        ("resourceSpans", 0, "scopeSpans", 0, "spans", 0),
+        ("resourceSpans", 0, "scopeSpans", 0, "spans", 0, "traceId"),
+        ("resourceSpans", 0, "scopeSpans", 0, "spans", 0, "endTimeUnixNano"),
+        ("resourceSpans", 0, "scopeSpans", 0, "spans", 0, "attributes"),
+        ("resourceSpans", 0, "scopeSpans", 0, "spans", 0, "attributes", 0),
+        ("resourceSpans", 0, "scopeSpans", 0, "spans", 0, "attributes", 0, "value"),
+        ("resourceSpans", 0, "scopeSpans", 0, "spans", 0, "status"),
+    ]
+)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(place=PLACES, value=JSON_VALUES)
+def test_any_json_in_any_place_is_answered_never_a_500(
+    client: TestClient, tenant: Tenant, place: tuple[Any, ...], value: Any
+) -> None:
+    body: Any = json_export(json_span("eee91bc0b4c2f1a1", **GPT_4O))
+    target = body
+    for step in place[:-1]:
+        target = target[step]
+    target[place[-1]] = value
+    response = client.post("/v1/traces", json=body, headers=tenant.headers)
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 400:
+        assert response.json()["code"] == 3
 
 
 def gpt_export(span_ids: list[str], input_tokens: int = 2000) -> bytes:
@@ -619,3 +666,52 @@ def test_spans_reusing_stored_ids_are_rejected_alone_and_the_rest_stored(
     month = monthly_rows(database, tenant.org_id)["2026-06"]
     assert (month["event_count"], month["input_tokens"]) == (10_000, 976 * 10_000)
     assert month["cost_nano"] == 6_720_000 * 10_000
+
+
+def test_spans_the_ledger_refuses_as_a_whole_are_rejected_not_a_failed_export(
+    client: TestClient, database: Database, tenant: Tenant
+) -> None:
+    # An organization whose all-time input tokens are 10 short of the largest sum the
+    # ledger keeps (int64): the next span's batch is refused whole (ledger_limit).
+    assert "partialSuccess" not in post_json(
+        client, tenant, json_span("aaa91bc0b4c2f1b1", **GPT_4O)
+    )
+    with database.session(write=True) as session:
+        session.execute(
+            text(
+                "UPDATE token_usage_monthly SET input_tokens = :total WHERE organization_id = :org"
+            ),
+            {"total": 2**63 - 1 - 10, "org": tenant.org_id},
+        )
+    before = snapshot(database)
+    answer = post_json(
+        client,
+        tenant,
+        json_span("aaa91bc0b4c2f1b2", **GPT_4O),
+        json_span("aaa91bc0b4c2f1b3", **GPT_4O),
+    )
+    assert answer["partialSuccess"]["rejectedSpans"] == "2", answer
+    message = answer["partialSuccess"]["errorMessage"]
+    assert message.startswith("span aaa91bc0b4c2f1b2: this batch would carry"), message
+    assert "input_tokens past 9223372036854775807" in message, message
+    assert snapshot(database) == before
+
+
+def test_nul_in_one_span_of_a_json_export_refuses_that_span_alone(
+    client: TestClient, database: Database, tenant: Tenant
+) -> None:
+    """NUL is refused in every JSON body, but an OTLP export is judged span by span (as
+    its protobuf twin): a NUL in one span's text is that span's rejection, not the export's."""
+    body = json_export(
+        json_span("eee91bc0b4c2f1b1", **GPT_4O),
+        json_span("eee91bc0b4c2f1b2", **{**GPT_4O, "gen_ai__request__model": "gpt-4o\u0000"}),
+        json_span("eee91bc0b4c2f1b3", **GPT_4O, gen_ai__prompt="a\u0000b"),
+    )
+    response = client.post("/v1/traces", json=body, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["partialSuccess"]["rejectedSpans"] == "1", response.text
+    stored = stored_events(database, tenant.org_id)
+    assert set(stored) == {
+        "otel-5b8efff798038103d269b633813fc60c-eee91bc0b4c2f1b1",
+        "otel-5b8efff798038103d269b633813fc60c-eee91bc0b4c2f1b3",
+    }

@@ -98,24 +98,50 @@ def by_model(database: Database, tenant: Tenant) -> dict[str, list[tuple[str, in
     return found
 
 
-def claude(base_url: str, tracer_provider: TracerProvider | None) -> None:
-    """One Messages call; with a tracer provider, the Anthropic SDK's own tracing is on."""
+def claude(
+    base_url: str,
+    tracer_provider: TracerProvider | None,
+    stream: bool = False,
+    closing: bool = True,
+) -> None:
+    """One Messages call; with a tracer provider, the Anthropic SDK's own tracing is on.
+    Streamed, the stream is read in a with block (closing), or just iterated to its end."""
     client = anthropic.Anthropic(
         api_key="sk-ant-test",
         base_url=base_url,
         open_telemetry={"tracer_provider": tracer_provider} if tracer_provider else False,
     )
-    client.messages.create(
-        model=CLAUDE, max_tokens=64, messages=[{"role": "user", "content": "Fine?"}]
-    )
+    messages: Any = [{"role": "user", "content": "Fine?"}]
+    if stream and closing:
+        with client.messages.create(
+            model=CLAUDE, max_tokens=64, messages=messages, stream=True
+        ) as events:
+            for _ in events:
+                pass
+    elif stream:
+        for _ in client.messages.create(
+            model=CLAUDE, max_tokens=64, messages=messages, stream=True
+        ):
+            pass
+    else:
+        client.messages.create(model=CLAUDE, max_tokens=64, messages=messages)
     client.close()
 
 
-def gpt(base_url: str) -> None:
-    """One Chat Completions call and one Responses call."""
+def gpt(base_url: str, stream: bool = False) -> None:
+    """One Chat Completions call and one Responses call (streamed: one Chat Completions
+    stream with its usage asked for)."""
     client = openai.OpenAI(api_key="sk-test", base_url=f"{base_url}/v1")
-    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "?"}])
-    client.responses.create(model="gpt-4.1", input="Fine?")
+    messages: Any = [{"role": "user", "content": "?"}]
+    if stream:
+        with client.chat.completions.create(
+            model="gpt-4o", messages=messages, stream=True, stream_options={"include_usage": True}
+        ) as chunks:
+            for _ in chunks:
+                pass
+    else:
+        client.chat.completions.create(model="gpt-4o", messages=messages)
+        client.responses.create(model="gpt-4.1", input="Fine?")
     client.close()
 
 
@@ -125,10 +151,11 @@ def instrumented(module: str, name: str, provider: TracerProvider) -> Any:
     return instrumentor
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 def test_the_anthropic_sdks_own_tracing_is_exact(
-    database: Database, tenant: Tenant, provider_url: str, tracing: TracerProvider
+    database: Database, tenant: Tenant, provider_url: str, tracing: TracerProvider, stream: bool
 ) -> None:
-    claude(provider_url, tracing)
+    claude(provider_url, tracing, stream)
     tracing.force_flush()
     ((event_id, cost),) = by_model(database, tenant)[CLAUDE]
     assert event_id.startswith("msg_01StandIn")  # the response id, as the gateway's
@@ -245,3 +272,72 @@ def test_logfire_is_exact(
     ((_, chat),) = stored[GPT_CHAT]
     ((_, responses),) = stored[GPT_RESPONSES]
     assert (chat, responses) == (CHAT_EXACT, RESPONSES_EXACT)
+
+
+# What each package alone records of a streamed call. OpenLLMetry adds the placeholder
+# output token of message_start to the final count: 501 output tokens, 15 micro-USD over.
+STREAMED_ALONE = {
+    "opentelemetry-instrumentation-genai-anthropic": CLAUDE_NO_SPLIT,
+    "OpenLLMetry opentelemetry-instrumentation-anthropic": CLAUDE_NO_SPLIT + 15_000,
+    "openinference-instrumentation-anthropic": CLAUDE_NO_SPLIT,
+}
+
+
+@pytest.mark.parametrize("package", sorted(ANTHROPIC_INSTRUMENTATIONS))
+def test_anthropic_instrumentations_on_streams(
+    database: Database,
+    tenant: Tenant,
+    provider_url: str,
+    tracing: TracerProvider,
+    package: str,
+) -> None:
+    instrumentor = instrumented(*ANTHROPIC_INSTRUMENTATIONS[package], tracing)
+    try:
+        claude(provider_url, None, stream=True, closing=False)
+        tracing.force_flush()
+        ((alone, cost),) = by_model(database, tenant)[CLAUDE]
+        assert cost == STREAMED_ALONE[package]
+        # beside the SDK's own tracing: counted once, exact
+        claude(provider_url, tracing, stream=True)
+        tracing.force_flush()
+    finally:
+        instrumentor.uninstrument()
+    calls = dict(by_model(database, tenant)[CLAUDE])
+    assert len(calls) == 2, calls
+    del calls[alone]
+    assert list(calls.values()) == [CLAUDE_EXACT]
+
+
+def test_openllmetry_misses_a_stream_read_in_a_with_block_which_the_sdk_still_reports(
+    database: Database, tenant: Tenant, provider_url: str, tracing: TracerProvider
+) -> None:
+    module, name = ANTHROPIC_INSTRUMENTATIONS["OpenLLMetry opentelemetry-instrumentation-anthropic"]
+    instrumentor = instrumented(module, name, tracing)
+    try:
+        claude(provider_url, None, stream=True)
+        tracing.force_flush()
+        assert CLAUDE not in by_model(database, tenant)  # no span at all: $0
+        claude(provider_url, tracing, stream=True)
+        tracing.force_flush()
+    finally:
+        instrumentor.uninstrument()
+    ((_, cost),) = by_model(database, tenant)[CLAUDE]
+    assert cost == CLAUDE_EXACT
+
+
+@pytest.mark.parametrize("package", sorted(OPENAI_INSTRUMENTATIONS))
+def test_openai_instrumentations_on_chat_completions_streams(
+    database: Database,
+    tenant: Tenant,
+    provider_url: str,
+    tracing: TracerProvider,
+    package: str,
+) -> None:
+    instrumentor = instrumented(*OPENAI_INSTRUMENTATIONS[package], tracing)
+    try:
+        gpt(provider_url, stream=True)
+        tracing.force_flush()
+    finally:
+        instrumentor.uninstrument()
+    ((_, chat),) = by_model(database, tenant)[GPT_CHAT]
+    assert chat == CHAT_EXACT

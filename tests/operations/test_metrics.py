@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -132,3 +133,47 @@ def test_outbox_depth_and_oldest_pending_age(database_url, database):
     assert sample(text, "tokenledger_webhook_outbox_pending") == 2
     assert 0 <= sample(text, "tokenledger_webhook_outbox_oldest_pending_age_seconds") < 60
     assert sample(text, "tokenledger_webhook_deliveries_failed") == 0
+
+
+# prometheus_client's multiprocess files: counter_<pid>.db, histogram_<pid>.db, gauge_*.
+METRICS_FILES = re.compile(r"^(counter|histogram|gauge_[a-z]+|summary)_\d+\.db$")
+
+
+def _metrics_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.rglob("*.db") if METRICS_FILES.match(p.name))
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(("given", "workers"), [(None, 2), ("", 1), (" ", 1), ("", 2)])
+def test_a_run_leaves_no_metrics_files_behind(
+    database_url, database, server_root, tmp_path, workers, given
+):
+    """Two counter_<pid>.db / histogram_<pid>.db files were once committed at the root:
+    prometheus_client writes into the working directory when PROMETHEUS_MULTIPROC_DIR is
+    set but empty. Whatever the variable says, a run writes no such file where it runs,
+    and the directory it makes for several workers is gone once it stops."""
+    tenant = new_tenant(database, valid_from=utcnow())
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {"TMPDIR": str(temp)}
+    if given is not None:
+        env["PROMETHEUS_MULTIPROC_DIR"] = given
+    server = Server(database_url, server_root, workers=workers, **env)
+    server.start()
+    try:
+        for n in range(4):
+            event = {"id": f"f-{n}", "model": "claude-sonnet-4-5", "input_tokens": 10}
+            response = httpx.post(
+                f"{server.url}/api/v1/usage",
+                json={"events": [event]},
+                headers=tenant.headers,
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
+        text = httpx.get(f"{server.url}/metrics", timeout=30).text
+        assert _metrics_files(server_root) == []
+    finally:
+        server.stop()
+    assert sample(text, "tokenledger_usage_events_total", status="created") == 4
+    assert _metrics_files(server_root) == []
+    assert sorted(p.name for p in temp.iterdir()) == []

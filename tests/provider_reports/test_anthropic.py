@@ -38,6 +38,7 @@ from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.errors import DomainError
 from tokenledger.provider_reports import service
+from tokenledger.provider_reports.api import ComparisonRead
 from tokenledger.provider_reports.models import ProviderReportRow, ProviderSync
 
 SONNET, HAIKU = "claude-sonnet-4-5", "claude-haiku-4-5"
@@ -172,6 +173,7 @@ def test_the_comparison_per_utc_day_and_model_is_worked_by_hand(
     assert paths.count("/v1/organizations/analytics/cost") == 4
     body = comparison(fixed_client, admin_headers)
     assert body["timezone"] == "UTC"
+    ComparisonRead.model_validate(body)  # the documented shape
 
     sonnet15 = row(body, "2026-11-15", SONNET)
     assert sonnet15["provider"]["uncached_input_tokens"] == 1_300_000
@@ -386,3 +388,16 @@ def test_bad_requests_are_refused(
         headers=admin_headers,
     )
     assert wrong_kind.status_code == 422
+
+
+def test_an_answer_not_in_the_sdks_shape_fails_the_sync(
+    database: Database, settings: Settings, standin: StandIn
+) -> None:
+    provider_reports(standin)
+    del standin.anthropic_usage[0]["usage"]["cache_creation"]
+    with pytest.raises(DomainError) as caught:
+        run_sync(database, settings)
+    assert caught.value.status == 502
+    assert "nothing was stored" in caught.value.message
+    with database.session(write=False) as session:
+        assert session.scalar(select(func.count()).select_from(ProviderReportRow)) == 0

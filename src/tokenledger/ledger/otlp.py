@@ -233,7 +233,11 @@ async def export_traces(request: Request, key: UsageKey, now: Now) -> Response:
             if touch_key:
                 prepared.touch_key_id = key.key_id
                 touch_key = False
-            refused = (await writer.write(prepared)).rejected  # prepare()'s and the write's
+            try:
+                refused = (await writer.write(prepared)).rejected  # prepare()'s and the write's
+            except DomainError as exc:  # refused as a whole (a sum past its bound): its spans
+                refused = [(item.index, exc.message) for item in prepared.events]
+                refused += prepared.rejected
         for index, why in refused:
             rejected.add(f"span {chunk[index].span}: {_EVENT_PLACE.sub('', why)}")
     answer = ExportTraceServiceResponse()
@@ -330,8 +334,10 @@ def _parse(body: bytes, media: str) -> ExportTraceServiceRequest:
         if media == PROTOBUF:
             export.ParseFromString(body)
         else:
-            # The same rule as for every JSON body (middleware.py), also after inflating.
-            problem = check_json(body)
+            # The same rule as for every JSON body (middleware.py), also after inflating;
+            # but NUL is judged span by span, as in protobuf: a span whose text holds one
+            # is rejected alone (its fields refuse control characters).
+            problem = check_json(body, allow_nul=True)
             if problem is not None:
                 raise _bad(f"body: {problem}")
             data = json.loads(body)

@@ -210,7 +210,7 @@ def reprice(
                 start=start,
             )
         )
-        started = True
+        started = started or bool(changed)
         outcome.new_alerts += new_alerts
         for org_id, old, new in changed:
             outcome.add(org_id, old, new)

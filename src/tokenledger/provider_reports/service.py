@@ -29,12 +29,14 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    tuple_,
     type_coerce,
     update,
 )
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.dml import UpdateBase
 
+from tokenledger import schemas
 from tokenledger.alerts.models import Alert
 from tokenledger.alerts.service import queue_deliveries
 from tokenledger.audit import service as audit
@@ -55,7 +57,13 @@ from tokenledger.provider_reports.models import (
     ProviderSync,
     ProviderSyncLease,
 )
-from tokenledger.provider_reports.sources import ReportRow, anthropic_rows, openai_rows
+from tokenledger.provider_reports.sources import (
+    FIGURES,
+    ReportRow,
+    RowKey,
+    anthropic_rows,
+    openai_rows,
+)
 from tokenledger.usage.models import UsageEvent, UsagePrice
 
 log = logging.getLogger("tokenledger.provider_reports")
@@ -67,7 +75,8 @@ LEASES = cast(Table, ProviderSyncLease.__table__)
 DAYS = cast(Table, ProviderReportDay.__table__)
 ACCOUNTS = cast(Table, ProviderAccount.__table__)
 
-FIGURES = (*TOKEN_KINDS, "requests", "cost_nano")
+assert (*TOKEN_KINDS, "requests", "cost_nano") == FIGURES
+COLUMNS = ("day", "model", "api_key_id", "workspace_id", *FIGURES)
 CHUNK_ROWS = 5000
 LEASE_SECONDS = 30 * 60
 MAX_RANGE_DAYS = 400
@@ -214,39 +223,33 @@ def _row_upsert(session: Session) -> UpdateBase:
     return found
 
 
-def _chunks(rows: Iterable[ReportRow], first: str, last: str) -> Iterator[list[dict[str, Any]]]:
+def _chunks(
+    rows: Iterable[ReportRow], first: str, last: str, sync_id: int
+) -> Iterator[list[dict[str, Any]]]:
     """Rows merged by key, CHUNK_ROWS keys at a time (a key appears once per statement)."""
-    chunk: dict[tuple[str, str, str, str], list[int]] = {}
-    for row in rows:
-        if not first <= row.day <= last:
+    chunk: dict[RowKey, list[int]] = {}
+    for key, values in rows:
+        if not first <= key[0] <= last:
             continue  # a bucket outside the asked range (an API rounding its bounds)
-        key = (row.day, row.model, row.api_key_id, row.workspace_id)
-        values = [getattr(row, name) for name in FIGURES]
-        if any(value < 0 for value in values):
+        if min(values) < 0:
             raise ValueError(f"negative figure in the report for {key}")
         found = chunk.get(key)
         if found is None:
-            chunk[key] = values
+            chunk[key] = list(values)
         else:
             for index, value in enumerate(values):
                 found[index] += value
         if len(chunk) >= CHUNK_ROWS:
-            yield _dicts(chunk)
+            yield _dicts(chunk, sync_id)
             chunk = {}
     if chunk:
-        yield _dicts(chunk)
+        yield _dicts(chunk, sync_id)
 
 
-def _dicts(chunk: dict[tuple[str, str, str, str], list[int]]) -> list[dict[str, Any]]:
+def _dicts(chunk: dict[RowKey, list[int]], sync_id: int) -> list[dict[str, Any]]:
     return [
-        {
-            "day": day,
-            "model": model,
-            "api_key_id": key,
-            "workspace_id": workspace,
-            **dict(zip(FIGURES, values, strict=True)),
-        }
-        for (day, model, key, workspace), values in chunk.items()
+        {"sync_id": sync_id, **dict(zip(COLUMNS, (*key, *values), strict=True))}
+        for key, values in chunk.items()
     ]
 
 
@@ -309,9 +312,8 @@ def _sync_holding_lease(
         session.flush()
         sync_id = record.id
     try:
-        for chunk in _chunks(report_rows(provider, client, first, last), first_day, last_day):
-            for row in chunk:
-                row["sync_id"] = sync_id
+        rows = report_rows(provider, client, first, last)
+        for chunk in _chunks(rows, first_day, last_day, sync_id):
             with database.session(write=True) as session:
                 execute_rows(session, _row_upsert(session), chunk)
         with database.session(write=True) as session:
@@ -658,18 +660,27 @@ def synced_days(
 
 
 def _provider_side(
-    session: Session, provider: str, first: date, last: date, organization_id: int | None
+    session: Session,
+    provider: str,
+    held: dict[str, ProviderReportDay],
+    organization_id: int | None,
 ) -> dict[tuple[str, str], Side]:
-    days = ProviderReportDay
+    """The provider's figures per (day, model) of the days a sync holds.
+
+    The rows are picked by (sync, day) pairs, not by joining provider_report_days with a
+    range of days: SQLite carries such a range over to the joined table and then reads
+    every day of the sync for each day (365 x 365 days' rows for a year).
+    """
+    if not held:
+        return {}
+    pairs = [(day.sync_id, day.day) for day in held.values()]
     if organization_id is None:
-        source: Any = TOTALS
-        query = select(
-            source.c.day,
-            source.c.model,
-            *[func.sum(source.c[name]) for name in (*TOKEN_KINDS, "cost_nano")],
-        ).join(days, and_(days.sync_id == source.c.sync_id, days.day == source.c.day))
+        # One row per day and model already (a day is held by one sync): no sums.
+        query: Any = select(
+            TOTALS.c.day, TOTALS.c.model, *[TOTALS.c[name] for name in (*TOKEN_KINDS, "cost_nano")]
+        ).where(tuple_(TOTALS.c.sync_id, TOTALS.c.day).in_(pairs))
     else:
-        source = ROWS
+        source: Any = ROWS
         by_key = aliased(ProviderAccount)
         by_group = aliased(ProviderAccount)
         mapped = list(
@@ -684,13 +695,13 @@ def _provider_side(
         groups = [external for kind, external in mapped if kind != "api_key"]
         if not mapped:
             return {}
+        first, last = min(held), max(held)
         query = (
             select(
                 source.c.day,
                 source.c.model,
                 *[func.sum(source.c[name]) for name in (*TOKEN_KINDS, "cost_nano")],
             )
-            .join(days, and_(days.sync_id == source.c.sync_id, days.day == source.c.day))
             .outerjoin(
                 by_key,
                 and_(
@@ -707,17 +718,19 @@ def _provider_side(
                     by_group.external_id == source.c.workspace_id,
                 ),
             )
-            # A key's own mapping wins over its workspace's (or project's).
             .where(
-                or_(source.c.api_key_id.in_(keys), source.c.workspace_id.in_(groups)),
+                # Through the indexes of the organization's keys and workspaces (a few)...
+                or_(
+                    and_(source.c.api_key_id.in_(keys), source.c.day.between(first, last)),
+                    and_(source.c.workspace_id.in_(groups), source.c.day.between(first, last)),
+                ),
+                # ...the rows of the syncs that hold their days,
+                tuple_(source.c.sync_id, source.c.day).in_(pairs),
+                # where a key's own mapping wins over its workspace's (or project's).
                 func.coalesce(by_key.organization_id, by_group.organization_id) == organization_id,
             )
+            .group_by(source.c.day, source.c.model)
         )
-    query = query.where(
-        days.provider == provider,
-        days.day >= first.isoformat(),
-        days.day <= last.isoformat(),
-    ).group_by(source.c.day, source.c.model)
     result = {}
     for day, model, *values in session.execute(query):
         figures = [int(value or 0) for value in values]
@@ -815,7 +828,7 @@ def compare(
     if organization_id is not None and session.get(Organization, organization_id) is None:
         raise not_found("organization", organization_id)
     days = synced_days(session, provider, first, last)
-    theirs = _provider_side(session, provider, first, last, organization_id)
+    theirs = _provider_side(session, provider, days, organization_id)
     ours = ledger_by_utc_day(session, provider, first, last, organization_id)
     rows = []
     per_day: dict[str, DayFigures] = {
@@ -905,6 +918,6 @@ def default_range(now: datetime, days: int) -> tuple[date, date]:
 
 def parse_day(text: str) -> date:
     try:
-        return date.fromisoformat(text)
+        return schemas.parse_day(text)
     except ValueError as exc:
-        raise DomainError(422, "invalid_date", f"not a date (YYYY-MM-DD): {text!r}") from exc
+        raise DomainError(422, "invalid_date", f"{text!r}: {exc}") from exc

@@ -22,7 +22,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from tokenledger import schemas
 from tokenledger.budgets.schemas import BudgetStateRead
-from tokenledger.schemas import InputModel, JsonObject, TokenCount, UsdInput
+from tokenledger.schemas import MAX_TOKENS, InputModel, JsonObject, TokenCount, UsdInput
 
 MAX_METADATA_BYTES = 4096
 MAX_USAGE_BYTES = 8192
@@ -94,7 +94,11 @@ class UsageEventIn(InputModel):
     output_tokens_details: JsonObject | None = None
     # The provider's own usage object, untouched (instead of the flat counts above). Declared
     # last: its validator sees every other field.
-    usage: JsonObject | None = None
+    usage: JsonObject | None = Field(
+        default=None,
+        description=f"the provider's usage object as it came; each count in it 0 to "
+        f"{MAX_TOKENS}, at most {MAX_USAGE_BYTES} bytes of JSON",
+    )
 
     @field_validator("provider")
     @classmethod

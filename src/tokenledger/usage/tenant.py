@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from tokenledger import schemas
 from tokenledger.budgets.service import OrgLike, Reader, budget_states
 from tokenledger.config import Settings
 from tokenledger.errors import DomainError
@@ -25,8 +26,8 @@ from tokenledger.periods import month_bounds, month_of
 from tokenledger.usage import queries
 from tokenledger.usage.export import COLUMNS
 
-# A billing month a tenant may ask for: years 1970 to 9998 (every bound stays a datetime).
-MONTH_PATTERN = r"^(19[7-9]\d|[2-8]\d{3}|9[0-8]\d\d|99[0-8]\d)-(0[1-9]|1[0-2])$"
+# A billing month a tenant may ask for: one of the range of instants (schemas.py).
+MONTH_PATTERN = schemas.MONTH_PATTERN
 _MONTH = re.compile(MONTH_PATTERN)
 # The USD fields of the rows (provider cost) and of the summary and its forecast.
 _ROW_USD = frozenset({"total_cost_usd", "cost_usd"})

@@ -22,6 +22,7 @@ from tokenledger.organizations.models import Organization
 from tokenledger.provider_reports import service
 from tokenledger.provider_reports.api import comparison_body
 from tokenledger.provider_reports.models import PROVIDERS, TOKEN_KINDS
+from tokenledger.schemas import parse_day
 from tokenledger.web import forms
 from tokenledger.web.charts import SLOT, _nice_ceiling
 from tokenledger.web.common import AdminPage, DbSession, Form, PageRoute, ViewerPage, redirect
@@ -105,7 +106,7 @@ def _day_or_default(text: str, default: date) -> date:
     if not text:
         return default
     try:
-        return date.fromisoformat(text)
+        return parse_day(text)
     except ValueError as exc:
         raise DomainError(422, "invalid_date", N_("The address holds an invalid value.")) from exc
 
@@ -129,16 +130,18 @@ def provider_bill(
     body = comparison_body(service.compare(session, provider, first, last, org_id))
     points = [
         (
-            page.fmt.day_short(day.day),
-            Decimal(day.provider_cost_usd),
-            Decimal(day.ledger_cost_usd),
-            page.fmt.day(day.day),
+            page.fmt.day_short(day["day"]),
+            Decimal(day["provider_cost_usd"]),
+            Decimal(day["ledger_cost_usd"]),
+            page.fmt.day(day["day"]),
         )
-        for day in body.days
+        for day in body["days"]
     ]
     chart = pair_chart(points, label_every=max(1, len(points) // 10))
-    worst_days = sorted(body.days, key=lambda day: (-_worst(day.drift_usd), day.day))
-    rows = sorted(body.rows, key=lambda row: (-_worst(row.drift_usd), row.day, row.model))
+    worst_days = sorted(body["days"], key=lambda day: (-_worst(day["drift_usd"]), day["day"]))
+    rows = sorted(
+        body["rows"], key=lambda row: (-_worst(row["drift_usd"]), row["day"], row["model"])
+    )
     orgs = list(
         session.execute(select(Organization.id, Organization.name).order_by(Organization.name))
     )
