@@ -198,13 +198,13 @@ def prepare_ledger(database_url: str) -> Ledger:
         org_ids = {}
         with database.session(write=True) as session:
             for n in range(1, %(orgs)d + 1):
-                org = create_org(session, OrganizationCreate(name=f"Org {n}", slug=f"o{n:04d}"))
+                org = create_org(session, OrganizationCreate(name=f"Org {n}", slug=f"o{n:04d}"), actor=None)
                 org_ids[org.slug] = org.id
                 create_license(session, LicenseCreate(
                     organization_id=org.id, credits_total=Decimal(10**9),
                     cost_per_credit=Decimal("0.01"), token_budget_usd=Decimal(10**6),
-                    valid_from=datetime(2015, 1, 1, tzinfo=UTC)), datetime.now(UTC))
-            _key, secret = create_api_key(session, "bench", None)
+                    valid_from=datetime(2015, 1, 1, tzinfo=UTC)), datetime.now(UTC), actor=None)
+            _key, secret = create_api_key(session, "bench", None, actor=None)
             admin = AdminUser(email="bench@example.com", password_hash="x", role="admin")
             session.add(admin)
             session.flush()
@@ -301,7 +301,7 @@ BULK_RATES = {
 
 def bulk_prices(db: sqlite3.Connection) -> list[int]:
     """The usage_prices rows of the three models (as ingestion stores them), their ids."""
-    from tokenledger.ledger.ingest import price_fingerprint
+    from tokenledger.ledger.prices import price_fingerprint
     from tokenledger.pricing.engine import LIBRARY_VERSION
 
     ids = []

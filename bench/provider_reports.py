@@ -181,8 +181,10 @@ def comparison_figures(
     database: Database, settings: Settings, first: date, last: date
 ) -> dict[str, Any]:
     with database.session(write=True) as session:
-        org = organizations.create(session, OrganizationCreate(name="Bench", slug="bench"))
-        _key, secret = create_api_key(session, "bench", None)
+        org = organizations.create(
+            session, OrganizationCreate(name="Bench", slug="bench"), actor=None
+        )
+        _key, secret = create_api_key(session, "bench", None, actor=None)
         user = AdminUser(email="bench@example.com", password_hash="x", role="admin")
         session.add(user)
         session.flush()

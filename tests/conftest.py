@@ -6,27 +6,33 @@ PostgreSQL tests share one database migrated once, emptied before each test.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import make_url, text
+from sqlalchemy.orm import Session
 
+from tests.factories import make_license, make_org
 from tokenledger.app import UVICORN_OPTIONS, create_app
 from tokenledger.auth.models import AdminUser
 from tokenledger.auth.passwords import hash_password
+from tokenledger.auth.service import create_api_key
 from tokenledger.auth.tokens import issue_token
 from tokenledger.config import Settings
 from tokenledger.db import Database
@@ -190,20 +196,84 @@ def add_admin(database: Database, email: str, role: str = "admin") -> int:
         return user.id
 
 
-def bearer(user_id: int) -> dict[str, str]:
-    """Headers with a real signed token, as POST /api/auth/token issues (tested there)."""
+def admin_bearer(user_id: int) -> dict[str, str]:
+    """An admin's headers: a real signed token, as POST /api/auth/token issues (tested there)."""
     token, _ = issue_token(SECRET, user_id, 60)
     return {"Authorization": f"Bearer {token}"}
 
 
+def key_bearer(secret: str) -> dict[str, str]:
+    """An ingest key's headers."""
+    return {"Authorization": f"Bearer {secret}"}
+
+
 @pytest.fixture
 def admin_headers(database: Database) -> dict[str, str]:
-    return bearer(add_admin(database, "admin@example.com", "admin"))
+    return admin_bearer(add_admin(database, "admin@example.com", "admin"))
 
 
 @pytest.fixture
 def viewer_headers(database: Database) -> dict[str, str]:
-    return bearer(add_admin(database, "viewer@example.com", "viewer"))
+    return admin_bearer(add_admin(database, "viewer@example.com", "viewer"))
+
+
+@contextmanager
+def write(database: Database) -> Iterator[Session]:
+    """A write session of its own (committed at the end), for a test's setup or checks."""
+    with database.session(write=True) as session:
+        yield session
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """An organization with an ingest key of its own, and the licenses made for it."""
+
+    org_id: int
+    slug: str
+    key: str
+    license_ids: tuple[int, ...]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return key_bearer(self.key)
+
+    @property
+    def license_id(self) -> int | None:
+        """The tenant's license: None without one (a tenant with several has no one)."""
+        if not self.license_ids:
+            return None
+        (license_id,) = self.license_ids
+        return license_id
+
+
+_tenants = itertools.count(1)
+
+
+def new_tenant(
+    database: Database, *licenses: dict[str, Any], now: datetime | None = None, **org: Any
+) -> Tenant:
+    """An organization (overrides in org), one license per dict of overrides given (valid
+    from `now` unless they say when), and an ingest key of the organization."""
+    org.setdefault("slug", f"tenant-{next(_tenants)}")
+    with write(database) as session:
+        organization = make_org(session, **org)
+        made = [make_license(session, organization, now, **overrides) for overrides in licenses]
+        _key, secret = create_api_key(session, "tests", organization.slug, actor=None)
+        return Tenant(organization.id, organization.slug, secret, tuple(lic.id for lic in made))
+
+
+@pytest.fixture
+def make_tenant(database: Database, clock: FixedClock) -> Callable[..., Tenant]:
+    """make_tenant(*licenses, license=None, **org): new_tenant, with licenses valid from the
+    clock fixture's now (NOW unless the test sets it) unless the overrides say when."""
+
+    def _make(
+        *licenses: dict[str, Any], license: dict[str, Any] | None = None, **org: Any
+    ) -> Tenant:
+        given = (*licenses, *(() if license is None else (license,)))
+        return new_tenant(database, *given, now=clock(), **org)
+
+    return _make
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ def make_org(session: Session, **overrides: Any) -> Organization:
     n = next(_counter)
     values: dict[str, Any] = {"name": f"Org {n}", "slug": f"org-{n}"}
     values.update(overrides)
-    return organizations.create(session, OrganizationCreate(**values))
+    return organizations.create(session, OrganizationCreate(**values), actor=None)
 
 
 def make_license(
@@ -38,4 +38,4 @@ def make_license(
         "token_budget_usd": Decimal(100),
     }
     values.update(overrides)
-    return licenses.create(session, LicenseCreate(**values), now or utcnow())
+    return licenses.create(session, LicenseCreate(**values), now or utcnow(), actor=None)

@@ -17,6 +17,7 @@ from tokenledger.alerts.webhooks import WebhookWorker
 from tokenledger.apidocs import install_docs
 from tokenledger.audit.api import router as audit_router
 from tokenledger.auth.api import router as auth_router
+from tokenledger.budgets.api import admin_router as budget_admin_router
 from tokenledger.budgets.api import router as budgets_router
 from tokenledger.config import Settings, get_settings
 from tokenledger.db import Clock, Database, utcnow
@@ -138,6 +139,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
         alerts_router,
         pricing_router,
         token_usage_router,
+        budget_admin_router,
         otlp_router,
         tenant_router,
         portal_router,

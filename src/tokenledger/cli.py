@@ -17,13 +17,16 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session
 
+from tokenledger.audit.service import Operator
 from tokenledger.config import Settings, get_settings
-from tokenledger.db import Database, retrying
+from tokenledger.db import Database, retrying, utcnow
 from tokenledger.errors import DomainError
 from tokenledger.migrations import runner
 from tokenledger.schemas import check_instant
+
+# Whose changes the command line's are, in the audit log.
+CLI = Operator("cli")
 
 
 class CliError(Exception):
@@ -48,23 +51,6 @@ def _require_migrated(database: Database) -> None:
         raise CliError(
             f"database {state}, newest is {runner.head_revision()}: run `tokenledger migrate` first"
         )
-
-
-def _audit_cli(
-    session: Session, action: str, entity_type: str, entity_id: object, after: dict[str, object]
-) -> None:
-    from tokenledger.audit import service as audit
-
-    audit.record(
-        session,
-        actor="cli",
-        action=action,
-        entity_type=entity_type,
-        entity_id=entity_id,
-        before=None,
-        after=after,
-        client_address=None,
-    )
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -173,9 +159,8 @@ def cmd_create_admin(args: argparse.Namespace, settings: Settings) -> int:
     _require_migrated(database)
     password = _read_password(args)
     with database.session(write=True) as session:
-        user = service.create_admin(session, args.email, password, args.role)
+        user = service.create_admin(session, args.email, password, args.role, actor=CLI)
         role, email = user.role, user.email
-        _audit_cli(session, "admin.create", "admin_user", user.id, {"email": email, "role": role})
     print(f"created {role} {email}")
     return 0
 
@@ -186,7 +171,7 @@ def cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
     database = _database(settings)
     _require_migrated(database)
     with database.session(write=True) as session:
-        key, secret = service.create_api_key(session, args.name, args.org)
+        key, secret = service.create_api_key(session, args.name, args.org, actor=CLI)
         scope = f"organization {args.org}" if args.org else "all organizations (service key)"
         print(secret)
         print(
@@ -220,9 +205,8 @@ def cmd_api_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
     database = _database(settings)
     _require_migrated(database)
     with database.session(write=True) as session:
-        key = service.revoke_api_key(session, args.id)
+        key = service.revoke_api_key(session, args.id, actor=CLI, now=utcnow())
         key_id, name = key.id, key.name
-        _audit_cli(session, "api_key.revoke", "api_key", key_id, {"name": name, "revoked": True})
     print(f"revoked key {key_id} '{name}'")
     return 0
 
@@ -242,7 +226,7 @@ def ensure_first_admin(database: Database, settings: Settings) -> None:
     with database.session(write=True) as session:
         if service.count_admins(session) == 0:
             email, password = "admin@example.com", secrets.token_urlsafe(12)
-            service.create_admin(session, email, password, "admin")
+            service.create_admin(session, email, password, "admin", actor=None)
             if login_file:
                 login_file.write_text(f"{email}\n{password}\n")
                 login_file.chmod(0o600)
@@ -348,8 +332,7 @@ def cmd_prices(args: argparse.Namespace, settings: Settings) -> int:
                     "cache_write_1h": args.cache_write_1h,
                     "cache_read": args.cache_read,
                 },
-                actor="cli",
-                client_address=None,
+                actor=CLI,
                 valid_from=args.valid_from,
                 valid_until=args.valid_until,
                 tiers=[_tier(text) for text in args.tier],
@@ -365,8 +348,7 @@ def cmd_prices(args: argparse.Namespace, settings: Settings) -> int:
                 session,
                 provider=args.provider,
                 model=args.model,
-                actor="cli",
-                client_address=None,
+                actor=CLI,
                 valid_from=args.valid_from,
             )
             print(f"{count} price override(s) for {args.provider}/{args.model} removed")
@@ -374,7 +356,6 @@ def cmd_prices(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reprice(args: argparse.Namespace, settings: Settings) -> int:
-    from tokenledger.db import utcnow
     from tokenledger.ledger.reprice import Selection, reprice
 
     database = _database(settings)
@@ -395,8 +376,7 @@ def cmd_reprice(args: argparse.Namespace, settings: Settings) -> int:
             settings=settings,
             now=utcnow(),
             dry_run=args.dry_run,
-            actor="cli",
-            client_address=None,
+            actor=CLI,
         ).render()
     finally:
         database.dispose()

@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tokenledger.ratelimit import Rate
+
 DEFAULT_DATABASE_URL = "sqlite:///./data/tokenledger.db"
 # An origin as a CSP source: a scheme and a host (a leading "*." allowed), an optional port;
 # nothing that could end the directive or add another.
@@ -101,8 +103,6 @@ class Settings(BaseSettings):
     @field_validator("ingest_rate_limit")
     @classmethod
     def _rate(cls, value: str) -> str:
-        from tokenledger.ratelimit import Rate
-
         if value.strip():
             Rate.parse(value)
         return value.strip()

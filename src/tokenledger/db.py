@@ -384,11 +384,6 @@ def _track_changes(session: Session, _context: Any) -> None:
             tables.add(table)
 
 
-def mark_changed(session: Session, *tables: str) -> None:
-    """Tell the caches that this transaction changed these tables (for Core statements)."""
-    session.info.setdefault(CHANGED_TABLES, set()).update(tables)
-
-
 def notify_changed(url: str, tables: frozenset[str]) -> None:
     """After a commit: every Database of this process on the same database drops its
     cached rows of these tables (other processes see the change within the caches' TTL)."""

@@ -16,7 +16,6 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -87,8 +86,9 @@ MODELS = (
     ("claude-opus-5-5", 0.07, True),
     ("gpt-5.5", 0.10, False),
 )
-DAYS = 183
 DEMO_WEBHOOK = "https://hooks.example.com/tokenledger"
+# Whose changes the demo data are, in the audit log.
+DEMO = audit.Operator("demo-data")
 
 
 def load_demo_data(
@@ -110,10 +110,11 @@ def load_demo_data(
         start = now - timedelta(days=demo.days)
         # Signed up the day before the first run.
         onboarded = start - timedelta(days=1)
-        org = organizations.create(session, OrganizationCreate(name=demo.name, slug=demo.slug))
+        org = organizations.create(
+            session, OrganizationCreate(name=demo.name, slug=demo.slug), actor=DEMO
+        )
         org.created_at = onboarded
         session.flush()
-        _audit(session, "organization.create", "organization", org.id, organizations.snapshot(org))
         if demo.credits is not None:
             lic = licenses.create(
                 session,
@@ -131,10 +132,10 @@ def load_demo_data(
                     enforcement=demo.enforcement,
                 ),
                 onboarded,
+                actor=DEMO,
             )
             lic.created_at = lic.updated_at = onboarded
             session.flush()
-            _audit(session, "license.create", "license", lic.id, licenses.snapshot(lic))
         batch: list[UsageEventIn] = []
         for day in range(demo.days):
             pace = demo.runs_per_day * (demo.ramp if demo.days - day <= 14 else 1.0)
@@ -181,22 +182,9 @@ def load_demo_data(
     )
     _settle_some_deliveries(session, now)
     # Ingest keys as an operator has them (their secrets are not kept anywhere).
-    create_api_key(session, "Production ingest (all organizations)", None)
-    create_api_key(session, "Nordlicht worker", "nordlicht-energie")
+    create_api_key(session, "Production ingest (all organizations)", None, actor=DEMO)
+    create_api_key(session, "Nordlicht worker", "nordlicht-energie", actor=DEMO)
     return f"{len(DEMO_ORGS)} organizations, {refreshes} refreshes, {events} usage events"
-
-
-def _audit(session: Session, action: str, kind: str, entity_id: int, after: dict[str, Any]) -> None:
-    audit.record(
-        session,
-        actor="demo-data",
-        action=action,
-        entity_type=kind,
-        entity_id=entity_id,
-        before=None,
-        after=after,
-        client_address=None,
-    )
 
 
 def _calls(rng: random.Random, slug: str, refresh_id: str, at: datetime) -> list[UsageEventIn]:

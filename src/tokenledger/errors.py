@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from tokenledger.headers import security_headers
+
 log = logging.getLogger("tokenledger")
 
 
@@ -83,8 +85,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        from tokenledger.middleware import security_headers
-
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         # Answered from outside every middleware (Starlette's ServerErrorMiddleware), so
         # it brings the headers every other answer gets on its way out.

@@ -23,6 +23,7 @@ from tokenledger.db import Database
 from tokenledger.licenses.models import LicenseTermsRow
 from tokenledger.licenses.service import terms_in_force
 from tokenledger.organizations.models import Organization
+from tokenledger.organizations.refs import OrgRef
 from tokenledger.pricing.engine import PriceBook
 from tokenledger.pricing.overrides import price_book
 
@@ -41,14 +42,6 @@ class KeyRef:
     id: int
     organization_id: int | None
     last_used_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class OrgRef:
-    """What ingestion needs of an organization."""
-
-    id: int
-    slug: str
 
 
 class HotReads:

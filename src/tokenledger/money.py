@@ -88,6 +88,16 @@ def credits_for_cost(cost_nano: int, cost_per_credit_nano: int) -> int:
     return divide_half_even(cost_nano * MICRO_PER_CREDIT, cost_per_credit_nano)
 
 
+def credits_value_nano(micro: int, cost_per_credit_nano: int) -> int:
+    """USD value of micro-credits at a price per credit, in nano-dollars: the one rule.
+
+    value = credits * cost_per_credit, rounded DOWN (toward minus infinity) to a nano-dollar,
+    so that what credits are said to be worth, or to leave to spend, is never more than
+    they buy: nano = micro * cost_per_credit_nano // 10**6.
+    """
+    return micro * cost_per_credit_nano // MICRO_PER_CREDIT
+
+
 def divide_half_even(numerator: int, denominator: int) -> int:
     """numerator / denominator (denominator > 0), rounded half to even, in integers only."""
     quotient, remainder = divmod(numerator, denominator)
@@ -145,12 +155,8 @@ def round_credits(micro: int | None, places: int = 1) -> float | None:
 def _rounded_number(units: int, unit_places: int, places: int) -> float:
     """An integer of 10**-unit_places units rounded half to even to `places`, as the
     nearest float, in integers only (the overview renders thousands of them)."""
-    step: int = 10 ** (unit_places - places)
     scale: int = 10**places
-    quotient, remainder = divmod(units, step)  # floor: 0 <= remainder < step
-    twice = 2 * remainder
-    if twice > step or (twice == step and quotient % 2 == 1):
-        quotient += 1
+    quotient = divide_half_even(units, 10 ** (unit_places - places))
     # int / int is correctly rounded: the same float as that of the exact decimal (and a
     # negative amount that rounds to nothing is -0.0, as Decimal's -0.00 is).
     number = quotient / scale

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Path, Query
@@ -14,9 +15,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     StrictStr,
     StringConstraints,
+    WithJsonSchema,
 )
+
+from tokenledger.money import MAX_EVENT_USD, MoneyError, decimal_places, to_decimal
 
 T = TypeVar("T")
 
@@ -171,3 +176,39 @@ MAX_LIMIT = 500
 MAX_OFFSET = 1_000_000_000
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"at most {MAX_LIMIT}")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"at most {MAX_OFFSET}")]
+
+
+MAX_TOKENS = 10**9
+# A count of tokens a caller gives (usage events, holds).
+TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
+
+
+def parse_usd(value: Any) -> Decimal:
+    try:
+        amount = to_decimal(value)
+    except MoneyError as exc:
+        raise ValueError(str(exc)) from exc
+    if amount < 0:
+        raise ValueError("must not be negative")
+    if amount > MAX_EVENT_USD:
+        raise ValueError(f"must be at most {MAX_EVENT_USD}")
+    if decimal_places(amount) > 9:
+        raise ValueError("at most 9 decimal places")
+    return amount
+
+
+# An amount of USD a caller gives: decimal text or a number, never negative, nano-exact.
+UsdInput = Annotated[
+    Decimal,
+    BeforeValidator(parse_usd),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "number", "minimum": 0, "maximum": int(MAX_EVENT_USD)},
+            ],
+            "description": f"USD as decimal text (or a number), 0 to {MAX_EVENT_USD}, at "
+            "most 9 decimal places",
+        }
+    ),
+]

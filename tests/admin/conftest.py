@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,36 +15,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy.orm import Session
 
-from tests.conftest import FixedClock, serving
-from tests.factories import make_license, make_org
+from tests.conftest import FixedClock, Tenant, key_bearer, serving, write
 from tokenledger.app import create_app
 from tokenledger.auth.service import create_api_key
 from tokenledger.config import Settings
 from tokenledger.db import Database
-from tokenledger.licenses.models import License
-from tokenledger.organizations.models import Organization
-
-
-@contextmanager
-def write(database: Database) -> Iterator[Session]:
-    with database.session(write=True) as session:
-        yield session
-
-
-@dataclass(frozen=True)
-class Tenant:
-    """An organization, its active license (or None) and an ingest key of its own."""
-
-    org_id: int
-    slug: str
-    license_id: int | None
-    key: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
 
 
 @pytest.fixture
@@ -56,27 +32,10 @@ def app(settings: Settings, clock: FixedClock) -> Any:
 
 
 @pytest.fixture
-def make_tenant(database: Database, clock: FixedClock) -> Callable[..., Tenant]:
-    """make_tenant(license=None | {...overrides}, **org_overrides); a license is valid from
-    the clock fixture's now (NOW) unless the overrides say when."""
-
-    def _make(license: dict[str, Any] | None = None, **org: Any) -> Tenant:
-        with write(database) as session:
-            organization: Organization = make_org(session, **org)
-            lic: License | None = None
-            if license is not None:
-                lic = make_license(session, organization, clock(), **license)
-            _key, secret = create_api_key(session, "tests", organization.slug)
-            return Tenant(organization.id, organization.slug, lic.id if lic else None, secret)
-
-    return _make
-
-
-@pytest.fixture
 def service_key(database: Database) -> dict[str, str]:
     with write(database) as session:
-        _key, secret = create_api_key(session, "service", None)
-    return {"Authorization": f"Bearer {secret}"}
+        _key, secret = create_api_key(session, "service", None, actor=None)
+    return key_bearer(secret)
 
 
 _counter = iter(range(1, 10**9))

@@ -22,8 +22,8 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
-from tests.admin.conftest import Tenant, serve
-from tests.conftest import ADMIN_PASSWORD, add_admin, bearer
+from tests.admin.conftest import serve
+from tests.conftest import ADMIN_PASSWORD, Tenant, add_admin, admin_bearer
 from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.ledger.service import record_batch
@@ -169,7 +169,7 @@ def _eventually(condition: Callable[[], bool], seconds: float = 10) -> bool:
 def _writes_and_throttle_work(base: str, database: Database, settings: Settings, tenant: Tenant):  # type: ignore[no-untyped-def]
     email = "throttled@example.com"
     add_admin(database, email)
-    admin = bearer(add_admin(database, "writer@example.com"))
+    admin = admin_bearer(add_admin(database, "writer@example.com"))
     with httpx.Client(base_url=base, timeout=30) as http:
         more = {"events": [{"id": "after-the-export", "model": "m", "cost_usd": "1"}]}
         response = http.post("/api/v1/usage", json=more, headers=tenant.headers)

@@ -1,7 +1,7 @@
-"""Fixtures of the API-wide tests: those of the admin tests (tenants, keys, live server)."""
+"""Fixtures of the API-wide tests: the admin tests' keys and live server (tenants: root)."""
 
 from __future__ import annotations
 
-from tests.admin.conftest import live_server, make_tenant, service_key
+from tests.admin.conftest import live_server, service_key
 
-__all__ = ["live_server", "make_tenant", "service_key"]
+__all__ = ["live_server", "service_key"]

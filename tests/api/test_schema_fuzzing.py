@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from schemathesis.transport.serialization import serialize_binary
 
-from tests.conftest import _empty_postgres, add_admin, bearer, make_settings
+from tests.conftest import _empty_postgres, add_admin, admin_bearer, make_settings
 from tests.factories import make_license, make_org
 from tokenledger.app import create_app
 from tokenledger.auth.service import create_api_key
@@ -86,9 +86,9 @@ def _fuzz_data(database: Database) -> Credentials:
     with database.session(write=True) as session:
         org = make_org(session, name="Fuzz", slug="fuzz")
         make_license(session, org, token_budget_usd=Decimal(1000))
-        _key, secret = create_api_key(session, "fuzz", None)
+        _key, secret = create_api_key(session, "fuzz", None, actor=None)
     credentials = Credentials(
-        admin=bearer(add_admin(database, "fuzz@example.com")),
+        admin=admin_bearer(add_admin(database, "fuzz@example.com")),
         ingest={"Authorization": f"Bearer {secret}"},
     )
     database.dispose()

@@ -121,7 +121,7 @@ class LedgerServer:
         try:
             with database.session(write=True) as session:
                 org = make_org(session)
-                _key, secret = create_api_key(session, "client tests", org.slug)
+                _key, secret = create_api_key(session, "client tests", org.slug, actor=None)
                 tenant = Tenant(slug=org.slug, id=org.id, key=secret)
         finally:
             database.dispose()

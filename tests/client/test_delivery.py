@@ -12,11 +12,11 @@ import pytest
 
 from tokenledger.client._delivery import (
     FlushOutcome,
-    Ledger,
     Reply,
     Request,
     RetryPolicy,
     Sleep,
+    Unsettled,
     flush_steps,
     parse_retry_after,
 )
@@ -183,7 +183,7 @@ def test_a_torn_spool_line_is_dead_lettered_and_the_next_append_stays_whole(
 ) -> None:
     spool = tmp_path / "usage.spool"
     spool.write_text('{"id":"kept"}\n{"id":"torn","model":"claude')
-    ledger = Ledger(spool, None)
+    ledger = Unsettled(spool, None)
 
     assert ledger.replay() == 1
     ledger.add(Event("new", '{"id":"new"}'))

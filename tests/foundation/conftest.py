@@ -63,7 +63,7 @@ def probe_client(app: FastAPI, client: TestClient) -> TestClient:
 def ingest_key(database: Database) -> tuple[int, str]:
     """A service ingest key, made through tokenledger.auth.service.create_api_key."""
     with database.session(write=True) as session:
-        key, secret = create_api_key(session, "foundation tests", None)
+        key, secret = create_api_key(session, "foundation tests", None, actor=None)
         return key.id, secret
 
 

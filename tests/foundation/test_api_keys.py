@@ -12,17 +12,20 @@ from sqlalchemy import select
 from tests.conftest import NOW
 from tests.factories import make_org
 from tests.foundation.conftest import PROBE_PATH
+from tokenledger.audit.service import Operator
 from tokenledger.auth import service
 from tokenledger.auth.models import ApiKey
 from tokenledger.db import utcnow
 from tokenledger.errors import DomainError
 
+TESTS = Operator("tests")
+
 
 def test_key_is_random_and_only_its_hash_is_stored(database):
     with database.session(write=True) as session:
         org = make_org(session, slug="acme")
-        org_key, org_secret = service.create_api_key(session, "acme ingest", "acme")
-        _, service_secret = service.create_api_key(session, "  all orgs  ", None)
+        org_key, org_secret = service.create_api_key(session, "acme ingest", "acme", actor=None)
+        _, service_secret = service.create_api_key(session, "  all orgs  ", None, actor=None)
     assert org_secret.startswith("tl_")
     assert len(org_secret) >= 40
     assert org_secret != service_secret
@@ -47,11 +50,11 @@ def test_bad_key_requests(database):
     ]
     for name, org, status, code in cases:
         with pytest.raises(DomainError) as caught, database.session(write=True) as session:
-            service.create_api_key(session, name, org)
+            service.create_api_key(session, name, org, actor=None)
         assert (caught.value.status, caught.value.code) == (status, code)
     for key_id in (12345, 0, 10**20):
         with pytest.raises(DomainError) as caught, database.session(write=True) as session:
-            service.revoke_api_key(session, key_id)
+            service.revoke_api_key(session, key_id, actor=TESTS, now=NOW)
         assert caught.value.status == 404
 
 
@@ -59,7 +62,7 @@ def test_key_authenticates_ingest_routes_and_records_its_use(probe_client, datab
     client = probe_client
     with database.session(write=True) as session:
         org = make_org(session, slug="acme")
-        key, secret = service.create_api_key(session, "acme ingest", "acme")
+        key, secret = service.create_api_key(session, "acme ingest", "acme", actor=None)
     response = client.get(PROBE_PATH, headers={"Authorization": f"Bearer {secret}"})
     assert response.status_code == 200
     assert response.json() == {"key_id": key.id, "organization_id": org.id}
@@ -73,7 +76,7 @@ def test_key_authenticates_ingest_routes_and_records_its_use(probe_client, datab
 def test_a_keys_use_is_recorded_at_the_apps_now_at_most_once_a_minute(fixed_app, clock, database):
     with database.session(write=True) as session:
         make_org(session, slug="acme")
-        key, secret = service.create_api_key(session, "acme ingest", "acme")
+        key, secret = service.create_api_key(session, "acme ingest", "acme", actor=None)
     headers = {"Authorization": f"Bearer {secret}"}
 
     def last_used() -> object:
@@ -98,12 +101,12 @@ def test_a_keys_use_is_recorded_at_the_apps_now_at_most_once_a_minute(fixed_app,
 def test_unknown_and_revoked_keys_are_refused(probe_client, database):
     client = probe_client
     with database.session(write=True) as session:
-        key, secret = service.create_api_key(session, "k", None)
+        key, secret = service.create_api_key(session, "k", None, actor=None)
     headers = {"Authorization": f"Bearer {secret}"}
     assert client.get(PROBE_PATH, headers=headers).status_code == 200
 
     with database.session(write=True) as session:
-        revoked = service.revoke_api_key(session, key.id)
+        revoked = service.revoke_api_key(session, key.id, actor=TESTS, now=NOW)
         assert revoked.revoked_at is not None
     for bearer in (secret, secret + "x", "tl_" + "a" * 43, "not-a-key"):
         response = client.get(PROBE_PATH, headers={"Authorization": f"Bearer {bearer}"})
@@ -116,12 +119,12 @@ def test_unknown_and_revoked_keys_are_refused(probe_client, database):
     # Revoking twice keeps the first date.
     with database.session(write=True) as session:
         first = session.get(ApiKey, key.id).revoked_at  # type: ignore[union-attr]
-        assert service.revoke_api_key(session, key.id).revoked_at == first
+        assert service.revoke_api_key(session, key.id, actor=TESTS, now=NOW).revoked_at == first
 
 
 def test_list_keys(database):
     with database.session(write=True) as session:
-        first, _ = service.create_api_key(session, "first", None)
-        second, _ = service.create_api_key(session, "second", None)
+        first, _ = service.create_api_key(session, "first", None, actor=None)
+        second, _ = service.create_api_key(session, "second", None, actor=None)
     with database.session(write=False) as session:
         assert [key.id for key in service.list_api_keys(session)] == [first.id, second.id]

@@ -312,7 +312,7 @@ def test_old_failures_leave_the_window(database_url, database):
 
 def test_passwords_are_hashed_with_argon2id(database):
     with database.session(write=True) as session:
-        create_admin(session, "ops@example.com", ADMIN_PASSWORD, "admin")
+        create_admin(session, "ops@example.com", ADMIN_PASSWORD, "admin", actor=None)
     with database.session(write=False) as session:
         stored = session.scalar(select(AdminUser.password_hash))
     assert stored is not None
@@ -344,7 +344,7 @@ def test_create_admin_refuses_bad_accounts(database):
     ]
     for email, password, role, status, code in cases:
         with pytest.raises(DomainError) as caught, database.session(write=True) as session:
-            create_admin(session, email, password, role)
+            create_admin(session, email, password, role, actor=None)
         assert (caught.value.status, caught.value.code) == (status, code), email
     with database.session(write=False) as session:
         assert session.scalars(select(AdminUser.email)).all() == ["ops@example.com"]

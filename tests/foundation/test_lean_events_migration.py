@@ -20,7 +20,7 @@ from alembic import command
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tests.conftest import add_admin, bearer, make_settings
+from tests.conftest import add_admin, admin_bearer, make_settings
 from tokenledger.app import create_app
 from tokenledger.auth.service import create_api_key
 from tokenledger.db import Database, UTCDateTime
@@ -254,8 +254,8 @@ def test_a_first_schema_ledger_converts_without_drift(old_database: Database) ->
             assert row.rates == event[9]
 
         with database.session(write=True) as session:
-            _key, secret = create_api_key(session, "after", "acme")
-        admin = bearer(add_admin(database, "admin@example.com"))
+            _key, secret = create_api_key(session, "after", "acme", actor=None)
+        admin = admin_bearer(add_admin(database, "admin@example.com"))
         with TestClient(create_app(database.settings)) as client:
             ingest = {"Authorization": f"Bearer {secret}"}
             again = [_event_in(EVENTS[0]).model_dump(mode="json", exclude_none=True)]

@@ -273,7 +273,7 @@ def test_lost_race_for_the_active_license_is_a_conflict(database):
         # The other transaction's row, not yet visible to this one's check.
         session.add(_raw_license(org.id))
         with session.no_autoflush, pytest.raises(DomainError) as caught:
-            licenses.create(session, data, NOW)
+            licenses.create(session, data, NOW, actor=None)
         session.rollback()
     assert (caught.value.status, caught.value.code) == (409, "active_license_exists")
 
@@ -296,7 +296,7 @@ def test_two_sessions_racing_for_the_active_license_one_gets_a_conflict(database
     def second() -> None:
         try:
             with database.session(write=True) as session:
-                licenses.create(session, data, NOW)
+                licenses.create(session, data, NOW, actor=None)
             outcome.append("created")
         except DomainError as exc:
             outcome.append((exc.status, exc.code))

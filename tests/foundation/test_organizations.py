@@ -12,7 +12,8 @@ from tests.factories import make_license, make_org
 from tokenledger.auth.models import ApiKey
 from tokenledger.auth.service import create_api_key
 from tokenledger.organizations.models import Organization
-from tokenledger.organizations.service import by_slug_or_id, slugify
+from tokenledger.organizations.refs import by_slug_or_id
+from tokenledger.organizations.service import slugify
 from tokenledger.usage.models import UsageEvent, UsagePrice
 
 
@@ -225,7 +226,7 @@ def test_delete_is_refused_once_there_is_history(client, database, admin_headers
         with_license = make_org(session)
         make_license(session, with_license)
         with_key = make_org(session)
-        create_api_key(session, "k", with_key.slug)
+        create_api_key(session, "k", with_key.slug, actor=None)
 
     for org in (with_usage, with_license, with_key):
         response = client.delete(f"/api/organizations/{org.id}", headers=admin_headers)
@@ -285,7 +286,7 @@ def test_delete_of_an_organization_whose_only_history_is_a_hold_is_a_409(
     """Reported from outside: a reservation's foreign key made the delete a 500."""
     with database.session(write=True) as session:
         org = make_org(session)
-        _key, secret = create_api_key(session, "k", org.slug)
+        _key, secret = create_api_key(session, "k", org.slug, actor=None)
     hold = client.post(
         "/api/v1/reservations",
         json={"max_cost_usd": "1.5"},

@@ -16,7 +16,7 @@ from tokenledger.ratelimit import Rate, RateLimiter
 def _keys(database, count: int) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
     with database.session(write=True) as session:
         org = make_org(session)
-        secrets = [create_api_key(session, f"k{n}", org.slug)[1] for n in range(count)]
+        secrets = [create_api_key(session, f"k{n}", org.slug, actor=None)[1] for n in range(count)]
     return [{"Authorization": f"Bearer {secret}"} for secret in secrets]
 
 

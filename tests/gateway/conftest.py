@@ -88,7 +88,7 @@ def make_tenant(database: Database, clock: FixedClock) -> Callable[..., Tenant]:
         with database.session(write=True) as session:
             organization = make_org(session, **org)
             lic = make_license(session, organization, clock(), **license) if license else None
-            _key, secret = create_api_key(session, "gateway tests", organization.slug)
+            _key, secret = create_api_key(session, "gateway tests", organization.slug, actor=None)
             return Tenant(organization.id, organization.slug, lic.id if lic else None, secret)
 
     return _make

@@ -6,13 +6,11 @@ the ledger's settings accept back-dated events of any age; the age limit has its
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,10 +19,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
 
-from tests.conftest import FixedClock, make_settings
-from tests.factories import make_license, make_org
+from tests.conftest import FixedClock, key_bearer, make_settings, write
 from tokenledger.app import create_app
 from tokenledger.auth.service import create_api_key
 from tokenledger.config import Settings
@@ -65,62 +61,12 @@ def berlin_client(database_url: str, clock: FixedClock) -> Iterator[TestClient]:
         yield client
 
 
-@contextmanager
-def write(database: Database) -> Iterator[Session]:
-    with database.session(write=True) as session:
-        yield session
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
-
-
-@dataclass(frozen=True)
-class Tenant:
-    """An organization with a key of its own, and the licenses made for it."""
-
-    org_id: int
-    slug: str
-    key: str
-    license_ids: tuple[int, ...]
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return bearer(self.key)
-
-    @property
-    def license_id(self) -> int:
-        (license_id,) = self.license_ids
-        return license_id
-
-
 @pytest.fixture
 def service_headers(database: Database) -> dict[str, str]:
     """A service key: writes usage of any organization, which each event names."""
     with write(database) as session:
-        _key, secret = create_api_key(session, "ledger service", None)
-    return bearer(secret)
-
-
-_slugs = itertools.count(1)
-
-
-def new_tenant(database: Database, *licenses: dict[str, Any], **org: Any) -> Tenant:
-    """An organization, one license per dict of overrides given, and an org key."""
-    org.setdefault("slug", f"ledger-{next(_slugs)}")
-    with write(database) as session:
-        organization = make_org(session, **org)
-        made = [make_license(session, organization, **overrides) for overrides in licenses]
-        _key, secret = create_api_key(session, "ledger org", organization.slug)
-        return Tenant(organization.id, organization.slug, secret, tuple(lic.id for lic in made))
-
-
-@pytest.fixture
-def make_tenant(database: Database) -> Callable[..., Tenant]:
-    def _make(*licenses: dict[str, Any], **org: Any) -> Tenant:
-        return new_tenant(database, *licenses, **org)
-
-    return _make
+        _key, secret = create_api_key(session, "ledger service", None, actor=None)
+    return key_bearer(secret)
 
 
 def post(client: TestClient, headers: dict[str, str], *events: dict[str, Any]) -> Any:

@@ -8,14 +8,8 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from tests.ledger.conftest import (
-    Tenant,
-    credits_used_micro,
-    monthly_rows,
-    ok,
-    stored_events,
-    write,
-)
+from tests.conftest import Tenant, write
+from tests.ledger.conftest import credits_used_micro, monthly_rows, ok, stored_events
 from tokenledger.db import Database
 from tokenledger.ledger.reconcile import reconcile
 from tokenledger.licenses import service as licenses

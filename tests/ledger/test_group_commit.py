@@ -21,8 +21,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from tests.conftest import serving
-from tests.ledger.conftest import LICENSE, Tenant, monthly_rows, stored_events
+from tests.conftest import Tenant, serving
+from tests.ledger.conftest import LICENSE, monthly_rows, stored_events
 from tests.ledger.conftest import usage_event as event
 from tokenledger.app import create_app
 from tokenledger.auth.models import ApiKey

@@ -34,9 +34,9 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import select
 
-from tests.conftest import _empty_postgres, make_settings
+from tests.conftest import _empty_postgres, key_bearer, make_settings
 from tests.factories import make_license, make_org
-from tests.ledger.conftest import LONG_BACKFILL_DAYS, MONTHLY_FIELDS, bearer
+from tests.ledger.conftest import LONG_BACKFILL_DAYS, MONTHLY_FIELDS
 from tokenledger.app import create_app
 from tokenledger.auth.service import create_api_key
 from tokenledger.licenses import service as licenses
@@ -229,8 +229,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.license_ids: dict[str, int] = {}
         self.cost_per_credit: dict[str, int] = {}
         with self.database.session(write=True) as session:
-            _key, secret = create_api_key(session, "model", None)
-        self.headers = bearer(secret)
+            _key, secret = create_api_key(session, "model", None, actor=None)
+        self.headers = key_bearer(secret)
         self.org_of = {org_id: name for name, org_id in self.org_ids.items()}
         self.org_of_slug = {slug: name for name, slug in self.slugs.items()}
 

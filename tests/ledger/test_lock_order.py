@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Connection, func, select, text
 from sqlalchemy.orm import Session
 
-from tests.conftest import NOW, FixedClock, serving
-from tests.ledger.conftest import LICENSE, Tenant, usage_event, wait_until_blocked
+from tests.conftest import NOW, FixedClock, Tenant, serving
+from tests.ledger.conftest import LICENSE, usage_event, wait_until_blocked
 from tokenledger.app import create_app
 from tokenledger.audit.models import AuditEntry
 from tokenledger.config import Settings

@@ -34,8 +34,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import text
 
-from tests.conftest import serving
-from tests.ledger.conftest import LICENSE, Tenant, monthly_rows, snapshot, stored_events
+from tests.conftest import Tenant, serving
+from tests.ledger.conftest import LICENSE, monthly_rows, snapshot, stored_events
 from tokenledger.app import create_app
 from tokenledger.config import Settings
 from tokenledger.db import Database

@@ -31,8 +31,8 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from tests.conftest import serving
-from tests.ledger.conftest import LICENSE, Tenant, stored_events
+from tests.conftest import Tenant, serving
+from tests.ledger.conftest import LICENSE, stored_events
 from tests.ledger.standin_providers import CLAUDE, GPT_CHAT, GPT_RESPONSES, standin_providers
 from tokenledger.app import create_app
 from tokenledger.config import Settings

@@ -13,7 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.ledger.conftest import LICENSE, Tenant, ok, stored_events
+from tests.conftest import Tenant
+from tests.ledger.conftest import LICENSE, ok, stored_events
 from tests.ledger.conftest import bare_event as event
 from tokenledger.audit.models import AuditEntry
 from tokenledger.db import Database

@@ -15,15 +15,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.ledger.conftest import (
-    AT,
-    LICENSE,
-    Tenant,
-    cli,
-    monthly_rows,
-    ok,
-    stored_events,
-)
+from tests.conftest import Tenant
+from tests.ledger.conftest import AT, LICENSE, cli, monthly_rows, ok, stored_events
 from tests.ledger.conftest import bare_event as event
 from tokenledger.app import create_app
 from tokenledger.config import Settings

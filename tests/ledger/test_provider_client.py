@@ -27,7 +27,8 @@ from openai.types.completion_usage import (
 from openai.types.responses import Response, ResponseCompletedEvent, ResponseUsage
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
-from tests.ledger.conftest import AT, LICENSE, Tenant, stored_events
+from tests.conftest import Tenant
+from tests.ledger.conftest import AT, LICENSE, stored_events
 from tokenledger.client import TokenLedgerClient
 from tokenledger.client._events import build_event
 from tokenledger.db import Database

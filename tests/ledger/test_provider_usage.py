@@ -32,16 +32,8 @@ from openai.types.completion_usage import (
 from openai.types.responses import ResponseUsage
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
-from tests.ledger.conftest import (
-    AT,
-    LICENSE,
-    Tenant,
-    monthly_rows,
-    ok,
-    post,
-    snapshot,
-    stored_events,
-)
+from tests.conftest import Tenant
+from tests.ledger.conftest import AT, LICENSE, monthly_rows, ok, post, snapshot, stored_events
 from tokenledger.db import Database
 from tokenledger.ledger.providers import reread
 

@@ -13,7 +13,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.pool import NullPool
 
-from tests.ledger.conftest import Tenant, cli, ok, post, snapshot, write
+from tests.conftest import Tenant, write
+from tests.ledger.conftest import cli, ok, post, snapshot
 from tests.ledger.conftest import usage_event as usage
 from tokenledger.db import Database
 from tokenledger.ledger.reconcile import reconcile

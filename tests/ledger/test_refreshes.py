@@ -9,14 +9,8 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from tests.conftest import NOW, FixedClock
-from tests.ledger.conftest import (
-    Tenant,
-    credits_used_micro,
-    monthly_rows,
-    ok,
-    wait_until_blocked,
-)
+from tests.conftest import NOW, FixedClock, Tenant
+from tests.ledger.conftest import credits_used_micro, monthly_rows, ok, wait_until_blocked
 from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.ledger.reconcile import reconcile

@@ -16,9 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from tests.conftest import Tenant
 from tests.ledger.conftest import (
     LICENSE,
-    Tenant,
     cli,
     credits_used_micro,
     monthly_rows,

@@ -21,11 +21,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from tests.conftest import make_settings
+from tests.conftest import Tenant, make_settings
 from tests.ledger.conftest import (
     LICENSE,
     LONG_BACKFILL_DAYS,
-    Tenant,
     credits_used_micro,
     monthly_rows,
     ok,

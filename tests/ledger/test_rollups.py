@@ -10,7 +10,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.ledger.conftest import MONTHLY_FIELDS, Tenant, monthly_rows, ok
+from tests.conftest import Tenant
+from tests.ledger.conftest import MONTHLY_FIELDS, monthly_rows, ok
 from tokenledger.db import Database
 from tokenledger.ledger.reconcile import reconcile
 from tokenledger.usage.models import UsageDaily

@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event as sa_event
 from sqlalchemy import text
 
-from tests.ledger.conftest import Tenant, ok, snapshot
+from tests.conftest import Tenant
+from tests.ledger.conftest import ok, snapshot
 from tokenledger.db import Database
 
 LICENSE = {"valid_from": "2026-01-01T00:00:00Z", "credits_total": 10**6}

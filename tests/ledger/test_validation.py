@@ -9,19 +9,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import NOW, make_settings
+from tests.conftest import NOW, Tenant, key_bearer, make_settings, write
 from tests.factories import make_org
-from tests.ledger.conftest import (
-    Tenant,
-    bearer,
-    ok,
-    post,
-    rfc3339,
-    snapshot,
-    stored_events,
-    usage_event,
-    write,
-)
+from tests.ledger.conftest import ok, post, rfc3339, snapshot, stored_events, usage_event
 from tokenledger.app import create_app
 from tokenledger.auth.service import create_api_key
 from tokenledger.db import Database
@@ -125,8 +115,8 @@ def test_timestamps_in_the_future_or_too_old_are_refused(
     app = create_app(make_settings(database_url), clock=lambda: now)
     with write(database) as session:
         org = make_org(session, slug="clock")
-        _key, secret = create_api_key(session, "clock", "clock")
-    headers = bearer(secret)
+        _key, secret = create_api_key(session, "clock", "clock", actor=None)
+    headers = key_bearer(secret)
     with TestClient(app) as client:
         before = snapshot(database)
         for case, at in [
@@ -203,14 +193,14 @@ def test_body_over_max_body_bytes_is_413(database_url: str, database: Database) 
     app = create_app(make_settings(database_url, max_body_bytes=4096))
     with write(database) as session:
         make_org(session, slug="capped")
-        _key, secret = create_api_key(session, "capped", "capped")
+        _key, secret = create_api_key(session, "capped", "capped", actor=None)
     small = [event(f"s{i}") for i in range(5)]
     large = [event(f"l{i}") for i in range(60)]
     with TestClient(app) as client:
-        response = post(client, bearer(secret), *large)
+        response = post(client, key_bearer(secret), *large)
         assert response.status_code == 413, response.text
         assert snapshot(database).events == 0
-        ok(client, bearer(secret), *small)
+        ok(client, key_bearer(secret), *small)
     assert snapshot(database).events == 5
 
 
@@ -269,8 +259,8 @@ def test_a_retry_of_a_stored_event_is_a_duplicate_even_past_the_age_limit(
     """Idempotency wins over age: a client that was offline long gets `duplicate`, not 422."""
     with write(database) as session:
         make_org(session, slug="offline")
-        _key, secret = create_api_key(session, "offline", "offline")
-    headers = bearer(secret)
+        _key, secret = create_api_key(session, "offline", "offline", actor=None)
+    headers = key_bearer(secret)
     sent_at = "2026-10-20T12:00:00Z"  # 29 days before NOW
     stored = event("kept", timestamp=sent_at)
     # Stored while young enough (a 30-day limit) ...

@@ -68,7 +68,7 @@ def new_tenant(database: Database, **license: Any) -> Tenant:
     with database.session(write=True) as session:
         org = make_org(session)
         made = make_license(session, org, **license)
-        _key, secret = create_api_key(session, "operations tests", org.slug)
+        _key, secret = create_api_key(session, "operations tests", org.slug, actor=None)
         return Tenant(org.id, org.slug, secret, made.id)
 
 

@@ -15,8 +15,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.conftest import make_settings
 from tests.operations.conftest import Server, new_tenant
+from tokenledger.alerts.schemas import WebhookCreate
 from tokenledger.alerts.webhooks import create_webhook
 from tokenledger.app import create_app
+from tokenledger.audit.service import Operator
 from tokenledger.db import utcnow
 
 
@@ -109,7 +111,12 @@ def test_metrics_add_up_every_worker(database_url, database, server_root, tmp_pa
 
 def test_outbox_depth_and_oldest_pending_age(database_url, database):
     with database.session(write=True) as session:
-        create_webhook(session, "http://127.0.0.1:9/hook", "", allow_private=True)
+        create_webhook(
+            session,
+            WebhookCreate(url="http://127.0.0.1:9/hook"),
+            actor=Operator("tests"),
+            allow_private=True,
+        )
     tenant = new_tenant(
         database, credits_total=Decimal(1), cost_per_credit=Decimal("0.001"), valid_from=utcnow()
     )

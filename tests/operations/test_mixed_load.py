@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import add_admin, bearer
+from tests.conftest import add_admin, admin_bearer
 from tests.operations.conftest import Server, Tenant, new_tenant
 from tokenledger.db import Database
 from tokenledger.ledger.reconcile import reconcile
@@ -54,7 +54,7 @@ def _event(event_id: str, n: int) -> dict[str, object]:
 
 def test_mixed_load_with_a_kill_midway(database: Database, server_root: Path) -> None:
     tenants = [new_tenant(database, valid_from=datetime(2026, 1, 1, tzinfo=UTC)) for _ in range(4)]
-    admin = bearer(add_admin(database, "load@example.com"))
+    admin = admin_bearer(add_admin(database, "load@example.com"))
     server = Server(database.url, server_root, workers=2)
     server.start()
 

@@ -20,7 +20,9 @@ from sqlalchemy import func, select
 
 from tests.operations.conftest import Server, new_tenant
 from tokenledger.alerts.models import Alert, WebhookDelivery
+from tokenledger.alerts.schemas import WebhookCreate
 from tokenledger.alerts.webhooks import create_webhook
+from tokenledger.audit.service import Operator
 from tokenledger.db import Database, utcnow
 
 TENANTS = 8
@@ -87,7 +89,12 @@ def _delivered(database: Database) -> tuple[int, int]:
 
 def test_kill_9_during_deliveries_loses_no_alert(database_url, database, server_root, receiver):
     with database.session(write=True) as session:
-        hook = create_webhook(session, receiver.url, "crash test", allow_private=True)
+        hook = create_webhook(
+            session,
+            WebhookCreate(url=receiver.url, description="crash test"),
+            actor=Operator("tests"),
+            allow_private=True,
+        )
         secret = hook.secret
     # $0.0045 an event against 1 credit of $0.001 and a $0.001 budget: all four alerts.
     tenants = [

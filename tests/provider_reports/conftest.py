@@ -42,7 +42,7 @@ def orgs(database: Database) -> dict[str, Any]:
     with database.session(write=True) as session:
         acme = make_org(session, name="Acme", slug="acme")
         beta = make_org(session, name="Beta", slug="beta")
-        _key, secret = create_api_key(session, "service", None)
+        _key, secret = create_api_key(session, "service", None, actor=None)
         return {"acme": acme.id, "beta": beta.id, "key": {"Authorization": f"Bearer {secret}"}}
 
 

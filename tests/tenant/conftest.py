@@ -12,8 +12,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.admin.conftest import Tenant, event, ingest, make_tenant, service_key  # noqa: F401
-from tests.conftest import FixedClock, make_settings
+from tests.admin.conftest import event, ingest, service_key  # noqa: F401
+from tests.conftest import (
+    FixedClock,
+    Tenant,
+    make_settings,
+)
 from tokenledger.app import create_app
 from tokenledger.config import Settings
 
@@ -64,7 +68,7 @@ def a_license() -> dict[str, Any]:
 
 
 @pytest.fixture
-def pair(client: Any, make_tenant: Any) -> Pair:  # noqa: F811
+def pair(client: Any, make_tenant: Any) -> Pair:
     a = make_tenant(license=a_license(), name="Alpha Tenant GmbH", slug="alpha")
     b = make_tenant(
         license={**a_license(), "token_budget_usd": Decimal(5000), "credits_total": Decimal(10**6)},

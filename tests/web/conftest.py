@@ -154,10 +154,6 @@ def csrf_of(html: str) -> str:
     return match.group(1)
 
 
-# The admin tests' tenants (an organization, a license, an ingest key) serve here too.
-from tests.admin.conftest import make_tenant  # noqa: E402, F401
-
-
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say where the browser tests left their screenshots."""
     from tests.web import test_browser

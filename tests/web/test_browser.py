@@ -75,7 +75,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     runner.upgrade(database.engine)
     with database.session(write=True) as session:
         load_demo_data(session, settings)
-        _key, secret = create_api_key(session, "browser test", None)
+        _key, secret = create_api_key(session, "browser test", None, actor=None)
     add_admin(database, "admin@example.com", "admin")
     add_admin(database, "viewer@example.com", "viewer")
     port = free_port()

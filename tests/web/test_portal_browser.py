@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
-from tests.conftest import add_admin, bearer, make_settings, serving
+from tests.conftest import add_admin, admin_bearer, make_settings, serving
 from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS, Watch, _need_browser
 from tokenledger.app import create_app
 from tokenledger.db import Database
@@ -108,7 +108,7 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
         org_id = session.scalar(
             select(Organization.id).where(Organization.slug == "hafenstadt-logistik")
         )
-    admin = bearer(add_admin(database, "admin@example.com", "admin"))
+    admin = admin_bearer(add_admin(database, "admin@example.com", "admin"))
     try:
         with serving(create_app(settings)) as base:
             response = httpx.post(f"{base}/api/organizations/{org_id}/portal-links", headers=admin)

@@ -2,68 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 
 from tokenledger.alerts import service, webhooks
 from tokenledger.alerts.models import Webhook
-from tokenledger.audit import service as audit
+from tokenledger.alerts.schemas import (
+    AlertRead,
+    AlertWithDeliveries,
+    DeliveryRead,
+    WebhookCreate,
+    WebhookCreated,
+    WebhookRead,
+)
 from tokenledger.db import MAX_ROW_ID
 from tokenledger.deps import Admin, AppSettings, RowId, Session, Viewer
-from tokenledger.errors import not_found
-from tokenledger.schemas import PRINTABLE, InputModel, Limit, Offset, Page, QueryText
+from tokenledger.schemas import Limit, Offset, Page, QueryText
 
 router = APIRouter(tags=["alerts"])
-
-
-class AlertRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    type: str
-    # None for an alert of no organization (provider.drift: a provider's UTC day).
-    organization_id: int | None
-    license_id: int | None
-    period: str
-    details: dict[str, Any] | None
-    created_at: datetime
-    rearmed_at: datetime | None = None
-
-
-class DeliveryRead(BaseModel):
-    webhook_id: int
-    url: str
-    status: str
-    attempts: int
-    last_status_code: int | None
-    last_error: str | None
-    delivered_at: datetime | None
-
-
-class AlertWithDeliveries(AlertRead):
-    deliveries: list[DeliveryRead]
-
-
-class WebhookCreate(InputModel):
-    url: str = Field(min_length=8, max_length=2000, pattern=PRINTABLE)
-    description: str = Field(default="", max_length=500, pattern=PRINTABLE)
-
-
-class WebhookRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    url: str
-    description: str
-    active: bool
-    created_at: datetime
-
-
-class WebhookCreated(WebhookRead):
-    secret: str
 
 
 @router.get("/api/alerts")
@@ -100,8 +58,6 @@ def list_alerts(
 
 @router.get("/api/webhooks")
 def list_webhooks(session: Session, _viewer: Viewer) -> list[WebhookRead]:
-    from sqlalchemy import select
-
     rows = session.scalars(select(Webhook).order_by(Webhook.id)).all()
     return [WebhookRead.model_validate(row) for row in rows]
 
@@ -111,16 +67,7 @@ def create_webhook(
     data: WebhookCreate, session: Session, admin: Admin, settings: AppSettings
 ) -> WebhookCreated:
     hook = webhooks.create_webhook(
-        session, data.url, data.description, settings.webhooks_allow_private
-    )
-    audit.record_change(
-        session,
-        admin,
-        "webhook.create",
-        "webhook",
-        hook.id,
-        before=None,
-        after={"url": hook.url, "description": hook.description},
+        session, data, actor=admin, allow_private=settings.webhooks_allow_private
     )
     return WebhookCreated.model_validate(
         {**WebhookRead.model_validate(hook).model_dump(), "secret": hook.secret}
@@ -129,19 +76,5 @@ def create_webhook(
 
 @router.delete("/api/webhooks/{webhook_id}", status_code=204)
 def delete_webhook(webhook_id: RowId, session: Session, admin: Admin) -> Response:
-    hook = session.get(Webhook, webhook_id)
-    if hook is None:
-        raise not_found("webhook", webhook_id)
-    before = {"url": hook.url, "description": hook.description}
-    session.delete(hook)
-    session.flush()
-    audit.record_change(
-        session,
-        admin,
-        "webhook.delete",
-        "webhook",
-        webhook_id,
-        before=before,
-        after=None,
-    )
+    webhooks.delete_webhook(session, webhook_id, actor=admin)
     return Response(status_code=204)

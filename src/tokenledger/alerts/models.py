@@ -20,20 +20,14 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from tokenledger.db import Base, BigId, UTCDateTime, utcnow
 
-ALERT_TYPES = (
-    "budget.warning",
-    "budget.exhausted",
-    "credits.warning",
-    "credits.exhausted",
-    "budget.forecast",
-    "provider.drift",
-)
-
-
 ARMED = text("rearmed_at IS NULL")
 
 
 class Alert(Base):
+    """A threshold crossed: budget.warning, budget.exhausted, budget.forecast,
+    credits.warning or credits.exhausted, once per license and period while armed; or
+    provider.drift, a provider's bill apart from the ledger (no organization)."""
+
     __tablename__ = "alerts"
     # Once per license, threshold and period while armed: insert-or-skip against this
     # index. A change of the license's limits that brings its use back below a threshold

@@ -21,8 +21,10 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from tokenledger.alerts.models import Webhook, WebhookDelivery
-from tokenledger.db import Database, utcnow
-from tokenledger.errors import DomainError
+from tokenledger.alerts.schemas import WebhookCreate
+from tokenledger.audit import service as audit
+from tokenledger.db import MAX_ROW_ID, Database, utcnow
+from tokenledger.errors import DomainError, not_found
 
 log = logging.getLogger("tokenledger.webhooks")
 
@@ -162,12 +164,42 @@ def pinned_request(
     return pinned, {"Host": host_header}, extensions
 
 
-def create_webhook(session: Session, url: str, description: str, allow_private: bool) -> Webhook:
-    check_target(url, allow_private)
-    hook = Webhook(url=url, secret=new_secret(), description=description)
+def create_webhook(
+    session: Session, data: WebhookCreate, *, actor: audit.Actor, allow_private: bool
+) -> Webhook:
+    """A new webhook, audited; a target refused (check_target) writes nothing."""
+    check_target(data.url, allow_private)
+    hook = Webhook(url=data.url, secret=new_secret(), description=data.description)
     session.add(hook)
     session.flush()
+    audit.record_change(
+        session,
+        actor,
+        "webhook.create",
+        "webhook",
+        hook.id,
+        before=None,
+        after={"url": hook.url, "description": hook.description},
+    )
     return hook
+
+
+def get_webhook(session: Session, webhook_id: int) -> Webhook:
+    hook = session.get(Webhook, webhook_id) if 1 <= webhook_id <= MAX_ROW_ID else None
+    if hook is None:
+        raise not_found("webhook", webhook_id)
+    return hook
+
+
+def delete_webhook(session: Session, webhook_id: int, *, actor: audit.Actor) -> None:
+    """Delete a webhook, audited."""
+    hook = get_webhook(session, webhook_id)
+    before = {"url": hook.url, "description": hook.description}
+    session.delete(hook)
+    session.flush()
+    audit.record_change(
+        session, actor, "webhook.delete", "webhook", webhook_id, before=before, after=None
+    )
 
 
 def send_test(hook: Webhook, allow_private: bool) -> tuple[int | None, str | None]:

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-# Cacheable like /static/ (middleware.CACHEABLE_PREFIXES), apart from the UI's files.
+# Cacheable like /static/ (headers.CACHEABLE_PREFIXES), apart from the UI's files.
 ASSETS_PREFIX = "/docs/assets/"
 VENDOR_PREFIX = ASSETS_PREFIX + "vendor"
 OWN_PREFIX = ASSETS_PREFIX + "own"

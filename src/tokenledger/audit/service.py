@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import func, select
@@ -56,13 +57,21 @@ def list_entries(
 
 
 class Actor(Protocol):
-    """Whoever made a change through the API: an admin principal."""
+    """Whoever made a change: an admin principal (API, pages) or an Operator."""
 
     @property
     def email(self) -> str: ...
 
     @property
-    def address(self) -> str: ...
+    def address(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """An actor that is not a signed-in admin: the command line ("cli"), demo data."""
+
+    email: str
+    address: str | None = None
 
 
 def record_change(
@@ -75,7 +84,7 @@ def record_change(
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
 ) -> None:
-    """record() for a change made by an admin through the API; a no-op change is not one."""
+    """record() for a change made by an actor; a no-op change is not one."""
     if before is not None and before == after:
         return
     record(

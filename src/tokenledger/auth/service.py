@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from tokenledger.audit import service as audit
 from tokenledger.auth.models import ROLES, AdminUser, ApiKey, LoginAttempt
 from tokenledger.auth.passwords import hash_password, password_problem, verify_password
 from tokenledger.db import MAX_ROW_ID, utcnow
@@ -24,7 +25,11 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
-def create_admin(session: Session, email: str, password: str, role: str = "admin") -> AdminUser:
+def create_admin(
+    session: Session, email: str, password: str, role: str = "admin", *, actor: audit.Actor | None
+) -> AdminUser:
+    """A new account, audited (actor None: the first admin, which nobody creates, and test
+    fixtures); a refusal writes nothing."""
     email = normalize_email(email)
     if "@" not in email or len(email) > EMAIL_MAX_LENGTH:
         raise DomainError(422, "invalid_email", f"not an email address: {email!r}")
@@ -38,6 +43,16 @@ def create_admin(session: Session, email: str, password: str, role: str = "admin
     user = AdminUser(email=email, password_hash=hash_password(password), role=role)
     session.add(user)
     session.flush()
+    if actor is not None:
+        audit.record_change(
+            session,
+            actor,
+            "admin_user.create",
+            "admin_user",
+            user.id,
+            before=None,
+            after={"email": user.email, "role": user.role},
+        )
     return user
 
 
@@ -110,8 +125,11 @@ def _hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_api_key(session: Session, name: str, org_slug: str | None) -> tuple[ApiKey, str]:
-    """A new ingest key; the secret is returned once and only its hash is stored."""
+def create_api_key(
+    session: Session, name: str, org_slug: str | None, *, actor: audit.Actor | None
+) -> tuple[ApiKey, str]:
+    """A new ingest key, audited (actor None: test fixtures and demo data); the secret is
+    returned once and only its hash is stored. A refusal writes nothing."""
     name = name.strip()
     if not name or len(name) > 200:
         raise DomainError(422, "invalid_name", "an API key needs a name of at most 200 characters")
@@ -130,6 +148,16 @@ def create_api_key(session: Session, name: str, org_slug: str | None) -> tuple[A
     )
     session.add(key)
     session.flush()
+    if actor is not None:
+        audit.record_change(
+            session,
+            actor,
+            "api_key.create",
+            "api_key",
+            key.id,
+            before=None,
+            after={"name": key.name, "organization": org_slug},
+        )
     return key, secret
 
 
@@ -140,12 +168,22 @@ def list_api_keys(session: Session, organization_id: int | None = None) -> list[
     return list(session.scalars(query).all())
 
 
-def revoke_api_key(session: Session, key_id: int) -> ApiKey:
+def revoke_api_key(session: Session, key_id: int, *, actor: audit.Actor, now: datetime) -> ApiKey:
+    """Revoke an ingest key, audited; revoking it again changes nothing."""
     key = session.get(ApiKey, key_id) if 1 <= key_id <= MAX_ROW_ID else None
     if key is None:
         raise DomainError(404, "api_key_not_found", f"no API key with id {key_id}")
     if key.revoked_at is None:
-        key.revoked_at = utcnow()
+        key.revoked_at = now
+    audit.record_change(
+        session,
+        actor,
+        "api_key.revoke",
+        "api_key",
+        key.id,
+        before={"revoked": False},
+        after={"revoked": True},
+    )
     return key
 
 
@@ -167,15 +205,26 @@ def list_admins(session: Session) -> list[AdminUser]:
     return list(session.scalars(select(AdminUser).order_by(AdminUser.email)).all())
 
 
-def set_disabled(session: Session, user_id: int, disabled: bool) -> AdminUser:
-    """Disable an account (its sessions end at once) or enable it again."""
+def set_disabled(
+    session: Session, user_id: int, disabled: bool, *, actor: audit.Actor, now: datetime
+) -> AdminUser:
+    """Disable an account (its sessions end at once) or enable it again, audited."""
     user = session.get(AdminUser, user_id) if 1 <= user_id <= MAX_ROW_ID else None
     if user is None:
         raise DomainError(404, "admin_not_found", f"no admin user with id {user_id}")
     if disabled and user.disabled_at is None:
-        user.disabled_at = utcnow()
+        user.disabled_at = now
         user.token_version += 1
     elif not disabled:
         user.disabled_at = None
     session.flush()
+    audit.record_change(
+        session,
+        actor,
+        "admin_user.disable" if disabled else "admin_user.enable",
+        "admin_user",
+        user.id,
+        before={"disabled": not disabled},
+        after={"disabled": disabled},
+    )
     return user

@@ -2,61 +2,54 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, StrictInt, StrictStr, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from tokenledger.auth.service import touch_api_key
-from tokenledger.budgets import service
+from tokenledger.budgets import changes, service
+from tokenledger.budgets.schemas import (
+    BudgetStateRead,
+    BudgetUpdate,
+    ReservationCreate,
+    ReservationRead,
+)
 from tokenledger.config import Settings
-from tokenledger.deps import AppSettings, IngestKey, Now, Session, UsageKey, get_database, get_hot
-from tokenledger.errors import DomainError
-from tokenledger.ledger.api import organization_for_key, organization_ref_for_key
-from tokenledger.money import format_usd, usd_to_nano
-from tokenledger.pricing.engine import TokenUsage
-from tokenledger.pricing.overrides import price_book
-from tokenledger.schemas import ORGANIZATION_RULE, PRINTABLE, InputModel, PathText, Text
-from tokenledger.usage.schemas import BudgetStateRead, TokenCount, UsdInput
+from tokenledger.deps import (
+    Admin,
+    AppSettings,
+    IngestKey,
+    Now,
+    RowId,
+    Session,
+    UsageKey,
+    get_database,
+    get_hot,
+)
+from tokenledger.licenses import service as licenses
+from tokenledger.money import format_usd
+from tokenledger.organizations import refs
+from tokenledger.schemas import ORGANIZATION_RULE, PRINTABLE, PathText
 
 router = APIRouter(prefix="/api/v1", tags=["budgets"])
+# The origin's budget route (admin), beside the other /api/token-usage routes in the docs.
+admin_router = APIRouter(tags=["token-usage"])
 
 
-class ReservationCreate(InputModel):
-    """Give max_cost_usd, or model with max_input_tokens and/or max_output_tokens (the
-    model's price then estimates the hold), not both (422 otherwise)."""
-
-    organization: Text | StrictInt | None = Field(default=None, description=ORGANIZATION_RULE)
-    max_cost_usd: UsdInput | None = None
-    # Inferred from the model when not given, as for usage events.
-    provider: StrictStr | None = Field(default=None, min_length=1, max_length=64, pattern=PRINTABLE)
-    model: StrictStr | None = Field(default=None, min_length=1, max_length=128, pattern=PRINTABLE)
-    max_input_tokens: TokenCount | None = None
-    max_output_tokens: TokenCount | None = None
-    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=86_400)] | None = None
-
-    @model_validator(mode="after")
-    def _amount_given(self) -> ReservationCreate:
-        by_model = self.model is not None
-        if self.max_cost_usd is None and not by_model:
-            raise ValueError("give max_cost_usd, or model with max_input_tokens/max_output_tokens")
-        if self.max_cost_usd is not None and by_model:
-            raise ValueError("give either max_cost_usd or a model estimate, not both")
-        if by_model and self.max_input_tokens is None and self.max_output_tokens is None:
-            raise ValueError("a model estimate needs max_input_tokens or max_output_tokens")
-        return self
-
-
-class ReservationRead(BaseModel):
-    id: str
-    organization: str
-    status: str
-    amount_usd: str
-    expires_at: datetime
-    budget: BudgetStateRead
+@admin_router.put("/api/token-usage/budget/{license_id}")
+def update_budget(
+    license_id: RowId,
+    data: BudgetUpdate,
+    session: Session,
+    admin: Admin,
+    settings: AppSettings,
+    now: Now,
+) -> dict[str, bool]:
+    lic = licenses.get(session, license_id, for_update=True)
+    changes.change_budget(session, lic, data, actor=admin, tz=settings.timezone, now=now)
+    return {"ok": True}
 
 
 @router.get("/budget", response_model=BudgetStateRead)
@@ -77,8 +70,8 @@ async def get_budget(
     settings: Settings = request.app.state.settings
     database = get_database(request)
     hot = get_hot(request)
-    org = organization_ref_for_key(hot, key, organization)
-    licenses = {org.id: hot.licenses(org.id)}
+    org = refs.for_key(hot.organizations, key.organization_id, organization)
+    terms = {org.id: hot.licenses(org.id)}
 
     def read() -> dict[str, Any]:
         if key.touch_due:
@@ -86,7 +79,7 @@ async def get_budget(
                 touch_api_key(touch, key.key_id, now)
         with database.single_read() as connection:
             return service.budget_states(
-                connection, [org], settings.timezone, now, forecast=True, licenses=licenses
+                connection, [org], settings.timezone, now, forecast=True, licenses=terms
             )[0]
 
     if key.touch_due or database.dialect_name != "sqlite":
@@ -98,33 +91,12 @@ async def get_budget(
     return JSONResponse(state)
 
 
-def _estimate_nano(session: Session, data: ReservationCreate, now: datetime) -> int:
-    if data.max_cost_usd is not None:
-        return usd_to_nano(data.max_cost_usd)
-    assert data.model is not None
-    book = price_book(session)
-    provider = data.provider or book.provider_for(data.model) or "unknown"
-    quote = book.quote(
-        provider.lower(),
-        data.model,
-        TokenUsage(
-            input_tokens=data.max_input_tokens or 0, output_tokens=data.max_output_tokens or 0
-        ),
-        now,
-    )
-    if quote is None:
-        raise DomainError(
-            422, "unpriced_model", f"cannot price {provider}/{data.model}: give max_cost_usd"
-        )
-    return quote.cost_nano
-
-
 @router.post("/reservations", status_code=201)
 def create_reservation(
     data: ReservationCreate, session: Session, key: IngestKey, settings: AppSettings, now: Now
 ) -> ReservationRead:
-    org = organization_for_key(session, key, data.organization)
-    amount = _estimate_nano(session, data, now)
+    org = refs.organization_for_key(session, key.organization_id, data.organization)
+    amount = service.hold_amount_nano(session, data, now)
     ttl = data.ttl_seconds or settings.reservation_ttl_seconds
     reservation, state = service.create_reservation(
         session, org, amount, ttl, settings.timezone, now

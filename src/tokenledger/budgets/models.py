@@ -9,10 +9,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from tokenledger.db import Base, UTCDateTime, utcnow
 
-RESERVATION_STATUSES = ("held", "settled", "released", "expired")
-
 
 class Reservation(Base):
+    """A hold: status held, then settled, released or expired."""
+
     __tablename__ = "reservations"
     __table_args__ = (
         Index("ix_reservations_license_status", "license_id", "status"),

@@ -18,19 +18,24 @@ from sqlalchemy import Connection, Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from tokenledger.budgets.models import Reservation
+from tokenledger.budgets.schemas import ReservationCreate
 from tokenledger.errors import DomainError, not_found
 from tokenledger.licenses.models import License, LicenseTerms
 from tokenledger.licenses.service import terms_in_force
 from tokenledger.money import (
     INT64_MAX,
     credits_for_cost,
+    credits_value_nano,
     divide_half_even,
     format_credits,
     format_usd,
+    usd_to_nano,
 )
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.periods import month_bounds, month_of
+from tokenledger.pricing.engine import TokenUsage
+from tokenledger.pricing.overrides import price_book
 from tokenledger.usage.models import LicenseUsage, UsageDaily
 
 FORECAST_DAYS = 7
@@ -98,7 +103,7 @@ class Figures:
             candidates.append(self.usd_limit - self.usd_committed)
         if self.credit_limit is not None:
             credits_left = self.credit_limit - self.credits_committed
-            candidates.append(credits_left * self.license.cost_per_credit_nano // 10**6)
+            candidates.append(credits_value_nano(credits_left, self.license.cost_per_credit_nano))
         return max(0, min(candidates)) if candidates else None
 
 
@@ -256,12 +261,13 @@ class OrgLike(Protocol):
 
 
 def governing(licenses: Iterable[Terms], now: datetime) -> tuple[Terms | None, bool]:
-    """The active license in force now, or (None, suspended?) when there is none.
+    """The governing license: the newest active license in force now, or (None, suspended?)
+    when there is none (suspended: a suspended license stands in the way).
 
-    `licenses`: an organization's active and suspended licenses, newest first.
+    `licenses`: an organization's licenses, in any order, of any status.
     """
     suspended = False
-    for lic in licenses:
+    for lic in sorted(licenses, key=lambda lic: -lic.id):
         if lic.status != "active":
             suspended = suspended or lic.status == "suspended"
             continue
@@ -451,6 +457,28 @@ def _after(now: datetime, days: Decimal) -> datetime:
     return now + timedelta(microseconds=microseconds)
 
 
+def hold_amount_nano(session: Session, data: ReservationCreate, now: datetime) -> int:
+    """What a hold reserves: the amount given, or the model's price of the most tokens."""
+    if data.max_cost_usd is not None:
+        return usd_to_nano(data.max_cost_usd)
+    assert data.model is not None
+    book = price_book(session)
+    provider = data.provider or book.provider_for(data.model) or "unknown"
+    quote = book.quote(
+        provider.lower(),
+        data.model,
+        TokenUsage(
+            input_tokens=data.max_input_tokens or 0, output_tokens=data.max_output_tokens or 0
+        ),
+        now,
+    )
+    if quote is None:
+        raise DomainError(
+            422, "unpriced_model", f"cannot price {provider}/{data.model}: give max_cost_usd"
+        )
+    return quote.cost_nano
+
+
 def create_reservation(
     session: Session, org: Organization, amount_nano: int, ttl_seconds: int, tz: Any, now: datetime
 ) -> tuple[Reservation, dict[str, Any]]:
@@ -493,7 +521,7 @@ def hold(
             .execution_options(populate_existing=True)
         ).all()
     )
-    lic, suspended = governing(sorted(licenses, key=lambda x: -x.id), now)
+    lic, suspended = governing(licenses, now)
     if lic is None and suspended:
         raise DomainError(402, "license_suspended", "the organization's license is suspended")
     if lic is not None and lic.enforcement == "hard" and amount_nano is None:

@@ -100,7 +100,7 @@ class AsyncTokenLedgerClient(ClientCore[httpx.AsyncClient]):
             api_calls=api_calls,
             service_tier=service_tier,
         )
-        pending = await self._blocking_io(self._ledger.add, event)
+        pending = await self._blocking_io(self._unsettled.add, event)
         self._start()
         if pending >= self.batch_size:
             if self._task is not None:
@@ -116,8 +116,8 @@ class AsyncTokenLedgerClient(ClientCore[httpx.AsyncClient]):
 
     async def close(self) -> FlushReport:
         """Stop the background task, flush what is left, and release the connection."""
-        if not self._ledger.close():
-            return FlushReport(pending=self._ledger.pending)
+        if not self._unsettled.close():
+            return FlushReport(pending=self._unsettled.pending)
         self._stop.set()
         self._wake.set()
         if self._task is not None:
@@ -149,28 +149,28 @@ class AsyncTokenLedgerClient(ClientCore[httpx.AsyncClient]):
 
     def _start(self) -> None:
         # Started from a coroutine, not __init__: a task needs the running loop.
-        if self._task is None and self.flush_interval is not None and not self._ledger.closed:
+        if self._task is None and self.flush_interval is not None and not self._unsettled.closed:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="tokenledger-flush"
             )
 
     async def _blocking_io(self, function: Callable[[Event], T], event: Event) -> T:
         # Spool writes fsync; keep them off the event loop.
-        if self._ledger.spool is None:
+        if self._unsettled.spool is None:
             return function(event)
         return await asyncio.to_thread(function, event)
 
     async def _flush(self, stop: asyncio.Event | None) -> FlushReport:
-        batches = self._ledger.batches(self.batch_size)
+        batches = self._unsettled.batches(self.batch_size)
         if not batches:
             return FlushReport()
         outcome = await self._drive(flush_steps(batches, self._policy), stop)
         return await self._settle(outcome)
 
     async def _settle(self, outcome: FlushOutcome) -> FlushReport:
-        if self._ledger.spool is None and self._ledger.dead_letters is None:
-            return self._ledger.settle(outcome)
-        return await asyncio.to_thread(self._ledger.settle, outcome)
+        if self._unsettled.spool is None and self._unsettled.dead_letters is None:
+            return self._unsettled.settle(outcome)
+        return await asyncio.to_thread(self._unsettled.settle, outcome)
 
     async def _run(self) -> None:
         interval = cast(float, self.flush_interval)

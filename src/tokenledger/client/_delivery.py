@@ -338,7 +338,7 @@ def flush_steps(batches: Iterable[Sequence[Event]], policy: RetryPolicy) -> Step
     return outcome
 
 
-class Ledger:
+class Unsettled:
     """Events recorded and not yet settled: in memory, and with a spool on disk too."""
 
     def __init__(self, spool_path: str | Path | None, dead_letter_path: str | Path | None) -> None:
@@ -487,7 +487,7 @@ def reply_of(status: int, body: bytes, retry_after: str | None) -> Reply:
 
 
 class ClientCore(Generic[H]):
-    """What both clients share: the options, the retry policy, the connection, the ledger."""
+    """What both clients share: options, retry policy, connection, unsettled events."""
 
     _http: H
 
@@ -514,8 +514,8 @@ class ClientCore(Generic[H]):
             timeout=timeout,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
         )
-        self._ledger = Ledger(spool_path, dead_letter_path)
-        self._ledger.replay()
+        self._unsettled = Unsettled(spool_path, dead_letter_path)
+        self._unsettled.replay()
         self._setup()
 
     def _connect(self, *, base_url: str, timeout: float, headers: dict[str, str]) -> H:
@@ -523,16 +523,16 @@ class ClientCore(Generic[H]):
         raise NotImplementedError
 
     def _setup(self) -> None:
-        """The client's own state, once the ledger replayed the spool."""
+        """The client's own state, once the unsettled events were replayed from the spool."""
 
     @property
     def pending(self) -> int:
         """Events recorded and not yet acknowledged (or dead-lettered)."""
-        return self._ledger.pending
+        return self._unsettled.pending
 
     def _log_lost(self, report: FlushReport) -> None:
         """On close: without a spool, what is still pending is lost."""
-        if report.pending and self._ledger.spool is None:
+        if report.pending and self._unsettled.spool is None:
             log.error(
                 "closed with %d undelivered events and no spool: they are lost", report.pending
             )

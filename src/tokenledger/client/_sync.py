@@ -97,7 +97,7 @@ class TokenLedgerClient(ClientCore[httpx.Client]):
             api_calls=api_calls,
             service_tier=service_tier,
         )
-        if self._ledger.add(event) >= self.batch_size:
+        if self._unsettled.add(event) >= self.batch_size:
             if self._thread is not None:
                 self._wake.set()
             else:
@@ -111,8 +111,8 @@ class TokenLedgerClient(ClientCore[httpx.Client]):
 
     def close(self) -> FlushReport:
         """Stop the background thread, flush what is left, and release the connection."""
-        if not self._ledger.close():
-            return FlushReport(pending=self._ledger.pending)
+        if not self._unsettled.close():
+            return FlushReport(pending=self._unsettled.pending)
         atexit.unregister(self.close)
         self._stop.set()
         self._wake.set()
@@ -144,11 +144,11 @@ class TokenLedgerClient(ClientCore[httpx.Client]):
         return result_of(self._drive(send_with_retries(request, self._policy), None))
 
     def _flush(self, policy: RetryPolicy, stop: threading.Event | None) -> FlushReport:
-        batches = self._ledger.batches(self.batch_size)
+        batches = self._unsettled.batches(self.batch_size)
         if not batches:
             return FlushReport()
         outcome = self._drive(flush_steps(batches, policy), stop)
-        return self._ledger.settle(outcome)
+        return self._unsettled.settle(outcome)
 
     def _run(self) -> None:
         interval = cast(float, self.flush_interval)

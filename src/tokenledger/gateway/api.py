@@ -27,9 +27,9 @@ from tokenledger.gateway.proxy import (
     record,
     upstream_headers,
 )
-from tokenledger.ledger.api import organization_ref_for_key
 from tokenledger.middleware import PARSED_JSON
 from tokenledger.ops import Metrics
+from tokenledger.organizations import refs
 from tokenledger.schemas import PRINTABLE
 from tokenledger.usage.schemas import MAX_METADATA_BYTES
 
@@ -111,7 +111,9 @@ async def forward(request: Request, provider: Provider, api: str, path: str) -> 
     try:
         secret = request.headers.get("x-api-key", "").strip() or bearer_token(request)
         key = await key_principal(request, secret, now)
-        org = organization_ref_for_key(ledger.hot, key, request.headers.get(ORGANIZATION_HEADER))
+        org = refs.for_key(
+            ledger.hot.organizations, key.organization_id, request.headers.get(ORGANIZATION_HEADER)
+        )
         refresh_id, metadata = _optional_headers(request)
         provider_key = provider.api_key(settings)
         if not provider_key:

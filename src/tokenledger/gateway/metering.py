@@ -21,7 +21,7 @@ from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.errors import DomainError
 from tokenledger.hot import HotReads
-from tokenledger.ledger import ingest
+from tokenledger.ledger import ingest, prices
 from tokenledger.ledger.service import UsageAnswer
 from tokenledger.ledger.writer import UsageWriter
 from tokenledger.money import NANO_PER_USD
@@ -264,4 +264,4 @@ def _mark_incomplete(row: dict[str, Any]) -> None:
     row["unpriced_units"] = ",".join([*units, INCOMPLETE_UNIT])
     if row["pricing"] in ("priced", "provided"):
         row["pricing"] = "partially_priced"
-    row["price_key"] = ingest.price_fingerprint(row)
+    row["price_key"] = prices.price_fingerprint(row)

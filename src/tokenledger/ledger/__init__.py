@@ -1,1 +1,3 @@
-"""The write path: ingest, store, roll up, credits, holds settled, alerts, reprice, reconcile."""
+"""The write path: prepare, store, roll up, credits, holds settled, alerts, reprice, reconcile;
+no reports.
+"""

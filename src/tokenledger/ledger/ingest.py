@@ -21,19 +21,19 @@ import hashlib
 import json
 import operator
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, or_, select, text
+from sqlalchemy import Table, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from tokenledger.config import Settings
-from tokenledger.db import MAX_ROW_ID, execute_rows, insert_for, to_micros
+from tokenledger.db import execute_rows, insert_for, to_micros
 from tokenledger.errors import DomainError
-from tokenledger.hot import OrgRef
 from tokenledger.ledger import providers
+from tokenledger.ledger.prices import assign_price_ids, price_fields, price_fingerprint
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import License, LicenseTerms
 from tokenledger.money import (
@@ -44,9 +44,10 @@ from tokenledger.money import (
     format_usd,
     usd_to_nano,
 )
-from tokenledger.organizations.models import Organization
+from tokenledger.organizations import refs
+from tokenledger.organizations.refs import OrgRef
 from tokenledger.periods import day_of, month_of
-from tokenledger.pricing.engine import PriceBook, PriceQuote, UsageError
+from tokenledger.pricing.engine import PriceBook, UsageError
 from tokenledger.usage.models import (
     INCOMPLETE_PRICING,
     LICENSE_USAGE_FIELDS,
@@ -55,7 +56,6 @@ from tokenledger.usage.models import (
     TokenUsageMonthly,
     UsageDaily,
     UsageEvent,
-    UsagePrice,
 )
 from tokenledger.usage.schemas import UsageBatch, UsageEventIn
 
@@ -64,7 +64,6 @@ MAX_EVENT_NANO = usd_to_nano(MAX_EVENT_USD)
 _EVENTS = UsageEvent.__table__
 
 # Organizations by slug and by id, for the references given: (by_slug, by_id).
-OrganizationLookup = Callable[[set[str], set[int]], tuple[dict[str, OrgRef], dict[int, OrgRef]]]
 Key = tuple[int, str]
 
 
@@ -114,78 +113,32 @@ def _invalid(index: int, field_name: str, message: str) -> DomainError:
     )
 
 
-def _as_org_id(ref: str) -> int | None:
-    """The id a reference may mean; None for text (or numbers) no organization id can be."""
-    if not (ref.isascii() and ref.isdigit()):
-        return None
-    value = int(ref)
-    return value if 1 <= value <= MAX_ROW_ID else None
-
-
-def session_lookup(session: Session) -> OrganizationLookup:
-    """Organizations read in this session (for callers without the hot cache)."""
-
-    def lookup(slugs: set[str], ids: set[int]) -> tuple[dict[str, OrgRef], dict[int, OrgRef]]:
-        conditions = []
-        if slugs:
-            conditions.append(Organization.slug.in_(slugs))
-        if ids:
-            conditions.append(Organization.id.in_(ids))
-        if not conditions:
-            return {}, {}
-        refs = [
-            OrgRef(org_id, slug)
-            for org_id, slug in session.execute(
-                select(Organization.id, Organization.slug).where(or_(*conditions))
-            )
-        ]
-        return (
-            {ref.slug: ref for ref in refs if ref.slug in slugs},
-            {ref.id: ref for ref in refs if ref.id in ids},
-        )
-
-    return lookup
-
-
 def _resolve_organizations(
-    batch: UsageBatch, key_org_id: int | None, lookup: OrganizationLookup
+    batch: UsageBatch, key_org_id: int | None, lookup: refs.Lookup
 ) -> list[OrgRef | DomainError]:
-    """Each event's organization, or why it has none it may write to."""
-    refs = {str(e.organization) for e in batch.events if e.organization is not None}
-    ids = {org_id for org_id in map(_as_org_id, refs) if org_id is not None}
-    if key_org_id is not None:
-        ids.add(key_org_id)
-    by_slug, by_id = lookup(refs, ids) if refs or ids else ({}, {})
-    result: list[OrgRef | DomainError] = []
-    for index, event in enumerate(batch.events):
-        if event.organization is None:
-            if key_org_id is None:
-                result.append(_invalid(index, "organization", "required with a service key"))
-                continue
-            own = by_id.get(key_org_id)
-            if own is None:
-                result.append(_invalid(index, "organization", "the key's organization is gone"))
-                continue
-            result.append(own)
-            continue
-        ref = str(event.organization)
-        org = by_slug.get(ref)
-        if org is None and (org_id := _as_org_id(ref)) is not None:
-            org = by_id.get(org_id)
-        if org is None:
-            result.append(_invalid(index, "organization", f"unknown organization {ref!r}"))
-        elif key_org_id is not None and org.id != key_org_id:
-            result.append(
-                DomainError(
-                    403,
-                    "organization_mismatch",
-                    f"events[{index}]: this key may only write usage of its own organization",
-                    details={"index": index, "field": "organization"},
-                )
-            )
-        else:
-            result.append(org)
-    return result
+    """Each event's organization (organizations.refs' rule), or why it has none it may
+    write to, as the event's own error."""
+    named = [None if e.organization is None else str(e.organization) for e in batch.events]
+    return [
+        found if isinstance(found, OrgRef) else _refused(found)
+        for found in refs.resolve(lookup, key_org_id, named)
+    ]
+
+
+def _refused(refused: refs.Refused) -> DomainError:
+    index = refused.index
+    if refused.reason == "mismatch":
+        return DomainError(
+            403,
+            "organization_mismatch",
+            f"events[{index}]: this key may only write usage of its own organization",
+            details={"index": index, "field": "organization"},
+        )
+    message = {
+        "required": "required with a service key",
+        "gone": "the key's organization is gone",
+    }.get(refused.reason, f"unknown organization {refused.ref!r}")
+    return _invalid(index, "organization", message)
 
 
 def content_hash(event: UsageEventIn, org_id: int) -> bytes:
@@ -229,7 +182,7 @@ def prepare(
     batch: UsageBatch,
     *,
     key_org_id: int | None,
-    organizations: OrganizationLookup,
+    organizations: refs.Lookup,
     book: PriceBook,
     settings: Settings,
     now: datetime,
@@ -566,110 +519,6 @@ def _priced_row(
             row.update(price_fields(quote, read.unknown_units))
         row["price_key"] = price_fingerprint(row)
     return row
-
-
-def price_fields(quote: PriceQuote | None, unknown_units: tuple[str, ...]) -> dict[str, Any]:
-    """An event row's price columns for a quote (None: unpriced), and the usage units no
-    price covers (the quote's and the ones the usage reader did not know)."""
-    if quote is None:
-        return {
-            "cost_nano": None,
-            "pricing": "unpriced",
-            "price_source": None,
-            "price_version": None,
-            "priced_model": None,
-            "rates": None,
-            "unpriced_units": ",".join(unknown_units) or None,
-        }
-    unpriced = quote.unpriced_units + unknown_units
-    return {
-        "cost_nano": quote.cost_nano,
-        # A cost that leaves out a unit the call used is never shown as complete.
-        "pricing": "partially_priced" if unpriced else "priced",
-        "price_source": quote.source,
-        "price_version": quote.version,
-        "priced_model": quote.priced_model,
-        "rates": quote.rates,
-        "unpriced_units": ",".join(unpriced) or None,
-    }
-
-
-_PRICE_FIELDS = (
-    "provider",
-    "model",
-    "pricing",
-    "price_source",
-    "price_version",
-    "priced_model",
-    "rates",
-)
-_fingerprints: dict[tuple[Any, ...], str] = {}
-
-
-def price_fingerprint(row: dict[str, Any]) -> str:
-    """The identity of the row's price (usage_prices.fingerprint): a digest of its fields."""
-    rates = row["rates"]
-    key = (
-        *(row[name] for name in _PRICE_FIELDS[:-1]),
-        tuple(sorted(rates.items())) if rates else None,
-    )
-    found = _fingerprints.get(key)
-    if found is None:
-        canonical = json.dumps([row[name] for name in _PRICE_FIELDS], sort_keys=True)
-        found = hashlib.sha256(canonical.encode()).hexdigest()
-        if len(_fingerprints) >= 100_000:  # callers may send any model names: bounded
-            _fingerprints.clear()
-        _fingerprints[key] = found
-    return found
-
-
-_PRICES = cast(Table, UsagePrice.__table__)
-
-
-# Bound on a writer's memory of price ids: callers may send any model names.
-MAX_KNOWN_PRICES = 100_000
-
-
-def assign_price_ids(
-    session: Session, rows: list[dict[str, Any]], known: dict[str, int] | None = None
-) -> None:
-    """Set each row's price_id, adding the prices not stored yet (no query when `known`,
-    a writer's memory of committed price rows, has them all).
-
-    usage_prices rows are never changed or deleted, so an id read before this transaction
-    added any is good for as long as the database lives; ids this transaction adds are
-    learned by the next group, once committed.
-    """
-    wanted = {row["price_key"]: row for row in rows}
-    if not wanted:
-        return
-    ids = {key: known[key] for key in wanted if key in known} if known else {}
-    missing = sorted(wanted.keys() - ids.keys())
-    if missing:
-        found: dict[str, int] = dict(session.connection().execute(_select_price_ids(missing)).all())
-        if known is not None:
-            if len(known) + len(found) > MAX_KNOWN_PRICES:
-                known.clear()
-            known.update(found)
-        ids.update(found)
-        missing = sorted(set(missing) - found.keys())
-    if missing:
-        session.execute(
-            insert_for(session)(_PRICES).on_conflict_do_nothing(index_elements=["fingerprint"]),
-            [
-                {"fingerprint": key, **{name: wanted[key][name] for name in _PRICE_FIELDS}}
-                for key in missing
-            ],
-        )
-        ids.update(session.connection().execute(_select_price_ids(missing)).all())
-    for row in rows:
-        row["price_id"] = ids[row["price_key"]]
-
-
-def _select_price_ids(fingerprints: list[str]) -> Any:
-    return select(_PRICES.c.fingerprint, _PRICES.c.id).where(
-        _PRICES.c.fingerprint.in_(fingerprints)
-    )
 
 
 def _insert(session: Session, rows: list[dict[str, Any]], price_ids: dict[str, int] | None) -> None:

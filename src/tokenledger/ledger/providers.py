@@ -27,16 +27,13 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from genai_prices.types import ArrayMatch, Provider, UsageExtractor
 
 from tokenledger.pricing.engine import REPORTED_UNITS, PriceBook, TokenUsage
-from tokenledger.usage.schemas import MAX_TOKENS, MAX_USAGE_BYTES
-
-if TYPE_CHECKING:
-    from tokenledger.usage.schemas import UsageEventIn
-
+from tokenledger.schemas import MAX_TOKENS
+from tokenledger.usage.schemas import MAX_USAGE_BYTES, UsageEventIn
 
 # A reader: the provider whose genai-prices extractor reads the shape, and its API flavour.
 _READERS: Final = {

@@ -27,7 +27,7 @@ from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.errors import DomainError
 from tokenledger.ledger import providers
-from tokenledger.ledger.ingest import assign_price_ids, price_fields, price_fingerprint
+from tokenledger.ledger.prices import assign_price_ids, price_fields, price_fingerprint
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import License
 from tokenledger.money import credits_for_cost, format_credits, format_usd
@@ -160,8 +160,7 @@ def reprice(
     settings: Settings,
     now: datetime,
     dry_run: bool,
-    actor: str,
-    client_address: str | None,
+    actor: audit.Actor,
 ) -> Outcome:
     """Price the selected events again, chunk by chunk; with dry_run, only say what would
     change.
@@ -199,7 +198,7 @@ def reprice(
                 outcome.add(event.organization_id, _price_of(event), new)
             continue
         # The run's start entry goes with its first change, in the same transaction.
-        start = None if started else partial(_audit_start, selection, size, actor, client_address)
+        start = None if started else partial(_audit_start, selection, size, actor)
         changed, new_alerts = database.run_write(
             partial(
                 _write_chunk,
@@ -225,7 +224,7 @@ def reprice(
                 ).all()
             )
     if not dry_run and outcome.totals.events:
-        database.run_write(lambda session: _audit_finish(session, outcome, actor, client_address))
+        database.run_write(lambda session: _audit_finish(session, outcome, actor))
     return outcome
 
 
@@ -306,29 +305,25 @@ def _write_chunk(
     return changed, new_alerts
 
 
-def _audit_start(
-    selection: Selection, size: int, actor: str, client_address: str | None, session: Session
-) -> None:
+def _audit_start(selection: Selection, size: int, actor: audit.Actor, session: Session) -> None:
     """The run has begun to change events (with its first chunk, in its transaction)."""
     audit.record(
         session,
-        actor=actor,
+        actor=actor.email,
         action="pricing.reprice.start",
         entity_type="usage_events",
         entity_id=selection.describe()[:64],
         before=None,
         after={"selection": selection.describe(), "chunk_events": size},
-        client_address=client_address,
+        client_address=actor.address,
     )
 
 
-def _audit_finish(
-    session: Session, outcome: Outcome, actor: str, client_address: str | None
-) -> None:
+def _audit_finish(session: Session, outcome: Outcome, actor: audit.Actor) -> None:
     """The run's totals before and after, once every chunk has committed."""
     audit.record(
         session,
-        actor=actor,
+        actor=actor.email,
         action="pricing.reprice",
         entity_type="usage_events",
         entity_id=outcome.selection[:64],
@@ -339,7 +334,7 @@ def _audit_finish(
             **outcome.totals.side("after"),
             "organizations": outcome.render()["organizations"],
         },
-        client_address=client_address,
+        client_address=actor.address,
     )
 
 

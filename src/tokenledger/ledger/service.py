@@ -22,6 +22,8 @@ from tokenledger.errors import DomainError
 from tokenledger.ledger import ingest
 from tokenledger.ledger.ingest import IngestOutcome, PreparedBatch
 from tokenledger.licenses import service as licenses
+from tokenledger.ops import Metrics
+from tokenledger.organizations import refs
 from tokenledger.organizations import service as organizations
 from tokenledger.pricing.overrides import price_book
 from tokenledger.usage.schemas import UsageBatch
@@ -53,7 +55,7 @@ def record_usage(
 
     A batch refused for its own reason (an id reused for other content) stores nothing;
     the others are written. `price_ids`: the writer's memory of stored prices
-    (ingest.assign_price_ids). Then, once for the group: rollups and credits, the holds the
+    (prices.assign_price_ids). Then, once for the group: rollups and credits, the holds the
     new events settle, alerts for the licenses they reached, and every organization's
     budget state after the group, from the figures read once.
     """
@@ -79,13 +81,7 @@ def record_usage(
 
     # The licenses whose figures changed, and the ones governing each organization now.
     touched = {row["license_id"] for row in created_rows if row["license_id"]}
-    governing = {
-        org_id: budgets.governing(
-            [lic for lic in reversed(candidates[org_id]) if lic.status in ("active", "suspended")],
-            now,
-        )
-        for org_id in org_ids
-    }
+    governing = {org_id: budgets.governing(candidates[org_id], now) for org_id in org_ids}
     wanted = touched | {lic.id for lic, _ in governing.values() if lic is not None}
     figures = budgets.figures_for(
         session, [by_id[i] for i in sorted(wanted)], settings.timezone, now
@@ -126,11 +122,12 @@ def record_batch(
     settings: Settings,
     now: datetime,
 ) -> UsageAnswer:
-    """One batch as its own unit of work (demo data, scripts): its answer, or the refusal."""
+    """One batch in the caller's own transaction (demo data, scripts, tests): the group
+    commit's unit of work for this one batch; its answer, or the refusal."""
     prepared = ingest.prepare(
         batch,
         key_org_id=key_org_id,
-        organizations=ingest.session_lookup(session),
+        organizations=refs.in_session(session),
         book=price_book(session),
         settings=settings,
         now=now,
@@ -139,3 +136,9 @@ def record_batch(
     if isinstance(answer, DomainError):
         raise answer
     return answer
+
+
+def count_events(metrics: Metrics, answer: UsageAnswer) -> None:
+    """The events a stored batch created, and the duplicates it skipped, in /metrics."""
+    metrics.events.labels("created").inc(answer.created)
+    metrics.events.labels("duplicate").inc(answer.duplicates)

@@ -22,7 +22,7 @@ from tokenledger.config import Settings
 from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import DomainError
 from tokenledger.ledger.ingest import PreparedBatch
-from tokenledger.ledger.service import UsageAnswer, record_usage
+from tokenledger.ledger.service import UsageAnswer, count_events, record_usage
 from tokenledger.ops import Metrics
 
 log = logging.getLogger("tokenledger.writer")
@@ -138,8 +138,7 @@ class UsageWriter:
         for pending in group:
             outcome = pending.outcome
             if isinstance(outcome, UsageAnswer):
-                self.metrics.events.labels("created").inc(outcome.created)
-                self.metrics.events.labels("duplicate").inc(outcome.duplicates)
+                count_events(self.metrics, outcome)
             by_loop[pending.future.get_loop()].append(pending)
         for loop, waiting in by_loop.items():
             try:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tokenledger.alerts import service as alerts
-from tokenledger.audit import service as audit
+from tokenledger.budgets import changes
 from tokenledger.deps import Admin, AppSettings, Now, RowId, Session, Viewer
 from tokenledger.licenses import service
 from tokenledger.licenses.schemas import LicenseCreate, LicenseRead, LicenseUpdate
@@ -15,16 +14,7 @@ router = APIRouter(tags=["licenses"])
 
 @router.post("/api/licenses", status_code=201)
 def create_license(data: LicenseCreate, session: Session, admin: Admin, now: Now) -> LicenseRead:
-    lic = service.create(session, data, now)
-    audit.record_change(
-        session,
-        admin,
-        "license.create",
-        "license",
-        lic.id,
-        before=None,
-        after=service.snapshot(lic),
-    )
+    lic = service.create(session, data, now, actor=admin)
     return service.to_read(lic)
 
 
@@ -43,19 +33,7 @@ def update_license(
     now: Now,
 ) -> LicenseRead:
     lic = service.get(session, license_id, for_update=True)
-    before = service.snapshot(lic)
-    service.update_license(session, lic, data)
-    audit.record_change(
-        session,
-        admin,
-        "license.update",
-        "license",
-        lic.id,
-        before=before,
-        after=service.snapshot(lic),
-    )
-    # A top-up re-arms the thresholds it moves below; a lower limit may fire one now.
-    alerts.rearm(session, lic, settings.timezone, now)
+    changes.update_license(session, lic, data, actor=admin, tz=settings.timezone, now=now)
     return service.to_read(lic)
 
 

@@ -74,16 +74,6 @@ class LicenseUpdate(InputModel):
     enforcement: Enforcement | None = None
 
 
-class BudgetUpdate(InputModel):
-    """The origin's budget keys, typed and bounded; nothing else is accepted."""
-
-    token_budget_usd: UsdAmount | None = None
-    credits_total: Credits | None = None
-    cost_per_credit: PricePerCredit | None = None
-    budget_warning_percent: WarningPercent | None = None
-    credits_used: Credits | None = None
-
-
 class LicenseRead(BaseModel):
     id: int
     organization_id: int

@@ -11,7 +11,8 @@ from sqlalchemy import Connection, Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tokenledger.db import execute_rows, utcnow
+from tokenledger.audit import service as audit
+from tokenledger.db import execute_rows
 from tokenledger.errors import DomainError, not_found
 from tokenledger.licenses.models import (
     LICENSE_TERMS_COLUMNS,
@@ -181,8 +182,12 @@ def _flush(session: Session) -> None:
         raise DomainError(422, "invalid_license", "the license violates a constraint") from exc
 
 
-def create(session: Session, data: LicenseCreate, now: datetime) -> License:
-    """A license; valid from now unless data says when."""
+def create(
+    session: Session, data: LicenseCreate, now: datetime, *, actor: audit.Actor | None
+) -> License:
+    """A license, valid from now unless data says when, audited (actor None: seed data in
+    tests is not a change by anyone). A refusal writes nothing. A new license has no alerts
+    to re-arm."""
     org = organizations.get(session, data.organization_id)
     if org.archived_at is not None:
         raise _organization_archived()
@@ -204,29 +209,51 @@ def create(session: Session, data: LicenseCreate, now: datetime) -> License:
         credits_used_micro=0,
     )
     if lic.valid_until is not None and lic.valid_until <= lic.valid_from:
-        raise DomainError(422, "invalid_validity", "valid_until must be after valid_from")
+        raise _invalid_validity()
     session.add(lic)
     _flush(session)
+    if actor is not None:
+        audit.record_change(
+            session, actor, "license.create", "license", lic.id, before=None, after=snapshot(lic)
+        )
     return lic
 
 
-def update_license(session: Session, lic: License, data: LicenseUpdate) -> License:
+def _invalid_validity() -> DomainError:
+    return DomainError(422, "invalid_validity", "valid_until must be after valid_from")
+
+
+def check_update(session: Session, lic: License, data: LicenseUpdate) -> None:
+    """Raise what update_license would refuse, before anything is changed."""
+    fields = data.model_fields_set
+    if "status" in fields and data.status == "active" and lic.status != "active":
+        # As at creation: an archived organization gets no active license.
+        if organizations.get(session, lic.organization_id).archived_at is not None:
+            raise _organization_archived()
+        other = active_for(session, lic.organization_id)
+        if other is not None and other.id != lic.id:
+            raise _one_active_conflict()
+    valid_from = (
+        data.valid_from
+        if "valid_from" in fields and data.valid_from is not None
+        else lic.valid_from
+    )
+    valid_until = data.valid_until if "valid_until" in fields else lic.valid_until
+    if valid_until is not None and valid_until <= valid_from:
+        raise _invalid_validity()
+
+
+def update_license(session: Session, lic: License, data: LicenseUpdate, now: datetime) -> License:
+    """Change a license's terms (checked first: a refusal changes nothing). Its audit entry
+    and the alerts it re-arms are budgets.changes.update_license's, which calls this."""
+    check_update(session, lic, data)
     fields = data.model_fields_set
     if "status" in fields and data.status is not None:
-        if data.status == "active" and lic.status != "active":
-            # As at creation: an archived organization gets no active license.
-            if organizations.get(session, lic.organization_id).archived_at is not None:
-                raise _organization_archived()
-            other = active_for(session, lic.organization_id)
-            if other is not None and other.id != lic.id:
-                raise _one_active_conflict()
         lic.status = data.status
     if "valid_from" in fields and data.valid_from is not None:
         lic.valid_from = data.valid_from
     if "valid_until" in fields:
         lic.valid_until = data.valid_until
-    if lic.valid_until is not None and lic.valid_until <= lic.valid_from:
-        raise DomainError(422, "invalid_validity", "valid_until must be after valid_from")
     apply_budget(
         lic,
         credits_total=data.credits_total if "credits_total" in fields else None,
@@ -239,7 +266,7 @@ def update_license(session: Session, lic: License, data: LicenseUpdate) -> Licen
         lic.budget_period = data.budget_period
     if data.enforcement is not None:
         lic.enforcement = data.enforcement
-    lic.updated_at = utcnow()
+    lic.updated_at = now
     _flush(session)
     return lic
 

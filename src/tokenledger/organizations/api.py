@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from tokenledger.audit import service as audit
-from tokenledger.deps import Admin, RowId, Session, Viewer
+from tokenledger.deps import Admin, Now, RowId, Session, Viewer
 from tokenledger.organizations import service
 from tokenledger.organizations.schemas import (
     OrganizationCreate,
@@ -34,16 +33,7 @@ def list_organizations(
 def create_organization(
     data: OrganizationCreate, session: Session, admin: Admin
 ) -> OrganizationRead:
-    org = service.create(session, data)
-    audit.record_change(
-        session,
-        admin,
-        "organization.create",
-        "organization",
-        org.id,
-        before=None,
-        after=service.snapshot(org),
-    )
+    org = service.create(session, data, actor=admin)
     return OrganizationRead.model_validate(org)
 
 
@@ -54,35 +44,13 @@ def get_organization(org_id: RowId, session: Session, _viewer: Viewer) -> Organi
 
 @router.patch("/{org_id}")
 def update_organization(
-    org_id: RowId, data: OrganizationUpdate, session: Session, admin: Admin
+    org_id: RowId, data: OrganizationUpdate, session: Session, admin: Admin, now: Now
 ) -> OrganizationRead:
-    org = service.get(session, org_id)
-    before = service.snapshot(org)
-    service.update(session, org, data)
-    audit.record_change(
-        session,
-        admin,
-        "organization.update",
-        "organization",
-        org.id,
-        before=before,
-        after=service.snapshot(org),
-    )
+    org = service.update(session, service.get(session, org_id), data, actor=admin, now=now)
     return OrganizationRead.model_validate(org)
 
 
 @router.delete("/{org_id}", status_code=204)
 def delete_organization(org_id: RowId, session: Session, admin: Admin) -> Response:
-    org = service.get(session, org_id)
-    before = service.snapshot(org)
-    service.delete(session, org)
-    audit.record_change(
-        session,
-        admin,
-        "organization.delete",
-        "organization",
-        org_id,
-        before=before,
-        after=None,
-    )
+    service.delete(session, service.get(session, org_id), actor=admin)
     return Response(status_code=204)

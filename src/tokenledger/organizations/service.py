@@ -1,18 +1,20 @@
-"""Organizations: create, find, change, archive. Tenant lookups go through here."""
+"""Organizations: create, find, change, archive, each change with its audit entry."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tokenledger.db import MAX_ROW_ID, utcnow
+from tokenledger.audit import service as audit
 from tokenledger.errors import DomainError, not_found
+from tokenledger.models import Base  # every table: delete() asks each one that refers here
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.schemas import OrganizationCreate, OrganizationUpdate
 
@@ -56,16 +58,6 @@ def lock(session: Session, org_ids: Iterable[int]) -> None:
     ).all()
 
 
-def by_slug_or_id(session: Session, ref: str) -> Organization | None:
-    if not ref.isprintable():  # no slug has control characters; PostgreSQL refuses NUL
-        return None
-    org = session.scalar(select(Organization).where(Organization.slug == ref))
-    # ASCII digits only ("²".isdigit() is true), and only ids a row can have.
-    if org is None and ref.isascii() and ref.isdigit() and 1 <= int(ref) <= MAX_ROW_ID:
-        org = session.get(Organization, int(ref))
-    return org
-
-
 def _slug_taken(session: Session, slug: str, except_id: int | None = None) -> bool:
     query = select(Organization.id).where(Organization.slug == slug)
     if except_id is not None:
@@ -77,7 +69,11 @@ def _conflict(slug: str) -> DomainError:
     return DomainError(409, "slug_taken", f"an organization with slug {slug!r} exists already")
 
 
-def create(session: Session, data: OrganizationCreate) -> Organization:
+def create(
+    session: Session, data: OrganizationCreate, *, actor: audit.Actor | None
+) -> Organization:
+    """A new organization, audited (actor None: seed data, demo or tests, is not a change by
+    anyone); a slug in use is a 409 and writes nothing."""
     slug = data.slug or slugify(data.name)
     if _slug_taken(session, slug):
         raise _conflict(slug)
@@ -89,23 +85,56 @@ def create(session: Session, data: OrganizationCreate) -> Organization:
             session.flush()
     except IntegrityError as exc:
         raise _conflict(slug) from exc
+    if actor is not None:
+        audit.record_change(
+            session,
+            actor,
+            "organization.create",
+            "organization",
+            org.id,
+            before=None,
+            after=snapshot(org),
+        )
     return org
 
 
-def update(session: Session, org: Organization, data: OrganizationUpdate) -> Organization:
+def update(
+    session: Session,
+    org: Organization,
+    data: OrganizationUpdate,
+    *,
+    actor: audit.Actor,
+    now: datetime,
+) -> Organization:
+    """Change an organization, audited; a slug in use is a 409 and changes nothing."""
+    # Checked before anything changes: a refused update leaves the row as it was.
+    if (
+        data.slug is not None
+        and data.slug != org.slug
+        and _slug_taken(session, data.slug, except_id=org.id)
+    ):
+        raise _conflict(data.slug)
+    before = snapshot(org)
     if data.name is not None:
         org.name = data.name.strip()
-    if data.slug is not None and data.slug != org.slug:
-        if _slug_taken(session, data.slug, except_id=org.id):
-            raise _conflict(data.slug)
+    if data.slug is not None:
         org.slug = data.slug
     if data.archived is not None:
-        org.archived_at = (org.archived_at or utcnow()) if data.archived else None
+        org.archived_at = (org.archived_at or now) if data.archived else None
     try:
         with session.begin_nested():
             session.flush()
     except IntegrityError as exc:
         raise _conflict(org.slug) from exc
+    audit.record_change(
+        session,
+        actor,
+        "organization.update",
+        "organization",
+        org.id,
+        before=before,
+        after=snapshot(org),
+    )
     return org
 
 
@@ -131,16 +160,14 @@ def search(
     return list(rows.all()), total
 
 
-def delete(session: Session, org: Organization) -> None:
-    """Delete an organization that never had anything; one with history is archived instead.
+def delete(session: Session, org: Organization, *, actor: audit.Actor) -> None:
+    """Delete an organization that never had anything, audited; one with history is archived
+    instead (a 409 that deletes nothing).
 
     History is any row that refers to it (usage, rollups, licenses, keys, runs, holds,
     alerts): every table with a foreign key to organizations is asked, so that a table
     added later cannot turn the delete into a foreign key error.
     """
-    # Imported here: these domains build on organizations, not the other way round.
-    from tokenledger.models import Base
-
     for table in Base.metadata.sorted_tables:
         for key in table.foreign_keys:
             # A row that goes with the organization (ON DELETE CASCADE, as the portal's link
@@ -154,5 +181,9 @@ def delete(session: Session, org: Organization) -> None:
                     "this organization has usage, licenses, keys or holds: archive it instead "
                     '(PATCH {"archived": true})',
                 )
+    before = snapshot(org)
     session.delete(org)
     session.flush()
+    audit.record_change(
+        session, actor, "organization.delete", "organization", org.id, before=before, after=None
+    )

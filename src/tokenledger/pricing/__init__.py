@@ -1,1 +1,3 @@
-"""Pricing: what a model call costs, from bundled price data or operator overrides."""
+"""Pricing: what a model call costs, from bundled price data or operator overrides; nothing of
+tenants.
+"""

@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from genai_prices.types import Tier, TieredPrices
-from sqlalchemy import select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,10 +28,10 @@ from tokenledger.errors import DomainError
 from tokenledger.money import MoneyError, decimal_places, to_decimal
 from tokenledger.pricing.engine import PriceBook, PriceOverride, PriceQuote, Rates, TokenUsage
 from tokenledger.pricing.models import PriceOverrideRow
+from tokenledger.pricing.schemas import UnpricedModel
+from tokenledger.usage.models import INCOMPLETE_PRICING, UsageEvent, UsagePrice
 
 RATE_FIELDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
-# Where history begins: overrides made before effective dates existed start here.
-BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
 _NANO = Decimal(10**9)
 _MAX_RATE = Decimal(1_000_000)
 _lock = threading.Lock()
@@ -282,18 +282,20 @@ def set_override(
     provider: str,
     model: str,
     rates: dict[str, Any],
-    actor: str,
-    client_address: str | None,
+    actor: audit.Actor,
     valid_from: datetime | None = None,
     valid_until: datetime | None = None,
     tiers: list[dict[str, Any]] | None = None,
     units: Mapping[str, Any] | None = None,
     now: datetime | None = None,
 ) -> PriceOverrideRow:
-    """Set the price of a model from `valid_from` (default: now) until `valid_until`.
+    """Set the price of a model from `valid_from` (default: now) until `valid_until`,
+    audited (price_override.set, and price_override.end for one it ends).
 
     The same start replaces that override. An open-ended override that began earlier ends
-    where the new one begins; any other overlap is refused (409).
+    where the new one begins; any other overlap is refused (409). A refusal writes nothing:
+    what can be checked is checked before the first change, and a concurrent overlap the
+    database refuses undoes this call's changes (a savepoint).
     """
     provider, model = provider.strip().lower(), model.strip().lower()
     if not provider or not model:
@@ -319,45 +321,53 @@ def set_override(
         ).all()
     )
     row = next((other for other in existing if other.valid_from == start), None)
-    ended: list[tuple[PriceOverrideRow, dict[str, Any]]] = []
-    for other in existing:
-        if other is row or not _overlap(start, end, other):
-            continue
-        if other.valid_from < start and other.valid_until is None:
-            ended.append((other, rates_json(other)))
-            other.valid_until = start
-            other.updated_at = utcnow()
-            continue
-        raise DomainError(
-            409,
-            "overlapping_override",
-            f"{provider}/{model} has an override from {other.valid_from.isoformat()} until "
-            f"{other.valid_until.isoformat() if other.valid_until else 'open-ended'}: "
-            "choose dates that do not overlap it",
-        )
-    # The earlier override's end first: the database checks the rule row by row.
-    _flush(session, provider, model)
-    before = rates_json(row) if row else None
-    if row is None:
-        row = PriceOverrideRow(provider=provider, model=model, valid_from=start)
-        session.add(row)
-    row.valid_until = end
-    row.input_nano_per_mtok = int(values["input"] * _NANO)
-    row.output_nano_per_mtok = int(values["output"] * _NANO)
-    row.cache_write_5m_nano_per_mtok = _to_nano(values["cache_write_5m"])
-    row.cache_write_1h_nano_per_mtok = _to_nano(values["cache_write_1h"])
-    row.cache_read_nano_per_mtok = _to_nano(values["cache_read"])
-    row.tiers = tier_list
-    row.unit_rates = unit_rates
-    row.updated_at = utcnow()
+    ends = [other for other in existing if other is not row and _overlap(start, end, other)]
+    for other in ends:
+        if not (other.valid_from < start and other.valid_until is None):
+            raise DomainError(
+                409,
+                "overlapping_override",
+                f"{provider}/{model} has an override from {other.valid_from.isoformat()} until "
+                f"{other.valid_until.isoformat() if other.valid_until else 'open-ended'}: "
+                "choose dates that do not overlap it",
+            )
+    # The real clock, not `now`: updated_at is part of a price's version, which must change
+    # with every change, also when a caller's clock stands still.
+    changed_at = utcnow()
+    fields: dict[str, Any] = {
+        "valid_until": end,
+        "input_nano_per_mtok": int(values["input"] * _NANO),
+        "output_nano_per_mtok": int(values["output"] * _NANO),
+        "cache_write_5m_nano_per_mtok": _to_nano(values["cache_write_5m"]),
+        "cache_write_1h_nano_per_mtok": _to_nano(values["cache_write_1h"]),
+        "cache_read_nano_per_mtok": _to_nano(values["cache_read"]),
+        "tiers": tier_list,
+        "unit_rates": unit_rates,
+        "updated_at": changed_at,
+    }
     try:
-        to_override(row)  # the engine accepts it, or nothing is stored
+        # The engine accepts it, or nothing is stored (a row outside the session).
+        to_override(PriceOverrideRow(provider=provider, model=model, valid_from=start, **fields))
     except ValueError as exc:
         raise DomainError(422, "invalid_rate", str(exc)) from exc
-    _flush(session, provider, model)
+
+    ended = [(other, rates_json(other)) for other in ends]
+    before = rates_json(row) if row else None
+    with session.begin_nested():
+        for other in ends:
+            other.valid_until = start
+            other.updated_at = changed_at
+        # The earlier override's end first: the database checks the rule row by row.
+        _flush(session, provider, model)
+        if row is None:
+            row = PriceOverrideRow(provider=provider, model=model, valid_from=start)
+            session.add(row)
+        for name, value in fields.items():
+            setattr(row, name, value)
+        _flush(session, provider, model)
     for other, other_before in ended:
-        _audit(session, actor, client_address, "price_override.end", other, other_before)
-    _audit(session, actor, client_address, "price_override.set", row, before)
+        _audit(session, actor, "price_override.end", other, other_before)
+    _audit(session, actor, "price_override.set", row, before)
     return row
 
 
@@ -391,21 +401,20 @@ def _flush(session: Session, provider: str, model: str) -> None:
 
 def _audit(
     session: Session,
-    actor: str,
-    client_address: str | None,
+    actor: audit.Actor,
     action: str,
     row: PriceOverrideRow,
     before: dict[str, Any] | None,
 ) -> None:
     audit.record(
         session,
-        actor=actor,
+        actor=actor.email,
         action=action,
         entity_type="price_override",
         entity_id=row.id,  # provider, model and dates are in before and after
         before=before,
         after=rates_json(row),
-        client_address=client_address,
+        client_address=actor.address,
     )
 
 
@@ -414,11 +423,11 @@ def unset_override(
     *,
     provider: str,
     model: str,
-    actor: str,
-    client_address: str | None,
+    actor: audit.Actor,
     valid_from: datetime | None = None,
 ) -> int:
-    """Remove a model's override starting at `valid_from`, or all of them; returns how many."""
+    """Remove a model's override starting at `valid_from`, or all of them, each audited;
+    returns how many."""
     provider, model = provider.strip().lower(), model.strip().lower()
     lock_model(session, provider, model)
     query = select(PriceOverrideRow).where(
@@ -435,12 +444,57 @@ def unset_override(
         session.flush()
         audit.record(
             session,
-            actor=actor,
+            actor=actor.email,
             action="price_override.unset",
             entity_type="price_override",
             entity_id=row_id,
             before=before,
             after=None,
-            client_address=client_address,
+            client_address=actor.address,
         )
     return len(rows)
+
+
+def unpriced_models(session: Session) -> list[UnpricedModel]:
+    """Models and units nobody could price: unpriced and partially priced events."""
+    rows = session.execute(
+        select(
+            UsagePrice.provider,
+            UsagePrice.model,
+            UsagePrice.pricing,
+            UsageEvent.unpriced_units,
+            func.count(),
+            func.min(UsageEvent.timestamp),
+            func.max(UsageEvent.timestamp),
+        )
+        .select_from(UsageEvent)
+        .join(UsagePrice, UsagePrice.id == UsageEvent.price_id)
+        # The first condition is the partial index's: incomplete events are within it.
+        .where(
+            or_(UsageEvent.cost_nano.is_(None), UsageEvent.unpriced_units.is_not(None)),
+            UsagePrice.pricing.in_(INCOMPLETE_PRICING),
+        )
+        .group_by(
+            UsagePrice.provider, UsagePrice.model, UsagePrice.pricing, UsageEvent.unpriced_units
+        )
+    ).all()
+    groups: dict[tuple[str, str, str], UnpricedModel] = {}
+    for provider, model, pricing, units, count, first, last in rows:
+        names = units.split(",") if units else []
+        group = groups.get((provider, model, pricing))
+        if group is None:
+            groups[(provider, model, pricing)] = UnpricedModel(
+                provider=provider,
+                model=model,
+                pricing=pricing,
+                units=sorted(set(names)),
+                events=count,
+                first_seen=first,
+                last_seen=last,
+            )
+            continue
+        group.units = sorted(set(group.units) | set(names))
+        group.events += count
+        group.first_seen = min(group.first_seen, first)
+        group.last_seen = max(group.last_seen, last)
+    return sorted(groups.values(), key=lambda group: (-group.events, group.provider, group.model))

@@ -7,11 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import TypeAdapter
 
-from tokenledger.deps import Admin, AppSettings, Now, RowId, Session, Viewer, get_database, get_hot
+from tokenledger.deps import AppSettings, Now, RowId, Session, Viewer, get_database, get_hot
 from tokenledger.errors import DomainError
-from tokenledger.licenses import service as licenses
-from tokenledger.licenses.budget import change_budget
-from tokenledger.licenses.schemas import BudgetUpdate
 from tokenledger.organizations import service as organizations
 from tokenledger.periods import month_of
 from tokenledger.schemas import MONTH_PATTERN, RANGE_RULE, Instant
@@ -111,20 +108,6 @@ def export_events(
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
-
-
-@router.put("/api/token-usage/budget/{license_id}")
-def update_budget(
-    license_id: RowId,
-    data: BudgetUpdate,
-    session: Session,
-    admin: Admin,
-    settings: AppSettings,
-    now: Now,
-) -> dict[str, bool]:
-    lic = licenses.get(session, license_id, for_update=True)
-    change_budget(session, lic, data, admin, settings.timezone, now)
-    return {"ok": True}
 
 
 @router.get("/api/dashboard/stats")

@@ -23,7 +23,7 @@ from tokenledger.budgets.service import (
 )
 from tokenledger.licenses.models import License, LicenseTerms
 from tokenledger.licenses.service import terms_in_force
-from tokenledger.money import format_usd, percent, round_credits, round_usd
+from tokenledger.money import credits_value_nano, format_usd, percent, round_credits, round_usd
 from tokenledger.organizations.models import Organization
 from tokenledger.periods import month_bounds, month_of
 from tokenledger.usage.models import (
@@ -349,6 +349,33 @@ def current(session: Session, org: Organization, tz: Any, now: datetime) -> dict
 
 
 def models_of_month(session: Session, org_id: int, year_month: str) -> list[dict[str, Any]]:
+    """The origin's rendering of model_sums: costs as a rounded number and exact text."""
+    return [
+        {
+            **{key: row[key] for key in _MODEL_COUNTS[:6]},
+            "total_cost_usd": round_usd(row["cost_nano"]),
+            "cost_usd": format_usd(row["cost_nano"]),
+            **{key: row[key] for key in _MODEL_COUNTS[6:]},
+        }
+        for row in model_sums(session, org_id, year_month)
+    ]
+
+
+_MODEL_COUNTS = (
+    "provider",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_tokens",
+    "cache_read_tokens",
+    "api_calls",
+    "events",
+    "unpriced_events",
+)
+
+
+def model_sums(session: Session, org_id: int, year_month: str) -> list[dict[str, Any]]:
+    """Each model's tokens, cost (integer nano-USD) and counts in a month, costliest first."""
     D = UsageDaily
     rows = session.execute(
         select(
@@ -375,8 +402,7 @@ def models_of_month(session: Session, org_id: int, year_month: str) -> list[dict
             "output_tokens": int(out),
             "cache_creation_tokens": int(cc),
             "cache_read_tokens": int(cr),
-            "total_cost_usd": round_usd(int(cost)),
-            "cost_usd": format_usd(int(cost)),
+            "cost_nano": int(cost),
             "api_calls": int(calls),
             "events": int(events),
             "unpriced_events": int(unpriced),
@@ -506,10 +532,10 @@ def dashboard_figures(session: Session, tz: Any, now: datetime) -> DashboardFigu
         credits_consumed_micro=sum(lic.credits_used_micro for lic in active),
         # Revenue of the credits sold (at each license's price per credit), and consumed.
         sold_value_nano=sum(
-            lic.credits_total_micro * lic.cost_per_credit_nano // 10**6 for lic in active
+            credits_value_nano(lic.credits_total_micro, lic.cost_per_credit_nano) for lic in active
         ),
         consumed_value_nano=sum(
-            lic.credits_used_micro * lic.cost_per_credit_nano // 10**6 for lic in active
+            credits_value_nano(lic.credits_used_micro, lic.cost_per_credit_nano) for lic in active
         ),
         provider_cost_nano=sum(int(spend.get(lic.id) or 0) for lic in active),
         months=monthly_costs(session),

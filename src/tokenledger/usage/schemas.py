@@ -5,29 +5,25 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     Field,
     StrictInt,
     StrictStr,
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from tokenledger import schemas
-from tokenledger.money import MAX_EVENT_USD, MoneyError, decimal_places, to_decimal
-from tokenledger.schemas import InputModel, JsonObject
+from tokenledger.budgets.schemas import BudgetStateRead
+from tokenledger.schemas import MAX_TOKENS, InputModel, JsonObject, TokenCount, UsdInput
 
-MAX_TOKENS = 10**9
 MAX_METADATA_BYTES = 4096
 MAX_USAGE_BYTES = 8192
 _ANTHROPIC_EXTRAS = (
@@ -38,7 +34,6 @@ _ANTHROPIC_EXTRAS = (
     "output_tokens_details",
 )
 
-TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
 # Identifiers are stored as text: PostgreSQL cannot hold NUL, and no control character
 # (C0, DEL or C1) belongs in an id or a model name.
 _PRINTABLE = schemas.PRINTABLE
@@ -46,36 +41,8 @@ PRINTABLE = re.compile(_PRINTABLE)
 OrganizationRef = Annotated[StrictStr, Field(pattern=_PRINTABLE)] | StrictInt
 
 
-def parse_usd(value: Any) -> Decimal:
-    try:
-        amount = to_decimal(value)
-    except MoneyError as exc:
-        raise ValueError(str(exc)) from exc
-    if amount < 0:
-        raise ValueError("must not be negative")
-    if amount > MAX_EVENT_USD:
-        raise ValueError(f"must be at most {MAX_EVENT_USD}")
-    if decimal_places(amount) > 9:
-        raise ValueError("at most 9 decimal places")
-    return amount
-
-
 # Usage timestamps and refresh times: the shared instant type.
 Timestamp = schemas.Instant
-UsdInput = Annotated[
-    Decimal,
-    BeforeValidator(parse_usd),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string"},
-                {"type": "number", "minimum": 0, "maximum": int(MAX_EVENT_USD)},
-            ],
-            "description": f"USD as decimal text (or a number), 0 to {MAX_EVENT_USD}, at "
-            "most 9 decimal places",
-        }
-    ),
-]
 
 
 class CacheCreation(InputModel):
@@ -260,26 +227,6 @@ class EventResult(BaseModel):
     cost_usd: str | None
     credits: str | None
     pricing: Pricing
-
-
-class BudgetStateRead(BaseModel):
-    organization: str
-    organization_id: int
-    allowed: bool
-    state: Literal["ok", "warning", "exhausted", "no_license", "suspended"]
-    license_id: int | None
-    enforcement: str | None
-    budget_period: str | None
-    period: str | None
-    credits_total: str | None
-    credits_used: str | None
-    credits_reserved: str | None
-    credits_remaining: str | None
-    token_budget_usd: str | None
-    spent_usd: str | None
-    reserved_usd: str | None
-    remaining_usd: str | None
-    forecast: dict[str, Any] | None = None
 
 
 class UsageResponse(BaseModel):

@@ -18,7 +18,6 @@ from tokenledger.config import Settings
 from tokenledger.deps import (
     AppSettings,
     IngestKey,
-    IngestPrincipal,
     Now,
     Session,
     UsageKey,
@@ -26,8 +25,7 @@ from tokenledger.deps import (
     get_hot,
 )
 from tokenledger.errors import DomainError
-from tokenledger.hot import HotReads, OrgRef
-from tokenledger.ledger.api import organization_ref_for_key
+from tokenledger.organizations import refs
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.periods import month_of
@@ -52,22 +50,9 @@ Month = Annotated[str | None, Query(pattern=tenant.MONTH_PATTERN, description="Y
 
 
 def tenant_organization(session: Session, key: IngestKey, ref: str | None) -> Organization:
-    """The organization this key reads: its own, or the one a service key names.
-
-    A key of one organization that names another is refused the same way whether that
-    other exists or not: a tenant learns nothing of other organizations' slugs or ids.
-    """
-    if key.organization_id is not None:
-        own = organizations.get(session, key.organization_id)
-        if ref is not None and ref not in (own.slug, str(own.id)):
-            raise _mismatch()
-        return own
-    if ref is None:
-        raise DomainError(422, "organization_required", "a service key must name the organization")
-    org = organizations.by_slug_or_id(session, ref)
-    if org is None:
-        raise DomainError(404, "organization_not_found", "unknown organization")
-    return org
+    """The organization this key reads (organizations.refs.for_reader's rule)."""
+    found = refs.for_reader(refs.in_session(session), key.organization_id, ref)
+    return organizations.get(session, found.id)
 
 
 @router.get("/summary")
@@ -83,7 +68,7 @@ async def usage_summary(
     settings: Settings = request.app.state.settings
     database = get_database(request)
     hot = get_hot(request)
-    org = _tenant_ref(hot, key, organization)
+    org = refs.for_reader(hot.organizations, key.organization_id, organization)
     licenses = {org.id: hot.licenses(org.id)}
 
     def read() -> dict[str, Any]:
@@ -98,20 +83,6 @@ async def usage_summary(
     else:
         body = read()
     return JSONResponse(body)
-
-
-def _tenant_ref(hot: HotReads, key: IngestPrincipal, ref: str | None) -> OrgRef:
-    """tenant_organization's rules, answered from the hot cache."""
-    if key.organization_id is not None and ref is not None:
-        own = organization_ref_for_key(hot, key, None)
-        if ref not in (own.slug, str(own.id)):
-            raise _mismatch()
-        return own
-    return organization_ref_for_key(hot, key, ref)
-
-
-def _mismatch() -> DomainError:
-    return DomainError(403, "organization_mismatch", "this key belongs to another organization")
 
 
 @router.get("/monthly")

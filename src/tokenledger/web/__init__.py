@@ -1,4 +1,4 @@
-"""The admin web UI: server-rendered pages on the same services as the API."""
+"""The admin web UI: pages parse a form, call the API's own services and schemas, render."""
 
 from __future__ import annotations
 

@@ -8,26 +8,27 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from tokenledger.alerts import service as alerts
 from tokenledger.alerts import webhooks
 from tokenledger.alerts.models import Webhook
+from tokenledger.alerts.schemas import WebhookCreate
 from tokenledger.audit import service as audit
 from tokenledger.auth import service as auth_service
 from tokenledger.auth.models import ROLES
-from tokenledger.db import MAX_ROW_ID
 from tokenledger.deps import RowId
-from tokenledger.errors import DomainError, not_found
+from tokenledger.errors import DomainError
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing import overrides
-from tokenledger.pricing.api import unpriced_models
+from tokenledger.pricing.schemas import OverrideSet
 from tokenledger.usage import queries
 from tokenledger.web import forms
 from tokenledger.web.charts import Meter, bar_chart
 from tokenledger.web.common import AdminPage, DbSession, Form, Page, PageRoute, ViewerPage, redirect
 from tokenledger.web.i18n import N_
-from tokenledger.web.pages import render
+from tokenledger.web.rendering import render
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -120,61 +121,36 @@ WEBHOOK_ERRORS = {
 
 @router.post("/admin/webhooks")
 def webhook_create(page: AdminPage, session: DbSession, form: Form) -> Response:
-    url, description = forms.text(form, "url"), forms.text(form, "description")
-    values = {"url": url, "description": description}
-    if not 8 <= len(url) <= 2000:
-        message = N_("Enter an http:// or https:// address without credentials.")
-        errors = forms.error("url", message)
+    values = {"url": forms.text(form, "url"), "description": forms.text(form, "description")}
+    try:
+        data = WebhookCreate.model_validate(values)
+    except ValidationError as exc:
+        errors = forms.field_errors(exc)
+        if "url" in errors:
+            errors["url"] = (WEBHOOK_ERRORS["invalid_webhook_url"], {})
         return _webhooks_page(page, session, 422, errors=errors, values=values)
-    if len(description) > 500:
-        message = N_("At most %(max_length)s characters.")
-        errors = forms.error("description", message, max_length=500)
-        return _webhooks_page(page, session, 422, errors=errors, values=values)
+    assert page.principal is not None
     try:
         hook = webhooks.create_webhook(
-            session, url, description, page.settings.webhooks_allow_private
+            session, data, actor=page.principal, allow_private=page.settings.webhooks_allow_private
         )
-    except DomainError as exc:
-        session.rollback()
+    except DomainError as exc:  # the target refused before anything was written
         errors = forms.error("url", WEBHOOK_ERRORS.get(exc.code, exc.message))
         return _webhooks_page(page, session, exc.status, errors=errors, values=values)
-    assert page.principal is not None
-    audit.record_change(
-        session,
-        page.principal,
-        "webhook.create",
-        "webhook",
-        hook.id,
-        before=None,
-        after={"url": hook.url, "description": hook.description},
-    )
     # The signing secret is shown in this answer only.
     return _webhooks_page(page, session, 201, new_secret=(hook.url, hook.secret))
 
 
-def _hook(session: DbSession, webhook_id: int) -> Webhook:
-    hook = session.get(Webhook, webhook_id) if 1 <= webhook_id <= MAX_ROW_ID else None
-    if hook is None:
-        raise not_found("webhook", webhook_id)
-    return hook
-
-
 @router.post("/admin/webhooks/{webhook_id}/delete")
 def webhook_delete(webhook_id: RowId, page: AdminPage, session: DbSession, form: Form) -> Response:
-    hook = _hook(session, webhook_id)
-    before = {"url": hook.url, "description": hook.description}
-    session.delete(hook)
-    session.flush()
     assert page.principal is not None
-    audit.record_change(
-        session, page.principal, "webhook.delete", "webhook", webhook_id, before=before, after=None
-    )
+    webhooks.delete_webhook(session, webhook_id, actor=page.principal)
     return redirect("/admin/webhooks", flash=("success", N_("Webhook deleted."), {}))
 
 
 @router.post("/admin/webhooks/{webhook_id}/test")
 def webhook_test(webhook_id: RowId, page: AdminPage, session: DbSession, form: Form) -> Response:
-    hook = _hook(session, webhook_id)
+    hook = webhooks.get_webhook(session, webhook_id)
     status, error = webhooks.send_test(hook, page.settings.webhooks_allow_private)
     ok = status is not None and 200 <= status < 300
     return _webhooks_page(
@@ -204,7 +180,7 @@ def _pricing_page(page: Page, session: DbSession, status_code: int = 200, **extr
         "pricing.html",
         status_code,
         overrides=[overrides.rates_json(row) for row in overrides.list_overrides(session)],
-        unpriced=unpriced_models(session),
+        unpriced=overrides.unpriced_models(session),
         events=events,
         org_names=names,
         RATE_FIELDS=RATE_FIELDS,
@@ -224,22 +200,25 @@ def pricing_set(page: AdminPage, session: DbSession, form: Form) -> Response:
     values.update({name: forms.text(form, name) for name, _label in RATE_FIELDS})
     values.update({name: forms.text(form, name) for name in ("valid_from", "valid_until")})
     tz = page.settings.timezone
-    valid_from = forms.day_start(form, "valid_from", tz)
-    valid_until = forms.day_start(form, "valid_until", tz, after=True)
+    # The API's schema (PUT /api/pricing/overrides/...); provider and model are its path.
+    given = {name: values[name] for name, _label in RATE_FIELDS if values[name]}
+    given["valid_from"] = forms.day_start(form, "valid_from", tz)
+    given["valid_until"] = forms.day_start(form, "valid_until", tz, after=True)
     errors: forms.Errors = {}
-    for name in ("provider", "model", "input", "output"):
+    data = None
+    try:
+        data = OverrideSet.model_validate({k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        errors = forms.field_errors(exc)
+        for name in ("valid_from", "valid_until"):
+            if name in errors:
+                errors[name] = (N_("Enter a date."), {})
+    for name in ("provider", "model"):
         if not values[name]:
             errors[name] = (N_("This field is required."), {})
-    for name, day in (("valid_from", valid_from), ("valid_until", valid_until)):
-        if isinstance(day, str):
-            errors[name] = (N_("Enter a date."), {})
-    if (
-        isinstance(valid_from, datetime)
-        and isinstance(valid_until, datetime)
-        and valid_until <= valid_from
-    ):
+    if data and data.valid_from and data.valid_until and data.valid_until <= data.valid_from:
         errors["valid_until"] = (forms.VALIDITY_ERROR, {})
-    if errors:
+    if errors or data is None:
         return _pricing_page(page, session, 422, errors=errors, values=values)
     assert page.principal is not None
     try:
@@ -247,15 +226,13 @@ def pricing_set(page: AdminPage, session: DbSession, form: Form) -> Response:
             session,
             provider=values["provider"],
             model=values["model"],
-            rates={name: values[name] or None for name, _label in RATE_FIELDS},
-            actor=page.principal.email,
-            client_address=page.principal.address,
-            valid_from=valid_from,
-            valid_until=valid_until,
+            rates=data.model_dump(include=set(overrides.RATE_FIELDS)),
+            actor=page.principal,
+            valid_from=data.valid_from,
+            valid_until=data.valid_until,
             now=page.now,
         )
-    except DomainError as exc:
-        session.rollback()
+    except DomainError as exc:  # refused before anything was written
         field = exc.message.split(":", 1)[0] if exc.code == "invalid_rate" else "model"
         message = (
             N_("Enter USD per million tokens, between 0 and 1000000, at most 9 decimal places.")
@@ -282,8 +259,7 @@ def pricing_unset(page: AdminPage, session: DbSession, form: Form) -> Response:
         session,
         provider=provider,
         model=model,
-        actor=page.principal.email,
-        client_address=page.principal.address,
+        actor=page.principal,
         valid_from=valid_from,
     )
     return redirect(
@@ -328,22 +304,14 @@ def users(page: AdminPage, session: DbSession) -> Response:
 def user_create(page: AdminPage, session: DbSession, form: Form) -> Response:
     values = {"email": forms.text(form, "email"), "role": forms.text(form, "role")}
     password = str(form.get("password", ""))
+    assert page.principal is not None
     try:
-        user = auth_service.create_admin(session, values["email"], password, values["role"])
-    except DomainError as exc:
-        session.rollback()
+        user = auth_service.create_admin(
+            session, values["email"], password, values["role"], actor=page.principal
+        )
+    except DomainError as exc:  # refused before anything was written
         field, message = USER_ERRORS.get(exc.code, ("email", exc.message))
         return _users_page(page, session, exc.status, errors={field: (message, {})}, values=values)
-    assert page.principal is not None
-    audit.record_change(
-        session,
-        page.principal,
-        "admin_user.create",
-        "admin_user",
-        user.id,
-        before=None,
-        after={"email": user.email, "role": user.role},
-    )
     return redirect(
         "/admin/users", flash=("success", N_("Account %(email)s created."), {"email": user.email})
     )
@@ -363,16 +331,7 @@ def _set_disabled(page: Page, session: DbSession, user_id: int, disabled: bool) 
     assert page.principal is not None
     if user_id == page.principal.user_id and disabled:
         raise DomainError(409, "own_account", N_("You cannot disable your own account."))
-    user = auth_service.set_disabled(session, user_id, disabled)
-    audit.record_change(
-        session,
-        page.principal,
-        "admin_user.disable" if disabled else "admin_user.enable",
-        "admin_user",
-        user.id,
-        before={"disabled": not disabled},
-        after={"disabled": disabled},
-    )
+    user = auth_service.set_disabled(session, user_id, disabled, actor=page.principal, now=page.now)
     message = N_("Account %(email)s disabled.") if disabled else N_("Account %(email)s enabled.")
     return redirect("/admin/users", flash=("success", message, {"email": user.email}))
 
@@ -405,41 +364,19 @@ def keys(page: ViewerPage, session: DbSession) -> Response:
 def key_create(page: AdminPage, session: DbSession, form: Form) -> Response:
     name, org_slug = forms.text(form, "name"), forms.optional(form, "organization")
     values = {"name": name, "organization": org_slug or ""}
-    if not name or len(name) > 200:
-        errors = forms.error("name", N_("Give the key a name of at most 200 characters."))
-        return _keys_page(page, session, 422, errors=errors, values=values)
-    try:
-        key, secret = auth_service.create_api_key(session, name, org_slug)
-    except DomainError as exc:
-        session.rollback()
-        errors = forms.error("organization", N_("Choose one of the options."))
-        return _keys_page(page, session, exc.status, errors=errors, values=values)
     assert page.principal is not None
-    audit.record_change(
-        session,
-        page.principal,
-        "api_key.create",
-        "api_key",
-        key.id,
-        before=None,
-        after={"name": key.name, "organization": org_slug},
-    )
+    try:
+        _key, secret = auth_service.create_api_key(session, name, org_slug, actor=page.principal)
+    except DomainError as exc:  # refused before anything was written
+        errors = forms.key_error(exc)
+        return _keys_page(page, session, exc.status, errors=errors, values=values)
     return _keys_page(page, session, 201, new_key=secret)
 
 
 @router.post("/keys/{key_id}/revoke")
 def key_revoke(key_id: RowId, page: AdminPage, session: DbSession, form: Form) -> Response:
-    key = auth_service.revoke_api_key(session, key_id)
     assert page.principal is not None
-    audit.record_change(
-        session,
-        page.principal,
-        "api_key.revoke",
-        "api_key",
-        key.id,
-        before={"revoked": False},
-        after={"revoked": True},
-    )
+    key = auth_service.revoke_api_key(session, key_id, actor=page.principal, now=page.now)
     back = forms.text(form, "back")
     target = (
         back if back in ("/admin/keys",) or back.startswith("/organizations/") else "/admin/keys"

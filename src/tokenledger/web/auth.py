@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
 from tokenledger.auth import service as auth_service
-from tokenledger.auth.api import login as check_login
-from tokenledger.auth.api import set_session_cookies
+from tokenledger.auth.login import login as check_login
+from tokenledger.auth.login import set_session_cookies
 from tokenledger.deps import CSRF_COOKIE, SESSION_COOKIE, get_database
 from tokenledger.errors import DomainError
 from tokenledger.web import forms, i18n

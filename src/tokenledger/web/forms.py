@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 from pydantic import ValidationError
 from starlette.datastructures import FormData
 
+from tokenledger.errors import DomainError
 from tokenledger.schemas import check_instant
 from tokenledger.web.i18n import N_
 
@@ -44,6 +45,16 @@ def error(name: str, message: str, **params: Any) -> Errors:
 DEFAULT_ERROR = N_("Invalid value.")
 VALIDITY_ERROR = N_("The last day must not be before the first day.")
 POSITIVE_OR_UNLIMITED = N_("Enter more than 0, or choose unlimited.")
+
+
+KEY_NAME_ERROR = N_("Give the key a name of at most 200 characters.")
+
+
+def key_error(exc: DomainError) -> Errors:
+    """An ingest key refused (auth.service.create_api_key): its name, or its organization."""
+    if exc.code == "invalid_name":
+        return error("name", KEY_NAME_ERROR)
+    return error("organization", N_("Choose one of the options."))
 
 
 def field_errors(exc: ValidationError) -> dict[str, tuple[str, dict[str, Any]]]:

@@ -151,9 +151,6 @@ class Formatter:
     def relative(self, delta: timedelta) -> str:
         return format_timedelta(delta, add_direction=True, threshold=1.5, locale=self.locale)
 
-    def duration(self, delta: timedelta) -> str:
-        return format_timedelta(delta, threshold=1.5, locale=self.locale)
-
 
 @cache
 def _group_symbol(language: str) -> str:

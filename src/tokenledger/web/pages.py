@@ -16,17 +16,17 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from tokenledger.alerts import service as alerts
-from tokenledger.audit import service as audit
 from tokenledger.auth import service as auth_service
+from tokenledger.budgets import changes
+from tokenledger.budgets.changes import budget_fields
 from tokenledger.budgets.service import budget_states, figures_for
 from tokenledger.deps import RowId, get_hot
 from tokenledger.errors import DomainError
 from tokenledger.gateway.admin import interrupted_calls
 from tokenledger.licenses import service as licenses
-from tokenledger.licenses.budget import budget_fields, change_budget
 from tokenledger.licenses.models import BUDGET_PERIODS, ENFORCEMENTS, LICENSE_STATUSES, License
 from tokenledger.licenses.schemas import LicenseCreate, LicenseUpdate
-from tokenledger.money import format_usd, nano_to_usd, percent
+from tokenledger.money import credits_value_nano, format_usd, nano_to_usd, percent
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.organizations.schemas import OrganizationCreate, OrganizationUpdate
@@ -46,43 +46,12 @@ from tokenledger.web.common import (
 )
 from tokenledger.web.i18n import N_
 from tokenledger.web.periods import bar_periods
+from tokenledger.web.rendering import render
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 Month = Annotated[str | None, Query(pattern=MONTH_PATTERN)]
 
-STATE_LABELS = {
-    "ok": N_("OK"),
-    "warning": N_("Warning"),
-    "exhausted": N_("Exhausted"),
-    "no_license": N_("No license"),
-    "suspended": N_("Suspended"),
-    "unlimited": N_("Unlimited"),
-}
-STATUS_LABELS = {
-    "active": N_("Active"),
-    "suspended": N_("Suspended"),
-    "expired": N_("Expired"),
-    "cancelled": N_("Cancelled"),
-}
-PERIOD_LABELS = {"monthly": N_("Monthly"), "license": N_("License term")}
-ENFORCEMENT_LABELS = {
-    "soft": N_("Soft: warn, keep serving"),
-    "hard": N_("Hard: refuse when exhausted"),
-}
-ALERT_LABELS = {
-    "budget.warning": N_("Budget warning"),
-    "budget.exhausted": N_("Budget exhausted"),
-    "credits.warning": N_("Credits warning"),
-    "credits.exhausted": N_("Credits exhausted"),
-    "budget.forecast": N_("Budget forecast"),
-    "provider.drift": N_("Provider bill drift"),
-}
-DELIVERY_LABELS = {
-    "pending": N_("Pending"),
-    "delivered": N_("Delivered"),
-    "failed": N_("Failed"),
-}
 SORTS = {
     "name": N_("Name"),
     "used": N_("% used"),
@@ -97,19 +66,6 @@ FILTERS = {
     "no_license": N_("No license"),
 }
 MIN_USED = (0, 25, 50, 80, 100)
-
-common_context = {
-    "STATE_LABELS": STATE_LABELS,
-    "STATUS_LABELS": STATUS_LABELS,
-    "PERIOD_LABELS": PERIOD_LABELS,
-    "ENFORCEMENT_LABELS": ENFORCEMENT_LABELS,
-    "ALERT_LABELS": ALERT_LABELS,
-    "DELIVERY_LABELS": DELIVERY_LABELS,
-}
-
-
-def render(page: Page, template: str, status_code: int = 200, **context: Any) -> Response:
-    return page.render(template, status_code, **common_context, **context)
 
 
 # Dashboard ---------------------------------------------------------------------------
@@ -227,24 +183,14 @@ def organization_create(page: AdminPage, session: DbSession, form: Form) -> Resp
             values=values,
             errors=forms.field_errors(exc),
         )
+    assert page.principal is not None
     try:
-        org = organizations.create(session, data)
-    except DomainError as exc:
-        session.rollback()
+        org = organizations.create(session, data, actor=page.principal)
+    except DomainError as exc:  # refused before anything was written
         errors = forms.error("slug", SLUG_TAKEN) if exc.code == "slug_taken" else {}
         return render(
             page, "organization_form.html", exc.status, org=None, values=values, errors=errors
         )
-    assert page.principal is not None
-    audit.record_change(
-        session,
-        page.principal,
-        "organization.create",
-        "organization",
-        org.id,
-        before=None,
-        after=organizations.snapshot(org),
-    )
     return redirect(
         f"/organizations/{org.id}",
         flash=("success", N_("Organization %(name)s created."), {"name": org.name}),
@@ -280,26 +226,14 @@ def organization_update(org_id: RowId, page: AdminPage, session: DbSession, form
             values=values,
             errors=forms.field_errors(exc),
         )
-    before = organizations.snapshot(org)
+    assert page.principal is not None
     try:
-        organizations.update(session, org, data)
-    except DomainError as exc:
-        session.rollback()
+        organizations.update(session, org, data, actor=page.principal, now=page.now)
+    except DomainError as exc:  # refused before anything was changed
         errors = forms.error("slug", SLUG_TAKEN) if exc.code == "slug_taken" else {}
-        org = organizations.get(session, org_id)
         return render(
             page, "organization_form.html", exc.status, org=org, values=values, errors=errors
         )
-    assert page.principal is not None
-    audit.record_change(
-        session,
-        page.principal,
-        "organization.update",
-        "organization",
-        org.id,
-        before=before,
-        after=organizations.snapshot(org),
-    )
     return redirect(
         f"/organizations/{org.id}",
         flash=("success", N_("Organization %(name)s saved."), {"name": org.name}),
@@ -361,7 +295,7 @@ def organization_licenses(org_id: RowId, page: ViewerPage, session: DbSession) -
 
 def contract_value(lic: License) -> int:
     """The contract value a license implies: credits sold times the price per credit (nano)."""
-    return lic.credits_total_micro * lic.cost_per_credit_nano // 10**6
+    return credits_value_nano(lic.credits_total_micro, lic.cost_per_credit_nano)
 
 
 def _monthly_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -397,18 +331,12 @@ def organization_usage(
     selected = month or this_month
     if selected not in months:
         months = sorted({*months, selected}, reverse=True)
-    models = queries.models_of_month(session, org_id, selected)
+    models = queries.model_sums(session, org_id, selected)
     month_row = next((row for row in monthly if row["year_month"] == selected), None)
     month_cost = Decimal(month_row["cost_usd"]) if month_row else Decimal(0)
-    model_rows = [
-        (
-            model,
-            percent(int(Decimal(model["cost_usd"]) * 10**9), int(month_cost * 10**9))
-            if month_cost
-            else None,
-        )
-        for model in models
-    ]
+    # Shares of the models' own total (the month's daily rollups), in integers.
+    models_nano = sum(model["cost_nano"] for model in models)
+    model_rows = [(model, percent(model["cost_nano"], models_nano)) for model in models]
     daily = queries.daily_for_days(session, org_id, queries.days_of_month(selected))
     chart = bar_chart(
         [
@@ -429,7 +357,8 @@ def organization_usage(
         month_row=month_row,
         month_cost=month_cost,
         models=model_rows,
-        models_cost=sum((Decimal(m["cost_usd"]) for m in models), Decimal(0)),
+        models_nano=models_nano,
+        format_usd=format_usd,
         daily=daily,
         daily_cost=sum((Decimal(d["cost_usd"]) for d in daily), Decimal(0)),
         chart=chart,
@@ -453,24 +382,22 @@ def organization_key_create(
 ) -> Response:
     context = _org_context(session, page, org_id, "keys")
     org: Organization = context["org"]
-    name = forms.text(form, "name")
-    if not name or len(name) > 200:
-        keys = auth_service.list_api_keys(session, org_id)
-        errors = forms.error("name", N_("Give the key a name of at most 200 characters."))
-        return render(
-            page, "organization.html", 422, **context, keys=keys, new_key=None, errors=errors
-        )
-    key, secret = auth_service.create_api_key(session, name, org.slug)
     assert page.principal is not None
-    audit.record_change(
-        session,
-        page.principal,
-        "api_key.create",
-        "api_key",
-        key.id,
-        before=None,
-        after={"name": key.name, "organization": org.slug},
-    )
+    try:
+        _key, secret = auth_service.create_api_key(
+            session, forms.text(form, "name"), org.slug, actor=page.principal
+        )
+    except DomainError as exc:  # refused before anything was written
+        keys = auth_service.list_api_keys(session, org_id)
+        return render(
+            page,
+            "organization.html",
+            exc.status,
+            **context,
+            keys=keys,
+            new_key=None,
+            errors=forms.key_error(exc),
+        )
     keys = auth_service.list_api_keys(session, org_id)
     # Shown in this answer only: the key is not stored, only its hash.
     return render(page, "organization.html", 201, **context, keys=keys, new_key=secret, errors={})
@@ -653,21 +580,11 @@ def license_create(org_id: RowId, page: AdminPage, session: DbSession, form: For
         errors = {**forms.field_errors(exc), **errors}
     if errors:
         return _license_form(page, org, None, values, errors, 422)
-    try:
-        lic = licenses.create(session, parsed, page.now)
-    except DomainError as exc:
-        session.rollback()
-        return _license_form(page, org, None, values, {}, exc.status, _license_error(exc))
     assert page.principal is not None
-    audit.record_change(
-        session,
-        page.principal,
-        "license.create",
-        "license",
-        lic.id,
-        before=None,
-        after=licenses.snapshot(lic),
-    )
+    try:
+        licenses.create(session, parsed, page.now, actor=page.principal)
+    except DomainError as exc:  # refused before anything was written
+        return _license_form(page, org, None, values, {}, exc.status, _license_error(exc))
     return redirect(
         f"/organizations/{org.id}/licenses", flash=("success", N_("License created."), {})
     )
@@ -744,25 +661,18 @@ def license_update(license_id: RowId, page: AdminPage, session: DbSession, form:
         return _license_form(page, org, lic, values, errors, 422)
     assert page.principal is not None
     try:
-        before = licenses.snapshot(lic)
-        licenses.update_license(session, lic, update)
-        audit.record_change(
+        # PATCH /api/licenses/{id}, with PUT /api/token-usage/budget/{id}'s rules for the
+        # budget fields: one service, checked whole before it changes anything.
+        changes.update_license(
             session,
-            page.principal,
-            "license.update",
-            "license",
-            lic.id,
-            before=before,
-            after=licenses.snapshot(lic),
+            lic,
+            update,
+            actor=page.principal,
+            tz=tz,
+            now=page.now,
+            budget=budget_update if budget_update.model_fields_set else None,
         )
-        # As PATCH /api/licenses/{id}: a change of term or period re-arms or fires alerts.
-        alerts.rearm(session, lic, tz, page.now)
-        if budget_update.model_fields_set:
-            # The rules of PUT /api/token-usage/budget/{id}: one service for both.
-            change_budget(session, lic, budget_update, page.principal, tz, page.now)
     except DomainError as exc:
-        session.rollback()
-        lic = licenses.get(session, license_id)
         return _license_form(page, org, lic, values, {}, exc.status, _license_error(exc))
     return redirect(
         f"/organizations/{org.id}/licenses", flash=("success", N_("License saved."), {})

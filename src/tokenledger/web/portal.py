@@ -37,8 +37,8 @@ from tokenledger.web import forms, i18n
 from tokenledger.web.charts import bar_chart, meters
 from tokenledger.web.common import AdminPage, DbSession, Form, PageRoute, redirect, templates
 from tokenledger.web.i18n import N_
-from tokenledger.web.pages import STATE_LABELS, render
 from tokenledger.web.periods import bar_periods
+from tokenledger.web.rendering import STATE_LABELS, render
 
 router = APIRouter(include_in_schema=False)
 admin_router = APIRouter(route_class=PageRoute, include_in_schema=False)

@@ -27,7 +27,7 @@ from tokenledger.web import forms
 from tokenledger.web.charts import SLOT, _nice_ceiling
 from tokenledger.web.common import AdminPage, DbSession, Form, PageRoute, ViewerPage, redirect
 from tokenledger.web.i18n import N_
-from tokenledger.web.pages import render
+from tokenledger.web.rendering import render
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 

@@ -39,7 +39,7 @@ BigId = sa.BigInteger().with_variant(sa.INTEGER(), "sqlite")
 
 
 def fingerprint(fields: Sequence[Any], rates: dict[str, Any] | None) -> str:
-    """ledger.ingest.price_fingerprint, as of this revision (the stored identity of a price)."""
+    """ledger.prices.price_fingerprint, as of this revision (the stored identity of a price)."""
     canonical = json.dumps([*fields, rates], sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
