@@ -247,8 +247,9 @@ def test_one_group_commit_settles_several_holds(client, make_tenant, database, s
     """Two requests written by one group commit, each settling its own hold: one UPDATE
     run for both (an IN list in it made that executemany fail, and the group fell back to
     a transaction per request)."""
-    from tokenledger.ledger.ingest import prepare, session_lookup
+    from tokenledger.ledger.ingest import prepare
     from tokenledger.ledger.service import record_usage
+    from tokenledger.organizations.refs import in_session
     from tokenledger.pricing.overrides import price_book
     from tokenledger.usage.schemas import UsageBatch
 
@@ -262,7 +263,7 @@ def test_one_group_commit_settles_several_holds(client, make_tenant, database, s
                     {"events": [event("0.10", reservation_id=rid, organization=tenant.slug)]}
                 ),
                 key_org_id=None,
-                organizations=session_lookup(session),
+                organizations=in_session(session),
                 book=price_book(session),
                 settings=settings,
                 now=NOW,
