@@ -273,17 +273,22 @@ def sync(
     today = now.astimezone(UTC).date()
     if last > today:
         raise DomainError(422, "invalid_range", "to must not be after today (UTC)")
+    owned = client is None
     if client is None:
         client = sdk_client(settings, provider)
-    holder = holder or f"sync-{secrets.token_hex(8)}"
-    if not claim_lease(database, provider, holder, now):
-        raise DomainError(409, "provider_sync_running", f"a sync of {provider} is running")
     try:
-        return _sync_holding_lease(
-            database, settings, provider, first, last, now, actor=actor, client=client
-        )
+        holder = holder or f"sync-{secrets.token_hex(8)}"
+        if not claim_lease(database, provider, holder, now):
+            raise DomainError(409, "provider_sync_running", f"a sync of {provider} is running")
+        try:
+            return _sync_holding_lease(
+                database, settings, provider, first, last, now, actor=actor, client=client
+            )
+        finally:
+            release_lease(database, provider, holder)
     finally:
-        release_lease(database, provider, holder)
+        if owned:
+            client.close()  # its connection pool: a client made here is closed here
 
 
 def _sync_holding_lease(
