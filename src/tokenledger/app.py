@@ -38,6 +38,7 @@ from tokenledger.organizations.api import router as organizations_router
 from tokenledger.portal.api import router as portal_router
 from tokenledger.pricing.api import router as pricing_router
 from tokenledger.provider_reports.api import router as provider_reports_router
+from tokenledger.provider_reports.worker import ProviderSyncWorker
 from tokenledger.ratelimit import Rate, RateLimiter
 from tokenledger.usage.admin_api import router as token_usage_router
 from tokenledger.usage.tenant_api import router as tenant_router
@@ -83,8 +84,6 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
             worker.start()
         provider_sync = None
         if settings.provider_sync_interval_minutes:
-            from tokenledger.provider_reports.worker import ProviderSyncWorker
-
             provider_sync = ProviderSyncWorker(database, settings)
             provider_sync.start()
         yield

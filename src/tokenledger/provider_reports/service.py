@@ -129,6 +129,8 @@ def sdk_client(
             "provider_admin_key_missing",
             f"set {ADMIN_KEY_VARIABLE[provider]} to import {provider}'s reports",
         )
+    # The SDKs are imported here, when a sync runs: they are large, and a server that never
+    # syncs need not load them.
     if provider == "anthropic":
         import anthropic
 
