@@ -247,7 +247,7 @@ def test_one_group_commit_settles_several_holds(client, make_tenant, database, s
     """Two requests written by one group commit, each settling its own hold: one UPDATE
     run for both (an IN list in it made that executemany fail, and the group fell back to
     a transaction per request)."""
-    from tokenledger.ledger.ingest import prepare
+    from tokenledger.ledger.prepare import prepare
     from tokenledger.ledger.service import record_usage
     from tokenledger.organizations.refs import in_session
     from tokenledger.pricing.overrides import price_book

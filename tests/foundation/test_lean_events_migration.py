@@ -24,7 +24,7 @@ from tests.conftest import add_admin, admin_bearer, make_settings
 from tokenledger.app import create_app
 from tokenledger.auth.service import create_api_key
 from tokenledger.db import Database, UTCDateTime
-from tokenledger.ledger.ingest import content_hash
+from tokenledger.ledger.prepare import content_hash
 from tokenledger.ledger.reconcile import reconcile
 from tokenledger.migrations import runner
 from tokenledger.usage.models import UsageEvent, UsagePrice
