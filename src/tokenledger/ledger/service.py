@@ -19,7 +19,10 @@ from tokenledger.auth.models import ApiKey
 from tokenledger.budgets import service as budgets
 from tokenledger.config import Settings
 from tokenledger.errors import DomainError
-from tokenledger.ledger.prepare import IngestOutcome, PreparedBatch, prepare, roll_up, write
+from tokenledger.ledger.duplicates import IngestOutcome
+from tokenledger.ledger.prepare import PreparedBatch, prepare
+from tokenledger.ledger.rollups import roll_up
+from tokenledger.ledger.store import write
 from tokenledger.licenses import service as licenses
 from tokenledger.ops import Metrics
 from tokenledger.organizations import refs
