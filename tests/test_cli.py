@@ -16,9 +16,8 @@ import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.conftest import ADMIN_PASSWORD, SECRET, make_settings
+from tests.conftest import ADMIN_PASSWORD, SECRET, login, make_settings
 from tests.factories import make_org
-from tests.foundation.conftest import login
 from tokenledger.app import create_app
 from tokenledger.auth.models import AdminUser, ApiKey
 from tokenledger.cli import tcp_socket

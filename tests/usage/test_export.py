@@ -22,8 +22,7 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
-from tests.admin.conftest import serve
-from tests.conftest import ADMIN_PASSWORD, Tenant, add_admin, admin_bearer
+from tests.conftest import ADMIN_PASSWORD, Tenant, add_admin, admin_bearer, serve
 from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.ledger.service import record_batch

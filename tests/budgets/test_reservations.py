@@ -9,8 +9,7 @@ from decimal import Decimal
 import httpx
 from sqlalchemy import select
 
-from tests.admin.conftest import budget, event, ingest, serve
-from tests.conftest import NOW
+from tests.conftest import NOW, budget, event, ingest, serve
 from tokenledger.budgets.models import Reservation
 
 

@@ -8,8 +8,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi.testclient import TestClient
 
-from tests.admin.conftest import budget, event, ingest, usd, usd_budget_license
-from tests.conftest import NOW, make_settings, write
+from tests.conftest import NOW, budget, event, ingest, make_settings, usd, usd_budget_license, write
 from tokenledger.app import create_app
 from tokenledger.budgets.service import budget_states
 from tokenledger.licenses.models import License

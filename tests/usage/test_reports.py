@@ -8,11 +8,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from tests.admin.conftest import event, ingest
-from tests.conftest import NOW
+from tests.conftest import NOW, event, ingest
 from tokenledger.usage import queries
 
-# The app's clock stands at NOW, 2026-11-18 12:00 UTC (tests/admin/conftest.py): this month is
+# The app's clock stands at NOW, 2026-11-18 12:00 UTC (tests/usage/conftest.py): this month is
 # 2026-11, and this day is in the previous one.
 LAST_MONTH = datetime(2026, 10, 30, tzinfo=UTC)
 

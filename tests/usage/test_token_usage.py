@@ -10,8 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.admin.conftest import budget, event, ingest
-from tests.conftest import NOW, make_settings, write
+from tests.conftest import NOW, budget, event, ingest, make_settings, write
 from tokenledger.app import create_app
 from tokenledger.audit.models import AuditEntry
 from tokenledger.licenses.models import CreditAdjustment, License

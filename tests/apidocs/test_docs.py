@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.admin.conftest import serve
+from tests.conftest import serve
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

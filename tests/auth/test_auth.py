@@ -9,8 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.conftest import ADMIN_PASSWORD, SECRET, add_admin, make_settings
-from tests.foundation.conftest import login
+from tests.conftest import ADMIN_PASSWORD, SECRET, add_admin, login, make_settings
 from tokenledger.app import create_app
 from tokenledger.auth.models import AdminUser, LoginAttempt
 from tokenledger.auth.passwords import hash_password, password_problem, verify_password

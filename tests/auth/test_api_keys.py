@@ -9,9 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.conftest import NOW
+from tests.conftest import NOW, PROBE_PATH
 from tests.factories import make_org
-from tests.foundation.conftest import PROBE_PATH
 from tokenledger.audit.service import Operator
 from tokenledger.auth import service
 from tokenledger.auth.models import ApiKey

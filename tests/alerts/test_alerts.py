@@ -10,8 +10,7 @@ from decimal import Decimal
 import httpx
 from sqlalchemy import select, update
 
-from tests.admin.conftest import event, ingest, serve, usd_budget_license
-from tests.conftest import NOW
+from tests.conftest import NOW, event, ingest, serve, usd_budget_license
 from tokenledger.alerts.models import Alert
 
 

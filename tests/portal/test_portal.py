@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import NOW, make_settings
-from tests.tenant.conftest import B_SLUG, assert_nothing_of_b
+from tests.portal.conftest import B_SLUG, assert_nothing_of_b
 from tests.web.conftest import read, sign_in
 from tokenledger.app import create_app
 

@@ -16,8 +16,7 @@ import standardwebhooks
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from tests.admin.conftest import Received, event, ingest
-from tests.conftest import make_settings
+from tests.conftest import Received, event, ingest, make_settings
 from tokenledger.alerts.models import Alert, Webhook, WebhookDelivery
 from tokenledger.alerts.webhooks import deliver_due, new_secret
 from tokenledger.app import create_app

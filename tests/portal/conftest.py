@@ -1,5 +1,6 @@
-"""Fixtures of the tenant access tests: two organizations in Europe/Berlin, A with events
-across the October/November boundary, B with figures that must never show for A."""
+"""Fixtures of the tenant access tests (the portal here, the tenant API in tests/usage): two
+organizations in Europe/Berlin, A with events across the October/November boundary, B with
+figures that must never show for A."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.admin.conftest import event, ingest, service_key  # noqa: F401
 from tests.conftest import (
     FixedClock,
     Tenant,
+    event,
+    ingest,
     make_settings,
 )
 from tokenledger.app import create_app

@@ -1,6 +1,8 @@
+# ruff: noqa: F811  (the fixtures pair and settings, imported from tests/portal/conftest.py)
 """The tenant read API (ingest keys): an organization's own figures, and nothing else.
 
-Expected values are worked by hand from the events of conftest.py (Europe/Berlin months).
+Expected values are worked by hand from the events of tests/portal/conftest.py (Europe/Berlin
+months), whose two tenants and Berlin settings this module takes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from fractions import Fraction
 import pytest
 
 from tests.conftest import NOW
-from tests.tenant.conftest import B_SLUG, assert_nothing_of_b
+
+# The two Berlin tenants of the tenant access tests, and their settings (fixtures).
+from tests.portal.conftest import B_SLUG, assert_nothing_of_b, pair, settings  # noqa: F401
 
 ROUTES = (
     "/api/v1/usage/summary",

@@ -9,7 +9,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import func, select
 
-from tests.admin.conftest import event
+from tests.conftest import event
 from tokenledger.organizations.models import Organization
 from tokenledger.pricing.models import PriceOverrideRow
 from tokenledger.schemas import JsonObject

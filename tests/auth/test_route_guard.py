@@ -163,7 +163,7 @@ def test_viewer_can_read_every_admin_route(app, client, viewer_headers):
 
 
 def test_admin_token_is_refused_on_every_ingest_route(app, client, admin_headers):
-    from tests.foundation.conftest import PROBE_PATH, add_ingest_probe
+    from tests.conftest import PROBE_PATH, add_ingest_probe
 
     add_ingest_probe(app)
     ingest = [e for e in guarded(app) if e.is_ingest]
