@@ -13,8 +13,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/tokenledger run-local
 
+# TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check src tests
