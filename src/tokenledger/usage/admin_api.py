@@ -14,6 +14,7 @@ from tokenledger.periods import month_of
 from tokenledger.schemas import MONTH_PATTERN, RANGE_RULE, Instant
 from tokenledger.usage import export, queries
 from tokenledger.usage.export import ClosingStreamingResponse
+from tokenledger.usage.schemas import daily_json, models_json, monthly_json
 
 router = APIRouter(tags=["token-usage"])
 
@@ -39,7 +40,7 @@ def organization_usage(
     org_id: RowId, session: Session, _viewer: Viewer, settings: AppSettings
 ) -> list[dict[str, Any]]:
     organizations.get(session, org_id)
-    return queries.monthly(session, org_id, settings.timezone)
+    return monthly_json(queries.monthly(session, org_id, settings.timezone))
 
 
 @router.get("/api/token-usage/{org_id}/current")
@@ -63,7 +64,7 @@ def organization_models(
     year_month = month or month_of(now, settings.timezone)
     return {
         "year_month": year_month,
-        "models": queries.models_of_month(session, org_id, year_month),
+        "models": models_json(queries.model_sums(session, org_id, year_month)),
     }
 
 
@@ -77,7 +78,7 @@ def organization_daily(
     days: Annotated[int, Query(ge=1, le=366)] = 30,
 ) -> list[dict[str, Any]]:
     organizations.get(session, org_id)
-    return queries.daily_series(session, org_id, days, settings.timezone, now)
+    return daily_json(queries.daily_series(session, org_id, days, settings.timezone, now))
 
 
 @router.get(

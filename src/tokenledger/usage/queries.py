@@ -276,7 +276,8 @@ def failed_runs_by_month(session: Session, org_id: int, tz: Any) -> dict[str, in
 
 
 def monthly(session: Session, org_id: int, tz: Any = None) -> list[dict[str, Any]]:
-    """The origin's monthly rows, newest first; with a time zone also the failed runs."""
+    """The monthly rollups, newest first, cost in nano-USD; with a time zone also the
+    failed runs (None when not counted). usage.schemas.monthly_json renders the origin's."""
     rows = session.execute(
         select(
             M.year_month,
@@ -300,12 +301,10 @@ def monthly(session: Session, org_id: int, tz: Any = None) -> list[dict[str, Any
             "output_tokens": row.output_tokens,
             "cache_creation_tokens": row.cache_creation_tokens,
             "cache_read_tokens": row.cache_read_tokens,
-            "total_cost_usd": round_usd(row.cost_nano),
+            "cost_nano": row.cost_nano,
             "api_calls": row.api_calls,
             "refresh_count": row.refresh_count,
             "unpriced_events": row.unpriced_events,
-            # Additions: the exact cost, and failed runs (None when not counted).
-            "cost_usd": format_usd(row.cost_nano),
             "failed_refreshes": failed.get(row.year_month, 0) if tz is not None else None,
         }
         for row in rows
@@ -346,32 +345,6 @@ def current(session: Session, org: Organization, tz: Any, now: datetime) -> dict
             "license_id": lic.id if lic else None,
         },
     }
-
-
-def models_of_month(session: Session, org_id: int, year_month: str) -> list[dict[str, Any]]:
-    """The origin's rendering of model_sums: costs as a rounded number and exact text."""
-    return [
-        {
-            **{key: row[key] for key in _MODEL_COUNTS[:6]},
-            "total_cost_usd": round_usd(row["cost_nano"]),
-            "cost_usd": format_usd(row["cost_nano"]),
-            **{key: row[key] for key in _MODEL_COUNTS[6:]},
-        }
-        for row in model_sums(session, org_id, year_month)
-    ]
-
-
-_MODEL_COUNTS = (
-    "provider",
-    "model",
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_tokens",
-    "cache_read_tokens",
-    "api_calls",
-    "events",
-    "unpriced_events",
-)
 
 
 def model_sums(session: Session, org_id: int, year_month: str) -> list[dict[str, Any]]:
@@ -419,7 +392,8 @@ def days_of_month(year_month: str) -> list[str]:
 
 
 def daily_for_days(session: Session, org_id: int, days: list[str]) -> list[dict[str, Any]]:
-    """Sums per billing day for these days (ascending), with zeros for days without usage."""
+    """Sums per billing day for these days (ascending), with zeros for days without usage;
+    cost in nano-USD (usage.schemas.daily_json renders the origin's)."""
     D = UsageDaily
     sums = {
         day: (int(cost), int(calls), int(inp), int(out))
@@ -441,8 +415,7 @@ def daily_for_days(session: Session, org_id: int, days: list[str]) -> list[dict[
         series.append(
             {
                 "day": day,
-                "total_cost_usd": round_usd(cost),
-                "cost_usd": format_usd(cost),
+                "cost_nano": cost,
                 "api_calls": calls,
                 "input_tokens": inp,
                 "output_tokens": out,
