@@ -1,5 +1,4 @@
-"""Ingestion request and response shapes (strict, so bad input stores nothing), and the
-JSON of the usage read routes' rows."""
+"""Ingestion request and response shapes: strict, so bad input stores nothing."""
 
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from tokenledger import schemas
 from tokenledger.budgets.schemas import BudgetStateRead
-from tokenledger.money import format_usd, round_usd
 from tokenledger.schemas import MAX_TOKENS, InputModel, JsonObject, TokenCount, UsdInput
 
 MAX_METADATA_BYTES = 4096
@@ -252,60 +250,3 @@ class RefreshRead(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     counted_month: str | None
-
-
-# The origin's rows (GET /api/token-usage/{id}, /models, /daily and the tenant's): each
-# cost of usage.queries' integer rows as a rounded number (total_cost_usd, the origin's
-# field) and as exact text (cost_usd), in the origin's order of fields.
-
-
-def monthly_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "year_month": row["year_month"],
-            "input_tokens": row["input_tokens"],
-            "output_tokens": row["output_tokens"],
-            "cache_creation_tokens": row["cache_creation_tokens"],
-            "cache_read_tokens": row["cache_read_tokens"],
-            "total_cost_usd": round_usd(row["cost_nano"]),
-            "api_calls": row["api_calls"],
-            "refresh_count": row["refresh_count"],
-            "unpriced_events": row["unpriced_events"],
-            "cost_usd": format_usd(row["cost_nano"]),
-            "failed_refreshes": row["failed_refreshes"],
-        }
-        for row in rows
-    ]
-
-
-def models_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "provider": row["provider"],
-            "model": row["model"],
-            "input_tokens": row["input_tokens"],
-            "output_tokens": row["output_tokens"],
-            "cache_creation_tokens": row["cache_creation_tokens"],
-            "cache_read_tokens": row["cache_read_tokens"],
-            "total_cost_usd": round_usd(row["cost_nano"]),
-            "cost_usd": format_usd(row["cost_nano"]),
-            "api_calls": row["api_calls"],
-            "events": row["events"],
-            "unpriced_events": row["unpriced_events"],
-        }
-        for row in rows
-    ]
-
-
-def daily_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "day": row["day"],
-            "total_cost_usd": round_usd(row["cost_nano"]),
-            "cost_usd": format_usd(row["cost_nano"]),
-            "api_calls": row["api_calls"],
-            "input_tokens": row["input_tokens"],
-            "output_tokens": row["output_tokens"],
-        }
-        for row in rows
-    ]

@@ -24,8 +24,8 @@ from tokenledger.licenses.service import terms_in_force
 from tokenledger.organizations.models import Organization
 from tokenledger.periods import month_bounds, month_of
 from tokenledger.usage import queries
+from tokenledger.usage.answers import daily_json, models_json, monthly_json
 from tokenledger.usage.export import COLUMNS
-from tokenledger.usage.schemas import daily_json, models_json, monthly_json
 
 # A billing month a tenant may ask for: one of the range of instants (schemas.py).
 MONTH_PATTERN = schemas.MONTH_PATTERN
