@@ -189,8 +189,15 @@ def test_a_command_on_a_missing_sqlite_database_creates_nothing(tmp_path):
         )
         for command in COMMANDS
     ]
-    for command, process in zip(COMMANDS, processes, strict=True):
-        out, err = process.communicate(timeout=60)
+    try:
+        # A guard against a hang, not a speed limit: eight start-ups on a busy machine.
+        answers = [process.communicate(timeout=300) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    for command, process, (out, err) in zip(COMMANDS, processes, answers, strict=True):
         assert process.returncode == 1, command
         assert out == "", command
         assert err.strip() == (
