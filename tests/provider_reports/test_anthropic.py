@@ -401,3 +401,28 @@ def test_an_answer_not_in_the_sdks_shape_fails_the_sync(
     assert "nothing was stored" in caught.value.message
     with database.session(write=False) as session:
         assert session.scalar(select(func.count()).select_from(ProviderReportRow)) == 0
+
+
+def test_an_account_id_of_the_longest_allowed_length_is_mapped_and_audited(
+    fixed_client: TestClient,
+    database: Database,
+    admin_headers: dict[str, str],
+    make_tenant: Any,
+) -> None:
+    # Found by the schema fuzzing on PostgreSQL: 128 characters are allowed in the path, but
+    # the audit entry named the account by provider:kind:id, too long for its 64 (a 500).
+    tenant = make_tenant()
+    external = "k" * 128
+    answer = fixed_client.put(
+        f"/api/provider-reports/accounts/anthropic/api_key/{external}",
+        json={"organization_id": tenant.org_id},
+        headers=admin_headers,
+    )
+    assert answer.status_code == 200, answer.text
+    with database.session(write=False) as session:
+        [entry] = session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "provider_account.map")
+        ).all()
+    assert entry.after is not None
+    assert entry.after["external_id"] == external
+    assert entry.after["organization_id"] == tenant.org_id

@@ -587,7 +587,9 @@ def map_account(
         by,
         "provider_account.map",
         "provider_account",
-        f"{provider}:{kind}:{external_id}",
+        # By its id: provider, kind and an external id of up to 128 characters pass the
+        # entry's 64; the entry's after names them.
+        account.id,
         before=before,
         after=account_snapshot(account),
     )
