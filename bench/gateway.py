@@ -6,6 +6,11 @@ call answered through the gateway found in the ledger afterwards.
 
 Environment: BENCH_SECONDS (each wrk run, default 8), BENCH_POSTGRES=1 (also PostgreSQL with
 two workers; needs TOKENLEDGER_TEST_POSTGRES_URL), BENCH_TAG (result file name suffix).
+
+`bench/gateway.py profile [seconds] [connections] [plain|streamed]` instead measures where
+the gateway's time goes: the CPU time the gateway process spent per call (from
+/proc/PID/stat, robust on a shared machine) and a py-spy profile of the same load (SQLite,
+one worker; 64 connections, plain, 10 s by default).
 """
 
 from __future__ import annotations
@@ -187,7 +192,52 @@ def run(database_url: str, workers: int) -> dict[str, Any]:
     return figures
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def profile(seconds: int, connections: int, stream: bool) -> int:
+    from profile import PY_SPY, summarize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        database_url = f"sqlite:///{tmp}/ledger.db"
+        ledger = prepare_ledger(database_url)
+        headers = {
+            "content-type": "application/json", "anthropic-version": "2023-06-01",
+            "x-api-key": ledger.key, "tokenledger-organization": ORG,
+        }
+        raw = Path(tmp) / "profile.txt"
+        with upstream() as fake, gateway(database_url, fake.base, 1) as tl:
+            url = f"{tl.base}/gateway/anthropic/v1/messages"
+            wrk(url, lua(headers, stream), [], 8, 2)  # warm up
+            spy = subprocess.Popen(
+                [PY_SPY, "record", "--pid", str(tl.process.pid), "--format", "raw",
+                 "--rate", "200", "--duration", str(seconds), "--output", str(raw),
+                 "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            cpu = cpu_seconds(tl.process.pid), cpu_seconds(fake.process.pid)
+            load = wrk(url, lua(headers, stream), [], connections, seconds)
+            used = cpu_seconds(tl.process.pid) - cpu[0], cpu_seconds(fake.process.pid) - cpu[1]
+            spy.wait()
+        calls = load.per_second * seconds
+        print(f"{connections} connections, {'streamed' if stream else 'plain'}: {load.as_dict()}")
+        print(f"gateway CPU per call: {1000 * used[0] / calls:.2f} ms "
+              f"(upstream {1000 * used[1] / calls:.2f} ms)")
+        print(summarize(raw))
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["profile"]:
+        args = sys.argv[2:]
+        return profile(
+            int(args[0]) if args else 10,
+            int(args[1]) if len(args) > 1 else 64,
+            len(args) > 2 and args[2] == "streamed",
+        )
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),

@@ -10,7 +10,7 @@ import re
 import time
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -158,28 +158,26 @@ async def forward(request: Request, provider: Provider, api: str, path: str) -> 
     if request.url.query:
         url += "?" + request.url.query
     upstream = upstream_of(app)
-    client = upstream.client()
-    outgoing = client.build_request(
-        "POST", url, headers=upstream_headers(request.headers, provider, provider_key), content=raw
-    )
     timing.sent = time.perf_counter()
     try:
-        response = await client.send(outgoing, stream=True)
-    except httpx.HTTPError as exc:
+        response = await upstream.send(
+            url, upstream_headers(request.headers, provider, provider_key), raw
+        )
+    except (aiohttp.ClientError, TimeoutError) as exc:
         timing.answered = time.perf_counter()
         if call is not None:
             await metering.release(ledger, call, now_of(request))
-        timeout = isinstance(exc, httpx.TimeoutException)
+        timeout = isinstance(exc, TimeoutError)
         status = 504 if timeout else 502
         metrics.gateway_requests.labels(provider.name, str(status)).inc()
         message = f"{provider.name} " + ("did not answer in time" if timeout else "unreachable")
         return _error(provider, status, message)
     timing.answered = time.perf_counter()
     metrics.gateway_upstream_seconds.labels(provider.name).observe(timing.upstream())
-    metrics.gateway_requests.labels(provider.name, str(response.status_code)).inc()
-    headers = client_headers(response.headers)
+    metrics.gateway_requests.labels(provider.name, str(response.status)).inc()
+    headers = client_headers(response.raw_headers)
     is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
-    if call is not None and response.status_code == 200 and is_stream:
+    if call is not None and response.status == 200 and is_stream:
         reader = StreamReader("anthropic" if api == "anthropic" else api, strip_usage)
         relay = Relay(
             provider=provider,
@@ -197,16 +195,17 @@ async def forward(request: Request, provider: Provider, api: str, path: str) -> 
         upstream.tasks.add(task)
         task.add_done_callback(upstream.tasks.discard)
         streamed = StreamingResponse(relay.events(), status_code=200)
-        streamed.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        streamed.raw_headers = headers
         return streamed
+    content: bytes | None
     try:
-        content = await response.aread()
-    except httpx.HTTPError:
+        content = await response.read()
+    except (aiohttp.ClientError, TimeoutError):
         content = None
     finally:
-        await response.aclose()
+        response.release()
     if call is not None:
-        if response.status_code == 200 and content is not None:
+        if response.status == 200 and content is not None:
             try:
                 parsed = json.loads(content)
             except ValueError:
@@ -218,10 +217,8 @@ async def forward(request: Request, provider: Provider, api: str, path: str) -> 
             await metering.release(ledger, call, now_of(request))
     if content is None:
         return _error(provider, 502, f"{provider.name}'s answer broke off")
-    answer = Response(content=content, status_code=response.status_code)
-    answer.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers] + [
-        (b"content-length", str(len(content)).encode())
-    ]
+    answer = Response(content=content, status_code=response.status)
+    answer.raw_headers = [*headers, (b"content-length", str(len(content)).encode())]
     metrics.gateway_overhead_seconds.labels(provider.name).observe(
         (time.perf_counter() - timing.started) - timing.upstream()
     )
