@@ -94,7 +94,6 @@ class Upstream:
         self._client: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.tasks: set[asyncio.Task[None]] = set()
-        self.holds: metering.HoldWriter | None = None
 
     def client(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -136,8 +135,6 @@ class Upstream:
         if self._client is not None:
             await self._client.close()
             self._client = None
-        if self.holds is not None:
-            self.holds.stop()
 
 
 @dataclass(slots=True)
