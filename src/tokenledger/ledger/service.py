@@ -20,8 +20,10 @@ from tokenledger.auth.models import ApiKey
 from tokenledger.budgets import service as budgets
 from tokenledger.config import Settings
 from tokenledger.errors import DomainError
-from tokenledger.ledger import ingest
-from tokenledger.ledger.ingest import IngestOutcome, PreparedBatch
+from tokenledger.ledger.duplicates import IngestOutcome
+from tokenledger.ledger.prepare import PreparedBatch, prepare
+from tokenledger.ledger.rollups import roll_up
+from tokenledger.ledger.store import write
 from tokenledger.licenses import service as licenses
 from tokenledger.ops import Metrics
 from tokenledger.organizations import refs
@@ -87,10 +89,10 @@ def write_group(
     )
     # The lock order of db.py: organizations, then their licenses. Two groups touching the
     # same organizations run one after the other (no unique-key waits, no deadlocks), and
-    # the stored twins read next cannot change before the insert.
+    # the stored events read next cannot change before the insert.
     organizations.lock(session, org_ids)
     candidates = licenses.candidates_for(session, org_ids, lock=True)
-    outcomes = ingest.write(session, batches, candidates, price_ids) if batches else []
+    outcomes = write(session, batches, candidates, price_ids) if batches else []
     created_rows = [
         row
         for outcome in outcomes
@@ -98,7 +100,7 @@ def write_group(
         for row in outcome.created_rows
     ]
     if created_rows:
-        ingest.roll_up(session, created_rows)
+        roll_up(session, created_rows)
         budgets.settle_reservations(session, created_rows, now)
     budgets.release_holds(session, releases, now)
 
@@ -155,7 +157,7 @@ def record_batch(
 ) -> UsageAnswer:
     """One batch in the caller's own transaction (demo data, scripts, tests): the group
     commit's unit of work for this one batch; its answer, or the refusal."""
-    prepared = ingest.prepare(
+    prepared = prepare(
         batch,
         key_org_id=key_org_id,
         organizations=refs.in_session(session),

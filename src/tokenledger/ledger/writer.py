@@ -28,7 +28,7 @@ from tokenledger.budgets.service import NewHold
 from tokenledger.config import Settings
 from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import DomainError
-from tokenledger.ledger.ingest import PreparedBatch
+from tokenledger.ledger.prepare import PreparedBatch
 from tokenledger.ledger.service import UsageAnswer, count_events, write_group
 from tokenledger.ops import Metrics
 
