@@ -164,6 +164,7 @@ async def forward(request: Request, provider: Provider, api: str, path: str) -> 
         )
     except (aiohttp.ClientError, TimeoutError) as exc:
         timing.answered = time.perf_counter()
+        log.warning("%s call failed: %s", provider.name, type(exc).__name__)
         if call is not None:
             await metering.release(ledger, call)
         timeout = isinstance(exc, TimeoutError)

@@ -183,18 +183,16 @@ class Relay:
                         chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     break
-                for event in splitter.feed(chunk):
-                    self._see(event)
+                self._forward(splitter.feed(chunk))
             rest = splitter.rest()
             if rest.strip():
-                self._see(rest)
+                self._forward([rest])
             complete = self.reader.outcome.final
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("%s stream broke: %s", self.provider.name, type(exc).__name__)
             broken = True
         except BaseException:
-            for event in self.held_back:
-                self._put(event)
+            self._release_held_back()
             self._put(_END)
             raise
         finally:
@@ -206,19 +204,28 @@ class Relay:
             self.metrics.gateway_overhead_seconds.labels(self.provider.name).observe(
                 (self.timing.sent - self.timing.started) + (time.perf_counter() - finished)
             )
-            for event in self.held_back:
-                self._put(event)
+            self._release_held_back()
             self._put(_BROKEN if broken else _END)
 
-    def _see(self, event: bytes) -> None:
-        """Forward an event at once; from the final usage on, only once it is recorded:
+    def _forward(self, events: list[bytes]) -> None:
+        """Forward events at once (those of one read from the provider in one write to the
+        client: they arrived together); from the final usage on, only once it is recorded:
         a client that has the stream's last event finds the call in the ledger."""
-        if not self.reader.see(event):
-            return
-        if self.reader.outcome.final:
-            self.held_back.append(event)
-        else:
-            self._put(event)
+        ready = []
+        for event in events:
+            if not self.reader.see(event):
+                continue
+            if self.reader.outcome.final:
+                self.held_back.append(event)
+            else:
+                ready.append(event)
+        if ready:
+            self._put(b"".join(ready))
+
+    def _release_held_back(self) -> None:
+        if self.held_back:
+            self._put(b"".join(self.held_back))
+            self.held_back.clear()
 
     async def events(self) -> AsyncIterator[bytes]:
         try:
