@@ -185,7 +185,7 @@ def figures_and_windows(
         params["ids"] = [lic.id for lic in licenses]
     if window:
         params["first_day"] = window_start(tz, now)
-    rows = {row[0]: row for row in reader.execute(_FIGURES[one, window], params)}
+    rows = {row[0]: row for row in _core(reader).execute(_FIGURES[one, window], params)}
     result = {}
     for lic in licenses:
         row = rows.get(lic.id)
@@ -354,15 +354,27 @@ def render_state(org: OrgLike, fig: Figures | None, suspended: bool) -> dict[str
     }
 
 
+# Built once, run as Core (every group commit that reaches a budget reads it).
+_RECENT_COST = select(Organization.id, _window_cost(Organization.id)).where(
+    Organization.id.in_(bindparam("orgs", expanding=True))
+)
+
+
+def _core(reader: Reader) -> Connection:
+    """The connection under a session, its pending changes flushed (what the session's own
+    execute would autoflush): plain Core statements skip the ORM's execution."""
+    if isinstance(reader, Session):
+        reader.flush()
+        return reader.connection()
+    return reader
+
+
 def recent_cost(reader: Reader, org_ids: list[int], tz: Any, now: datetime) -> dict[int, int]:
     """Each organization's cost over the forecast window, in one query."""
     if not org_ids:
         return {}
-    rows = reader.execute(
-        select(Organization.id, _window_cost(Organization.id)).where(
-            Organization.id.in_(sorted(set(org_ids)))
-        ),
-        {"first_day": window_start(tz, now)},
+    rows = _core(reader).execute(
+        _RECENT_COST, {"orgs": sorted(set(org_ids)), "first_day": window_start(tz, now)}
     )
     return {org_id: int(cost or 0) for org_id, cost in rows}
 
