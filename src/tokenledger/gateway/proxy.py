@@ -4,8 +4,9 @@ goes away does not end the call unseen: the task reads on to the end (bounded by
 timeout and the longest call) and records the usage.
 
 The provider is called with aiohttp (its C parser, and a connection pool that costs the
-same however many connections it keeps): httpx cost some 4 ms of CPU a call here, a third
-of it httpcore checking every pooled connection for expiry on each request. The session
+same however many connections it keeps): httpx was a third of the gateway's CPU per call
+at 64 connections, half of that httpcore checking every pooled connection for expiry on
+each request. The session
 keeps no cookies (a provider's cookie must not pass from one tenant's call to another's)
 and decompresses nothing: bodies pass as they come.
 """
