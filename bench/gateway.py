@@ -5,7 +5,13 @@ direct); the time to the first event of a stream (8 concurrent httpx clients); a
 call answered through the gateway found in the ledger afterwards.
 
 Environment: BENCH_SECONDS (each wrk run, default 8), BENCH_POSTGRES=1 (also PostgreSQL with
-two workers; needs TOKENLEDGER_TEST_POSTGRES_URL), BENCH_TAG (result file name suffix).
+two workers; needs TOKENLEDGER_TEST_POSTGRES_URL), BENCH_SQLITE=0 (skip SQLite),
+BENCH_SQLITE_SYNCHRONOUS (default FULL), BENCH_TAG (result file name suffix).
+
+`bench/gateway.py profile [seconds] [connections] [plain|streamed]` instead measures where
+the gateway's time goes: the CPU time the gateway process spent per call (from
+/proc/PID/stat, robust on a shared machine) and a py-spy profile of the same load (SQLite,
+one worker; 64 connections, plain, 10 s by default).
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ from ingest import (  # noqa: E402  (bench/ is not a package)
 )
 
 UPSTREAM_KEY = "sk-ant-bench-upstream"
+# SQLite's synchronous setting of the gateway (the product's default, FULL: every commit
+# waits for the disk; NORMAL: survives a crash of the process, not a power loss).
+SYNCHRONOUS = os.environ.get("BENCH_SQLITE_SYNCHRONOUS", "FULL")
 MODEL = "claude-haiku-4-5"
 ORG = "o0001"
 
@@ -82,6 +91,7 @@ def gateway(database_url: str, upstream_base: str, workers: int) -> Iterator[Ser
         **ledger_env(database_url),
         "TOKENLEDGER_ANTHROPIC_API_KEY": UPSTREAM_KEY,
         "TOKENLEDGER_ANTHROPIC_BASE_URL": upstream_base,
+        "TOKENLEDGER_SQLITE_SYNCHRONOUS": SYNCHRONOUS,
     }
     log = LOG.open("ab")
     process = subprocess.Popen(
@@ -187,16 +197,73 @@ def run(database_url: str, workers: int) -> dict[str, Any]:
     return figures
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def profile(seconds: int, connections: int, stream: bool) -> int:
+    from profile import PY_SPY, summarize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        database_url = f"sqlite:///{tmp}/ledger.db"
+        ledger = prepare_ledger(database_url)
+        headers = {
+            "content-type": "application/json", "anthropic-version": "2023-06-01",
+            "x-api-key": ledger.key, "tokenledger-organization": ORG,
+        }
+        raw = Path(tempfile.gettempdir()) / "tokenledger-gateway-profile.txt"  # kept
+        with upstream() as fake, gateway(database_url, fake.base, 1) as tl:
+            url = f"{tl.base}/gateway/anthropic/v1/messages"
+            wrk(url, lua(headers, stream), [], 8, 2)  # warm up
+            # --gil: only samples that hold the GIL, i.e. Python running (a thread waiting
+            # for the GIL, or for a commit's fsync, would otherwise count as busy).
+            spy = subprocess.Popen(
+                [PY_SPY, "record", "--pid", str(tl.process.pid), "--format", "raw",
+                 "--rate", "200", "--duration", str(seconds), "--output", str(raw),
+                 "--nonblocking", "--gil"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            cpu = cpu_seconds(tl.process.pid), cpu_seconds(fake.process.pid)
+            load = wrk(url, lua(headers, stream), [], connections, seconds)
+            used = cpu_seconds(tl.process.pid) - cpu[0], cpu_seconds(fake.process.pid) - cpu[1]
+            spy.wait()
+            metrics = httpx.get(f"{tl.base}/metrics").text
+        groups = {
+            line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+            if line.startswith("tokenledger_usage_group_requests_")
+            and line.split()[0].endswith(("_sum", "_count"))
+        }
+        calls = load.per_second * seconds
+        print(f"{connections} connections, {'streamed' if stream else 'plain'}: {load.as_dict()}")
+        print(f"gateway CPU per call: {1000 * used[0] / calls:.2f} ms "
+              f"(upstream {1000 * used[1] / calls:.2f} ms); requests per group commit: "
+              f"{groups['tokenledger_usage_group_requests_sum'] / max(1, groups['tokenledger_usage_group_requests_count']):.1f}")
+        print(summarize(raw))
+        print(f"py-spy's samples: {raw}")
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["profile"]:
+        args = sys.argv[2:]
+        return profile(
+            int(args[0]) if args else 10,
+            int(args[1]) if len(args) > 1 else 64,
+            len(args) > 2 and args[2] == "streamed",
+        )
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "seconds_per_load": SECONDS,
         "upstream_delay_ms": 50,
+        "sqlite_synchronous": SYNCHRONOUS,
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        report["sqlite_1_worker"] = run(f"sqlite:///{tmp}/ledger.db", 1)
+    if os.environ.get("BENCH_SQLITE") != "0":
+        with tempfile.TemporaryDirectory() as tmp:
+            report["sqlite_1_worker"] = run(f"sqlite:///{tmp}/ledger.db", 1)
     if os.environ.get("BENCH_POSTGRES") == "1":
         from sqlalchemy import create_engine, make_url, text
 

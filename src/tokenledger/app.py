@@ -23,8 +23,8 @@ from tokenledger.config import Settings, get_settings
 from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import install_error_handlers
 from tokenledger.gateway.admin import router as gateway_admin_router
+from tokenledger.gateway.api import GatewayRoutes, upstream_of
 from tokenledger.gateway.api import router as gateway_router
-from tokenledger.gateway.api import upstream_of
 from tokenledger.hot import HotReads
 from tokenledger.ledger.api import router as usage_router
 from tokenledger.ledger.otlp import router as otlp_router
@@ -124,6 +124,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
     install_metrics(app, app.state.metrics)
     # Outermost: every answer carries them.
     app.add_middleware(SecurityHeaders, portal_frame_origins=settings.portal_frame_origins)
+    # The gateway's calls, through the same layers but for the router's walk of every route.
+    app.add_middleware(GatewayRoutes, settings=settings, metrics=app.state.metrics)
     if settings.trusted_proxy_list:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
     # The ingestion routes first: routes are matched in order, and these take the load.

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar, cast
 
-from sqlalchemy import Connection, Table, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from tokenledger.budgets.models import Reservation
@@ -185,7 +185,7 @@ def figures_and_windows(
         params["ids"] = [lic.id for lic in licenses]
     if window:
         params["first_day"] = window_start(tz, now)
-    rows = {row[0]: row for row in reader.execute(_FIGURES[one, window], params)}
+    rows = {row[0]: row for row in _core(reader).execute(_FIGURES[one, window], params)}
     result = {}
     for lic in licenses:
         row = rows.get(lic.id)
@@ -354,15 +354,27 @@ def render_state(org: OrgLike, fig: Figures | None, suspended: bool) -> dict[str
     }
 
 
+# Built once, run as Core (every group commit that reaches a budget reads it).
+_RECENT_COST = select(Organization.id, _window_cost(Organization.id)).where(
+    Organization.id.in_(bindparam("orgs", expanding=True))
+)
+
+
+def _core(reader: Reader) -> Connection:
+    """The connection under a session, its pending changes flushed (what the session's own
+    execute would autoflush): plain Core statements skip the ORM's execution."""
+    if isinstance(reader, Session):
+        reader.flush()
+        return reader.connection()
+    return reader
+
+
 def recent_cost(reader: Reader, org_ids: list[int], tz: Any, now: datetime) -> dict[int, int]:
     """Each organization's cost over the forecast window, in one query."""
     if not org_ids:
         return {}
-    rows = reader.execute(
-        select(Organization.id, _window_cost(Organization.id)).where(
-            Organization.id.in_(sorted(set(org_ids)))
-        ),
-        {"first_day": window_start(tz, now)},
+    rows = _core(reader).execute(
+        _RECENT_COST, {"orgs": sorted(set(org_ids)), "first_day": window_start(tz, now)}
     )
     return {org_id: int(cost or 0) for org_id, cost in rows}
 
@@ -522,39 +534,10 @@ def hold(
         ).all()
     )
     lic, suspended = governing(licenses, now)
-    if lic is None and suspended:
-        raise DomainError(402, "license_suspended", "the organization's license is suspended")
-    if lic is not None and lic.enforcement == "hard" and amount_nano is None:
-        raise DomainError(
-            402,
-            "unbounded_cost",
-            f"the cost of {model!r} cannot be bounded (no price), and the budget is hard",
-        )
-    if lic is not None:
-        fig = figures_for(session, [lic], tz, now)[lic.id]
-        if fig.reserved_nano + (amount_nano or 0) > INT64_MAX:
-            # Soft enforcement holds past what remains; their sum still has to fit.
-            raise DomainError(
-                409,
-                "ledger_limit",
-                f"the license's holds would pass {INT64_MAX} nano-USD, the largest sum the "
-                "ledger keeps: release some first",
-            )
-        remaining = fig.remaining_nano()
-        # Once exhausted nothing more is held, not even an empty hold.
-        exhausted = fig.state() == "exhausted"
-        if (
-            lic.enforcement == "hard"
-            and remaining is not None
-            and (exhausted or (amount_nano or 0) > remaining)
-        ):
-            raise DomainError(
-                402,
-                "insufficient_budget",
-                f"the hold of {format_usd(amount_nano or 0)} USD exceeds what remains "
-                f"({format_usd(remaining)} USD)",
-                details={"remaining_usd": format_usd(remaining)},
-            )
+    fig = figures_for(session, [lic], tz, now)[lic.id] if lic is not None else None
+    refusal = hold_refusal(lic, suspended, fig, amount_nano, model)
+    if refusal is not None:
+        raise refusal
     reservation = Reservation(
         id="res_" + uuid.uuid4().hex,
         organization_id=organization_id,
@@ -570,6 +553,136 @@ def hold(
     session.add(reservation)
     session.flush()
     return reservation
+
+
+def hold_refusal(
+    lic: LicenseTerms | None,
+    suspended: bool,
+    fig: Figures | None,
+    amount_nano: int | None,
+    model: str | None,
+) -> DomainError | None:
+    """Why a hold of amount_nano may not be placed, given the governing license and its
+    figures now (holds placed before it included), or None: it may."""
+    if lic is None:
+        if suspended:
+            return DomainError(402, "license_suspended", "the organization's license is suspended")
+        return None
+    if lic.enforcement == "hard" and amount_nano is None:
+        return DomainError(
+            402,
+            "unbounded_cost",
+            f"the cost of {model!r} cannot be bounded (no price), and the budget is hard",
+        )
+    assert fig is not None
+    if fig.reserved_nano + (amount_nano or 0) > INT64_MAX:
+        # Soft enforcement holds past what remains; their sum still has to fit.
+        return DomainError(
+            409,
+            "ledger_limit",
+            f"the license's holds would pass {INT64_MAX} nano-USD, the largest sum the "
+            "ledger keeps: release some first",
+        )
+    remaining = fig.remaining_nano()
+    # Once exhausted nothing more is held, not even an empty hold.
+    exhausted = fig.state() == "exhausted"
+    if (
+        lic.enforcement == "hard"
+        and remaining is not None
+        and (exhausted or (amount_nano or 0) > remaining)
+    ):
+        return DomainError(
+            402,
+            "insufficient_budget",
+            f"the hold of {format_usd(amount_nano or 0)} USD exceeds what remains "
+            f"({format_usd(remaining)} USD)",
+            details={"remaining_usd": format_usd(remaining)},
+        )
+    return None
+
+
+@dataclass(slots=True)
+class NewHold:
+    """A hold to place in a group's transaction (a call through the gateway)."""
+
+    id: str
+    organization_id: int
+    amount_nano: int | None  # None: the cost cannot be bounded (hold_refusal)
+    created_at: datetime
+    expires_at: datetime
+    provider: str
+    model: str
+    kind: str = "gateway"
+
+
+_RESERVATIONS = cast(Table, Reservation.__table__)
+_INSERT_HOLD = _RESERVATIONS.insert()
+_RELEASE = (
+    update(_RESERVATIONS)
+    .where(
+        _RESERVATIONS.c.id == bindparam("rid"),
+        _RESERVATIONS.c.organization_id == bindparam("org"),
+        _RESERVATIONS.c.status == "held",
+    )
+    .values(
+        status=case((_RESERVATIONS.c.expires_at <= bindparam("now"), "expired"), else_="released"),
+        closed_at=bindparam("now"),
+    )
+)
+
+
+def place_holds(
+    session: Session,
+    holds: Sequence[NewHold],
+    in_force: Mapping[int, tuple[LicenseTerms | None, bool]],
+    figures: Mapping[int, Figures],
+) -> list[DomainError | None]:
+    """Place holds one after another, each checked as `hold` checks it against what remains
+    after the ones before it; each one's refusal or None, in order.
+
+    The caller has locked the organizations and their licenses (db.py's lock order) and
+    read `figures` in this transaction: the governing license of each organization
+    (`in_force`: governing's answer) with its figures, which grow by each hold placed.
+    """
+    outcomes: list[DomainError | None] = []
+    rows = []
+    for new in holds:
+        lic, suspended = in_force[new.organization_id]
+        fig = figures.get(lic.id) if lic is not None else None
+        refusal = hold_refusal(lic, suspended, fig, new.amount_nano, new.model)
+        outcomes.append(refusal)
+        if refusal is not None:
+            continue
+        amount = new.amount_nano or 0
+        if fig is not None:
+            fig.reserved_nano += amount
+        rows.append(
+            {
+                "id": new.id,
+                "organization_id": new.organization_id,
+                "license_id": lic.id if lic is not None else None,
+                "amount_nano": amount,
+                "status": "held",
+                "created_at": new.created_at,
+                "expires_at": new.expires_at,
+                "kind": new.kind,
+                "provider": new.provider,
+                "model": new.model,
+            }
+        )
+    if rows:
+        session.connection().execute(_INSERT_HOLD, rows)
+    return outcomes
+
+
+def release_holds(session: Session, holds: Sequence[tuple[str, int]], now: datetime) -> None:
+    """Release held reservations (id, organization id) whose call brought no usage; one
+    already settled, released or expired stays as it is. The caller has locked their
+    organizations."""
+    if holds:
+        session.connection().execute(
+            _RELEASE, [{"rid": rid, "org": org, "now": now} for rid, org in sorted(holds)]
+        )
 
 
 def interrupted_calls(
@@ -617,6 +730,23 @@ def release_reservation(
     return reservation
 
 
+# Built once (a group settles with it every time): each hold its events name, by id.
+_SETTLE = (
+    update(_RESERVATIONS)
+    .where(
+        _RESERVATIONS.c.id == bindparam("rid"),
+        _RESERVATIONS.c.organization_id == bindparam("org"),
+        # Not an IN list: SQLAlchemy cannot run an expanding parameter as executemany.
+        or_(_RESERVATIONS.c.status == "held", _RESERVATIONS.c.status == "settled"),
+    )
+    .values(
+        status="settled",
+        closed_at=bindparam("now"),
+        settled_cost_nano=func.coalesce(_RESERVATIONS.c.settled_cost_nano, 0) + bindparam("cost"),
+    )
+)
+
+
 def settle_reservations(session: Session, rows: list[dict[str, Any]], now: datetime) -> None:
     """Usage events that carry a reservation_id settle it: actual cost replaces the hold."""
     costs: dict[tuple[str, int], int] = defaultdict(int)
@@ -625,20 +755,10 @@ def settle_reservations(session: Session, rows: list[dict[str, Any]], now: datet
             costs[(row["reservation_id"], row["organization_id"])] += row["cost_nano"] or 0
     if not costs:
         return
-    table = cast(Table, Reservation.__table__)
-
-    session.execute(
-        update(table)
-        .where(
-            table.c.id == bindparam("rid"),
-            table.c.organization_id == bindparam("org"),
-            # Not an IN list: SQLAlchemy cannot run an expanding parameter as executemany.
-            or_(table.c.status == "held", table.c.status == "settled"),
-        )
-        .values(
-            status="settled",
-            closed_at=now,
-            settled_cost_nano=func.coalesce(table.c.settled_cost_nano, 0) + bindparam("cost"),
-        ),
-        [{"rid": rid, "org": org, "cost": cost} for (rid, org), cost in sorted(costs.items())],
+    session.connection().execute(
+        _SETTLE,
+        [
+            {"rid": rid, "org": org, "cost": cost, "now": now}
+            for (rid, org), cost in sorted(costs.items())
+        ],
     )

@@ -8,12 +8,15 @@ import json
 import logging
 import re
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
-import httpx
+import aiohttp
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tokenledger.config import Settings
 from tokenledger.deps import bearer_token, get_hot, key_principal, now_of
 from tokenledger.errors import DomainError
 from tokenledger.gateway import metering
@@ -27,8 +30,8 @@ from tokenledger.gateway.proxy import (
     record,
     upstream_headers,
 )
-from tokenledger.middleware import PARSED_JSON
-from tokenledger.ops import Metrics
+from tokenledger.middleware import PARSED_JSON, SecurityHeaders, StrictJson
+from tokenledger.ops import BodyLimit, MeasureRequests, Metrics
 from tokenledger.organizations import refs
 from tokenledger.schemas import PRINTABLE
 from tokenledger.usage.schemas import MAX_METADATA_BYTES
@@ -52,12 +55,7 @@ def upstream_of(app: FastAPI) -> Upstream:
 
 def _ledger(request: Request) -> metering.Ledger:
     state = request.app.state
-    upstream = upstream_of(request.app)
-    if upstream.holds is None:
-        upstream.holds = metering.HoldWriter(state.database)
-    return metering.Ledger(
-        state.database, state.settings, get_hot(request), state.usage_writer, upstream.holds
-    )
+    return metering.Ledger(state.database, state.settings, get_hot(request), state.usage_writer)
 
 
 def _error(provider: Provider, status: int, message: str, headers: Any = None) -> JSONResponse:
@@ -155,31 +153,31 @@ async def forward(request: Request, provider: Provider, api: str, path: str) -> 
         return _error(provider, exc.status, exc.message, exc.headers)
 
     url = provider.base_url(settings) + path
-    if request.url.query:
-        url += "?" + request.url.query
+    query = request.scope.get("query_string", b"")
+    if query:
+        url += "?" + query.decode("latin-1")
     upstream = upstream_of(app)
-    client = upstream.client()
-    outgoing = client.build_request(
-        "POST", url, headers=upstream_headers(request.headers, provider, provider_key), content=raw
-    )
     timing.sent = time.perf_counter()
     try:
-        response = await client.send(outgoing, stream=True)
-    except httpx.HTTPError as exc:
+        response = await upstream.send(
+            url, upstream_headers(request.headers, provider, provider_key), raw
+        )
+    except (aiohttp.ClientError, TimeoutError) as exc:
         timing.answered = time.perf_counter()
+        log.warning("%s call failed: %s", provider.name, type(exc).__name__)
         if call is not None:
-            await metering.release(ledger, call, now_of(request))
-        timeout = isinstance(exc, httpx.TimeoutException)
+            await metering.release(ledger, call)
+        timeout = isinstance(exc, TimeoutError)
         status = 504 if timeout else 502
         metrics.gateway_requests.labels(provider.name, str(status)).inc()
         message = f"{provider.name} " + ("did not answer in time" if timeout else "unreachable")
         return _error(provider, status, message)
     timing.answered = time.perf_counter()
     metrics.gateway_upstream_seconds.labels(provider.name).observe(timing.upstream())
-    metrics.gateway_requests.labels(provider.name, str(response.status_code)).inc()
-    headers = client_headers(response.headers)
+    metrics.gateway_requests.labels(provider.name, str(response.status)).inc()
+    headers = client_headers(response.raw_headers)
     is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
-    if call is not None and response.status_code == 200 and is_stream:
+    if call is not None and response.status == 200 and is_stream:
         reader = StreamReader("anthropic" if api == "anthropic" else api, strip_usage)
         relay = Relay(
             provider=provider,
@@ -197,16 +195,17 @@ async def forward(request: Request, provider: Provider, api: str, path: str) -> 
         upstream.tasks.add(task)
         task.add_done_callback(upstream.tasks.discard)
         streamed = StreamingResponse(relay.events(), status_code=200)
-        streamed.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        streamed.raw_headers = headers
         return streamed
+    content: bytes | None
     try:
-        content = await response.aread()
-    except httpx.HTTPError:
+        content = await response.read()
+    except (aiohttp.ClientError, TimeoutError):
         content = None
     finally:
-        await response.aclose()
+        response.release()
     if call is not None:
-        if response.status_code == 200 and content is not None:
+        if response.status == 200 and content is not None:
             try:
                 parsed = json.loads(content)
             except ValueError:
@@ -215,34 +214,77 @@ async def forward(request: Request, provider: Provider, api: str, path: str) -> 
             await record(ledger, call, outcome, outcome.final, now_of(request))
         else:
             # Refused by the provider (or its answer was lost): not charged, hold released.
-            await metering.release(ledger, call, now_of(request))
+            await metering.release(ledger, call)
     if content is None:
         return _error(provider, 502, f"{provider.name}'s answer broke off")
-    answer = Response(content=content, status_code=response.status_code)
-    answer.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers] + [
-        (b"content-length", str(len(content)).encode())
-    ]
+    answer = Response(content=content, status_code=response.status)
+    answer.raw_headers = [*headers, (b"content-length", str(len(content)).encode())]
     metrics.gateway_overhead_seconds.labels(provider.name).observe(
         (time.perf_counter() - timing.started) - timing.upstream()
     )
     return answer
 
 
-@router.post("/anthropic/v1/messages")
-async def anthropic_messages(request: Request) -> Response:
-    return await forward(request, ANTHROPIC, "anthropic", "/v1/messages")
+# The gateway's routes: their path here, and what each forwards to (provider, API, the
+# provider's path). "count_tokens" is passed through, not metered.
+ROUTES: Final = {
+    "/gateway/anthropic/v1/messages": (ANTHROPIC, "anthropic", "/v1/messages"),
+    "/gateway/anthropic/v1/messages/count_tokens": (
+        ANTHROPIC,
+        "count_tokens",
+        "/v1/messages/count_tokens",
+    ),
+    "/gateway/openai/v1/chat/completions": (OPENAI, "openai-chat", "/chat/completions"),
+    "/gateway/openai/v1/responses": (OPENAI, "openai-responses", "/responses"),
+}
 
 
-@router.post("/anthropic/v1/messages/count_tokens")
-async def anthropic_count_tokens(request: Request) -> Response:
-    return await forward(request, ANTHROPIC, "count_tokens", "/v1/messages/count_tokens")
+async def _route(request: Request) -> Response:
+    return await forward(request, *ROUTES[request.url.path])
 
 
-@router.post("/openai/v1/chat/completions")
-async def openai_chat_completions(request: Request) -> Response:
-    return await forward(request, OPENAI, "openai-chat", "/chat/completions")
+# In the app's route table (what the route guard test and the OpenAPI walk read, and
+# what answers other methods with 405); GatewayRoutes serves their POSTs.
+for _path in ROUTES:
+    router.add_api_route(_path.removeprefix("/gateway"), _route, methods=["POST"])
 
 
-@router.post("/openai/v1/responses")
-async def openai_responses(request: Request) -> Response:
-    return await forward(request, OPENAI, "openai-responses", "/responses")
+@dataclass(frozen=True, slots=True)
+class _Template:
+    path: str  # what MeasureRequests labels a request with (a route's path template)
+
+
+class GatewayRoutes:
+    """The gateway's routes, served ahead of the app's stack.
+
+    A call through the gateway costs its own work twice over in the general stack: the
+    router tries every route of the app before these, and FastAPI's exception and
+    dependency layers wrap each call. Here a POST to one of ROUTES goes through only the
+    layers it needs, the app's own classes in the app's order (security headers, metrics,
+    the body cap, the strict JSON check), to `forward`; everything else goes on to the app.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics) -> None:
+        self.app = app
+        self.served = SecurityHeaders(
+            MeasureRequests(BodyLimit(StrictJson(self._call), settings.max_body_bytes), metrics)
+        )
+        self.templates = {path: _Template(path) for path in ROUTES}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in ROUTES:
+            scope["route"] = self.templates[scope["path"]]
+            await self.served(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        provider, api, path = ROUTES[scope["path"]]
+        request = Request(scope, receive)
+        try:
+            response = await forward(request, provider, api, path)
+        except Exception:
+            # What the app's error layer would do, in the provider's shape.
+            log.exception("gateway call failed")
+            response = _error(provider, 500, "internal error")
+        await response(scope, receive, send)

@@ -1,25 +1,21 @@
 """Every call of the gateway into the ledger's write path, in one place: the hold before a
-call, the one usage event after it (which settles the hold in its own transaction, through
-the group commit of POST /api/v1/usage), and the release of a hold no usage follows."""
+call, the one usage event after it (which settles the hold in its own transaction), and
+the release of a hold no usage follows. All three go through the group commit of
+POST /api/v1/usage (ledger/writer.py): the holds of calls that start and the events of
+calls that end share its transactions, one commit for all."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy.orm import Session
-
-from tokenledger.budgets import service as budgets
+from tokenledger.budgets.service import NewHold
 from tokenledger.config import Settings
 from tokenledger.db import Database
-from tokenledger.errors import DomainError
 from tokenledger.hot import HotReads
 from tokenledger.ledger import prices
 from tokenledger.ledger.prepare import prepare
@@ -35,110 +31,6 @@ log = logging.getLogger("tokenledger.gateway")
 INCOMPLETE_UNIT = "gateway.stream_incomplete"
 
 
-# The most holds and releases one transaction of the HoldWriter takes.
-MAX_GROUP = 500
-
-
-@dataclass(slots=True)
-class _Job:
-    work: Callable[[Session], Any]
-    future: asyncio.Future[Any]
-    outcome: Any = None
-    failed: BaseException | None = None
-
-
-class HoldWriter:
-    """Group commit of holds and releases, as ledger/writer.py does for events: what arrives
-    while a group is written becomes the next group, one transaction and one commit for
-    all. Each hold is still checked against what remains after the holds before it in the
-    group (the same transaction sees them), under the license rows' lock."""
-
-    def __init__(self, database: Database) -> None:
-        self.database = database
-        self._queue: deque[_Job] = deque()
-        self._ready = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-
-    async def run(self, work: Callable[[Session], Any]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        with self._ready:
-            if self._stopping:
-                raise RuntimeError("the hold writer has stopped")
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="gateway-holds", daemon=True
-                )
-                self._thread.start()
-            self._queue.append(_Job(work, future))
-            self._ready.notify()
-        return await future
-
-    def stop(self) -> None:
-        with self._ready:
-            self._stopping = True
-            self._ready.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout=30)
-
-    def _next(self) -> list[_Job] | None:
-        with self._ready:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._ready.wait()
-            group: list[_Job] = []
-            while self._queue and len(group) < MAX_GROUP:
-                group.append(self._queue.popleft())
-            return group
-
-    def _loop(self) -> None:
-        while (group := self._next()) is not None:
-            try:
-                self._write(group)
-            except BaseException as exc:  # never leave a call waiting
-                log.exception("hold group failed")
-                for job in group:
-                    if job.failed is None and job.outcome is None:
-                        job.failed = exc
-            for job in group:
-                try:
-                    job.future.get_loop().call_soon_threadsafe(_settle, job)
-                except RuntimeError:  # that loop has closed: nobody waits any more
-                    log.warning("a hold's answer had no one to go to")
-
-    def _write(self, group: list[_Job]) -> None:
-        try:
-            self._commit(group)
-        except Exception:
-            if len(group) == 1:
-                raise
-            for job in group:  # which one failed the group is unknown: each alone
-                job.outcome = job.failed = None
-                try:
-                    self._commit([job])
-                except Exception as exc:
-                    job.failed = exc
-
-    def _commit(self, group: list[_Job]) -> None:
-        with self.database.session(write=True) as session:
-            for job in group:
-                try:
-                    job.outcome = job.work(session)
-                except DomainError as exc:  # refused before it changed anything
-                    job.failed = exc
-
-
-def _settle(job: _Job) -> None:
-    if job.future.done():
-        return
-    if job.failed is not None:
-        job.future.set_exception(job.failed)
-    else:
-        job.future.set_result(job.outcome)
-
-
 @dataclass(frozen=True, slots=True)
 class Ledger:
     """The parts of the app the gateway writes through."""
@@ -147,7 +39,6 @@ class Ledger:
     settings: Settings
     hot: HotReads
     writer: UsageWriter
-    holds: HoldWriter = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,33 +64,24 @@ async def hold(
     amount: int | None,
     now: datetime,
 ) -> str:
-    """Hold the call's bound (budgets.service.hold: atomic check and hold); its id."""
-
-    def write(session: Session) -> str:
-        reservation = budgets.hold(
-            session,
-            organization_id,
-            amount,
-            ledger.settings.gateway_max_call_seconds,
-            ledger.settings.timezone,
-            now,
-            kind="gateway",
-            provider=provider,
-            model=model,
-        )
-        return reservation.id
-
-    result: str = await ledger.holds.run(write)
-    return result
+    """Hold the call's bound, checked against what remains in the writer's transaction
+    (budgets.place_holds); its id once committed, or the refusal (DomainError)."""
+    new = NewHold(
+        id="res_" + uuid.uuid4().hex,
+        organization_id=organization_id,
+        amount_nano=amount,
+        created_at=now,
+        expires_at=now + timedelta(seconds=ledger.settings.gateway_max_call_seconds),
+        provider=provider,
+        model=model,
+    )
+    await ledger.writer.hold(new)
+    return new.id
 
 
-async def release(ledger: Ledger, call: Call, now: datetime) -> None:
+async def release(ledger: Ledger, call: Call) -> None:
     """A call that brought no usage (the provider refused it): its hold is released."""
-
-    def write(session: Session) -> None:
-        budgets.release_reservation(session, call.hold_id, call.organization_id, now)
-
-    await ledger.holds.run(write)
+    await ledger.writer.release(call.hold_id, call.organization_id)
 
 
 async def record(
@@ -256,7 +138,7 @@ async def record(
     if answer.duplicates:
         # A duplicate settles nothing: the call is counted once, by the event stored first,
         # so its hold is let go rather than left to look like an interrupted call.
-        await release(ledger, call, now)
+        await release(ledger, call)
     return answer
 
 

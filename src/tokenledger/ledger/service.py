@@ -7,6 +7,7 @@ while the previous group was being written; demo data and tests run it for one b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -52,46 +53,70 @@ def record_usage(
     now: datetime,
     price_ids: dict[str, int] | None = None,
 ) -> list[UsageAnswer | DomainError]:
-    """Store a group of prepared batches; an answer (or the refusal) for each, in order.
+    """Store a group of prepared batches; an answer (or the refusal) for each, in order
+    (write_group with no holds)."""
+    answers, _holds = write_group(session, batches, settings, now, price_ids)
+    return answers
+
+
+def write_group(
+    session: Session,
+    batches: list[PreparedBatch],
+    settings: Settings,
+    now: datetime,
+    price_ids: dict[str, int] | None = None,
+    *,
+    holds: Sequence[budgets.NewHold] = (),
+    releases: Sequence[tuple[str, int]] = (),
+) -> tuple[list[UsageAnswer | DomainError], list[DomainError | None]]:
+    """Store a group of prepared batches, release holds (id, organization id) and place new
+    ones: the whole unit of work of one group commit. An answer (or the refusal) for each
+    batch, and each new hold's refusal or None (placed), in order.
 
     A batch refused for its own reason (an id reused for other content) stores nothing;
     the others are written. `price_ids`: the writer's memory of stored prices
     (prices.assign_price_ids). Then, once for the group: rollups and credits, the holds the
-    new events settle, alerts for the licenses they reached, and every organization's
-    budget state after the group, from the figures read once.
+    new events settle, alerts for the licenses they reached, every organization's budget
+    state after the group, from the figures read once; then the releases, and the new
+    holds, each checked against what remains after the events and the holds before it
+    (budgets.place_holds).
     """
-    org_ids = sorted({org_id for batch in batches for org_id in batch.orgs})
+    org_ids = sorted(
+        {org_id for batch in batches for org_id in batch.orgs}
+        | {new.organization_id for new in holds}
+        | {org_id for _rid, org_id in releases}
+    )
     # The lock order of db.py: organizations, then their licenses. Two groups touching the
     # same organizations run one after the other (no unique-key waits, no deadlocks), and
     # the stored events read next cannot change before the insert.
     organizations.lock(session, org_ids)
     candidates = licenses.candidates_for(session, org_ids, lock=True)
-    outcomes = write(session, batches, candidates, price_ids)
+    outcomes = write(session, batches, candidates, price_ids) if batches else []
     created_rows = [
         row
         for outcome in outcomes
         if isinstance(outcome, IngestOutcome)
         for row in outcome.created_rows
     ]
-    roll_up(session, created_rows)
-    by_id = {lic.id: lic for found in candidates.values() for lic in found}
-    budgets.settle_reservations(session, created_rows, now)
-    keys = sorted({batch.touch_key_id for batch in batches if batch.touch_key_id is not None})
-    if keys:
-        session.execute(update(ApiKey).where(ApiKey.id.in_(keys)).values(last_used_at=now))
+    if created_rows:
+        roll_up(session, created_rows)
+        budgets.settle_reservations(session, created_rows, now)
+    budgets.release_holds(session, releases, now)
 
     # The licenses whose figures changed, and the ones governing each organization now.
+    by_id = {lic.id: lic for found in candidates.values() for lic in found}
     touched = {row["license_id"] for row in created_rows if row["license_id"]}
     governing = {org_id: budgets.governing(candidates[org_id], now) for org_id in org_ids}
     wanted = touched | {lic.id for lic, _ in governing.values() if lic is not None}
     figures = budgets.figures_for(
         session, [by_id[i] for i in sorted(wanted)], settings.timezone, now
     )
-    # Back-dated usage is judged in its own month too (monthly budgets).
-    months = alerts.months_by_license(created_rows)
-    alerts.record_crossings(
-        session, [figures[i] for i in sorted(touched)], settings.timezone, now, months
-    )
+    if touched:
+        # Back-dated usage is judged in its own month too (monthly budgets).
+        months = alerts.months_by_license(created_rows)
+        alerts.record_crossings(
+            session, [figures[i] for i in sorted(touched)], settings.timezone, now, months
+        )
 
     answers: list[UsageAnswer | DomainError] = []
     for batch, outcome in zip(batches, outcomes, strict=True):
@@ -112,7 +137,13 @@ def record_usage(
                 rejected=outcome.rejected,
             )
         )
-    return answers
+    # After the answers were rendered: placing holds adds them to the figures.
+    placed = budgets.place_holds(session, holds, governing, figures)
+    # api_keys last (db.py's lock order).
+    keys = sorted({batch.touch_key_id for batch in batches if batch.touch_key_id is not None})
+    if keys:
+        session.execute(update(ApiKey).where(ApiKey.id.in_(keys)).values(last_used_at=now))
+    return answers, placed
 
 
 def record_batch(
