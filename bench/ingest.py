@@ -174,8 +174,8 @@ class Ledger:
     org_ids: dict[str, int] = field(default_factory=dict)
 
 
-def prepare_ledger(database_url: str) -> Ledger:
-    """Migrate, then 1,000 organizations with a license each, a service key and an admin."""
+def prepare_ledger(database_url: str, orgs: int = ORGS) -> Ledger:
+    """Migrate, then `orgs` organizations with a license each, a service key and an admin."""
     setup = textwrap.dedent(
         """
         import json, sys
@@ -212,7 +212,7 @@ def prepare_ledger(database_url: str) -> Ledger:
         token, _ = issue_token(settings.signing_key(), admin_id, 600)
         json.dump({"key": secret, "token": token, "orgs": org_ids}, sys.stdout)
         """
-    ) % {"orgs": ORGS}
+    ) % {"orgs": orgs}
     out = subprocess.run(
         [PYTHON, "-c", setup], env=ledger_env(database_url), check=True, capture_output=True,
         text=True,
@@ -235,9 +235,15 @@ def table_bytes(path: Path) -> int:
     return int((pages - free) * size)
 
 
-def bulk_load(path: Path, count: int, org_id: int | None, prefix: str) -> float:
+# The newest instant of bulk-loaded events (by default).
+BULK_LATEST = datetime(2026, 11, 20, 12, tzinfo=UTC)
+
+
+def bulk_load(
+    path: Path, count: int, org_id: int | None, prefix: str, latest: datetime = BULK_LATEST
+) -> float:
     """Insert `count` priced events with SQL: over every organization (or one), a year of
-    days and three models, and add them to the rollups; returns seconds."""
+    days up to `latest` and three models, and add them to the rollups; returns seconds."""
     started = time.perf_counter()
     org_expr = f"{org_id}" if org_id is not None else f"1 + (n % {ORGS})"
     with sqlite3.connect(path, isolation_level=None) as db:
@@ -248,7 +254,10 @@ def bulk_load(path: Path, count: int, org_id: int | None, prefix: str) -> float:
         db.execute("BEGIN")
         price_ids = bulk_prices(db)
         first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM usage_events").fetchone()[0]
-        db.execute(bulk_sql(org_expr, prefix, price_ids), {"count": count})
+        db.execute(
+            bulk_sql(org_expr, prefix, price_ids),
+            {"count": count, "latest": int(latest.timestamp())},
+        )
         for statement in ROLLUP_SQL:
             db.execute(statement, {"first": first})
         db.execute("COMMIT")
@@ -330,8 +339,7 @@ def bulk_sql(org_expr: str, prefix: str, price_ids: list[int]) -> str:
     WITH RECURSIVE seq(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM seq WHERE n + 1 < :count),
     gen AS (
       SELECT n, {org_expr} AS org,
-        CAST(strftime('%s', '2026-11-20 12:00:00') AS INTEGER) - (n % 365) * 86400
-          - (n % 86400) AS secs,
+        :latest - (n % 365) * 86400 - (n % 86400) AS secs,
         n % 3 AS m, 500 + n % 4000 AS inp, 100 + n % 900 AS outp, (n % 5) * 1000 AS cr
       FROM seq
     ), priced AS (

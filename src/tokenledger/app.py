@@ -126,10 +126,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
     app.add_middleware(SecurityHeaders, portal_frame_origins=settings.portal_frame_origins)
     if settings.trusted_proxy_list:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
-    # The ingestion routes first: routes are matched in order, and these take the load.
+    # The ingestion routes first: routes are matched in order (each one tried in turn), and
+    # these take the load; then the budget check and the tenant's summary.
     for router in (
         usage_router,
         budgets_router,
+        tenant_router,
         ops_router,
         auth_router,
         organizations_router,
@@ -140,7 +142,6 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
         token_usage_router,
         budget_admin_router,
         otlp_router,
-        tenant_router,
         portal_router,
         provider_reports_router,
         gateway_router,

@@ -14,9 +14,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar, cast
 
-from sqlalchemy import Connection, Table, bindparam, func, or_, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from tokenledger import db
 from tokenledger.budgets.models import Reservation
 from tokenledger.budgets.schemas import ReservationCreate
 from tokenledger.errors import DomainError, not_found
@@ -107,9 +108,9 @@ class Figures:
         return max(0, min(candidates)) if candidates else None
 
 
-# Where the figures are read: a Session (in a unit of work) or a bare Connection (the
-# budget check, which needs no ORM).
-Reader = Session | Connection
+# Where the figures are read: a Session (in a unit of work), a bare Connection, or a
+# SingleRead (the budget check and the tenant summary, which need no ORM).
+Reader = db.Reader
 
 
 def window_start(tz: Any, now: datetime) -> str:
@@ -163,9 +164,14 @@ def _figures_query(one: bool, window: bool) -> Any:
 
 # Built once: every read of figures is one of these statements (for one license or for
 # several; with the forecast window or without), compiled once per database dialect
-# (SQLAlchemy's statement cache) and run as one round trip.
+# (SQLAlchemy's statement cache) and run as one round trip. One license's go straight to
+# SQLite's driver from a SingleRead (db.driver_read): the budget check's.
 _FIGURES = {
-    (one, window): _figures_query(one, window) for one in (True, False) for window in (True, False)
+    (one, window): db.driver_read(_figures_query(one, window))
+    if one
+    else _figures_query(one, window)
+    for one in (True, False)
+    for window in (True, False)
 }
 
 
