@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import ingest  # noqa: E402  (the bench module beside this file)
+import ingest  # the bench module beside this file
 
 SIZES = [int(n) for n in os.environ.get("BENCH_TENANT_SIZES", "10000,10000000").split(",")]
 # A few organizations beside the measured one, so the hot cache holds more than one.

@@ -397,13 +397,19 @@ class DriverRead:
     def __init__(self, statement: Select[Any]) -> None:
         self.statement = statement
         self.compiled = statement.compile(dialect=_SQLITE)
-        self.sql = self.compiled.string
-        self.names = tuple(self.compiled.positiontup or ())
-        self.converters: dict[str, Callable[[Any], Any]] = {}
-        for name in self.names:
-            bind = self.compiled.binds[name]
+        binds = self.compiled.binds
+        for name, bind in binds.items():
             if bind.expanding:
                 raise ValueError(f"{name}: a list parameter cannot go to the driver as is")
+        # Values written out (literal(..., literal_execute=True)) rendered into the SQL.
+        expanded = self.compiled.construct_expanded_state(
+            {name: None for name, bind in binds.items() if bind.required}
+        )
+        self.sql = expanded.statement
+        self.names = tuple(expanded.positiontup or ())
+        self.converters: dict[str, Callable[[Any], Any]] = {}
+        for name in self.names:
+            bind = binds[name]
             convert = bind.type.dialect_impl(_SQLITE).bind_processor(_SQLITE)
             if convert is not None:
                 self.converters[name] = convert

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, func, or_, select, update
+from sqlalchemy import String, Table, bindparam, func, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
 from tokenledger import db
@@ -40,6 +40,15 @@ from tokenledger.pricing.overrides import price_book
 from tokenledger.usage.models import LicenseUsage, UsageDaily
 
 FORECAST_DAYS = 7
+
+
+# Statuses of holds written out in the SQL, not bound: SQLite prepares a statement again
+# at every execution when a bound value is compared with a column that a partial index's
+# condition names (reservations.status: ix_reservations_gateway_held), since the value
+# could change the plan. That was most of the budget check's statement (about 150 us).
+# (As literal columns: literal(..., literal_execute=True) cannot run as executemany.)
+HELD = literal_column("'held'", String)
+SETTLED = literal_column("'settled'", String)
 
 
 def limit_state(committed: int, limit: int | None, warn_percent: int) -> str:
@@ -147,7 +156,7 @@ def _figures_query(one: bool, window: bool) -> Any:
         select(func.sum(Reservation.amount_nano))
         .where(
             Reservation.license_id == License.id,
-            Reservation.status == "held",
+            Reservation.status == HELD,
             Reservation.expires_at > bindparam("now"),
         )
         .scalar_subquery(),
@@ -587,7 +596,7 @@ def interrupted_calls(
     query = (
         select(Reservation)
         .where(
-            Reservation.status == "held",
+            Reservation.status == HELD,
             Reservation.kind == "gateway",
             Reservation.expires_at <= now,
         )
@@ -639,7 +648,7 @@ def settle_reservations(session: Session, rows: list[dict[str, Any]], now: datet
             table.c.id == bindparam("rid"),
             table.c.organization_id == bindparam("org"),
             # Not an IN list: SQLAlchemy cannot run an expanding parameter as executemany.
-            or_(table.c.status == "held", table.c.status == "settled"),
+            or_(table.c.status == HELD, table.c.status == SETTLED),
         )
         .values(
             status="settled",
