@@ -644,29 +644,6 @@ def read_figures(server: Server, floor: Server, ledger: Ledger, suffix: str) -> 
     }
 
 
-def tenant_figures(server: Server, ledger: Ledger, suffix: str) -> dict[str, Any]:
-    """The tenant's summary (GET /api/v1/usage/summary) at 4 connections, and the portal
-    page of the organization with the most history (the export's, ORGS)."""
-    org = slug(ORGS)
-    created = httpx.post(
-        f"{server.base}/api/organizations/{ledger.org_ids[org]}/portal-links",
-        headers=bearer(ledger.admin_token),
-        timeout=30,
-    )
-    created.raise_for_status()
-    return {
-        f"tenant_summary{suffix}": {
-            "tokenledger": wrk(
-                f"{server.base}/api/v1/usage/summary?organization={slug(17)}", WRK_GET,
-                [ledger.key], 4, SECONDS,
-            ).as_dict(),
-        },
-        f"portal_page{suffix}": {
-            "tokenledger": timed_gets(created.json()["url"], {}, 100).as_dict(),
-        },
-    }
-
-
 def run_sqlite(workdir: Path) -> dict[str, Any]:
     url = f"sqlite:///{workdir}/ledger.db"
     ledger = prepare_ledger(url)
@@ -682,7 +659,6 @@ def run_sqlite(workdir: Path) -> dict[str, Any]:
                 f"{floor.base}/budget?organization={slug(17)}", WRK_GET, [""], 4, SECONDS
             ).as_dict(),
         }
-        figures.update(tenant_figures(server, ledger, "_small"))
         figures["rss_after_ingest_mib"] = round(rss_mib(server.process.pid), 1)
         # The read routes before the events are loaded, against the same routes after.
         figures.update(read_figures(server, floor, ledger, "_small"))
@@ -712,7 +688,6 @@ def run_sqlite(workdir: Path) -> dict[str, Any]:
                 4, SECONDS,
             ).as_dict(),
         }
-        figures.update(tenant_figures(server, ledger, ""))
         figures["single_events_c32_grown"] = {
             "tokenledger": single_events(
                 server.base, "/api/v1/usage", ledger.key, 32, "grown"
@@ -800,10 +775,6 @@ def table(figures: dict[str, Any]) -> str:
     load_row("GET /readyz (floor: /healthz)", "readyz", "/s")
     load_row("budget check, grown database", "budget_check_grown", "/s")
     load_row("single events c32, grown database", "single_events_c32_grown", "/s")
-    load_row("tenant summary (4 conns), small db", "tenant_summary_small", "/s")
-    load_row("tenant summary (4 conns)", "tenant_summary", "/s")
-    load_row("portal page, small db", "portal_page_small", "/s")
-    load_row("portal page (most history)", "portal_page", "/s")
     for key, label in (
         ("rss_after_ingest_mib", "server RSS after ingest (MiB)"),
         ("rss_after_load_mib", "server RSS after reads (MiB)"),
