@@ -596,8 +596,9 @@ def interrupted_calls(
     query = (
         select(Reservation)
         .where(
+            # Both written out: the partial index of gateway holds applies as planned.
             Reservation.status == HELD,
-            Reservation.kind == "gateway",
+            Reservation.kind == literal_column("'gateway'", String),
             Reservation.expires_at <= now,
         )
         .order_by(Reservation.created_at.desc())
