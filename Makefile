@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check bench bench-otlp bench-provider-reports bench-reprice clean messages
+.PHONY: run test check bench bench-tenant bench-otlp bench-provider-reports bench-reprice clean messages
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +31,10 @@ check: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/gateway.py
+	$(PY) bench/tenant.py
+
+bench-tenant: $(STAMP)
+	$(PY) bench/tenant.py
 
 bench-otlp: $(STAMP)
 	$(PY) bench/otlp.py

@@ -174,8 +174,8 @@ class Ledger:
     org_ids: dict[str, int] = field(default_factory=dict)
 
 
-def prepare_ledger(database_url: str) -> Ledger:
-    """Migrate, then 1,000 organizations with a license each, a service key and an admin."""
+def prepare_ledger(database_url: str, orgs: int = ORGS) -> Ledger:
+    """Migrate, then `orgs` organizations with a license each, a service key and an admin."""
     setup = textwrap.dedent(
         """
         import json, sys
@@ -212,7 +212,7 @@ def prepare_ledger(database_url: str) -> Ledger:
         token, _ = issue_token(settings.signing_key(), admin_id, 600)
         json.dump({"key": secret, "token": token, "orgs": org_ids}, sys.stdout)
         """
-    ) % {"orgs": ORGS}
+    ) % {"orgs": orgs}
     out = subprocess.run(
         [PYTHON, "-c", setup], env=ledger_env(database_url), check=True, capture_output=True,
         text=True,
@@ -235,9 +235,15 @@ def table_bytes(path: Path) -> int:
     return int((pages - free) * size)
 
 
-def bulk_load(path: Path, count: int, org_id: int | None, prefix: str) -> float:
+# The newest instant of bulk-loaded events (by default).
+BULK_LATEST = datetime(2026, 11, 20, 12, tzinfo=UTC)
+
+
+def bulk_load(
+    path: Path, count: int, org_id: int | None, prefix: str, latest: datetime = BULK_LATEST
+) -> float:
     """Insert `count` priced events with SQL: over every organization (or one), a year of
-    days and three models, and add them to the rollups; returns seconds."""
+    days up to `latest` and three models, and add them to the rollups; returns seconds."""
     started = time.perf_counter()
     org_expr = f"{org_id}" if org_id is not None else f"1 + (n % {ORGS})"
     with sqlite3.connect(path, isolation_level=None) as db:
@@ -248,7 +254,10 @@ def bulk_load(path: Path, count: int, org_id: int | None, prefix: str) -> float:
         db.execute("BEGIN")
         price_ids = bulk_prices(db)
         first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM usage_events").fetchone()[0]
-        db.execute(bulk_sql(org_expr, prefix, price_ids), {"count": count})
+        db.execute(
+            bulk_sql(org_expr, prefix, price_ids),
+            {"count": count, "latest": int(latest.timestamp())},
+        )
         for statement in ROLLUP_SQL:
             db.execute(statement, {"first": first})
         db.execute("COMMIT")
@@ -330,8 +339,7 @@ def bulk_sql(org_expr: str, prefix: str, price_ids: list[int]) -> str:
     WITH RECURSIVE seq(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM seq WHERE n + 1 < :count),
     gen AS (
       SELECT n, {org_expr} AS org,
-        CAST(strftime('%s', '2026-11-20 12:00:00') AS INTEGER) - (n % 365) * 86400
-          - (n % 86400) AS secs,
+        :latest - (n % 365) * 86400 - (n % 86400) AS secs,
         n % 3 AS m, 500 + n % 4000 AS inp, 100 + n % 900 AS outp, (n % 5) * 1000 AS cr
       FROM seq
     ), priced AS (
@@ -636,29 +644,6 @@ def read_figures(server: Server, floor: Server, ledger: Ledger, suffix: str) -> 
     }
 
 
-def tenant_figures(server: Server, ledger: Ledger, suffix: str) -> dict[str, Any]:
-    """The tenant's summary (GET /api/v1/usage/summary) at 4 connections, and the portal
-    page of the organization with the most history (the export's, ORGS)."""
-    org = slug(ORGS)
-    created = httpx.post(
-        f"{server.base}/api/organizations/{ledger.org_ids[org]}/portal-links",
-        headers=bearer(ledger.admin_token),
-        timeout=30,
-    )
-    created.raise_for_status()
-    return {
-        f"tenant_summary{suffix}": {
-            "tokenledger": wrk(
-                f"{server.base}/api/v1/usage/summary?organization={slug(17)}", WRK_GET,
-                [ledger.key], 4, SECONDS,
-            ).as_dict(),
-        },
-        f"portal_page{suffix}": {
-            "tokenledger": timed_gets(created.json()["url"], {}, 100).as_dict(),
-        },
-    }
-
-
 def run_sqlite(workdir: Path) -> dict[str, Any]:
     url = f"sqlite:///{workdir}/ledger.db"
     ledger = prepare_ledger(url)
@@ -674,7 +659,6 @@ def run_sqlite(workdir: Path) -> dict[str, Any]:
                 f"{floor.base}/budget?organization={slug(17)}", WRK_GET, [""], 4, SECONDS
             ).as_dict(),
         }
-        figures.update(tenant_figures(server, ledger, "_small"))
         figures["rss_after_ingest_mib"] = round(rss_mib(server.process.pid), 1)
         # The read routes before the events are loaded, against the same routes after.
         figures.update(read_figures(server, floor, ledger, "_small"))
@@ -704,7 +688,6 @@ def run_sqlite(workdir: Path) -> dict[str, Any]:
                 4, SECONDS,
             ).as_dict(),
         }
-        figures.update(tenant_figures(server, ledger, ""))
         figures["single_events_c32_grown"] = {
             "tokenledger": single_events(
                 server.base, "/api/v1/usage", ledger.key, 32, "grown"
@@ -792,10 +775,6 @@ def table(figures: dict[str, Any]) -> str:
     load_row("GET /readyz (floor: /healthz)", "readyz", "/s")
     load_row("budget check, grown database", "budget_check_grown", "/s")
     load_row("single events c32, grown database", "single_events_c32_grown", "/s")
-    load_row("tenant summary (4 conns), small db", "tenant_summary_small", "/s")
-    load_row("tenant summary (4 conns)", "tenant_summary", "/s")
-    load_row("portal page, small db", "portal_page_small", "/s")
-    load_row("portal page (most history)", "portal_page", "/s")
     for key, label in (
         ("rss_after_ingest_mib", "server RSS after ingest (MiB)"),
         ("rss_after_load_mib", "server RSS after reads (MiB)"),

@@ -1,6 +1,6 @@
 """Where the server's time goes under load: py-spy samples of a real `tokenledger serve`.
 
-Usage: .venv/bin/python bench/profile.py [single|single4|batches|batches1|budget] [seconds]
+Usage: .venv/bin/python bench/profile.py [single|single4|batches|batches1|budget|summary] [seconds]
 
 Prepares a database as `make bench` does, starts the server, records it with py-spy (dev
 extra) while wrk sends single events at 32 connections (4: single4; or one connection sends
@@ -72,9 +72,10 @@ def main() -> int:
                  "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
-            if scenario == "budget":
+            if scenario in ("budget", "summary"):
+                path = "/api/v1/budget" if scenario == "budget" else "/api/v1/usage/summary"
                 load = ingest.wrk(
-                    f"{server.base}/api/v1/budget?organization=o0017", ingest.WRK_GET,
+                    f"{server.base}{path}?organization=o0017", ingest.WRK_GET,
                     [ledger.key], 4, seconds,
                 )
             elif scenario in ("single", "single4"):

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import bindparam, literal, select
 from sqlalchemy.exc import StatementError
 
 from tests.conftest import make_settings
 from tests.factories import make_license, make_org
+from tokenledger import db as db_module
 from tokenledger.config import Settings
-from tokenledger.db import Database, sqlalchemy_url
+from tokenledger.db import Database, driver_read, sqlalchemy_url
 from tokenledger.licenses.models import License
 from tokenledger.organizations.models import Organization
 
@@ -187,3 +188,76 @@ def test_a_pooled_connection_left_inside_a_transaction_is_never_handed_out(
     assert names == ["Written after the leak"]
     assert database.engine.pool.checkedout() == 0
     database.dispose()
+
+
+# A module constant, as driver_read wants it: a datetime parameter (converted to what the
+# column stores) and a value written out ('active': a partial index's condition names it).
+_VALID_FROM = driver_read(
+    select(License.id, License.credits_total_micro)
+    .where(
+        License.valid_from == bindparam("at"),
+        License.status == literal("active", literal_execute=True),
+    )
+    .order_by(License.id)
+)
+
+
+def test_a_single_read_gives_what_a_session_reads_and_sees_each_commit(database):
+    """A driver_read statement (straight to SQLite's driver) reads the rows a session
+    reads, with its parameters converted as SQLAlchemy converts them; and each read sees
+    what was committed before it (its connection goes back to the pool, in no transaction)."""
+    starts = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    at = {"at": starts.astimezone(timezone(timedelta(hours=2)))}  # the same instant
+    with database.session(write=True) as session:
+        first = make_license(session, make_org(session), valid_from=starts, credits_total=7).id
+    with database.single_read() as reader:
+        assert [tuple(row) for row in reader.execute(_VALID_FROM, at)] == [(first, 7_000_000)]
+    with database.single_read() as reader:
+        later = {"at": starts + timedelta(microseconds=1)}
+        assert reader.execute(_VALID_FROM, later) == []
+    with database.session(write=True) as session:
+        second = make_license(session, make_org(session), valid_from=starts, credits_total=3).id
+    with database.single_read() as reader:
+        rows = [tuple(row) for row in reader.execute(_VALID_FROM, at)]
+    with database.session(write=False) as session:
+        expected = [tuple(row) for row in session.execute(_VALID_FROM, at)]
+    assert rows == expected == [(first, 7_000_000), (second, 3_000_000)]
+    assert database.engine.pool.checkedout() == 0
+
+
+def test_driver_reads_refuse_what_the_driver_cannot_take_as_is():
+    with pytest.raises(ValueError, match="list parameter"):
+        driver_read(select(License.id).where(License.id.in_(bindparam("ids", expanding=True))))
+    with pytest.raises(ValueError, match="converting"):
+        driver_read(select(License.valid_from))
+
+
+def test_driver_reads_are_prepared_once(sqlite_template, tmp_path):
+    """Every driver_read statement (the budget check's among them) is prepared once and
+    run again as it is. SQLite prepares a statement anew at each execution when a bound
+    value is compared with a column named in a partial index's condition (the status of
+    reservations); SQLite's authorizer is asked at each preparation, so it counts them."""
+    import tokenledger.budgets.service  # noqa: F401  (registers the budget check's reads)
+
+    path = tmp_path / "prepare.db"
+    shutil.copy(sqlite_template, path)
+    reads = list(db_module._DRIVER_READS.values())
+    assert any("reservations" in read.sql for read in reads)
+    connection = sqlite3.connect(path, isolation_level=None)
+    prepared: list[str] = []
+
+    def authorizer(*_args: object) -> int:
+        prepared.append("asked")
+        return sqlite3.SQLITE_OK
+
+    connection.set_authorizer(authorizer)
+    try:
+        for read in reads:
+            values = [None] * len(read.names)
+            connection.execute(read.sql, values).fetchall()
+            assert prepared, "the authorizer is asked when a statement is prepared"
+            prepared.clear()
+            connection.execute(read.sql, values).fetchall()
+            assert prepared == [], read.sql
+    finally:
+        connection.close()

@@ -33,14 +33,24 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any, TypeVar
 
 import psycopg
-from sqlalchemy import BigInteger, Connection, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    DateTime,
+    Engine,
+    Executable,
+    MetaData,
+    Select,
+    create_engine,
+    event,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -353,11 +363,15 @@ class Database:
             notify_changed(self.url, frozenset(changed))
 
     @contextmanager
-    def single_read(self) -> Iterator[Connection]:
-        """A connection from the read pool for ONE read statement: on SQLite it is sent
-        without a BEGIN (a lone statement reads one snapshot), a round trip less."""
-        with self.engine.connect() as connection:
-            yield connection.execution_options(**{SINGLE_STATEMENT: True})
+    def single_read(self) -> Iterator[SingleRead]:
+        """A reader of ONE read statement from the read pool: on SQLite it is sent without
+        a BEGIN (a lone statement reads one snapshot), a round trip less, and a statement
+        made a driver_read goes straight to the driver."""
+        reader = SingleRead(self.engine)
+        try:
+            yield reader
+        finally:
+            reader.close()
 
     @property
     def write_engine(self) -> Engine:
@@ -368,6 +382,93 @@ class Database:
         self.engine.dispose()
         if self._write_engine is not None:
             self._write_engine.dispose()
+
+
+# Read statements sent to SQLite's driver by SingleRead, by identity: the registry keeps
+# each statement alive, so that no other object takes its id.
+_DRIVER_READS: dict[int, DriverRead] = {}
+_SQLITE = sqlite.dialect()
+
+
+class DriverRead:
+    """A read statement built once (a module constant), compiled for SQLite's driver: its
+    SQL, its parameters in order and their converters (a datetime to SQLite's text)."""
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+        self.compiled = statement.compile(dialect=_SQLITE)
+        binds = self.compiled.binds
+        for name, bind in binds.items():
+            if bind.expanding:
+                raise ValueError(f"{name}: a list parameter cannot go to the driver as is")
+        # Values written out (literal(..., literal_execute=True)) rendered into the SQL.
+        expanded = self.compiled.construct_expanded_state(
+            {name: None for name, bind in binds.items() if bind.required}
+        )
+        self.sql = expanded.statement
+        self.names = tuple(expanded.positiontup or ())
+        self.converters: dict[str, Callable[[Any], Any]] = {}
+        for name in self.names:
+            bind = binds[name]
+            convert = bind.type.dialect_impl(_SQLITE).bind_processor(_SQLITE)
+            if convert is not None:
+                self.converters[name] = convert
+        for column in statement.selected_columns:
+            if column.type.dialect_impl(_SQLITE).result_processor(_SQLITE, None) is not None:
+                raise ValueError(f"{column}: its values need converting on the way out")
+
+    def parameters(self, params: Mapping[str, Any] | None) -> list[Any]:
+        values = self.compiled.construct_params(params)
+        convert = self.converters
+        return [
+            convert[name](values[name]) if name in convert else values[name] for name in self.names
+        ]
+
+
+def driver_read(statement: Select[Any]) -> Select[Any]:
+    """Mark a read statement built once (a module constant) to go straight to the driver
+    when a SingleRead runs it on SQLite: SQLAlchemy's work around a one-row read (a
+    Connection, the statement cache, parameter and result processing) cost more than
+    SQLite's own. Its parameters must be scalars and its columns need no converting
+    (integers, text): ValueError here otherwise."""
+    _DRIVER_READS.setdefault(id(statement), DriverRead(statement))
+    return statement
+
+
+class SingleRead:
+    """Runs ONE read statement (Database.single_read): on SQLite a driver_read statement
+    on a pooled connection's driver directly, any other through SQLAlchemy, without a
+    BEGIN (a lone statement reads one snapshot)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._raw: Any = None
+
+    def execute(self, statement: Executable, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """The statement's rows (tuples)."""
+        found = _DRIVER_READS.get(id(statement))
+        if found is not None and self.engine.dialect.name == "sqlite":
+            if self._raw is None:
+                self._raw = self.engine.raw_connection()
+            cursor = self._raw.driver_connection.execute(found.sql, found.parameters(params))
+            try:
+                rows: list[Any] = cursor.fetchall()
+            finally:
+                cursor.close()
+            return rows
+        with self.engine.connect() as connection:
+            single = connection.execution_options(**{SINGLE_STATEMENT: True})
+            return list(single.execute(statement, dict(params or {})))
+
+    def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()  # back to the pool (which rolls back nothing: no BEGIN)
+            self._raw = None
+
+
+# Where read-side queries run: a Session (in a unit of work), a bare Connection, or a
+# SingleRead (the budget check and the tenant summary, one statement).
+Reader = Session | Connection | SingleRead
 
 
 # session.info key: names of the tables whose rows a write session added, changed or deleted

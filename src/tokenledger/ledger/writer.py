@@ -29,7 +29,7 @@ from tokenledger.config import Settings
 from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import DomainError
 from tokenledger.ledger.prepare import PreparedBatch
-from tokenledger.ledger.service import UsageAnswer, count_events, write_group
+from tokenledger.ledger.service import UsageAnswer, write_group
 
 log = logging.getLogger("tokenledger.writer")
 

@@ -7,12 +7,12 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tokenledger.audit import service as audit
-from tokenledger.db import execute_rows
+from tokenledger.db import Reader, execute_rows
 from tokenledger.errors import DomainError, not_found
 from tokenledger.licenses.models import (
     LICENSE_TERMS_COLUMNS,
@@ -141,7 +141,7 @@ _TERMS = select(*(_LICENSES.c[name] for name in LICENSE_TERMS_COLUMNS)).where(
 
 
 def terms_in_force(
-    connection: Session | Connection, org_ids: Iterable[int] | None = None, limit: int | None = None
+    connection: Reader, org_ids: Iterable[int] | None = None, limit: int | None = None
 ) -> dict[int, list[LicenseTermsRow]]:
     """The active and suspended licenses of these organizations (None: of all), newest first.
 
