@@ -8,7 +8,8 @@ temporary directory, and its resident memory is sampled every 50 ms. Then a year
 100,000) is ingested over the API, and the comparison route is timed in process.
 
 Environment: BENCH_KEYS (1000), BENCH_MODELS (20), BENCH_DAYS (31), BENCH_TAG,
-BENCH_AGAIN=1 (sync the month a second time: every day replaced).
+BENCH_AGAIN=1 (sync the month a second time: every day replaced). `make bench-provider-reports`
+runs the full size; `make bench` a tenth of the keys (62,000 rows) and 20,000 ledger events.
 """
 
 from __future__ import annotations
@@ -108,17 +109,26 @@ def standin(keys: int) -> tuple[subprocess.Popen[bytes], str]:
 def timed_sync(database: Database, settings: Settings, first: date, last: date) -> dict[str, Any]:
     client = service.sdk_client(settings, "anthropic")
     before = rss_mib()
+    load = os.getloadavg()[0]
     started = time.perf_counter()
+    cpu = time.process_time()
     with Sampler() as sampler:
         result = service.sync(
             database, settings, "anthropic", first, last, NOW, actor="bench", client=client
         )
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu
+    client.close()
     return {
         "days": result.days,
         "report_rows": result.rows,
         "seconds": round(seconds, 1),
         "rows_per_second": round(result.rows / seconds),
+        # this process's CPU time, all its threads (the stand-in's is its own): what the
+        # sync costs whatever else the shared machine runs
+        "cpu_seconds": round(cpu_seconds, 1),
+        "load_average_before": round(load, 1),
+        "load_average_after": round(os.getloadavg()[0], 1),
         "rss_before_mib": round(before, 1),
         "rss_peak_mib": round(max(sampler.samples), 1),
         "rss_growth_mib": round(max(sampler.samples) - before, 1),

@@ -11,8 +11,11 @@ sync deletes them: nothing is ever stored by halves.
 from __future__ import annotations
 
 import logging
+import operator
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -41,7 +44,7 @@ from tokenledger.alerts.models import Alert
 from tokenledger.alerts.service import queue_deliveries
 from tokenledger.audit import service as audit
 from tokenledger.config import Settings
-from tokenledger.db import Database, execute_rows, insert_for
+from tokenledger.db import Database, execute_values, insert_for
 from tokenledger.errors import DomainError, not_found
 from tokenledger.money import format_usd
 from tokenledger.organizations.models import Organization
@@ -76,8 +79,10 @@ DAYS = cast(Table, ProviderReportDay.__table__)
 ACCOUNTS = cast(Table, ProviderAccount.__table__)
 
 assert (*TOKEN_KINDS, "requests", "cost_nano") == FIGURES
-COLUMNS = ("day", "model", "api_key_id", "workspace_id", *FIGURES)
-CHUNK_ROWS = 5000
+ROW_COLUMNS = ("sync_id", "day", "model", "api_key_id", "workspace_id", *FIGURES)
+# A sync writes its rows in chunks of a few days (each in its own short transaction).
+CHUNK_ROWS = 20_000
+MAX_CHUNK_ROWS = 50_000
 LEASE_SECONDS = 30 * 60
 MAX_RANGE_DAYS = 400
 # Where a provider's workspaces (Anthropic) or projects (OpenAI) are kept.
@@ -151,7 +156,7 @@ def sdk_client(
     )
 
 
-def report_rows(provider: str, client: Any, first: date, last: date) -> Iterator[ReportRow]:
+def report_rows(provider: str, client: Any, first: date, last: date) -> Generator[ReportRow]:
     reader = anthropic_rows if provider == "anthropic" else openai_rows
     return reader(client, first, last)
 
@@ -226,33 +231,41 @@ def _row_upsert(session: Session) -> UpdateBase:
 
 
 def _chunks(
-    rows: Iterable[ReportRow], first: str, last: str, sync_id: int
-) -> Iterator[list[dict[str, Any]]]:
-    """Rows merged by key, CHUNK_ROWS keys at a time (a key appears once per statement)."""
-    chunk: dict[RowKey, list[int]] = {}
+    rows: Iterable[ReportRow], first: str, last: str, sync_id: int, size: int
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows merged by key, as tuples of ROW_COLUMNS, a key once per chunk.
+
+    A chunk ends where a day ends once it holds `size` keys: the readers give a day's
+    usage rows and cost rows together, so a key is written once, whole (a plain insert).
+    A day of more keys than the limit (2.5 x size) is written in parts (memory stays
+    bounded); the upsert then adds the parts of a key that met in different chunks.
+    """
+    limit = max(size * MAX_CHUNK_ROWS // CHUNK_ROWS, 1)
+    chunk: dict[RowKey, tuple[int, ...]] = {}
+    day = ""
+    inside = False
     for key, values in rows:
-        if not first <= key[0] <= last:
+        if key[0] != day:
+            day = key[0]
+            inside = first <= day <= last
+            if len(chunk) >= size:
+                yield _values(chunk, sync_id)
+                chunk = {}
+        if not inside:
             continue  # a bucket outside the asked range (an API rounding its bounds)
         if min(values) < 0:
             raise ValueError(f"negative figure in the report for {key}")
         found = chunk.get(key)
-        if found is None:
-            chunk[key] = list(values)
-        else:
-            for index, value in enumerate(values):
-                found[index] += value
-        if len(chunk) >= CHUNK_ROWS:
-            yield _dicts(chunk, sync_id)
+        chunk[key] = values if found is None else tuple(map(operator.add, found, values))
+        if len(chunk) >= limit:
+            yield _values(chunk, sync_id)
             chunk = {}
     if chunk:
-        yield _dicts(chunk, sync_id)
+        yield _values(chunk, sync_id)
 
 
-def _dicts(chunk: dict[RowKey, list[int]], sync_id: int) -> list[dict[str, Any]]:
-    return [
-        {"sync_id": sync_id, **dict(zip(COLUMNS, (*key, *values), strict=True))}
-        for key, values in chunk.items()
-    ]
+def _values(chunk: dict[RowKey, tuple[int, ...]], sync_id: int) -> list[tuple[Any, ...]]:
+    return [(sync_id, *key, *values) for key, values in chunk.items()]
 
 
 def sync(
@@ -266,10 +279,14 @@ def sync(
     actor: str,
     client: Any = None,
     holder: str | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> SyncResult:
     """Import the provider's reports of the UTC days first..last (inclusive) and make them
     the figures of those days. Raises DomainError (409 while another sync of the provider
-    runs, 502 when the provider's answers fail) and then stores nothing."""
+    runs, 502 when the provider's answers fail) and then stores nothing.
+
+    chunk_rows: how many keys a write takes at least (see _chunks).
+    """
     check_provider(provider)
     check_range(first, last)
     today = now.astimezone(UTC).date()
@@ -284,7 +301,15 @@ def sync(
             raise DomainError(409, "provider_sync_running", f"a sync of {provider} is running")
         try:
             return _sync_holding_lease(
-                database, settings, provider, first, last, now, actor=actor, client=client
+                database,
+                settings,
+                provider,
+                first,
+                last,
+                now,
+                actor=actor,
+                client=client,
+                chunk_rows=chunk_rows,
             )
         finally:
             release_lease(database, provider, holder)
@@ -303,6 +328,7 @@ def _sync_holding_lease(
     *,
     actor: str,
     client: Any,
+    chunk_rows: int,
 ) -> SyncResult:
     first_day, last_day = first.isoformat(), last.isoformat()
     with database.session(write=True) as session:
@@ -319,10 +345,9 @@ def _sync_holding_lease(
         session.flush()
         sync_id = record.id
     try:
-        rows = report_rows(provider, client, first, last)
-        for chunk in _chunks(rows, first_day, last_day, sync_id):
-            with database.session(write=True) as session:
-                execute_rows(session, _row_upsert(session), chunk)
+        # Closed before anything else happens: a failed read stops its page threads.
+        with closing(report_rows(provider, client, first, last)) as rows:
+            _write_chunks(database, _chunks(rows, first_day, last_day, sync_id, chunk_rows))
         with database.session(write=True) as session:
             result = _make_current(
                 session, settings, provider, sync_id, first, last, now, actor=actor
@@ -345,6 +370,25 @@ def _sync_holding_lease(
     with database.session(write=True) as session:
         _drop_superseded(session, provider, sync_id)
     return result
+
+
+def _write_chunks(database: Database, chunks: Iterator[list[tuple[Any, ...]]]) -> None:
+    """Each chunk in a transaction of its own, written by a thread while the next chunk is
+    read (the database's work overlaps the reading). Returns once every chunk is written;
+    raises the first error, and then no write is still running."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="provider-report-rows") as pool:
+        pending: Future[None] | None = None
+        for chunk in chunks:
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(_write_chunk, database, chunk)
+        if pending is not None:
+            pending.result()
+
+
+def _write_chunk(database: Database, chunk: list[tuple[Any, ...]]) -> None:
+    with database.session(write=True) as session:
+        execute_values(session, _row_upsert(session), ROW_COLUMNS, chunk)
 
 
 def _reason(exc: BaseException) -> str:
