@@ -175,7 +175,7 @@ def percent(part: int, whole: int, places: int = 1) -> float | None:
 # realistic size never nears the bound in any sum it keeps (INT64_MAX nano-USD is about
 # $9.2 billion): an organization's all-time totals, a license's credits, a license's holds.
 # The write path refuses (409 ledger_limit, stores nothing) what would still pass it
-# (usage.ingest.LedgerRoom, budgets.service.create_reservation).
+# (ledger.bounds.LedgerRoom, budgets.service.create_reservation).
 INT64_MAX = 2**63 - 1
 MAX_USD = Decimal(1_000_000_000)  # a budget
 MAX_EVENT_USD = Decimal(1_000_000)  # one event's cost, given or priced; one hold

@@ -13,8 +13,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.admin.conftest import serve
-from tests.conftest import NOW, Tenant
+from tests.conftest import NOW, Tenant, serve
 from tests.ledger.conftest import LICENSE, ok, post, snapshot, stored_events, wait_until_blocked
 from tests.ledger.conftest import usage_event as event
 from tokenledger.config import Settings

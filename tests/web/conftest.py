@@ -163,6 +163,3 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(
             f"web UI screenshots: {len(test_browser.SHOTS)} in {folder}", bold=True
         )
-
-
-from tests.admin.conftest import receiver  # noqa: E402, F401

@@ -11,8 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from tests.admin.conftest import Receiver, event, ingest
-from tests.conftest import NOW, FixedClock, make_settings
+from tests.conftest import NOW, FixedClock, Receiver, event, ingest, make_settings
 from tests.web.conftest import read, sign_in
 from tokenledger.alerts.models import Webhook
 from tokenledger.app import create_app

@@ -10,8 +10,16 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from tests.admin.conftest import event, ingest
-from tests.conftest import ADMIN_PASSWORD, NOW, SECRET, FixedClock, add_admin, make_settings
+from tests.conftest import (
+    ADMIN_PASSWORD,
+    NOW,
+    SECRET,
+    FixedClock,
+    add_admin,
+    event,
+    ingest,
+    make_settings,
+)
 from tests.web.conftest import csrf_of, read, sign_in
 from tokenledger.alerts.models import Alert
 from tokenledger.app import create_app

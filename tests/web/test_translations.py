@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 
 from babel.messages.pofile import read_po
 
-from tests.admin.conftest import event, ingest
-from tests.conftest import NOW
+from tests.conftest import NOW, event, ingest
 from tests.web.conftest import read
 from tests.web.test_pages import PAGES, org_pages
 from tokenledger.web.i18n import TRANSLATIONS_DIR

@@ -21,7 +21,8 @@ from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.errors import DomainError
 from tokenledger.hot import HotReads
-from tokenledger.ledger import ingest, prices
+from tokenledger.ledger import prices
+from tokenledger.ledger.prepare import prepare
 from tokenledger.ledger.service import UsageAnswer
 from tokenledger.ledger.writer import UsageWriter
 from tokenledger.money import NANO_PER_USD
@@ -235,7 +236,7 @@ async def record(
     else:
         values["cost_usd"] = Decimal(call.held_nano) / NANO_PER_USD
     batch = UsageBatch(events=[UsageEventIn.model_validate(values)])
-    prepared = ingest.prepare(
+    prepared = prepare(
         batch,
         key_org_id=None,
         organizations=ledger.hot.organizations,

@@ -14,7 +14,7 @@ from tokenledger.deps import (
     UsageKey,
     get_hot,
 )
-from tokenledger.ledger import ingest
+from tokenledger.ledger.prepare import prepare
 from tokenledger.ledger.refreshes import record_refresh
 from tokenledger.ledger.writer import UsageWriter
 from tokenledger.middleware import ParsedJsonRoute
@@ -32,7 +32,7 @@ async def post_usage(request: Request, batch: UsageBatch, key: UsageKey, now: No
     settings: Settings = request.app.state.settings
     writer: UsageWriter = request.app.state.usage_writer
     hot = get_hot(request)
-    prepared = ingest.prepare(
+    prepared = prepare(
         batch,
         key_org_id=key.organization_id,
         organizations=hot.organizations,

@@ -73,8 +73,7 @@ from starlette.concurrency import run_in_threadpool
 from tokenledger.config import Settings
 from tokenledger.deps import Now, UsageKey, get_hot
 from tokenledger.errors import DomainError
-from tokenledger.ledger import ingest
-from tokenledger.ledger.ingest import PreparedBatch
+from tokenledger.ledger.prepare import PreparedBatch, prepare
 from tokenledger.ledger.writer import UsageWriter
 from tokenledger.middleware import check_json
 from tokenledger.usage.schemas import UsageBatch, UsageEventIn
@@ -266,7 +265,7 @@ def _prepare(
     hot = get_hot(request)
     # Built without the 1000-event bound of the JSON API (a chunk is at most as large).
     batch = UsageBatch.model_construct(events=[call.event for call in chunk])
-    prepared = ingest.prepare(
+    prepared = prepare(
         batch,
         key_org_id=key_org_id,
         organizations=hot.organizations,

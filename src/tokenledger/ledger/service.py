@@ -19,8 +19,10 @@ from tokenledger.auth.models import ApiKey
 from tokenledger.budgets import service as budgets
 from tokenledger.config import Settings
 from tokenledger.errors import DomainError
-from tokenledger.ledger import ingest
-from tokenledger.ledger.ingest import IngestOutcome, PreparedBatch
+from tokenledger.ledger.duplicates import IngestOutcome
+from tokenledger.ledger.prepare import PreparedBatch, prepare
+from tokenledger.ledger.rollups import roll_up
+from tokenledger.ledger.store import write
 from tokenledger.licenses import service as licenses
 from tokenledger.ops import Metrics
 from tokenledger.organizations import refs
@@ -62,17 +64,17 @@ def record_usage(
     org_ids = sorted({org_id for batch in batches for org_id in batch.orgs})
     # The lock order of db.py: organizations, then their licenses. Two groups touching the
     # same organizations run one after the other (no unique-key waits, no deadlocks), and
-    # the stored twins read next cannot change before the insert.
+    # the stored events read next cannot change before the insert.
     organizations.lock(session, org_ids)
     candidates = licenses.candidates_for(session, org_ids, lock=True)
-    outcomes = ingest.write(session, batches, candidates, price_ids)
+    outcomes = write(session, batches, candidates, price_ids)
     created_rows = [
         row
         for outcome in outcomes
         if isinstance(outcome, IngestOutcome)
         for row in outcome.created_rows
     ]
-    ingest.roll_up(session, created_rows)
+    roll_up(session, created_rows)
     by_id = {lic.id: lic for found in candidates.values() for lic in found}
     budgets.settle_reservations(session, created_rows, now)
     keys = sorted({batch.touch_key_id for batch in batches if batch.touch_key_id is not None})
@@ -124,7 +126,7 @@ def record_batch(
 ) -> UsageAnswer:
     """One batch in the caller's own transaction (demo data, scripts, tests): the group
     commit's unit of work for this one batch; its answer, or the refusal."""
-    prepared = ingest.prepare(
+    prepared = prepare(
         batch,
         key_org_id=key_org_id,
         organizations=refs.in_session(session),

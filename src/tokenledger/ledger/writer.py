@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from tokenledger.config import Settings
 from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import DomainError
-from tokenledger.ledger.ingest import PreparedBatch
+from tokenledger.ledger.prepare import PreparedBatch
 from tokenledger.ledger.service import UsageAnswer, count_events, record_usage
 from tokenledger.ops import Metrics
 
