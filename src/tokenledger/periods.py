@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 
@@ -13,6 +13,11 @@ def month_of(at: datetime, tz: ZoneInfo) -> str:
 
 def day_of(at: datetime, tz: ZoneInfo) -> str:
     return at.astimezone(tz).strftime("%Y-%m-%d")
+
+
+def utc_day_of(at: datetime) -> str:
+    """The UTC day of an instant: the day of the providers' reports (usage_utc_daily)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%d")
 
 
 @functools.lru_cache(maxsize=1024)
