@@ -18,11 +18,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import (
-    BigInteger,
     CursorResult,
     Table,
     and_,
@@ -33,7 +32,6 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
-    type_coerce,
     update,
 )
 from sqlalchemy.orm import Session, aliased
@@ -46,7 +44,7 @@ from tokenledger.audit import service as audit
 from tokenledger.config import Settings
 from tokenledger.db import Database, execute_values, insert_for
 from tokenledger.errors import DomainError, not_found
-from tokenledger.money import format_usd
+from tokenledger.money import divide_half_even, format_usd
 from tokenledger.organizations.models import Organization
 from tokenledger.provider_reports.models import (
     ACCOUNT_KINDS,
@@ -67,7 +65,7 @@ from tokenledger.provider_reports.sources import (
     anthropic_rows,
     openai_rows,
 )
-from tokenledger.usage.models import UsageEvent, UsagePrice
+from tokenledger.usage.models import UTC_ROLLUP_FIELDS, UsageUtcDaily
 
 log = logging.getLogger("tokenledger.provider_reports")
 
@@ -91,10 +89,6 @@ ADMIN_KEY_VARIABLE = {
     "anthropic": "TOKENLEDGER_ANTHROPIC_ADMIN_KEY",
     "openai": "TOKENLEDGER_OPENAI_ADMIN_KEY",
 }
-MICROS_PER_DAY = 86_400_000_000
-_EPOCH_DAY = date(1970, 1, 1)
-RATIO_PLACES = Decimal("0.0001")
-PERCENT_PLACES = Decimal("0.01")
 
 
 def utc_day_start(day: date) -> datetime:
@@ -644,26 +638,37 @@ assert set(GROUP_KIND.values()) | {"api_key"} == set(ACCOUNT_KINDS)
 # Comparison ---------------------------------------------------------------------------
 
 
-@dataclass
-class Side:
-    """Tokens by kind and cost in nano-USD of one side (provider or ledger)."""
+_KINDS = len(TOKEN_KINDS)
 
-    tokens: dict[str, int]
-    cost_nano: int
-    unpriced_events: int = 0
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """Tokens by kind and cost in nano-USD of one side (provider or ledger): `figures` in
+    the order of TOKEN_KINDS, then the cost and the events without a complete price."""
+
+    figures: tuple[int, ...]
 
     @classmethod
     def empty(cls) -> Side:
-        return cls(dict.fromkeys(TOKEN_KINDS, 0), 0)
+        return _EMPTY
 
-    def add(self, other: Side) -> None:
-        for kind in TOKEN_KINDS:
-            self.tokens[kind] += other.tokens[kind]
-        self.cost_nano += other.cost_nano
-        self.unpriced_events += other.unpriced_events
+    @property
+    def tokens(self) -> dict[str, int]:
+        return dict(zip(TOKEN_KINDS, self.figures, strict=False))
+
+    @property
+    def cost_nano(self) -> int:
+        return self.figures[_KINDS]
+
+    @property
+    def unpriced_events(self) -> int:
+        return self.figures[_KINDS + 1]
 
 
-@dataclass
+_EMPTY = Side((0,) * (_KINDS + 2))
+
+
+@dataclass(frozen=True, slots=True)
 class ComparisonRow:
     day: str
     model: str
@@ -677,59 +682,79 @@ class ComparisonRow:
         return self.provider.cost_nano - self.ledger.cost_nano
 
 
-def ratio(part: int, whole: int) -> Decimal | None:
-    """part / whole to 4 places, half to even; None when whole is 0."""
+def ratio_units(part: int, whole: int, places: int) -> int | None:
+    """part / whole in units of 10**-places, rounded half to even (integers only); None
+    when whole is 0 (whole is never negative)."""
     if whole == 0:
         return None
-    return (Decimal(part) / Decimal(whole)).quantize(RATIO_PLACES, ROUND_HALF_EVEN)
+    return divide_half_even(part * 10**places, whole)
+
+
+def ratio(part: int, whole: int) -> Decimal | None:
+    """part / whole to 4 places, half to even; None when whole is 0."""
+    units = ratio_units(part, whole, 4)
+    return None if units is None else Decimal(units).scaleb(-4)
 
 
 def drift_percent(drift_nano: int, provider_nano: int) -> Decimal | None:
     """Drift in percent of the provider's cost, to 2 places; None when that cost is 0."""
-    if provider_nano == 0:
-        return None
-    return (Decimal(drift_nano) * 100 / Decimal(provider_nano)).quantize(
-        PERCENT_PLACES, ROUND_HALF_EVEN
-    )
+    units = ratio_units(drift_nano * 100, provider_nano, 2)
+    return None if units is None else Decimal(units).scaleb(-2)
 
 
 # The ledger keeps no count of web searches per event column: the kind is provider-only.
 LEDGER_KINDS = tuple(kind for kind in TOKEN_KINDS if kind != "web_search_requests")
+assert UTC_ROLLUP_FIELDS[:5] == LEDGER_KINDS
 
 
-def synced_days(
-    session: Session, provider: str, first: date, last: date
-) -> dict[str, ProviderReportDay]:
-    rows = session.scalars(
-        select(ProviderReportDay).where(
-            ProviderReportDay.provider == provider,
-            ProviderReportDay.day >= first.isoformat(),
-            ProviderReportDay.day <= last.isoformat(),
+@dataclass(frozen=True, slots=True)
+class HeldDay:
+    """The sync whose figures stand for a day, and whether the day was still open."""
+
+    sync_id: int
+    partial: bool
+
+
+def synced_days(session: Session, provider: str, first: date, last: date) -> dict[str, HeldDay]:
+    rows = session.execute(
+        select(DAYS.c.day, DAYS.c.sync_id, DAYS.c.partial).where(
+            DAYS.c.provider == provider,
+            DAYS.c.day >= first.isoformat(),
+            DAYS.c.day <= last.isoformat(),
         )
     )
-    return {row.day: row for row in rows}
+    return {day: HeldDay(sync_id, bool(partial)) for day, sync_id, partial in rows}
 
 
 def _provider_side(
     session: Session,
     provider: str,
-    held: dict[str, ProviderReportDay],
+    first: date,
+    last: date,
+    held: dict[str, HeldDay],
     organization_id: int | None,
 ) -> dict[tuple[str, str], Side]:
-    """The provider's figures per (day, model) of the days a sync holds.
-
-    The rows are picked by (sync, day) pairs, not by joining provider_report_days with a
-    range of days: SQLite carries such a range over to the joined table and then reads
-    every day of the sync for each day (365 x 365 days' rows for a year).
-    """
+    """The provider's figures per (day, model) of the days a sync holds."""
     if not held:
         return {}
-    pairs = [(day.sync_id, day.day) for day in held.values()]
+    figures = (*TOKEN_KINDS, "cost_nano")
+    in_range = (
+        DAYS.c.provider == provider,
+        DAYS.c.day.between(first.isoformat(), last.isoformat()),
+    )
     if organization_id is None:
-        # One row per day and model already (a day is held by one sync): no sums.
-        query: Any = select(
-            TOTALS.c.day, TOTALS.c.model, *[TOTALS.c[name] for name in (*TOKEN_KINDS, "cost_nano")]
-        ).where(tuple_(TOTALS.c.sync_id, TOTALS.c.day).in_(pairs))
+        # One row per day and model already (a day is held by one sync): no sums. The
+        # day is matched as `day || ''`, which SQLite does not carry over as a range to
+        # the totals (it would then read every day of the sync for each day held).
+        query: Any = (
+            select(TOTALS.c.day, TOTALS.c.model, *[TOTALS.c[name] for name in figures])
+            .select_from(DAYS)
+            .join(
+                TOTALS,
+                and_(TOTALS.c.sync_id == DAYS.c.sync_id, TOTALS.c.day == DAYS.c.day.concat("")),
+            )
+            .where(*in_range)
+        )
     else:
         source: Any = ROWS
         by_key = aliased(ProviderAccount)
@@ -746,12 +771,13 @@ def _provider_side(
         groups = [external for kind, external in mapped if kind != "api_key"]
         if not mapped:
             return {}
-        first, last = min(held), max(held)
+        pairs = [(day.sync_id, name) for name, day in held.items()]
+        low, high = min(held), max(held)
         query = (
             select(
                 source.c.day,
                 source.c.model,
-                *[func.sum(source.c[name]) for name in (*TOKEN_KINDS, "cost_nano")],
+                *[func.sum(source.c[name]) for name in figures],
             )
             .outerjoin(
                 by_key,
@@ -772,8 +798,8 @@ def _provider_side(
             .where(
                 # Through the indexes of the organization's keys and workspaces (a few)...
                 or_(
-                    and_(source.c.api_key_id.in_(keys), source.c.day.between(first, last)),
-                    and_(source.c.workspace_id.in_(groups), source.c.day.between(first, last)),
+                    and_(source.c.api_key_id.in_(keys), source.c.day.between(low, high)),
+                    and_(source.c.workspace_id.in_(groups), source.c.day.between(low, high)),
                 ),
                 # ...the rows of the syncs that hold their days,
                 tuple_(source.c.sync_id, source.c.day).in_(pairs),
@@ -782,57 +808,40 @@ def _provider_side(
             )
             .group_by(source.c.day, source.c.model)
         )
-    result = {}
-    for day, model, *values in session.execute(query):
-        figures = [int(value or 0) for value in values]
-        result[(day, model)] = Side(dict(zip(TOKEN_KINDS, figures[:-1], strict=True)), figures[-1])
-    return result
+    # Sums of NOT NULL columns: never None (PostgreSQL gives decimals).
+    return {
+        (day, model): Side((*map(int, values), 0))
+        for day, model, *values in session.execute(query).all()
+    }
+
+
+_UTC_DAILY = cast(Table, UsageUtcDaily.__table__)
+_LEDGER_SUMS = (*LEDGER_KINDS, "cost_nano", "unpriced_events")
 
 
 def ledger_by_utc_day(
     session: Session, provider: str, first: date, last: date, organization_id: int | None
 ) -> dict[tuple[str, str], Side]:
-    """The ledger's events of the provider per UTC day and model, from the events' own
-    timestamps: the rollups' days are days of the billing time zone, and have no split
-    of cache writes by lifetime."""
-    ts = UsageEvent.timestamp
-    if session.get_bind().dialect.name == "sqlite":
-        # Instants are integers of microseconds there: whole days since 1970.
-        day_expr: Any = type_coerce(ts, BigInteger) // MICROS_PER_DAY
-    else:
-        day_expr = func.date(ts)  # stored as naive UTC
-    figures = (
-        func.sum(UsageEvent.input_tokens),
-        func.sum(UsageEvent.cache_creation_input_tokens - UsageEvent.cache_write_1h_tokens),
-        func.sum(UsageEvent.cache_write_1h_tokens),
-        func.sum(UsageEvent.cache_read_input_tokens),
-        func.sum(UsageEvent.output_tokens),
-        func.sum(UsageEvent.cost_nano),
-        func.sum(case((UsageEvent.cost_nano.is_(None), 1), else_=0)),
-    )
+    """The ledger's figures of the provider per UTC day and model: its UTC-day rollup
+    (usage_utc_daily, kept with the events), summed over organizations or of one."""
+    table = _UTC_DAILY
     query = (
-        select(day_expr, UsagePrice.model, *figures)
-        .join(UsagePrice, UsagePrice.id == UsageEvent.price_id)
+        select(table.c.day, table.c.model, *[func.sum(table.c[name]) for name in _LEDGER_SUMS])
         .where(
-            UsagePrice.provider == provider,
-            ts >= utc_day_start(first),
-            ts < utc_day_start(last + timedelta(days=1)),
+            table.c.provider == provider,
+            table.c.day >= first.isoformat(),
+            table.c.day <= last.isoformat(),
         )
-        .group_by(day_expr, UsagePrice.model)
+        .group_by(table.c.day, table.c.model)
     )
     if organization_id is not None:
-        query = query.where(UsageEvent.organization_id == organization_id)
+        query = query.where(table.c.organization_id == organization_id)
+    web_searches = TOKEN_KINDS.index("web_search_requests")
     result: dict[tuple[str, str], Side] = {}
-    for day_value, model, *values in session.execute(query):
-        day = (
-            (_EPOCH_DAY + timedelta(days=int(day_value))).isoformat()
-            if isinstance(day_value, int)
-            else str(day_value)[:10]
-        )
-        numbers = [int(value or 0) for value in values]
-        tokens = dict(zip(LEDGER_KINDS, numbers[:5], strict=True))
-        tokens["web_search_requests"] = 0
-        result[(day, model)] = Side(tokens, numbers[5], numbers[6])
+    for day, model, *values in session.execute(query).all():
+        numbers = list(map(int, values))
+        numbers.insert(web_searches, 0)  # (none: the ledger keeps no count of them)
+        result[(day, model)] = Side(tuple(numbers))
     return result
 
 
@@ -879,7 +888,7 @@ def compare(
     if organization_id is not None and session.get(Organization, organization_id) is None:
         raise not_found("organization", organization_id)
     days = synced_days(session, provider, first, last)
-    theirs = _provider_side(session, provider, days, organization_id)
+    theirs = _provider_side(session, provider, first, last, days, organization_id)
     ours = ledger_by_utc_day(session, provider, first, last, organization_id)
     rows = []
     per_day: dict[str, DayFigures] = {
