@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import operator
 import secrets
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -836,13 +836,12 @@ def ledger_by_utc_day(
     )
     if organization_id is not None:
         query = query.where(table.c.organization_id == organization_id)
-    web_searches = TOKEN_KINDS.index("web_search_requests")
-    result: dict[tuple[str, str], Side] = {}
-    for day, model, *values in session.execute(query).all():
-        numbers = list(map(int, values))
-        numbers.insert(web_searches, 0)  # (none: the ledger keeps no count of them)
-        result[(day, model)] = Side(tuple(numbers))
-    return result
+    rows: Sequence[Any] = session.execute(query).all()
+    if session.get_bind().dialect.name != "sqlite":  # PostgreSQL's sums are decimals
+        rows = [(day, model, *map(int, values)) for day, model, *values in rows]
+    kinds = len(LEDGER_KINDS)
+    # No web searches between the tokens and the cost: the ledger keeps no count of them.
+    return {(row[0], row[1]): Side((*row[2 : 2 + kinds], 0, *row[2 + kinds :])) for row in rows}
 
 
 @dataclass
@@ -894,20 +893,17 @@ def compare(
     per_day: dict[str, DayFigures] = {
         day: DayFigures(day, held.partial, 0, 0) for day, held in days.items()
     }
+    cost = _KINDS
     for key in sorted(set(theirs) | set(ours)):
         day, model = key
-        if day not in days:
-            continue
-        row = ComparisonRow(
-            day=day,
-            model=model,
-            partial=days[day].partial,
-            provider=theirs.get(key) or Side.empty(),
-            ledger=ours.get(key) or Side.empty(),
-        )
-        rows.append(row)
-        per_day[day].provider_nano += row.provider.cost_nano
-        per_day[day].ledger_nano += row.ledger.cost_nano
+        figures = per_day.get(day)
+        if figures is None:
+            continue  # a day no sync holds
+        provider_side = theirs.get(key, _EMPTY)
+        ledger_side = ours.get(key, _EMPTY)
+        rows.append(ComparisonRow(day, model, figures.partial, provider_side, ledger_side))
+        figures.provider_nano += provider_side.figures[cost]
+        figures.ledger_nano += ledger_side.figures[cost]
     return Comparison(
         provider, first, last, organization_id, rows, [per_day[day] for day in sorted(per_day)]
     )
