@@ -13,8 +13,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/tokenledger run-local
 
+# The suite on both cores (TEST_WORKERS=0: one process), a test file per process at a time;
+# the schema fuzzing alone after it: pytest-xdist drops the results schemathesis reports
+# per operation, so there it would pass whatever they said.
+TEST_WORKERS ?= 2
+FUZZING := tests/test_schema_fuzzing.py
+
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --ignore=$(FUZZING) $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(FUZZING) $(PYTEST_ARGS)
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check src tests

@@ -19,11 +19,21 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from tokenledger.audit.service import Operator
+from tokenledger.auth import service as auth_service
+from tokenledger.auth.models import AdminUser
+from tokenledger.auth.passwords import verify_password
+from tokenledger.backup import POSTGRES_WAY, BackupError, backup_sqlite
 from tokenledger.config import Settings, get_settings
 from tokenledger.db import Database, retrying, utcnow
 from tokenledger.errors import DomainError
 from tokenledger.migrations import runner
+from tokenledger.organizations.models import Organization
 from tokenledger.schemas import check_instant
+
+# A command that needs the web app, the price data, repricing, reconcile, demo data or the
+# providers' SDKs imports them when it runs: together they take over a second to load
+# (python -X importtime), which `migrate`, the account and key commands need not wait
+# for. No circle needs it: nothing imports this module.
 
 # Whose changes the command line's are, in the audit log.
 CLI = Operator("cli")
@@ -153,25 +163,23 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def cmd_create_admin(args: argparse.Namespace, settings: Settings) -> int:
-    from tokenledger.auth import service
 
     database = _database(settings)
     _require_migrated(database)
     password = _read_password(args)
     with database.session(write=True) as session:
-        user = service.create_admin(session, args.email, password, args.role, actor=CLI)
+        user = auth_service.create_admin(session, args.email, password, args.role, actor=CLI)
         role, email = user.role, user.email
     print(f"created {role} {email}")
     return 0
 
 
 def cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
-    from tokenledger.auth import service
 
     database = _database(settings)
     _require_migrated(database)
     with database.session(write=True) as session:
-        key, secret = service.create_api_key(session, args.name, args.org, actor=CLI)
+        key, secret = auth_service.create_api_key(session, args.name, args.org, actor=CLI)
         scope = f"organization {args.org}" if args.org else "all organizations (service key)"
         print(secret)
         print(
@@ -182,13 +190,11 @@ def cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_api_key_list(args: argparse.Namespace, settings: Settings) -> int:
-    from tokenledger.auth import service
-    from tokenledger.organizations.models import Organization
 
     database = _database(settings)
     _require_migrated(database)
     with database.session(write=False) as session:
-        keys = service.list_api_keys(session)
+        keys = auth_service.list_api_keys(session)
         slugs = {org.id: org.slug for org in session.query(Organization).all()}
         print(f"{'id':>4}  {'prefix':<12} {'organization':<24} {'last used':<20} {'state':<8} name")
         for key in keys:
@@ -200,12 +206,11 @@ def cmd_api_key_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_api_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    from tokenledger.auth import service
 
     database = _database(settings)
     _require_migrated(database)
     with database.session(write=True) as session:
-        key = service.revoke_api_key(session, args.id, actor=CLI, now=utcnow())
+        key = auth_service.revoke_api_key(session, args.id, actor=CLI, now=utcnow())
         key_id, name = key.id, key.name
     print(f"revoked key {key_id} '{name}'")
     return 0
@@ -218,15 +223,12 @@ def _initial_admin_file(settings: Settings) -> Path | None:
 
 def ensure_first_admin(database: Database, settings: Settings) -> None:
     """Create the first admin when there is none, and print its login."""
-    from tokenledger.auth import service
-    from tokenledger.auth.models import AdminUser
-    from tokenledger.auth.passwords import verify_password
 
     login_file = _initial_admin_file(settings)
     with database.session(write=True) as session:
-        if service.count_admins(session) == 0:
+        if auth_service.count_admins(session) == 0:
             email, password = "admin@example.com", secrets.token_urlsafe(12)
-            service.create_admin(session, email, password, "admin", actor=None)
+            auth_service.create_admin(session, email, password, "admin", actor=None)
             if login_file:
                 login_file.write_text(f"{email}\n{password}\n")
                 login_file.chmod(0o600)
@@ -290,7 +292,6 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
-    from tokenledger.backup import POSTGRES_WAY, BackupError, backup_sqlite
 
     source = settings.sqlite_path()
     if source is None:

@@ -81,6 +81,15 @@ class Metrics:
             registry=self.registry,
         )
 
+    # What the usage writer reports (ledger.writer.WriterMetrics).
+    def usage_group_written(self, requests: int) -> None:
+        self.usage_group_requests.observe(requests)
+
+    def usage_events_stored(self, created: int, duplicates: int) -> None:
+        """The events a stored batch created, and the duplicates it skipped."""
+        self.events.labels("created").inc(created)
+        self.events.labels("duplicate").inc(duplicates)
+
 
 def install_metrics(app: FastAPI, metrics: Metrics) -> None:
     app.add_middleware(MeasureRequests, metrics=metrics)

@@ -8,16 +8,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import httpx
 import pytest
 
 from tests.conftest import SECRET, free_port, make_settings
-from tests.factories import make_license, make_org
-from tokenledger.auth.service import create_api_key
 from tokenledger.db import Database
 
 TOKENLEDGER = Path(sys.executable).parent / "tokenledger"
@@ -50,26 +47,6 @@ def tokenledger(
         timeout=120,
         check=False,
     )
-
-
-@dataclass(frozen=True)
-class Tenant:
-    org_id: int
-    slug: str
-    key: str
-    license_id: int
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-
-def new_tenant(database: Database, **license: Any) -> Tenant:
-    with database.session(write=True) as session:
-        org = make_org(session)
-        made = make_license(session, org, **license)
-        _key, secret = create_api_key(session, "operations tests", org.slug, actor=None)
-        return Tenant(org.id, org.slug, secret, made.id)
 
 
 class Server:

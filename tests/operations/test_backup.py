@@ -12,15 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import make_settings
-from tests.operations.conftest import (
-    TOKENLEDGER,
-    Server,
-    Tenant,
-    command_env,
-    new_tenant,
-    tokenledger,
-)
+from tests.conftest import Tenant, make_settings, new_tenant
+from tests.operations.conftest import TOKENLEDGER, Server, command_env, tokenledger
 from tokenledger.db import Database
 from tokenledger.migrations import runner
 
@@ -84,7 +77,7 @@ def test_backup_under_load_restores_whole_and_reconciles(sqlite_url, server_root
     database_url = sqlite_url
     database = Database(make_settings(database_url))
     try:
-        tenant = new_tenant(database)
+        tenant = new_tenant(database, {})
     finally:
         database.dispose()
     server = Server(database_url, server_root)
@@ -196,8 +189,15 @@ def test_a_command_on_a_missing_sqlite_database_creates_nothing(tmp_path):
         )
         for command in COMMANDS
     ]
-    for command, process in zip(COMMANDS, processes, strict=True):
-        out, err = process.communicate(timeout=60)
+    try:
+        # A guard against a hang, not a speed limit: eight start-ups on a busy machine.
+        answers = [process.communicate(timeout=300) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    for command, process, (out, err) in zip(COMMANDS, processes, answers, strict=True):
         assert process.returncode == 1, command
         assert out == "", command
         assert err.strip() == (

@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.conftest import make_settings
-from tests.operations.conftest import Server, new_tenant
+from tests.conftest import make_settings, new_tenant
+from tests.operations.conftest import Server
 from tokenledger.alerts.schemas import WebhookCreate
 from tokenledger.alerts.webhooks import create_webhook
 from tokenledger.app import create_app
@@ -52,7 +52,7 @@ def test_metrics_add_up_every_worker(database_url, database, server_root, tmp_pa
     directory = tmp_path / "metrics"
     directory.mkdir()
     (directory / "counter_99999.db").write_bytes(b"stale figures of an earlier run")
-    tenant = new_tenant(database, valid_from=utcnow())
+    tenant = new_tenant(database, {"valid_from": utcnow()})
     server = Server(database_url, server_root, workers=2, PROMETHEUS_MULTIPROC_DIR=str(directory))
     server.start()
     sent = 0
@@ -118,7 +118,8 @@ def test_outbox_depth_and_oldest_pending_age(database_url, database):
             allow_private=True,
         )
     tenant = new_tenant(
-        database, credits_total=Decimal(1), cost_per_credit=Decimal("0.001"), valid_from=utcnow()
+        database,
+        {"credits_total": Decimal(1), "cost_per_credit": Decimal("0.001"), "valid_from": utcnow()},
     )
     settings = make_settings(database_url)
     with TestClient(create_app(settings)) as client:
@@ -152,7 +153,7 @@ def test_a_run_leaves_no_metrics_files_behind(
     prometheus_client writes into the working directory when PROMETHEUS_MULTIPROC_DIR is
     set but empty. Whatever the variable says, a run writes no such file where it runs,
     and the directory it makes for several workers is gone once it stops."""
-    tenant = new_tenant(database, valid_from=utcnow())
+    tenant = new_tenant(database, {"valid_from": utcnow()})
     temp = tmp_path / "tmp"
     temp.mkdir()
     env = {"TMPDIR": str(temp)}

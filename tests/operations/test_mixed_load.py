@@ -19,8 +19,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import add_admin, admin_bearer
-from tests.operations.conftest import Server, Tenant, new_tenant
+from tests.conftest import Tenant, add_admin, admin_bearer, new_tenant
+from tests.operations.conftest import Server
 from tokenledger.db import Database
 from tokenledger.ledger.reconcile import reconcile
 from tokenledger.organizations.models import Organization
@@ -53,7 +53,9 @@ def _event(event_id: str, n: int) -> dict[str, object]:
 
 
 def test_mixed_load_with_a_kill_midway(database: Database, server_root: Path) -> None:
-    tenants = [new_tenant(database, valid_from=datetime(2026, 1, 1, tzinfo=UTC)) for _ in range(4)]
+    tenants = [
+        new_tenant(database, {"valid_from": datetime(2026, 1, 1, tzinfo=UTC)}) for _ in range(4)
+    ]
     admin = admin_bearer(add_admin(database, "load@example.com"))
     server = Server(database.url, server_root, workers=2)
     server.start()

@@ -18,7 +18,8 @@ import pytest
 import standardwebhooks
 from sqlalchemy import func, select
 
-from tests.operations.conftest import Server, new_tenant
+from tests.conftest import new_tenant
+from tests.operations.conftest import Server
 from tokenledger.alerts.models import Alert, WebhookDelivery
 from tokenledger.alerts.schemas import WebhookCreate
 from tokenledger.alerts.webhooks import create_webhook
@@ -100,10 +101,12 @@ def test_kill_9_during_deliveries_loses_no_alert(database_url, database, server_
     tenants = [
         new_tenant(
             database,
-            credits_total=Decimal(1),
-            cost_per_credit=Decimal("0.001"),
-            token_budget_usd=Decimal("0.001"),
-            valid_from=utcnow() - timedelta(hours=1),
+            {
+                "credits_total": Decimal(1),
+                "cost_per_credit": Decimal("0.001"),
+                "token_budget_usd": Decimal("0.001"),
+                "valid_from": utcnow() - timedelta(hours=1),
+            },
         )
         for _ in range(TENANTS)
     ]

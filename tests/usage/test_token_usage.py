@@ -15,7 +15,7 @@ from tokenledger.app import create_app
 from tokenledger.audit.models import AuditEntry
 from tokenledger.licenses.models import CreditAdjustment, License
 from tokenledger.organizations.models import Organization
-from tokenledger.usage import queries
+from tokenledger.usage import answers, queries
 
 ORIGIN_OVERVIEW_FIELDS = {
     "org_id",
@@ -573,8 +573,8 @@ def test_figures_are_of_the_month_of_the_instant_asked_for(client, database, mak
     with database.session(write=False) as session:
         org = session.get(Organization, tenant.org_id)
         assert org is not None
-        body = queries.current(session, org, ZoneInfo("UTC"), then)
-        (row,) = queries.overview(session, ZoneInfo("UTC"), then)
+        body = answers.current_json(queries.current(session, org, ZoneInfo("UTC"), then))
+        (row,) = answers.overview_json(queries.organization_rows(session, ZoneInfo("UTC"), then))
     assert body["year_month"] == "2026-10"
     assert body["usage"]["total_cost_usd"] == 3.0
     assert body["budget"]["spent_usd"] == 3.0

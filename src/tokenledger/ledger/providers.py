@@ -286,6 +286,8 @@ def _token_usage(values: dict[str, int]) -> TokenUsage:
 
 @cache
 def _extractor(provider_id: str, flavor: str) -> UsageExtractor:
+    # The bundled price data: a large module, loaded at first use (app.py loads it at
+    # start-up); no circle needs the deferral.
     from genai_prices.data import providers
 
     provider: Provider = next(p for p in providers if p.id == provider_id)

@@ -24,7 +24,6 @@ from tokenledger.ledger.prepare import PreparedBatch, prepare
 from tokenledger.ledger.rollups import roll_up
 from tokenledger.ledger.store import write
 from tokenledger.licenses import service as licenses
-from tokenledger.ops import Metrics
 from tokenledger.organizations import refs
 from tokenledger.organizations import service as organizations
 from tokenledger.pricing.overrides import price_book
@@ -138,9 +137,3 @@ def record_batch(
     if isinstance(answer, DomainError):
         raise answer
     return answer
-
-
-def count_events(metrics: Metrics, answer: UsageAnswer) -> None:
-    """The events a stored batch created, and the duplicates it skipped, in /metrics."""
-    metrics.events.labels("created").inc(answer.created)
-    metrics.events.labels("duplicate").inc(answer.duplicates)

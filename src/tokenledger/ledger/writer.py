@@ -17,13 +17,13 @@ import logging
 import threading
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from tokenledger.config import Settings
 from tokenledger.db import Clock, Database, utcnow
 from tokenledger.errors import DomainError
 from tokenledger.ledger.prepare import PreparedBatch
-from tokenledger.ledger.service import UsageAnswer, count_events, record_usage
-from tokenledger.ops import Metrics
+from tokenledger.ledger.service import UsageAnswer, record_usage
 
 log = logging.getLogger("tokenledger.writer")
 
@@ -38,9 +38,22 @@ class _Pending:
     outcome: UsageAnswer | BaseException | None = None
 
 
+class WriterMetrics(Protocol):
+    """What the writer reports of its work, given by whoever runs it (ops.Metrics): the
+    ledger knows no metrics registry."""
+
+    def usage_group_written(self, requests: int) -> None: ...
+
+    def usage_events_stored(self, created: int, duplicates: int) -> None: ...
+
+
 class UsageWriter:
     def __init__(
-        self, database: Database, settings: Settings, metrics: Metrics, clock: Clock = utcnow
+        self,
+        database: Database,
+        settings: Settings,
+        metrics: WriterMetrics,
+        clock: Clock = utcnow,
     ) -> None:
         self.database = database
         self.clock = clock
@@ -107,7 +120,7 @@ class UsageWriter:
             self._answer(group)
 
     def _write(self, group: list[_Pending]) -> None:
-        self.metrics.usage_group_requests.observe(len(group))
+        self.metrics.usage_group_written(len(group))
         try:
             answers = self._commit([pending.batch for pending in group])
         except Exception:
@@ -138,7 +151,7 @@ class UsageWriter:
         for pending in group:
             outcome = pending.outcome
             if isinstance(outcome, UsageAnswer):
-                count_events(self.metrics, outcome)
+                self.metrics.usage_events_stored(outcome.created, outcome.duplicates)
             by_loop[pending.future.get_loop()].append(pending)
         for loop, waiting in by_loop.items():
             try:

@@ -31,10 +31,6 @@ class PortalLinkRead(BaseModel):
     expires_at: datetime
 
 
-def portal_url(request: Request, token: str) -> str:
-    return f"{str(request.base_url).rstrip('/')}/portal/{token}"
-
-
 @router.post("/{org_id}/portal-links", status_code=201)
 def create_portal_link(
     org_id: RowId,
@@ -49,7 +45,9 @@ def create_portal_link(
     org = organizations.get(session, org_id)
     hours = data.expires_in_hours if data is not None else None
     link = links.create_link(session, org, admin, settings, now, hours)
-    return PortalLinkRead(url=portal_url(request, link.token), expires_at=link.expires_at)
+    return PortalLinkRead(
+        url=links.portal_url(str(request.base_url), link.token), expires_at=link.expires_at
+    )
 
 
 @router.delete("/{org_id}/portal-links", status_code=204)

@@ -147,3 +147,8 @@ def organization_of(
     if now >= expires_at or gen != generation(session, org_id):
         return None
     return session.get(Organization, org_id)
+
+
+def portal_url(base_url: str, token: str) -> str:
+    """The portal page a link's token opens, under the app's base URL."""
+    return f"{base_url.rstrip('/')}/portal/{token}"

@@ -1,3 +1,3 @@
-"""The read side: reports and CSV from rollups, plus the ledger's tables and ingestion shapes;
-it writes nothing.
+"""The read side: reports from rollups in integers (queries), their JSON (answers) and the
+CSV, plus the ledger's tables and ingestion shapes; it writes nothing.
 """

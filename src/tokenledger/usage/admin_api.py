@@ -12,7 +12,7 @@ from tokenledger.errors import DomainError
 from tokenledger.organizations import service as organizations
 from tokenledger.periods import month_of
 from tokenledger.schemas import MONTH_PATTERN, RANGE_RULE, Instant
-from tokenledger.usage import export, queries
+from tokenledger.usage import answers, export, queries
 from tokenledger.usage.export import ClosingStreamingResponse
 
 router = APIRouter(tags=["token-usage"])
@@ -30,7 +30,9 @@ def usage_overview(
     # organization (thousands): written to JSON as they are, without validating plain
     # values against a schema of Any first.
     licenses = get_hot(request).all_licenses()
-    rows = queries.overview(session, settings.timezone, now, licenses)
+    rows = answers.overview_json(
+        queries.organization_rows(session, settings.timezone, now, licenses)
+    )
     return Response(_OVERVIEW_JSON.dump_json(rows), media_type="application/json")
 
 
@@ -39,7 +41,7 @@ def organization_usage(
     org_id: RowId, session: Session, _viewer: Viewer, settings: AppSettings
 ) -> list[dict[str, Any]]:
     organizations.get(session, org_id)
-    return queries.monthly(session, org_id, settings.timezone)
+    return answers.monthly_json(queries.monthly(session, org_id, settings.timezone))
 
 
 @router.get("/api/token-usage/{org_id}/current")
@@ -47,7 +49,7 @@ def organization_current(
     org_id: RowId, session: Session, _viewer: Viewer, settings: AppSettings, now: Now
 ) -> dict[str, Any]:
     org = organizations.get(session, org_id)
-    return queries.current(session, org, settings.timezone, now)
+    return answers.current_json(queries.current(session, org, settings.timezone, now))
 
 
 @router.get("/api/token-usage/{org_id}/models")
@@ -63,7 +65,7 @@ def organization_models(
     year_month = month or month_of(now, settings.timezone)
     return {
         "year_month": year_month,
-        "models": queries.models_of_month(session, org_id, year_month),
+        "models": answers.models_json(queries.model_sums(session, org_id, year_month)),
     }
 
 
@@ -77,7 +79,7 @@ def organization_daily(
     days: Annotated[int, Query(ge=1, le=366)] = 30,
 ) -> list[dict[str, Any]]:
     organizations.get(session, org_id)
-    return queries.daily_series(session, org_id, days, settings.timezone, now)
+    return answers.daily_json(queries.daily_series(session, org_id, days, settings.timezone, now))
 
 
 @router.get(
@@ -114,4 +116,4 @@ def export_events(
 def dashboard_stats(
     session: Session, _viewer: Viewer, settings: AppSettings, now: Now
 ) -> dict[str, Any]:
-    return queries.dashboard(session, settings.timezone, now)
+    return answers.dashboard_json(queries.dashboard_figures(session, settings.timezone, now))

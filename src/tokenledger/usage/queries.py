@@ -6,7 +6,6 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import bindparam, case, func, literal, select
@@ -23,7 +22,7 @@ from tokenledger.budgets.service import (
 )
 from tokenledger.licenses.models import License, LicenseTerms
 from tokenledger.licenses.service import terms_in_force
-from tokenledger.money import credits_value_nano, format_usd, percent, round_credits, round_usd
+from tokenledger.money import credits_value_nano, percent
 from tokenledger.organizations.models import Organization
 from tokenledger.periods import month_bounds, month_of
 from tokenledger.usage.models import (
@@ -36,12 +35,6 @@ from tokenledger.usage.models import (
 )
 
 M = TokenUsageMonthly
-
-
-def _number(micro_or_nano: int, unit: int) -> int | float:
-    """A JSON number for a configured amount: an int when whole, else the exact decimal."""
-    whole, rest = divmod(micro_or_nano, unit)
-    return whole if not rest else float(Decimal(micro_or_nano) / unit)
 
 
 # The sums of an organization's monthly rollups that the overview shows, by name.
@@ -75,34 +68,6 @@ def _active_licenses(session: Session, org_ids: list[int] | None = None) -> dict
     if org_ids is not None:
         query = query.where(License.organization_id.in_(org_ids))
     return {lic.organization_id: lic for lic in session.scalars(query)}
-
-
-def license_columns(lic: LicenseTerms | None, fig: Figures | None) -> dict[str, Any]:
-    """The origin's license and budget columns, with its rounding."""
-    if lic is None:
-        return {
-            "credits_total": 0,
-            "credits_used": 0,
-            "credits_remaining": None,
-            "credits_percent_used": None,
-            "token_budget_usd": None,
-            "budget_percent_used": None,
-            "budget_warning_percent": 80,
-            "cost_per_credit": None,
-        }
-    total = lic.credits_total_micro
-    used, spent_nano = (fig.credits_used_micro, fig.spent_nano) if fig else (0, 0)
-    budget = lic.token_budget_nano
-    return {
-        "credits_total": _number(total, 10**6),
-        "credits_used": round_credits(used),
-        "credits_remaining": max(0, (total - used) // 10**6) if total else None,
-        "credits_percent_used": percent(used, total) if total else None,
-        "token_budget_usd": _number(budget, 10**9) if budget is not None else None,
-        "budget_percent_used": percent(spent_nano, budget) if budget else None,
-        "budget_warning_percent": lic.budget_warning_percent,
-        "cost_per_credit": _number(lic.cost_per_credit_nano, 10**9),
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,44 +185,6 @@ def organization_rows(
     return rows
 
 
-def overview(
-    session: Session,
-    tz: Any,
-    now: datetime,
-    licenses: Mapping[int, Sequence[LicenseTerms]] | None = None,
-) -> list[dict[str, Any]]:
-    """The origin's overview rows, with additions (`licenses` as for organization_rows)."""
-    rendered = []
-    for row in organization_rows(session, tz, now, licenses):
-        sums: dict[str, int] = defaultdict(int, row.totals)
-        lic, fig = row.license, row.figures
-        rendered.append(
-            {
-                "org_id": row.org.id,
-                "org_name": row.org.name,
-                "org_slug": row.org.slug,
-                **license_columns(lic, fig),
-                "total_cost_usd": round_usd(sums["cost"]),
-                "total_input_tokens": sums["input"],
-                "total_output_tokens": sums["output"],
-                "total_api_calls": sums["calls"],
-                "total_refreshes": sums["refreshes"],
-                # Additions to the origin's fields:
-                "total_cache_creation_tokens": sums["cache_creation"],
-                "total_cache_read_tokens": sums["cache_read"],
-                "cost_this_month_usd": round_usd(row.cost_this_month_nano),
-                "unpriced_events": sums["unpriced"],
-                "license_id": lic.id if lic else None,
-                "budget_period": lic.budget_period if lic else None,
-                "state": row.state,
-                "archived": row.org.archived_at is not None,
-                "forecast": row.forecast,
-                "runs_out_this_period": row.runs_out_this_period,
-            }
-        )
-    return rendered
-
-
 def failed_runs_by_month(session: Session, org_id: int, tz: Any) -> dict[str, int]:
     """Failed runs of an organization per billing month of their end (they were paid for)."""
     counts: dict[str, int] = defaultdict(int)
@@ -276,7 +203,8 @@ def failed_runs_by_month(session: Session, org_id: int, tz: Any) -> dict[str, in
 
 
 def monthly(session: Session, org_id: int, tz: Any = None) -> list[dict[str, Any]]:
-    """The origin's monthly rows, newest first; with a time zone also the failed runs."""
+    """The monthly rollups, newest first, cost in nano-USD; with a time zone also the
+    failed runs (None when not counted). usage.answers.monthly_json renders the origin's."""
     rows = session.execute(
         select(
             M.year_month,
@@ -300,78 +228,37 @@ def monthly(session: Session, org_id: int, tz: Any = None) -> list[dict[str, Any
             "output_tokens": row.output_tokens,
             "cache_creation_tokens": row.cache_creation_tokens,
             "cache_read_tokens": row.cache_read_tokens,
-            "total_cost_usd": round_usd(row.cost_nano),
+            "cost_nano": row.cost_nano,
             "api_calls": row.api_calls,
             "refresh_count": row.refresh_count,
             "unpriced_events": row.unpriced_events,
-            # Additions: the exact cost, and failed runs (None when not counted).
-            "cost_usd": format_usd(row.cost_nano),
             "failed_refreshes": failed.get(row.year_month, 0) if tz is not None else None,
         }
         for row in rows
     ]
 
 
-def current(session: Session, org: Organization, tz: Any, now: datetime) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Current:
+    """An organization's month now: its rollup row, license, figures and budget state."""
+
+    year_month: str
+    usage: TokenUsageMonthly | None
+    license: LicenseTerms | None
+    figures: Figures | None
+    state: dict[str, Any]
+
+
+def current(session: Session, org: Organization, tz: Any, now: datetime) -> Current:
     month = month_of(now, tz)
-    usage = session.get(M, (org.id, month))
     lic = _active_licenses(session, [org.id]).get(org.id)
-    state = budget_states(session, [org], tz, now)[0]
-    fig = figures_for(session, [lic], tz, now)[lic.id] if lic else None
-    columns = license_columns(lic, fig)
-    return {
-        "year_month": month,
-        "usage": {
-            "input_tokens": usage.input_tokens if usage else 0,
-            "output_tokens": usage.output_tokens if usage else 0,
-            "cache_creation_tokens": usage.cache_creation_tokens if usage else 0,
-            "cache_read_tokens": usage.cache_read_tokens if usage else 0,
-            "total_cost_usd": round_usd(usage.cost_nano) if usage else 0,
-            "api_calls": usage.api_calls if usage else 0,
-            "refresh_count": usage.refresh_count if usage else 0,
-        },
-        "budget": {
-            "credits_total": columns["credits_total"] if lic else None,
-            "credits_used": columns["credits_used"],
-            "credits_remaining": columns["credits_remaining"],
-            "credits_percent_used": columns["credits_percent_used"],
-            "token_budget_usd": columns["token_budget_usd"],
-            "cost_per_credit": columns["cost_per_credit"],
-            "budget_warning_percent": columns["budget_warning_percent"],
-            "budget_percent_used": columns["budget_percent_used"],
-            "budget_period": lic.budget_period if lic else None,
-            "spent_usd": round_usd(fig.spent_nano) if fig else None,
-            "state": state["state"],
-            "allowed": state["allowed"],
-            "license_id": lic.id if lic else None,
-        },
-    }
-
-
-def models_of_month(session: Session, org_id: int, year_month: str) -> list[dict[str, Any]]:
-    """The origin's rendering of model_sums: costs as a rounded number and exact text."""
-    return [
-        {
-            **{key: row[key] for key in _MODEL_COUNTS[:6]},
-            "total_cost_usd": round_usd(row["cost_nano"]),
-            "cost_usd": format_usd(row["cost_nano"]),
-            **{key: row[key] for key in _MODEL_COUNTS[6:]},
-        }
-        for row in model_sums(session, org_id, year_month)
-    ]
-
-
-_MODEL_COUNTS = (
-    "provider",
-    "model",
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_tokens",
-    "cache_read_tokens",
-    "api_calls",
-    "events",
-    "unpriced_events",
-)
+    return Current(
+        year_month=month,
+        usage=session.get(M, (org.id, month)),
+        license=lic,
+        figures=figures_for(session, [lic], tz, now)[lic.id] if lic else None,
+        state=budget_states(session, [org], tz, now)[0],
+    )
 
 
 def model_sums(session: Session, org_id: int, year_month: str) -> list[dict[str, Any]]:
@@ -419,7 +306,8 @@ def days_of_month(year_month: str) -> list[str]:
 
 
 def daily_for_days(session: Session, org_id: int, days: list[str]) -> list[dict[str, Any]]:
-    """Sums per billing day for these days (ascending), with zeros for days without usage."""
+    """Sums per billing day for these days (ascending), with zeros for days without usage;
+    cost in nano-USD (usage.answers.daily_json renders the origin's)."""
     D = UsageDaily
     sums = {
         day: (int(cost), int(calls), int(inp), int(out))
@@ -441,8 +329,7 @@ def daily_for_days(session: Session, org_id: int, days: list[str]) -> list[dict[
         series.append(
             {
                 "day": day,
-                "total_cost_usd": round_usd(cost),
-                "cost_usd": format_usd(cost),
+                "cost_nano": cost,
                 "api_calls": calls,
                 "input_tokens": inp,
                 "output_tokens": out,
@@ -540,34 +427,6 @@ def dashboard_figures(session: Session, tz: Any, now: datetime) -> DashboardFigu
         provider_cost_nano=sum(int(spend.get(lic.id) or 0) for lic in active),
         months=monthly_costs(session),
     )
-
-
-def dashboard(session: Session, tz: Any, now: datetime) -> dict[str, Any]:
-    fig = dashboard_figures(session, tz, now)
-    return {
-        "total_cost_usd": round_usd(fig.total_cost_nano),
-        "cost_this_month_usd": round_usd(fig.month_cost_nano),
-        "year_month": fig.year_month,
-        "organizations": fig.organizations,
-        "active_licenses": fig.active_licenses,
-        "organizations_ok": fig.states.get("ok", 0),
-        "organizations_warning": fig.states.get("warning", 0),
-        "organizations_exhausted": fig.states.get("exhausted", 0),
-        "organizations_without_license": fig.states.get("no_license", 0),
-        "unpriced_events": fig.unpriced_events,
-        "credits_sold": round_credits(fig.credits_sold_micro),
-        "credits_consumed": round_credits(fig.credits_consumed_micro),
-        "credits_sold_value_usd": round_usd(fig.sold_value_nano),
-        "credits_consumed_value_usd": round_usd(fig.consumed_value_nano),
-        "provider_cost_usd": round_usd(fig.provider_cost_nano),
-        "margin_usd": round_usd(fig.margin_nano),
-        # Additions: exact figures, and the cost of every month (all organizations).
-        "total_cost": format_usd(fig.total_cost_nano),
-        "months": [
-            {"year_month": year_month, "cost_usd": format_usd(cost)}
-            for year_month, cost in fig.months
-        ],
-    }
 
 
 def recent_events(

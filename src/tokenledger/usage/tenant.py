@@ -24,6 +24,7 @@ from tokenledger.licenses.service import terms_in_force
 from tokenledger.organizations.models import Organization
 from tokenledger.periods import month_bounds, month_of
 from tokenledger.usage import queries
+from tokenledger.usage.answers import daily_json, models_json, monthly_json
 from tokenledger.usage.export import COLUMNS
 
 # A billing month a tenant may ask for: one of the range of instants (schemas.py).
@@ -108,18 +109,20 @@ def summary(
 
 def monthly(session: Session, org: Organization, settings: Settings) -> list[dict[str, Any]]:
     """The token-usage tab's monthly table (GET /api/token-usage/{id}), newest first."""
-    return _rows(queries.monthly(session, org.id, settings.timezone), settings.tenant_show_usd)
+    rows = monthly_json(queries.monthly(session, org.id, settings.timezone))
+    return _rows(rows, settings.tenant_show_usd)
 
 
 def models(session: Session, org: Organization, settings: Settings, month: str) -> dict[str, Any]:
     """Per model in a month (GET /api/token-usage/{id}/models?month=)."""
-    rows = queries.models_of_month(session, org.id, check_month(month))
+    rows = models_json(queries.model_sums(session, org.id, check_month(month)))
     return {"year_month": month, "models": _rows(rows, settings.tenant_show_usd)}
 
 
 def daily(session: Session, org: Organization, settings: Settings, month: str) -> dict[str, Any]:
     """Per billing day of a month, zeros included (the token-usage tab's daily chart)."""
-    rows = queries.daily_for_days(session, org.id, queries.days_of_month(check_month(month)))
+    days = queries.days_of_month(check_month(month))
+    rows = daily_json(queries.daily_for_days(session, org.id, days))
     return {"year_month": month, "days": _rows(rows, settings.tenant_show_usd)}
 
 

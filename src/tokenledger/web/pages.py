@@ -310,7 +310,7 @@ def _monthly_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "unpriced_events",
     )
     totals: dict[str, Any] = {key: sum(row[key] or 0 for row in rows) for key in keys}
-    totals["cost"] = sum(Decimal(row["cost_usd"]) for row in rows)
+    totals["cost_nano"] = sum(row["cost_nano"] for row in rows)
     return totals
 
 
@@ -333,14 +333,18 @@ def organization_usage(
         months = sorted({*months, selected}, reverse=True)
     models = queries.model_sums(session, org_id, selected)
     month_row = next((row for row in monthly if row["year_month"] == selected), None)
-    month_cost = Decimal(month_row["cost_usd"]) if month_row else Decimal(0)
+    month_nano = month_row["cost_nano"] if month_row else 0
     # Shares of the models' own total (the month's daily rollups), in integers.
     models_nano = sum(model["cost_nano"] for model in models)
     model_rows = [(model, percent(model["cost_nano"], models_nano)) for model in models]
     daily = queries.daily_for_days(session, org_id, queries.days_of_month(selected))
     chart = bar_chart(
         [
-            (page.fmt.day_short(day["day"]), Decimal(day["cost_usd"]), page.fmt.day(day["day"]))
+            (
+                page.fmt.day_short(day["day"]),
+                nano_to_usd(day["cost_nano"]),
+                page.fmt.day(day["day"]),
+            )
             for day in daily
         ],
         label_every=5,
@@ -355,12 +359,12 @@ def organization_usage(
         months=months,
         selected=selected,
         month_row=month_row,
-        month_cost=month_cost,
+        month_nano=month_nano,
         models=model_rows,
         models_nano=models_nano,
         format_usd=format_usd,
         daily=daily,
-        daily_cost=sum((Decimal(d["cost_usd"]) for d in daily), Decimal(0)),
+        daily_nano=sum(day["cost_nano"] for day in daily),
         chart=chart,
         csv_from=start.isoformat(),
         csv_to=end.isoformat(),

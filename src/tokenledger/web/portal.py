@@ -30,7 +30,6 @@ from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
 from tokenledger.periods import month_bounds, month_of
 from tokenledger.portal import links
-from tokenledger.portal.api import portal_url
 from tokenledger.usage import export, tenant
 from tokenledger.usage.export import ClosingStreamingResponse
 from tokenledger.web import forms, i18n
@@ -240,7 +239,7 @@ def portal_link_create(
         "portal/created.html",
         201,
         org=org,
-        url=portal_url(request, link.token),
+        url=links.portal_url(str(request.base_url), link.token),
         expires_at=link.expires_at,
     )
 

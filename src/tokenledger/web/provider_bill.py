@@ -1,7 +1,7 @@
 """The "Provider bill" page: the providers' own reports against the ledger, per UTC day and
 model, the worst days first; provider accounts and their organizations; recent syncs.
 
-The figures are the comparison API's (provider_reports.api.comparison_body): one dataset,
+The figures are the comparison API's (provider_reports.schemas.comparison_body): one dataset,
 two renderings.
 """
 
@@ -20,8 +20,8 @@ from tokenledger.errors import DomainError
 from tokenledger.money import nano_to_usd
 from tokenledger.organizations.models import Organization
 from tokenledger.provider_reports import service
-from tokenledger.provider_reports.api import comparison_body
 from tokenledger.provider_reports.models import PROVIDERS, TOKEN_KINDS
+from tokenledger.provider_reports.schemas import comparison_body
 from tokenledger.schemas import parse_day
 from tokenledger.web import forms
 from tokenledger.web.charts import SLOT, _nice_ceiling
