@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/gateway.py
 	$(PY) bench/tenant.py
+	BENCH_KEYS=100 BENCH_LEDGER_EVENTS=20000 BENCH_TAG=-small $(PY) bench/provider_reports.py
 
 bench-tenant: $(STAMP)
 	$(PY) bench/tenant.py
@@ -39,6 +40,7 @@ bench-tenant: $(STAMP)
 bench-otlp: $(STAMP)
 	$(PY) bench/otlp.py
 
+# The full size of issue 19: a 31-day sync of 1,000 keys x 20 models (620,000 rows).
 bench-provider-reports: $(STAMP)
 	$(PY) bench/provider_reports.py
 

@@ -288,6 +288,20 @@ ROLLUP_SQL = (
     f"SELECT e.organization_id, e.day, p.provider, p.model, {_SUMS} FROM usage_events AS e "
     "JOIN usage_prices AS p ON p.id = e.price_id WHERE e.id >= :first GROUP BY 1, 2, 3, 4 "
     f"ON CONFLICT DO UPDATE SET {_ADDED}",
+    "INSERT INTO usage_utc_daily (organization_id, day, provider, model, uncached_input_tokens, "
+    "cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, output_tokens, cost_nano, "
+    "event_count, unpriced_events) SELECT e.organization_id, "
+    "date(e.timestamp / 1000000, 'unixepoch'), p.provider, p.model, sum(e.input_tokens), "
+    "sum(e.cache_creation_input_tokens - e.cache_write_1h_tokens), sum(e.cache_write_1h_tokens), "
+    "sum(e.cache_read_input_tokens), sum(e.output_tokens), sum(coalesce(e.cost_nano, 0)), "
+    "count(*), sum(e.cost_nano IS NULL) FROM usage_events AS e JOIN usage_prices AS p "
+    "ON p.id = e.price_id WHERE e.id >= :first GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET "
+    + ", ".join(
+        f"{name} = {name} + excluded.{name}"
+        for name in ("uncached_input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
+                     "cache_read_tokens", "output_tokens", "cost_nano", "event_count",
+                     "unpriced_events")
+    ),
     "INSERT INTO license_usage (license_id, year_month, cost_nano, credits_micro, event_count) "
     "SELECT license_id, year_month, sum(coalesce(cost_nano, 0)), "
     "sum(coalesce(credits_micro, 0)), count(*) FROM usage_events WHERE id >= :first "

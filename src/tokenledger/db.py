@@ -536,6 +536,41 @@ def execute_rows(session: Session, statement: UpdateBase, rows: list[dict[str, A
     session.connection().exec_driver_sql(sql, [pick(row) for row in rows])
 
 
+def execute_values(
+    session: Session,
+    statement: UpdateBase,
+    columns: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+) -> None:
+    """execute_rows for rows given as tuples of `columns` (none left out): on SQLite they go
+    to the driver as they are, with no dict built per row."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect
+    if dialect.name != "sqlite":
+        session.execute(statement, [dict(zip(columns, row, strict=True)) for row in rows])
+        return
+    key = (dialect.name, id(statement), columns, "values")
+    found = _DRIVER_STATEMENTS.get(key)
+    if found is None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(columns))
+        names = tuple(compiled.positiontup or ())
+        if names == columns:
+            pick: Callable[[Any], tuple[Any, ...]] = _same
+        else:  # the statement binds them in its own order
+            get = itemgetter(*(columns.index(name) for name in names))
+            pick = (lambda row: (get(row),)) if len(names) == 1 else get
+        found = _DRIVER_STATEMENTS[key] = (compiled.string, pick)
+    sql, pick = found
+    session.connection().exec_driver_sql(
+        sql, rows if pick is _same else [pick(row) for row in rows]
+    )
+
+
+def _same(row: Any) -> Any:
+    return row
+
+
 def _picker(names: tuple[str, ...], defaults: dict[str, Any]) -> Callable[[Any], tuple[Any, ...]]:
     """A row's values in the order of `names` (one C call when the rows give them all)."""
     get = itemgetter(*names)

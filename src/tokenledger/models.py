@@ -25,6 +25,7 @@ from tokenledger.usage.models import (
     UsageDaily,
     UsageEvent,
     UsagePrice,
+    UsageUtcDaily,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "UsageDaily",
     "UsageEvent",
     "UsagePrice",
+    "UsageUtcDaily",
     "Webhook",
     "WebhookDelivery",
 ]

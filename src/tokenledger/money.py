@@ -121,6 +121,12 @@ def format_credits(micro: int | None) -> str | None:
     return _fixed_text(micro, 6, 1)
 
 
+def decimal_text(units: int, places: int) -> str:
+    """Exact decimal text of an integer of 10**-places units, every place shown
+    (7692, 4 -> "0.7692")."""
+    return _fixed_text(units, places, places)
+
+
 def _fixed_text(units: int, places: int, min_places: int) -> str:
     """An integer of 10**-places units as decimal text, by slicing its digits (every
     answer renders a dozen amounts per organization: this is on the hot path)."""

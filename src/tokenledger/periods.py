@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 
@@ -13,6 +13,23 @@ def month_of(at: datetime, tz: ZoneInfo) -> str:
 
 def day_of(at: datetime, tz: ZoneInfo) -> str:
     return at.astimezone(tz).strftime("%Y-%m-%d")
+
+
+_UTC_DAYS: dict[int, str] = {}
+
+
+def utc_day_of(at: datetime) -> str:
+    """The UTC day of an instant: the day of the providers' reports (usage_utc_daily).
+
+    Kept per day number (ingestion asks it for every event; strftime is the slow part).
+    """
+    number = int(at.timestamp() // 86_400)
+    found = _UTC_DAYS.get(number)
+    if found is None:
+        if len(_UTC_DAYS) >= 100_000:
+            _UTC_DAYS.clear()
+        found = _UTC_DAYS[number] = at.astimezone(UTC).strftime("%Y-%m-%d")
+    return found
 
 
 @functools.lru_cache(maxsize=1024)

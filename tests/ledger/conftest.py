@@ -26,7 +26,13 @@ from tokenledger.auth.service import create_api_key
 from tokenledger.config import Settings
 from tokenledger.db import Database
 from tokenledger.licenses.models import License
-from tokenledger.usage.models import LicenseUsage, TokenUsageMonthly, UsageDaily, UsageEvent
+from tokenledger.usage.models import (
+    LicenseUsage,
+    TokenUsageMonthly,
+    UsageDaily,
+    UsageEvent,
+    UsageUtcDaily,
+)
 
 AT = "2026-06-15T12:00:00Z"
 LICENSE = {"valid_from": "2026-01-01T00:00:00Z", "cost_per_credit": "0.01"}
@@ -126,6 +132,7 @@ class Snapshot:
     events: int
     monthly: tuple[tuple[Any, ...], ...]
     daily: tuple[tuple[Any, ...], ...]
+    utc_daily: tuple[tuple[Any, ...], ...]
     license_usage: tuple[tuple[Any, ...], ...]
     credits_used: tuple[tuple[int, int], ...]
 
@@ -150,6 +157,17 @@ def snapshot(database: Database) -> Snapshot:
                         UsageDaily.day,
                         UsageDaily.provider,
                         UsageDaily.model,
+                    )
+                )
+            ),
+            utc_daily=tuple(
+                tuple(row)
+                for row in session.execute(
+                    select(UsageUtcDaily.__table__).order_by(
+                        UsageUtcDaily.organization_id,
+                        UsageUtcDaily.day,
+                        UsageUtcDaily.provider,
+                        UsageUtcDaily.model,
                     )
                 )
             ),

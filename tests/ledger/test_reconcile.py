@@ -67,6 +67,8 @@ def test_reconcile_reports_drift_and_fixes_it(
             f"UPDATE licenses SET credits_used_micro = 0 WHERE id = {lic}",
             f"UPDATE license_usage SET credits_micro = credits_micro * 2 WHERE license_id = {lic}",
             f"UPDATE usage_daily SET input_tokens = 1 WHERE organization_id = {org}",
+            "UPDATE usage_utc_daily SET cache_write_1h_tokens = cache_write_1h_tokens + 5 "
+            f"WHERE organization_id = {org}",
         ):
             connection.execute(text(statement))
     tampered = snapshot(database)
@@ -81,6 +83,8 @@ def test_reconcile_reports_drift_and_fixes_it(
     assert f"license {lic}: credits_used_micro is 0, events and adjustments say" in report
     assert "license_usage" in report
     assert "usage_daily" in report
+    assert "usage_utc_daily" in report
+    assert "cache_write_1h_tokens is 5, events say 0" in report
     assert snapshot(database) == tampered  # reporting alone changes nothing
 
     done = cli(database_url, tmp_path, "reconcile", "--fix")

@@ -5,7 +5,8 @@ Anthropic: GET /v1/organizations/analytics/usage and /cost (the admin key, the b
 rows filtered by bucket start, cursor pages of `page_rows` rows. OpenAI: GET
 /v1/organization/usage/completions and /v1/organization/costs (Bearer admin key), pages of
 `page_buckets` daily buckets. `fail` schedules answers: (path suffix, status, headers)
-served once each, in order, before the real answer.
+served once each, in order, before the real answer (after `fail_after` good answers of
+that path).
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ class StandIn:
     page_rows: int = 2
     page_buckets: int = 1
     fail: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)
+    # The failures of `fail` are served only after this many good answers of their path.
+    fail_after: int = 0
     # (monotonic time, path, status) of every request
     requests: list[tuple[float, str, int]] = field(default_factory=list)
     url: str = ""
@@ -137,7 +140,10 @@ class StandIn:
 
         def scheduled(path: str) -> Response | None:
             for index, (suffix, status, headers) in enumerate(self.fail):
-                if path.endswith(suffix):
+                answered = sum(
+                    1 for _at, seen, code in self.requests if seen == path and code == 200
+                )
+                if path.endswith(suffix) and answered >= self.fail_after:
                     del self.fail[index]
                     self.requests.append((time.monotonic(), path, status))
                     body = {

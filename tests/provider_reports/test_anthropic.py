@@ -121,11 +121,22 @@ def map_accounts(client: TestClient, orgs: dict[str, Any], admin_headers: dict[s
         assert answer.status_code == 200, answer.text
 
 
-def run_sync(database: Database, settings: Settings) -> service.SyncResult:
+def run_sync(database: Database, settings: Settings, **options: Any) -> service.SyncResult:
     client = service.sdk_client(settings, "anthropic", max_retries=2, strict=True)
-    return service.sync(
-        database, settings, "anthropic", FIRST, LAST, NOW, actor="test", client=client
-    )
+    try:
+        return service.sync(
+            database,
+            settings,
+            "anthropic",
+            FIRST,
+            LAST,
+            NOW,
+            actor="test",
+            client=client,
+            **options,
+        )
+    finally:
+        client.close()
 
 
 def comparison(client: TestClient, headers: dict[str, str], **extra: Any) -> dict[str, Any]:
@@ -343,10 +354,13 @@ def test_a_failed_sync_stores_nothing_and_says_why(
 ) -> None:
     before = comparison(fixed_client, admin_headers)
     provider_reports(standin, day16_cents="999")
-    # The usage pages arrive (and are written), then the cost report keeps failing.
+    # The pages of the 15th to the 17th arrive and are written (chunks of one key and
+    # more, at each day's end), then the cost report's last page keeps failing.
+    standin.requests.clear()  # (the first sync's)
     standin.fail = [("/analytics/cost", 500, {}) for _ in range(3)]
+    standin.fail_after = 3
     with pytest.raises(DomainError) as caught:
-        run_sync(database, settings)
+        run_sync(database, settings, chunk_rows=1)
     assert caught.value.status == 502
     assert "HTTP 500" in caught.value.message
     assert comparison(fixed_client, admin_headers) == before
@@ -362,6 +376,35 @@ def test_a_failed_sync_stores_nothing_and_says_why(
     assert syncs[0]["status"] == "failed"
     assert settings.anthropic_admin_key is not None
     assert settings.anthropic_admin_key.get_secret_value() not in str(syncs)
+
+
+def test_keys_split_across_chunks_and_days_out_of_order_add_up(
+    database: Database,
+    settings: Settings,
+    standin: StandIn,
+    fixed_client: TestClient,
+    admin_headers: dict[str, str],
+) -> None:
+    """The sync writes a key's usage and cost once when they meet in a chunk; where they do
+    not (a chunk of one key, reports whose days come in another order), the stored figures
+    are the same sums."""
+    provider_reports(standin)
+    standin.anthropic_usage.reverse()  # the 18th first
+    standin.anthropic_cost.sort(key=lambda item: item["group"]["api_key_id"])
+    result = run_sync(database, settings, chunk_rows=1)
+    assert result.rows == 7
+    body = comparison(fixed_client, admin_headers)
+    sonnet15 = row(body, "2026-11-15", SONNET)
+    assert sonnet15["provider"]["uncached_input_tokens"] == 1_300_000  # 1M + 0.2M + 0.1M
+    assert sonnet15["provider"]["output_tokens"] == 100_000
+    assert sonnet15["provider"]["cost_usd"] == "5.40"  # 4.50 + 0.60 + 0.30
+    lacking = row(body, "2026-11-16", SONNET)
+    assert lacking["provider"]["cache_write_1h_tokens"] == 100_000
+    assert lacking["provider"]["cost_usd"] == "1.50"
+    assert body["provider_cost_usd"] == "13.665"  # 5.40 + 6.00 + 1.50 + 0.735 + 0.03
+    with database.session(write=False) as session:
+        stored = session.scalar(select(func.count()).select_from(ProviderReportRow))
+    assert stored == 7  # one row per day, model and account, however it was written
 
 
 def test_bad_requests_are_refused(

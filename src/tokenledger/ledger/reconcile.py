@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import case, func, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    case,
+    func,
+    literal_column,
+    select,
+    text,
+    type_coerce,
+    update,
+)
 from sqlalchemy.orm import Session
 
 import tokenledger.models  # noqa: F401  (every table: rows written here have foreign keys)
@@ -14,15 +23,18 @@ from tokenledger.usage.models import (
     INCOMPLETE_PRICING,
     LICENSE_USAGE_FIELDS,
     ROLLUP_FIELDS,
+    UTC_ROLLUP_FIELDS,
     LicenseUsage,
     Refresh,
     TokenUsageMonthly,
     UsageDaily,
     UsageEvent,
     UsagePrice,
+    UsageUtcDaily,
 )
 
 E = UsageEvent
+_INCOMPLETE = func.sum(case((UsagePrice.pricing.in_(INCOMPLETE_PRICING), 1), else_=0))
 
 
 def _event_sums() -> dict[str, Any]:
@@ -35,12 +47,41 @@ def _event_sums() -> dict[str, Any]:
         "cost_nano": func.sum(func.coalesce(E.cost_nano, 0)),
         "api_calls": func.sum(E.api_calls),
         "event_count": func.count(),
-        "unpriced_events": func.sum(case((UsagePrice.pricing.in_(INCOMPLETE_PRICING), 1), else_=0)),
+        "unpriced_events": _INCOMPLETE,
     }
 
 
-def _expected_rollup(session: Session, keys: list[Any]) -> dict[tuple[Any, ...], dict[str, int]]:
-    sums = _event_sums()
+def _utc_sums() -> dict[str, Any]:
+    """What each usage_utc_daily field is, as an aggregate over events."""
+    sums = {
+        "uncached_input_tokens": func.sum(E.input_tokens),
+        "cache_write_5m_tokens": func.sum(E.cache_creation_input_tokens - E.cache_write_1h_tokens),
+        "cache_write_1h_tokens": func.sum(E.cache_write_1h_tokens),
+        "cache_read_tokens": func.sum(E.cache_read_input_tokens),
+        "output_tokens": func.sum(E.output_tokens),
+        "cost_nano": func.sum(func.coalesce(E.cost_nano, 0)),
+        "event_count": func.count(),
+        "unpriced_events": _INCOMPLETE,
+    }
+    assert tuple(sums) == UTC_ROLLUP_FIELDS
+    return sums
+
+
+def utc_day_sql(session: Session) -> Any:
+    """The UTC day of an event, 'YYYY-MM-DD', in SQL: instants are integers of microseconds
+    on SQLite, naive UTC timestamps on PostgreSQL."""
+    # Constants as SQL text, not parameters: the expression is grouped by, too; SQLite's
+    # plain "/" of two integers is the integer division (SQLAlchemy's own would cast).
+    if session.get_bind().dialect.name == "sqlite":
+        seconds = type_coerce(E.timestamp, BigInteger).op("/")(literal_column("1000000"))
+        return func.date(seconds, literal_column("'unixepoch'"))
+    return func.to_char(E.timestamp, literal_column("'YYYY-MM-DD'"))
+
+
+def _expected_rollup(
+    session: Session, keys: list[Any], sums: dict[str, Any] | None = None
+) -> dict[tuple[Any, ...], dict[str, int]]:
+    sums = sums or _event_sums()
     # How an event was priced lives in its price row (unpriced_events, provider, model).
     query = (
         select(*keys, *(expr.label(name) for name, expr in sums.items()))
@@ -89,6 +130,7 @@ _LOCKED_TABLES = (
     "credit_adjustments",
     "token_usage_monthly",
     "usage_daily",
+    "usage_utc_daily",
     "license_usage",
 )
 
@@ -128,6 +170,18 @@ def reconcile(session: Session, *, fix: bool) -> list[str]:
             session, [E.organization_id, E.day, UsagePrice.provider, UsagePrice.model]
         ),
         ROLLUP_FIELDS,
+        fix=fix,
+    )
+    lines += _check(
+        session,
+        UsageUtcDaily,
+        ("organization_id", "day", "provider", "model"),
+        _expected_rollup(
+            session,
+            [E.organization_id, utc_day_sql(session), UsagePrice.provider, UsagePrice.model],
+            _utc_sums(),
+        ),
+        UTC_ROLLUP_FIELDS,
         fix=fix,
     )
     expected = {

@@ -28,11 +28,13 @@ from tokenledger.db import Database
 from tokenledger.errors import DomainError
 from tokenledger.ledger import providers
 from tokenledger.ledger.prices import assign_price_ids, price_fields, price_fingerprint
+from tokenledger.ledger.rollups import ROLLUP_KEY
 from tokenledger.licenses import service as licenses
 from tokenledger.licenses.models import License
 from tokenledger.money import credits_for_cost, format_credits, format_usd
 from tokenledger.organizations import service as organizations
 from tokenledger.organizations.models import Organization
+from tokenledger.periods import utc_day_of
 from tokenledger.pricing.engine import PriceBook, TokenUsage, UsageError
 from tokenledger.pricing.overrides import price_book
 from tokenledger.usage.models import (
@@ -42,6 +44,7 @@ from tokenledger.usage.models import (
     UsageDaily,
     UsageEvent,
     UsagePrice,
+    UsageUtcDaily,
 )
 
 E = UsageEvent
@@ -423,6 +426,7 @@ def _apply(session: Session, changes: list[tuple[UsageEvent, dict[str, Any]]]) -
     """The new prices on the events, and each difference on every rollup and balance."""
     monthly: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
     daily: dict[tuple[int, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    utc_daily: dict[tuple[int, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     by_license: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
     credits: dict[int, int] = defaultdict(int)
     for event, new in changes:
@@ -434,6 +438,10 @@ def _apply(session: Session, changes: list[tuple[UsageEvent, dict[str, Any]]]) -
         for key, target in (
             ((event.organization_id, event.year_month), monthly),
             ((event.organization_id, event.day, event.provider, event.model), daily),
+            (
+                (event.organization_id, utc_day_of(event.timestamp), event.provider, event.model),
+                utc_daily,
+            ),
         ):
             target[key][0] += cost  # type: ignore[index]
             target[key][1] += unpriced  # type: ignore[index]
@@ -455,13 +463,8 @@ def _apply(session: Session, changes: list[tuple[UsageEvent, dict[str, Any]]]) -
     for event, _new in changes:
         session.expire(event, ["price"])
     _add(session, TokenUsageMonthly, ("organization_id", "year_month"), monthly, "unpriced_events")
-    _add(
-        session,
-        UsageDaily,
-        ("organization_id", "day", "provider", "model"),
-        daily,
-        "unpriced_events",
-    )
+    _add(session, UsageDaily, ROLLUP_KEY, daily, "unpriced_events")
+    _add(session, UsageUtcDaily, ROLLUP_KEY, utc_daily, "unpriced_events")
     _add(session, LicenseUsage, ("license_id", "year_month"), by_license, "credits_micro")
     licenses.add_credits_used(session, credits)
 

@@ -1,5 +1,5 @@
-"""Rollups and credits: the new events of a group added to the monthly, daily and
-per-license sums, and their credits to their licenses.
+"""Rollups and credits: the new events of a group added to the monthly, daily, UTC-daily
+and per-license sums, and their credits to their licenses.
 
 Owns the aggregation in memory and one upsert per table (x = x + excluded.x, rows sorted
 by key for the lock order); every figure and report is read from these rows, never by
@@ -16,14 +16,19 @@ from sqlalchemy.orm import Session
 
 from tokenledger.db import execute_rows, insert_for
 from tokenledger.licenses import service as licenses
+from tokenledger.periods import utc_day_of
 from tokenledger.usage.models import (
     INCOMPLETE_PRICING,
     LICENSE_USAGE_FIELDS,
     ROLLUP_FIELDS,
+    UTC_ROLLUP_FIELDS,
     LicenseUsage,
     TokenUsageMonthly,
     UsageDaily,
+    UsageUtcDaily,
 )
+
+ROLLUP_KEY = ("organization_id", "day", "provider", "model")  # usage_daily, usage_utc_daily
 
 
 def _add(sums: dict[Any, tuple[int, ...]], key: Any, values: tuple[int, ...]) -> None:
@@ -38,9 +43,11 @@ def roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
         return
     monthly: dict[tuple[int, str], tuple[int, ...]] = {}
     daily: dict[tuple[int, str, str, str], tuple[int, ...]] = {}
+    utc_daily: dict[tuple[int, str, str, str], tuple[int, ...]] = {}
     by_license: dict[tuple[int, str], tuple[int, ...]] = {}
     for row in rows:
         cost = row["cost_nano"] or 0
+        incomplete = int(row["pricing"] in INCOMPLETE_PRICING)
         values = (
             row["input_tokens"],
             row["output_tokens"],
@@ -49,10 +56,25 @@ def roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
             cost,
             row["api_calls"],
             1,
-            int(row["pricing"] in INCOMPLETE_PRICING),
+            incomplete,
         )
         _add(monthly, (row["organization_id"], row["year_month"]), values)
         _add(daily, (row["organization_id"], row["day"], row["provider"], row["model"]), values)
+        # In the order of UTC_ROLLUP_FIELDS: the tokens by the kinds of a provider's report.
+        _add(
+            utc_daily,
+            (row["organization_id"], utc_day_of(row["timestamp"]), row["provider"], row["model"]),
+            (
+                row["input_tokens"],
+                row["cache_creation_input_tokens"] - row["cache_write_1h_tokens"],
+                row["cache_write_1h_tokens"],
+                row["cache_read_input_tokens"],
+                row["output_tokens"],
+                cost,
+                1,
+                incomplete,
+            ),
+        )
         if row["license_id"] is not None:
             _add(
                 by_license,
@@ -61,13 +83,8 @@ def roll_up(session: Session, rows: list[dict[str, Any]]) -> None:
             )
 
     _upsert(session, TokenUsageMonthly, ("organization_id", "year_month"), ROLLUP_FIELDS, monthly)
-    _upsert(
-        session,
-        UsageDaily,
-        ("organization_id", "day", "provider", "model"),
-        ROLLUP_FIELDS,
-        daily,
-    )
+    _upsert(session, UsageDaily, ROLLUP_KEY, ROLLUP_FIELDS, daily)
+    _upsert(session, UsageUtcDaily, ROLLUP_KEY, UTC_ROLLUP_FIELDS, utc_daily)
     _upsert(session, LicenseUsage, ("license_id", "year_month"), LICENSE_USAGE_FIELDS, by_license)
 
     credits: dict[int, int] = defaultdict(int)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated
 
@@ -12,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenledger.db import MAX_ROW_ID
 from tokenledger.deps import Admin, Session, Viewer
 from tokenledger.provider_reports import service
-from tokenledger.provider_reports.schemas import ComparisonRead, comparison_body
+from tokenledger.provider_reports.schemas import ComparisonRead, comparison_json
 from tokenledger.schemas import PRINTABLE, RANGE_RULE, Day, InputModel
 
 router = APIRouter(prefix="/api/provider-reports", tags=["provider reports"])
@@ -30,9 +29,9 @@ def comparison(
     organization_id: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
 ) -> Response:
     """Per UTC day and model: the provider's tokens and cost against the ledger's."""
-    body = comparison_body(service.compare(session, provider, from_, to, organization_id))
+    result = service.compare(session, provider, from_, to, organization_id)
     # ComparisonRead's shape, written out directly (its validation doubled a year's time).
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+    return Response(comparison_json(result), media_type="application/json")
 
 
 class AccountRead(BaseModel):

@@ -11,15 +11,17 @@ sync deletes them: nothing is ever stored by halves.
 from __future__ import annotations
 
 import logging
+import operator
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import (
-    BigInteger,
     CursorResult,
     Table,
     and_,
@@ -30,7 +32,6 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
-    type_coerce,
     update,
 )
 from sqlalchemy.orm import Session, aliased
@@ -41,9 +42,9 @@ from tokenledger.alerts.models import Alert
 from tokenledger.alerts.service import queue_deliveries
 from tokenledger.audit import service as audit
 from tokenledger.config import Settings
-from tokenledger.db import Database, execute_rows, insert_for
+from tokenledger.db import Database, execute_values, insert_for
 from tokenledger.errors import DomainError, not_found
-from tokenledger.money import format_usd
+from tokenledger.money import divide_half_even, format_usd
 from tokenledger.organizations.models import Organization
 from tokenledger.provider_reports.models import (
     ACCOUNT_KINDS,
@@ -64,7 +65,7 @@ from tokenledger.provider_reports.sources import (
     anthropic_rows,
     openai_rows,
 )
-from tokenledger.usage.models import UsageEvent, UsagePrice
+from tokenledger.usage.models import UTC_ROLLUP_FIELDS, UsageUtcDaily
 
 log = logging.getLogger("tokenledger.provider_reports")
 
@@ -76,8 +77,10 @@ DAYS = cast(Table, ProviderReportDay.__table__)
 ACCOUNTS = cast(Table, ProviderAccount.__table__)
 
 assert (*TOKEN_KINDS, "requests", "cost_nano") == FIGURES
-COLUMNS = ("day", "model", "api_key_id", "workspace_id", *FIGURES)
-CHUNK_ROWS = 5000
+ROW_COLUMNS = ("sync_id", "day", "model", "api_key_id", "workspace_id", *FIGURES)
+# A sync writes its rows in chunks of a few days (each in its own short transaction).
+CHUNK_ROWS = 20_000
+MAX_CHUNK_ROWS = 50_000
 LEASE_SECONDS = 30 * 60
 MAX_RANGE_DAYS = 400
 # Where a provider's workspaces (Anthropic) or projects (OpenAI) are kept.
@@ -86,10 +89,6 @@ ADMIN_KEY_VARIABLE = {
     "anthropic": "TOKENLEDGER_ANTHROPIC_ADMIN_KEY",
     "openai": "TOKENLEDGER_OPENAI_ADMIN_KEY",
 }
-MICROS_PER_DAY = 86_400_000_000
-_EPOCH_DAY = date(1970, 1, 1)
-RATIO_PLACES = Decimal("0.0001")
-PERCENT_PLACES = Decimal("0.01")
 
 
 def utc_day_start(day: date) -> datetime:
@@ -151,7 +150,7 @@ def sdk_client(
     )
 
 
-def report_rows(provider: str, client: Any, first: date, last: date) -> Iterator[ReportRow]:
+def report_rows(provider: str, client: Any, first: date, last: date) -> Generator[ReportRow]:
     reader = anthropic_rows if provider == "anthropic" else openai_rows
     return reader(client, first, last)
 
@@ -226,33 +225,41 @@ def _row_upsert(session: Session) -> UpdateBase:
 
 
 def _chunks(
-    rows: Iterable[ReportRow], first: str, last: str, sync_id: int
-) -> Iterator[list[dict[str, Any]]]:
-    """Rows merged by key, CHUNK_ROWS keys at a time (a key appears once per statement)."""
-    chunk: dict[RowKey, list[int]] = {}
+    rows: Iterable[ReportRow], first: str, last: str, sync_id: int, size: int
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows merged by key, as tuples of ROW_COLUMNS, a key once per chunk.
+
+    A chunk ends where a day ends once it holds `size` keys: the readers give a day's
+    usage rows and cost rows together, so a key is written once, whole (a plain insert).
+    A day of more keys than the limit (2.5 x size) is written in parts (memory stays
+    bounded); the upsert then adds the parts of a key that met in different chunks.
+    """
+    limit = max(size * MAX_CHUNK_ROWS // CHUNK_ROWS, 1)
+    chunk: dict[RowKey, tuple[int, ...]] = {}
+    day = ""
+    inside = False
     for key, values in rows:
-        if not first <= key[0] <= last:
+        if key[0] != day:
+            day = key[0]
+            inside = first <= day <= last
+            if len(chunk) >= size:
+                yield _values(chunk, sync_id)
+                chunk = {}
+        if not inside:
             continue  # a bucket outside the asked range (an API rounding its bounds)
         if min(values) < 0:
             raise ValueError(f"negative figure in the report for {key}")
         found = chunk.get(key)
-        if found is None:
-            chunk[key] = list(values)
-        else:
-            for index, value in enumerate(values):
-                found[index] += value
-        if len(chunk) >= CHUNK_ROWS:
-            yield _dicts(chunk, sync_id)
+        chunk[key] = values if found is None else tuple(map(operator.add, found, values))
+        if len(chunk) >= limit:
+            yield _values(chunk, sync_id)
             chunk = {}
     if chunk:
-        yield _dicts(chunk, sync_id)
+        yield _values(chunk, sync_id)
 
 
-def _dicts(chunk: dict[RowKey, list[int]], sync_id: int) -> list[dict[str, Any]]:
-    return [
-        {"sync_id": sync_id, **dict(zip(COLUMNS, (*key, *values), strict=True))}
-        for key, values in chunk.items()
-    ]
+def _values(chunk: dict[RowKey, tuple[int, ...]], sync_id: int) -> list[tuple[Any, ...]]:
+    return [(sync_id, *key, *values) for key, values in chunk.items()]
 
 
 def sync(
@@ -266,10 +273,14 @@ def sync(
     actor: str,
     client: Any = None,
     holder: str | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> SyncResult:
     """Import the provider's reports of the UTC days first..last (inclusive) and make them
     the figures of those days. Raises DomainError (409 while another sync of the provider
-    runs, 502 when the provider's answers fail) and then stores nothing."""
+    runs, 502 when the provider's answers fail) and then stores nothing.
+
+    chunk_rows: how many keys a write takes at least (see _chunks).
+    """
     check_provider(provider)
     check_range(first, last)
     today = now.astimezone(UTC).date()
@@ -284,7 +295,15 @@ def sync(
             raise DomainError(409, "provider_sync_running", f"a sync of {provider} is running")
         try:
             return _sync_holding_lease(
-                database, settings, provider, first, last, now, actor=actor, client=client
+                database,
+                settings,
+                provider,
+                first,
+                last,
+                now,
+                actor=actor,
+                client=client,
+                chunk_rows=chunk_rows,
             )
         finally:
             release_lease(database, provider, holder)
@@ -303,6 +322,7 @@ def _sync_holding_lease(
     *,
     actor: str,
     client: Any,
+    chunk_rows: int,
 ) -> SyncResult:
     first_day, last_day = first.isoformat(), last.isoformat()
     with database.session(write=True) as session:
@@ -319,10 +339,9 @@ def _sync_holding_lease(
         session.flush()
         sync_id = record.id
     try:
-        rows = report_rows(provider, client, first, last)
-        for chunk in _chunks(rows, first_day, last_day, sync_id):
-            with database.session(write=True) as session:
-                execute_rows(session, _row_upsert(session), chunk)
+        # Closed before anything else happens: a failed read stops its page threads.
+        with closing(report_rows(provider, client, first, last)) as rows:
+            _write_chunks(database, _chunks(rows, first_day, last_day, sync_id, chunk_rows))
         with database.session(write=True) as session:
             result = _make_current(
                 session, settings, provider, sync_id, first, last, now, actor=actor
@@ -345,6 +364,25 @@ def _sync_holding_lease(
     with database.session(write=True) as session:
         _drop_superseded(session, provider, sync_id)
     return result
+
+
+def _write_chunks(database: Database, chunks: Iterator[list[tuple[Any, ...]]]) -> None:
+    """Each chunk in a transaction of its own, written by a thread while the next chunk is
+    read (the database's work overlaps the reading). Returns once every chunk is written;
+    raises the first error, and then no write is still running."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="provider-report-rows") as pool:
+        pending: Future[None] | None = None
+        for chunk in chunks:
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(_write_chunk, database, chunk)
+        if pending is not None:
+            pending.result()
+
+
+def _write_chunk(database: Database, chunk: list[tuple[Any, ...]]) -> None:
+    with database.session(write=True) as session:
+        execute_values(session, _row_upsert(session), ROW_COLUMNS, chunk)
 
 
 def _reason(exc: BaseException) -> str:
@@ -602,26 +640,37 @@ assert set(GROUP_KIND.values()) | {"api_key"} == set(ACCOUNT_KINDS)
 # Comparison ---------------------------------------------------------------------------
 
 
-@dataclass
-class Side:
-    """Tokens by kind and cost in nano-USD of one side (provider or ledger)."""
+_KINDS = len(TOKEN_KINDS)
 
-    tokens: dict[str, int]
-    cost_nano: int
-    unpriced_events: int = 0
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """Tokens by kind and cost in nano-USD of one side (provider or ledger): `figures` in
+    the order of TOKEN_KINDS, then the cost and the events without a complete price."""
+
+    figures: tuple[int, ...]
 
     @classmethod
     def empty(cls) -> Side:
-        return cls(dict.fromkeys(TOKEN_KINDS, 0), 0)
+        return _EMPTY
 
-    def add(self, other: Side) -> None:
-        for kind in TOKEN_KINDS:
-            self.tokens[kind] += other.tokens[kind]
-        self.cost_nano += other.cost_nano
-        self.unpriced_events += other.unpriced_events
+    @property
+    def tokens(self) -> dict[str, int]:
+        return dict(zip(TOKEN_KINDS, self.figures, strict=False))
+
+    @property
+    def cost_nano(self) -> int:
+        return self.figures[_KINDS]
+
+    @property
+    def unpriced_events(self) -> int:
+        return self.figures[_KINDS + 1]
 
 
-@dataclass
+_EMPTY = Side((0,) * (_KINDS + 2))
+
+
+@dataclass(frozen=True, slots=True)
 class ComparisonRow:
     day: str
     model: str
@@ -635,59 +684,79 @@ class ComparisonRow:
         return self.provider.cost_nano - self.ledger.cost_nano
 
 
-def ratio(part: int, whole: int) -> Decimal | None:
-    """part / whole to 4 places, half to even; None when whole is 0."""
+def ratio_units(part: int, whole: int, places: int) -> int | None:
+    """part / whole in units of 10**-places, rounded half to even (integers only); None
+    when whole is 0 (whole is never negative)."""
     if whole == 0:
         return None
-    return (Decimal(part) / Decimal(whole)).quantize(RATIO_PLACES, ROUND_HALF_EVEN)
+    return divide_half_even(part * 10**places, whole)
+
+
+def ratio(part: int, whole: int) -> Decimal | None:
+    """part / whole to 4 places, half to even; None when whole is 0."""
+    units = ratio_units(part, whole, 4)
+    return None if units is None else Decimal(units).scaleb(-4)
 
 
 def drift_percent(drift_nano: int, provider_nano: int) -> Decimal | None:
     """Drift in percent of the provider's cost, to 2 places; None when that cost is 0."""
-    if provider_nano == 0:
-        return None
-    return (Decimal(drift_nano) * 100 / Decimal(provider_nano)).quantize(
-        PERCENT_PLACES, ROUND_HALF_EVEN
-    )
+    units = ratio_units(drift_nano * 100, provider_nano, 2)
+    return None if units is None else Decimal(units).scaleb(-2)
 
 
 # The ledger keeps no count of web searches per event column: the kind is provider-only.
 LEDGER_KINDS = tuple(kind for kind in TOKEN_KINDS if kind != "web_search_requests")
+assert UTC_ROLLUP_FIELDS[:5] == LEDGER_KINDS
 
 
-def synced_days(
-    session: Session, provider: str, first: date, last: date
-) -> dict[str, ProviderReportDay]:
-    rows = session.scalars(
-        select(ProviderReportDay).where(
-            ProviderReportDay.provider == provider,
-            ProviderReportDay.day >= first.isoformat(),
-            ProviderReportDay.day <= last.isoformat(),
+@dataclass(frozen=True, slots=True)
+class HeldDay:
+    """The sync whose figures stand for a day, and whether the day was still open."""
+
+    sync_id: int
+    partial: bool
+
+
+def synced_days(session: Session, provider: str, first: date, last: date) -> dict[str, HeldDay]:
+    rows = session.execute(
+        select(DAYS.c.day, DAYS.c.sync_id, DAYS.c.partial).where(
+            DAYS.c.provider == provider,
+            DAYS.c.day >= first.isoformat(),
+            DAYS.c.day <= last.isoformat(),
         )
     )
-    return {row.day: row for row in rows}
+    return {day: HeldDay(sync_id, bool(partial)) for day, sync_id, partial in rows}
 
 
 def _provider_side(
     session: Session,
     provider: str,
-    held: dict[str, ProviderReportDay],
+    first: date,
+    last: date,
+    held: dict[str, HeldDay],
     organization_id: int | None,
 ) -> dict[tuple[str, str], Side]:
-    """The provider's figures per (day, model) of the days a sync holds.
-
-    The rows are picked by (sync, day) pairs, not by joining provider_report_days with a
-    range of days: SQLite carries such a range over to the joined table and then reads
-    every day of the sync for each day (365 x 365 days' rows for a year).
-    """
+    """The provider's figures per (day, model) of the days a sync holds."""
     if not held:
         return {}
-    pairs = [(day.sync_id, day.day) for day in held.values()]
+    figures = (*TOKEN_KINDS, "cost_nano")
+    in_range = (
+        DAYS.c.provider == provider,
+        DAYS.c.day.between(first.isoformat(), last.isoformat()),
+    )
     if organization_id is None:
-        # One row per day and model already (a day is held by one sync): no sums.
-        query: Any = select(
-            TOTALS.c.day, TOTALS.c.model, *[TOTALS.c[name] for name in (*TOKEN_KINDS, "cost_nano")]
-        ).where(tuple_(TOTALS.c.sync_id, TOTALS.c.day).in_(pairs))
+        # One row per day and model already (a day is held by one sync): no sums. The
+        # day is matched as `day || ''`, which SQLite does not carry over as a range to
+        # the totals (it would then read every day of the sync for each day held).
+        query: Any = (
+            select(TOTALS.c.day, TOTALS.c.model, *[TOTALS.c[name] for name in figures])
+            .select_from(DAYS)
+            .join(
+                TOTALS,
+                and_(TOTALS.c.sync_id == DAYS.c.sync_id, TOTALS.c.day == DAYS.c.day.concat("")),
+            )
+            .where(*in_range)
+        )
     else:
         source: Any = ROWS
         by_key = aliased(ProviderAccount)
@@ -704,12 +773,13 @@ def _provider_side(
         groups = [external for kind, external in mapped if kind != "api_key"]
         if not mapped:
             return {}
-        first, last = min(held), max(held)
+        pairs = [(day.sync_id, name) for name, day in held.items()]
+        low, high = min(held), max(held)
         query = (
             select(
                 source.c.day,
                 source.c.model,
-                *[func.sum(source.c[name]) for name in (*TOKEN_KINDS, "cost_nano")],
+                *[func.sum(source.c[name]) for name in figures],
             )
             .outerjoin(
                 by_key,
@@ -730,8 +800,8 @@ def _provider_side(
             .where(
                 # Through the indexes of the organization's keys and workspaces (a few)...
                 or_(
-                    and_(source.c.api_key_id.in_(keys), source.c.day.between(first, last)),
-                    and_(source.c.workspace_id.in_(groups), source.c.day.between(first, last)),
+                    and_(source.c.api_key_id.in_(keys), source.c.day.between(low, high)),
+                    and_(source.c.workspace_id.in_(groups), source.c.day.between(low, high)),
                 ),
                 # ...the rows of the syncs that hold their days,
                 tuple_(source.c.sync_id, source.c.day).in_(pairs),
@@ -740,58 +810,40 @@ def _provider_side(
             )
             .group_by(source.c.day, source.c.model)
         )
-    result = {}
-    for day, model, *values in session.execute(query):
-        figures = [int(value or 0) for value in values]
-        result[(day, model)] = Side(dict(zip(TOKEN_KINDS, figures[:-1], strict=True)), figures[-1])
-    return result
+    # Sums of NOT NULL columns: never None (PostgreSQL gives decimals).
+    return {
+        (day, model): Side((*map(int, values), 0))
+        for day, model, *values in session.execute(query).all()
+    }
+
+
+_UTC_DAILY = cast(Table, UsageUtcDaily.__table__)
+_LEDGER_SUMS = (*LEDGER_KINDS, "cost_nano", "unpriced_events")
 
 
 def ledger_by_utc_day(
     session: Session, provider: str, first: date, last: date, organization_id: int | None
 ) -> dict[tuple[str, str], Side]:
-    """The ledger's events of the provider per UTC day and model, from the events' own
-    timestamps: the rollups' days are days of the billing time zone, and have no split
-    of cache writes by lifetime."""
-    ts = UsageEvent.timestamp
-    if session.get_bind().dialect.name == "sqlite":
-        # Instants are integers of microseconds there: whole days since 1970.
-        day_expr: Any = type_coerce(ts, BigInteger) // MICROS_PER_DAY
-    else:
-        day_expr = func.date(ts)  # stored as naive UTC
-    figures = (
-        func.sum(UsageEvent.input_tokens),
-        func.sum(UsageEvent.cache_creation_input_tokens - UsageEvent.cache_write_1h_tokens),
-        func.sum(UsageEvent.cache_write_1h_tokens),
-        func.sum(UsageEvent.cache_read_input_tokens),
-        func.sum(UsageEvent.output_tokens),
-        func.sum(UsageEvent.cost_nano),
-        func.sum(case((UsageEvent.cost_nano.is_(None), 1), else_=0)),
-    )
+    """The ledger's figures of the provider per UTC day and model: its UTC-day rollup
+    (usage_utc_daily, kept with the events), summed over organizations or of one."""
+    table = _UTC_DAILY
     query = (
-        select(day_expr, UsagePrice.model, *figures)
-        .join(UsagePrice, UsagePrice.id == UsageEvent.price_id)
+        select(table.c.day, table.c.model, *[func.sum(table.c[name]) for name in _LEDGER_SUMS])
         .where(
-            UsagePrice.provider == provider,
-            ts >= utc_day_start(first),
-            ts < utc_day_start(last + timedelta(days=1)),
+            table.c.provider == provider,
+            table.c.day >= first.isoformat(),
+            table.c.day <= last.isoformat(),
         )
-        .group_by(day_expr, UsagePrice.model)
+        .group_by(table.c.day, table.c.model)
     )
     if organization_id is not None:
-        query = query.where(UsageEvent.organization_id == organization_id)
-    result: dict[tuple[str, str], Side] = {}
-    for day_value, model, *values in session.execute(query):
-        day = (
-            (_EPOCH_DAY + timedelta(days=int(day_value))).isoformat()
-            if isinstance(day_value, int)
-            else str(day_value)[:10]
-        )
-        numbers = [int(value or 0) for value in values]
-        tokens = dict(zip(LEDGER_KINDS, numbers[:5], strict=True))
-        tokens["web_search_requests"] = 0
-        result[(day, model)] = Side(tokens, numbers[5], numbers[6])
-    return result
+        query = query.where(table.c.organization_id == organization_id)
+    rows: Sequence[Any] = session.execute(query).all()
+    if session.get_bind().dialect.name != "sqlite":  # PostgreSQL's sums are decimals
+        rows = [(day, model, *map(int, values)) for day, model, *values in rows]
+    kinds = len(LEDGER_KINDS)
+    # No web searches between the tokens and the cost: the ledger keeps no count of them.
+    return {(row[0], row[1]): Side((*row[2 : 2 + kinds], 0, *row[2 + kinds :])) for row in rows}
 
 
 @dataclass
@@ -837,26 +889,23 @@ def compare(
     if organization_id is not None and session.get(Organization, organization_id) is None:
         raise not_found("organization", organization_id)
     days = synced_days(session, provider, first, last)
-    theirs = _provider_side(session, provider, days, organization_id)
+    theirs = _provider_side(session, provider, first, last, days, organization_id)
     ours = ledger_by_utc_day(session, provider, first, last, organization_id)
     rows = []
     per_day: dict[str, DayFigures] = {
         day: DayFigures(day, held.partial, 0, 0) for day, held in days.items()
     }
+    cost = _KINDS
     for key in sorted(set(theirs) | set(ours)):
         day, model = key
-        if day not in days:
-            continue
-        row = ComparisonRow(
-            day=day,
-            model=model,
-            partial=days[day].partial,
-            provider=theirs.get(key) or Side.empty(),
-            ledger=ours.get(key) or Side.empty(),
-        )
-        rows.append(row)
-        per_day[day].provider_nano += row.provider.cost_nano
-        per_day[day].ledger_nano += row.ledger.cost_nano
+        figures = per_day.get(day)
+        if figures is None:
+            continue  # a day no sync holds
+        provider_side = theirs.get(key, _EMPTY)
+        ledger_side = ours.get(key, _EMPTY)
+        rows.append(ComparisonRow(day, model, figures.partial, provider_side, ledger_side))
+        figures.provider_nano += provider_side.figures[cost]
+        figures.ledger_nano += ledger_side.figures[cost]
     return Comparison(
         provider, first, last, organization_id, rows, [per_day[day] for day in sorted(per_day)]
     )

@@ -181,6 +181,47 @@ class UsageDaily(Base):
     unpriced_events: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+# The summed columns of usage_utc_daily: tokens by the kinds a provider's report counts,
+# cost, events, and events whose cost is missing or incomplete.
+UTC_ROLLUP_FIELDS = (
+    "uncached_input_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "cache_read_tokens",
+    "output_tokens",
+    "cost_nano",
+    "event_count",
+    "unpriced_events",
+)
+
+
+class UsageUtcDaily(Base):
+    """Per organization, UTC day, provider and model: the sums of its events, maintained
+    with them, for setting the ledger against the providers' reports (which count UTC days
+    and split cache writes by lifetime; usage_daily's days are the billing time zone's)."""
+
+    __tablename__ = "usage_utc_daily"
+    __table_args__ = (
+        # A provider's days over every organization (the comparison of all accounts).
+        Index("ix_usage_utc_daily_provider_day", "provider", "day"),
+    )
+
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # input_tokens of the events (the Anthropic meaning: neither cache reads nor writes)
+    uncached_input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # cache_creation_input_tokens less the 1-hour writes
+    cache_write_5m_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_1h_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_nano: Mapped[int] = mapped_column(BigInteger, default=0)
+    event_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    unpriced_events: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class LicenseUsage(Base):
     """Per license and billing month: spend and credits, for budgets over either period."""
 
