@@ -200,6 +200,16 @@ def anthropic_rows(client: Any, first: date, last: date) -> Generator[ReportRow]
         )
 
 
+def _anthropic_key(day: str, group: dict[str, Any]) -> tuple[str, str, str, str]:
+    """A row's day, model, API key and workspace: the same in both reports."""
+    return (
+        day,
+        group.get("model") or "",
+        group.get("api_key_id") or "",
+        group.get("workspace_id") or "",
+    )
+
+
 def _anthropic_usage(pages: Iterator[dict[str, Any]]) -> Iterator[ReportRow]:
     days: dict[str, str] = {}
     for body in pages:
@@ -209,12 +219,7 @@ def _anthropic_usage(pages: Iterator[dict[str, Any]]) -> Iterator[ReportRow]:
             start = item["starting_at"]
             day = days.get(start) or days.setdefault(start, _utc_day(start))
             yield (
-                (
-                    day,
-                    group.get("model") or "",
-                    group.get("api_key_id") or "",
-                    group.get("workspace_id") or "",
-                ),
+                _anthropic_key(day, group),
                 (
                     usage["uncached_input_tokens"],
                     writes["ephemeral_5m_input_tokens"],
@@ -238,12 +243,7 @@ def _anthropic_cost(pages: Iterator[dict[str, Any]]) -> Iterator[ReportRow]:
             start = item["starting_at"]
             day = days.get(start) or days.setdefault(start, _utc_day(start))
             yield (
-                (
-                    day,
-                    group.get("model") or "",
-                    group.get("api_key_id") or "",
-                    group.get("workspace_id") or "",
-                ),
+                _anthropic_key(day, group),
                 (0, 0, 0, 0, 0, 0, 0, cents_to_nano(cost["amount"])),
             )
 
