@@ -32,8 +32,25 @@ class BarChart:
     places: int
 
     @property
-    def grid_lines(self) -> list[int]:
-        return [0, 25, 50, 75, 100]
+    def grid_lines(self) -> list[float]:
+        """The grid's heights in the plot (0 the top, 100 the base), one per grid value."""
+        steps = len(self.grid) - 1
+        return [round(100 * n / steps, 3) for n in range(steps + 1)]
+
+
+def _grid(top: Decimal) -> list[Decimal]:
+    """Grid values from top (a _nice_ceiling) down to 0, a round step apart: fifths of 1
+    and 5 times a power of ten (0.2, 1), fourths of 2 (0.5), fifths of 2.5 (0.5)."""
+    leading = top.scaleb(-top.adjusted()).normalize()
+    parts = 4 if leading == 2 else 5
+    return [top * n / parts for n in range(parts, -1, -1)]
+
+
+def _places(values: list[Decimal]) -> int:
+    """The decimal places of a money axis that show every value exactly: none for whole
+    numbers, else at least cents."""
+    needed = max(0, *(-int(value.normalize().as_tuple().exponent) for value in values if value))
+    return 0 if needed == 0 else max(2, needed)
 
 
 def _nice_ceiling(value: Decimal) -> Decimal:
@@ -67,8 +84,8 @@ def bar_chart(points: list[tuple[str, Decimal, str]], label_every: int = 1) -> B
                 title=title,
             )
         )
-    grid = [top * step / 4 for step in (4, 3, 2, 1, 0)]
-    places = 0 if all(value == value.to_integral_value() for value in grid) else 2
+    grid = _grid(top)
+    places = _places(grid)
     return BarChart(width=max(1, len(points)) * SLOT, bars=bars, grid=grid, places=places)
 
 
