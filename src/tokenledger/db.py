@@ -435,6 +435,27 @@ def driver_read(statement: Select[Any]) -> Select[Any]:
     return statement
 
 
+def read_rows(
+    session: Session, statement: Select[Any], params: Mapping[str, Any]
+) -> list[tuple[Any, ...]]:
+    """The rows (tuples) of a read statement in the session's transaction: on SQLite a
+    driver_read statement goes straight to the driver on the session's connection (no
+    Row objects, no result processing: what a read of thousands of rows costs most),
+    any other through SQLAlchemy."""
+    connection = session.connection()
+    found = _DRIVER_READS.get(id(statement))
+    if found is not None and connection.dialect.name == "sqlite":
+        cursor = connection.connection.driver_connection.execute(  # type: ignore[union-attr]
+            found.sql, found.parameters(params)
+        )
+        try:
+            rows: list[tuple[Any, ...]] = cursor.fetchall()
+        finally:
+            cursor.close()
+        return rows
+    return [tuple(row) for row in connection.execute(statement, dict(params))]
+
+
 class SingleRead:
     """Runs ONE read statement (Database.single_read): on SQLite a driver_read statement
     on a pooled connection's driver directly, any other through SQLAlchemy, without a

@@ -265,6 +265,97 @@ def test_mapped_organizations_and_the_unassigned_key(
     assert by_id[("workspace", "wrkspc_beta")]["organization_id"] == orgs["beta"]
 
 
+def test_a_day_no_sync_holds_stays_out_and_a_model_only_the_ledger_has_is_a_row(
+    synced: service.SyncResult,
+    fixed_client: TestClient,
+    admin_headers: dict[str, str],
+    orgs: dict[str, Any],
+) -> None:
+    ingest(
+        fixed_client,
+        orgs["key"],
+        [
+            # The 14th: in the range asked, but no sync holds it.
+            {"id": "e-14", "organization": "acme", "model": SONNET,
+             "timestamp": "2026-11-14T12:00:00Z", "input_tokens": 100_000,
+             "output_tokens": 10_000},
+            # Haiku on the 17th, which the provider's reports of that day do not name:
+            # 100k x 0.80 + 10k x 4 per million (the override) = $0.12.
+            {"id": "e-haiku-17", "organization": "acme", "model": HAIKU,
+             "timestamp": "2026-11-17T12:00:00Z", "input_tokens": 100_000,
+             "output_tokens": 10_000},
+        ],
+    )  # fmt: skip
+    for extra in ({}, {"organization_id": orgs["acme"]}):
+        body = comparison(fixed_client, admin_headers, **{"from": "2026-11-14", **extra})
+        assert body["from"] == "2026-11-14"
+        assert [day["day"] for day in body["days"]] == [
+            "2026-11-15",
+            "2026-11-16",
+            "2026-11-17",
+            "2026-11-18",
+        ]
+        assert [(r["day"], r["model"]) for r in body["rows"]] == [
+            ("2026-11-15", HAIKU),
+            ("2026-11-15", SONNET),
+            ("2026-11-16", SONNET),
+            ("2026-11-17", HAIKU),
+            ("2026-11-17", SONNET),
+            ("2026-11-18", SONNET),
+        ]
+        haiku17 = row(body, "2026-11-17", HAIKU)
+        assert haiku17["partial"] is False
+        assert haiku17["provider"]["uncached_input_tokens"] == 0
+        assert haiku17["provider"]["cost_usd"] == "0.00"
+        assert haiku17["ledger"]["uncached_input_tokens"] == 100_000
+        assert haiku17["ledger"]["output_tokens"] == 10_000
+        assert haiku17["ledger"]["cost_usd"] == "0.12"
+        assert haiku17["ledger"]["unpriced_events"] == 0
+        assert haiku17["coverage"]["uncached_input_tokens"] is None  # the provider: none
+        assert haiku17["coverage"]["cost_usd"] is None
+        assert haiku17["drift_usd"] == "-0.12"
+        assert haiku17["drift_percent"] is None
+        day17 = {day["day"]: day for day in body["days"]}["2026-11-17"]
+        assert day17["ledger_cost_usd"] == "1.305"  # 1.185 + 0.12
+        assert day17["drift_usd"] == "-0.57"  # 0.735 - 1.305
+    # All accounts: the 14th's $0.45 is in no figure.
+    everyone = comparison(fixed_client, admin_headers, **{"from": "2026-11-14"})
+    assert everyone["ledger_cost_usd"] == "10.605"  # 10.485 + 0.12
+    assert everyone["provider_cost_usd"] == "13.665"
+
+
+def test_a_keys_own_mapping_wins_over_its_workspaces(
+    synced: service.SyncResult,
+    fixed_client: TestClient,
+    admin_headers: dict[str, str],
+    orgs: dict[str, Any],
+) -> None:
+    def map_key(organization_id: int | None) -> None:
+        answer = fixed_client.put(
+            "/api/provider-reports/accounts/anthropic/api_key/apikey_beta1",
+            json={"organization_id": organization_id},
+            headers=admin_headers,
+        )
+        assert answer.status_code == 200, answer.text
+
+    # Beta's workspace's only row is through apikey_beta1: mapped to acme, it is acme's.
+    map_key(orgs["acme"])
+    beta = comparison(fixed_client, admin_headers, organization_id=orgs["beta"])
+    assert beta["rows"] == []
+    assert beta["provider_cost_usd"] == "0.00"
+    acme = comparison(fixed_client, admin_headers, organization_id=orgs["acme"])
+    sonnet = row(acme, "2026-11-15", SONNET)
+    assert sonnet["provider"]["uncached_input_tokens"] == 1_100_000  # 1.0M + 0.1M
+    assert sonnet["provider"]["cost_usd"] == "4.80"  # 4.50 + 0.30
+    # Unassigned again (the account stays, with no organization): the workspace's.
+    map_key(None)
+    beta = comparison(fixed_client, admin_headers, organization_id=orgs["beta"])
+    assert [(r["day"], r["model"]) for r in beta["rows"]] == [("2026-11-15", SONNET)]
+    assert beta["rows"][0]["provider"]["cost_usd"] == "0.30"
+    acme = comparison(fixed_client, admin_headers, organization_id=orgs["acme"])
+    assert row(acme, "2026-11-15", SONNET)["provider"]["cost_usd"] == "4.50"
+
+
 def test_closed_days_over_the_threshold_alert_once(
     synced: service.SyncResult,
     database: Database,

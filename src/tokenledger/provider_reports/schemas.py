@@ -73,48 +73,61 @@ def _percent(drift_nano: int, provider_nano: int) -> str | None:
     return _units_text(service.ratio_units(drift_nano * 100, provider_nano, 2), 2)
 
 
-def _side(side: service.Side, ledger: bool) -> dict[str, Any]:
-    figures: dict[str, Any] = side.tokens
-    if ledger:
-        figures["web_search_requests"] = None
-    figures["cost_usd"] = format_usd(side.cost_nano)
-    figures["unpriced_events"] = side.unpriced_events if ledger else None
+_PROVIDER_AT, _PROVIDER_COST = service.PROVIDER_AT, service.PROVIDER_COST
+_LEDGER_AT, _LEDGER_COST = service.LEDGER_AT, service.LEDGER_COST
+_COVERED = (*service.LEDGER_KINDS, "cost_usd")
+
+
+def _provider_side(row: service.ComparisonRow) -> dict[str, Any]:
+    figures: dict[str, Any] = dict(zip(TOKEN_KINDS, row[_PROVIDER_AT:_PROVIDER_COST], strict=True))
+    figures["cost_usd"] = format_usd(row[_PROVIDER_COST])
+    figures["unpriced_events"] = None
     return figures
 
 
-_COVERED = (*service.LEDGER_KINDS, "cost_usd")
+def _ledger_side(row: service.ComparisonRow) -> dict[str, Any]:
+    figures: dict[str, Any] = dict(
+        zip(service.LEDGER_KINDS, row[_LEDGER_AT:_LEDGER_COST], strict=True)
+    )
+    figures["web_search_requests"] = None  # the last of TOKEN_KINDS
+    figures["cost_usd"] = format_usd(row[_LEDGER_COST])
+    figures["unpriced_events"] = row[service.LEDGER_UNPRICED]
+    return figures
 
 
 def _coverage(row: service.ComparisonRow) -> dict[str, str | None]:
     """ratio()'s figures as text (4 places), per kind and of the cost."""
-    ours, theirs = row.ledger.figures, row.provider.figures
-    units = [service.ratio_units(ours[n], theirs[n], 4) for n in range(len(service.LEDGER_KINDS))]
-    units.append(service.ratio_units(row.ledger.cost_nano, row.provider.cost_nano, 4))
+    units = [
+        service.ratio_units(row[_LEDGER_AT + n], row[_PROVIDER_AT + n], 4)
+        for n in range(len(service.LEDGER_KINDS))
+    ]
+    units.append(service.ratio_units(row[_LEDGER_COST], row[_PROVIDER_COST], 4))
     return {kind: _units_text(value, 4) for kind, value in zip(_COVERED, units, strict=True)}
 
 
 def _row_body(row: service.ComparisonRow) -> dict[str, Any]:
+    drift = row[_PROVIDER_COST] - row[_LEDGER_COST]
     return {
-        "day": row.day,
-        "model": row.model,
-        "partial": row.partial,
-        "provider": _side(row.provider, ledger=False),
-        "ledger": _side(row.ledger, ledger=True),
+        "day": row[0],
+        "model": row[1],
+        "partial": bool(row[2]),
+        "provider": _provider_side(row),
+        "ledger": _ledger_side(row),
         "coverage": _coverage(row),
-        "drift_usd": format_usd(row.drift_nano),
-        "drift_percent": _percent(row.drift_nano, row.provider.cost_nano),
+        "drift_usd": format_usd(drift),
+        "drift_percent": _percent(drift, row[_PROVIDER_COST]),
     }
 
 
-# A row's JSON is a function of the row alone (its day, model and figures): kept for the
-# rows asked most recently (two years of 20 models), so that a range asked again renders
-# only what changed. About 1 KiB a row.
+# A row's JSON is a function of the row alone (a flat tuple of its day, model and figures:
+# hashed in C): kept for the rows asked most recently (two years of 20 models), so that a
+# range asked again renders only what changed. About 1 KiB a row.
 @functools.lru_cache(maxsize=16_384)
 def _row_json(row: service.ComparisonRow) -> bytes:
     return to_json(_row_body(row))
 
 
-def _head(result: service.Comparison) -> dict[str, Any]:
+def _summary(result: service.Comparison) -> dict[str, Any]:
     drift = result.provider_nano - result.ledger_nano
     return {
         "provider": result.provider,
@@ -126,18 +139,25 @@ def _head(result: service.Comparison) -> dict[str, Any]:
         "ledger_cost_usd": format_usd(result.ledger_nano),
         "drift_usd": format_usd(drift),
         "drift_percent": _percent(drift, result.provider_nano),
-        "days": [
-            {
-                "day": day.day,
-                "partial": day.partial,
-                "provider_cost_usd": format_usd(day.provider_nano),
-                "ledger_cost_usd": format_usd(day.ledger_nano),
-                "drift_usd": format_usd(day.drift_nano),
-                "drift_percent": _percent(day.drift_nano, day.provider_nano),
-            }
-            for day in result.days
-        ],
     }
+
+
+def _day_body(day: str, partial: bool, provider_nano: int, ledger_nano: int) -> dict[str, Any]:
+    drift = provider_nano - ledger_nano
+    return {
+        "day": day,
+        "partial": partial,
+        "provider_cost_usd": format_usd(provider_nano),
+        "ledger_cost_usd": format_usd(ledger_nano),
+        "drift_usd": format_usd(drift),
+        "drift_percent": _percent(drift, provider_nano),
+    }
+
+
+# A day's JSON, like a row's: a function of its figures alone (a few years of days).
+@functools.lru_cache(maxsize=2048)
+def _day_json(day: str, partial: bool, provider_nano: int, ledger_nano: int) -> bytes:
+    return to_json(_day_body(day, partial, provider_nano, ledger_nano))
 
 
 def comparison_body(result: service.Comparison) -> dict[str, Any]:
@@ -146,15 +166,25 @@ def comparison_body(result: service.Comparison) -> dict[str, Any]:
     Plain dicts in ComparisonRead's shape: a year is 7,300 rows, and building them as
     pydantic models took most of the answer's time.
     """
-    return {**_head(result), "rows": [_row_body(row) for row in result.rows]}
+    return {
+        **_summary(result),
+        "days": [
+            _day_body(day.day, day.partial, day.provider_nano, day.ledger_nano)
+            for day in result.days
+        ],
+        "rows": [_row_body(row) for row in result.rows],
+    }
 
 
 def comparison_json(result: service.Comparison) -> bytes:
-    """comparison_body as JSON (pydantic's serializer), each row's from _row_json."""
-    head = to_json(_head(result))
-    return b"".join(
-        (head[:-1], b',"rows":[', b",".join(_row_json(row) for row in result.rows), b"]}")
+    """comparison_body as JSON (pydantic's serializer), each day's and row's from
+    _day_json and _row_json."""
+    summary = to_json(_summary(result))
+    days = b",".join(
+        [_day_json(day.day, day.partial, day.provider_nano, day.ledger_nano) for day in result.days]
     )
+    rows = b",".join(map(_row_json, result.rows))
+    return b"".join((summary[:-1], b',"days":[', days, b'],"rows":[', rows, b"]}"))
 
 
 assert set(TOKEN_KINDS) - set(service.LEDGER_KINDS) == {"web_search_requests"}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import operator
 import secrets
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -22,19 +22,27 @@ from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
+    BindParameter,
     CursorResult,
+    Integer,
+    Select,
     Table,
     and_,
+    bindparam,
     case,
     delete,
     func,
     insert,
+    literal,
     or_,
     select,
-    tuple_,
+    type_coerce,
+    union_all,
     update,
 )
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import cast as cast_
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import UpdateBase
 
 from tokenledger import schemas
@@ -42,7 +50,7 @@ from tokenledger.alerts.models import Alert
 from tokenledger.alerts.service import queue_deliveries
 from tokenledger.audit import service as audit
 from tokenledger.config import Settings
-from tokenledger.db import Database, execute_values, insert_for
+from tokenledger.db import Database, driver_read, execute_values, insert_for, read_rows
 from tokenledger.errors import DomainError, not_found
 from tokenledger.money import divide_half_even, format_usd
 from tokenledger.organizations.models import Organization
@@ -640,50 +648,6 @@ assert set(GROUP_KIND.values()) | {"api_key"} == set(ACCOUNT_KINDS)
 # Comparison ---------------------------------------------------------------------------
 
 
-_KINDS = len(TOKEN_KINDS)
-
-
-@dataclass(frozen=True, slots=True)
-class Side:
-    """Tokens by kind and cost in nano-USD of one side (provider or ledger): `figures` in
-    the order of TOKEN_KINDS, then the cost and the events without a complete price."""
-
-    figures: tuple[int, ...]
-
-    @classmethod
-    def empty(cls) -> Side:
-        return _EMPTY
-
-    @property
-    def tokens(self) -> dict[str, int]:
-        return dict(zip(TOKEN_KINDS, self.figures, strict=False))
-
-    @property
-    def cost_nano(self) -> int:
-        return self.figures[_KINDS]
-
-    @property
-    def unpriced_events(self) -> int:
-        return self.figures[_KINDS + 1]
-
-
-_EMPTY = Side((0,) * (_KINDS + 2))
-
-
-@dataclass(frozen=True, slots=True)
-class ComparisonRow:
-    day: str
-    model: str
-    partial: bool
-    provider: Side
-    ledger: Side
-
-    @property
-    def drift_nano(self) -> int:
-        """What the provider billed that the ledger did not record (negative: recorded more)."""
-        return self.provider.cost_nano - self.ledger.cost_nano
-
-
 def ratio_units(part: int, whole: int, places: int) -> int | None:
     """part / whole in units of 10**-places, rounded half to even (integers only); None
     when whole is 0 (whole is never negative)."""
@@ -707,143 +671,162 @@ def drift_percent(drift_nano: int, provider_nano: int) -> Decimal | None:
 # The ledger keeps no count of web searches per event column: the kind is provider-only.
 LEDGER_KINDS = tuple(kind for kind in TOKEN_KINDS if kind != "web_search_requests")
 assert UTC_ROLLUP_FIELDS[:5] == LEDGER_KINDS
+assert TOKEN_KINDS[-1] == "web_search_requests"
 
+# A comparison row is one flat tuple (the key of its JSON in schemas: hashed and compared
+# in C): day, model, partial (the day still open: 0/1 or a bool), then the provider's
+# figures (TOKEN_KINDS, cost_nano), then the ledger's (LEDGER_KINDS, cost_nano,
+# unpriced_events). Money in nano-USD, integers.
+ComparisonRow = tuple[Any, ...]
+PROVIDER_FIGURES = (*TOKEN_KINDS, "cost_nano")
+LEDGER_FIGURES = (*LEDGER_KINDS, "cost_nano", "unpriced_events")
+PROVIDER_AT = 3
+PROVIDER_COST = PROVIDER_AT + len(TOKEN_KINDS)
+LEDGER_AT = PROVIDER_COST + 1
+LEDGER_COST = LEDGER_AT + len(LEDGER_KINDS)
+LEDGER_UNPRICED = LEDGER_COST + 1
+_NO_PROVIDER = (0,) * len(PROVIDER_FIGURES)
+_NO_LEDGER = (None, None) + (0,) * len(LEDGER_FIGURES)
 
-@dataclass(frozen=True, slots=True)
-class HeldDay:
-    """The sync whose figures stand for a day, and whether the day was still open."""
-
-    sync_id: int
-    partial: bool
-
-
-def synced_days(session: Session, provider: str, first: date, last: date) -> dict[str, HeldDay]:
-    rows = session.execute(
-        select(DAYS.c.day, DAYS.c.sync_id, DAYS.c.partial).where(
-            DAYS.c.provider == provider,
-            DAYS.c.day >= first.isoformat(),
-            DAYS.c.day <= last.isoformat(),
-        )
-    )
-    return {day: HeldDay(sync_id, bool(partial)) for day, sync_id, partial in rows}
-
-
-def _provider_side(
-    session: Session,
-    provider: str,
-    first: date,
-    last: date,
-    held: dict[str, HeldDay],
-    organization_id: int | None,
-) -> dict[tuple[str, str], Side]:
-    """The provider's figures per (day, model) of the days a sync holds."""
-    if not held:
-        return {}
-    figures = (*TOKEN_KINDS, "cost_nano")
-    in_range = (
-        DAYS.c.provider == provider,
-        DAYS.c.day.between(first.isoformat(), last.isoformat()),
-    )
-    if organization_id is None:
-        # One row per day and model already (a day is held by one sync): no sums. The
-        # day is matched as `day || ''`, which SQLite does not carry over as a range to
-        # the totals (it would then read every day of the sync for each day held).
-        query: Any = (
-            select(TOTALS.c.day, TOTALS.c.model, *[TOTALS.c[name] for name in figures])
-            .select_from(DAYS)
-            .join(
-                TOTALS,
-                and_(TOTALS.c.sync_id == DAYS.c.sync_id, TOTALS.c.day == DAYS.c.day.concat("")),
-            )
-            .where(*in_range)
-        )
-    else:
-        source: Any = ROWS
-        by_key = aliased(ProviderAccount)
-        by_group = aliased(ProviderAccount)
-        mapped = list(
-            session.execute(
-                select(ProviderAccount.kind, ProviderAccount.external_id).where(
-                    ProviderAccount.provider == provider,
-                    ProviderAccount.organization_id == organization_id,
-                )
-            )
-        )
-        keys = [external for kind, external in mapped if kind == "api_key"]
-        groups = [external for kind, external in mapped if kind != "api_key"]
-        if not mapped:
-            return {}
-        pairs = [(day.sync_id, name) for name, day in held.items()]
-        low, high = min(held), max(held)
-        query = (
-            select(
-                source.c.day,
-                source.c.model,
-                *[func.sum(source.c[name]) for name in figures],
-            )
-            .outerjoin(
-                by_key,
-                and_(
-                    by_key.provider == provider,
-                    by_key.kind == "api_key",
-                    by_key.external_id == source.c.api_key_id,
-                ),
-            )
-            .outerjoin(
-                by_group,
-                and_(
-                    by_group.provider == provider,
-                    by_group.kind == GROUP_KIND[provider],
-                    by_group.external_id == source.c.workspace_id,
-                ),
-            )
-            .where(
-                # Through the indexes of the organization's keys and workspaces (a few)...
-                or_(
-                    and_(source.c.api_key_id.in_(keys), source.c.day.between(low, high)),
-                    and_(source.c.workspace_id.in_(groups), source.c.day.between(low, high)),
-                ),
-                # ...the rows of the syncs that hold their days,
-                tuple_(source.c.sync_id, source.c.day).in_(pairs),
-                # where a key's own mapping wins over its workspace's (or project's).
-                func.coalesce(by_key.organization_id, by_group.organization_id) == organization_id,
-            )
-            .group_by(source.c.day, source.c.model)
-        )
-    # Sums of NOT NULL columns: never None (PostgreSQL gives decimals).
-    return {
-        (day, model): Side((*map(int, values), 0))
-        for day, model, *values in session.execute(query).all()
-    }
-
-
+# The statements of the comparison, built once and read straight from SQLite's driver
+# (db.read_rows; a year is 2 x 7,300 rows). Each side is of the days a sync holds only
+# (joined to provider_report_days, which gives the provider's rows their `partial`). Sums
+# are cast to BIGINT: PostgreSQL's would be decimals.
 _UTC_DAILY = cast(Table, UsageUtcDaily.__table__)
-_LEDGER_SUMS = (*LEDGER_KINDS, "cost_nano", "unpriced_events")
+_PROVIDER: BindParameter[str] = bindparam("provider")
+_FIRST: BindParameter[str] = bindparam("first")
+_LAST: BindParameter[str] = bindparam("last")
+_ORGANIZATION: BindParameter[int] = bindparam("organization_id")
+_GROUP_KIND: BindParameter[str] = bindparam("group_kind")
+_HELD_DAYS = (DAYS.c.provider == _PROVIDER, DAYS.c.day.between(_FIRST, _LAST))
+_PARTIAL = type_coerce(DAYS.c.partial, Integer)  # as stored (a bool on PostgreSQL)
 
 
-def ledger_by_utc_day(
-    session: Session, provider: str, first: date, last: date, organization_id: int | None
-) -> dict[tuple[str, str], Side]:
-    """The ledger's figures of the provider per UTC day and model: its UTC-day rollup
-    (usage_utc_daily, kept with the events), summed over organizations or of one."""
-    table = _UTC_DAILY
-    query = (
-        select(table.c.day, table.c.model, *[func.sum(table.c[name]) for name in _LEDGER_SUMS])
-        .where(
-            table.c.provider == provider,
-            table.c.day >= first.isoformat(),
-            table.c.day <= last.isoformat(),
-        )
-        .group_by(table.c.day, table.c.model)
+def _summed(column: Any) -> Any:
+    return cast_(func.sum(column), BigInteger)
+
+
+_HELD = driver_read(select(DAYS.c.day, _PARTIAL).where(*_HELD_DAYS).order_by(DAYS.c.day))
+# All accounts: the sync's totals, one row per day and model already (a day is held by
+# one sync). The day is matched as `day || ''`, which SQLite does not carry over as a
+# range to the totals (it would then read every day of the sync for each day held).
+_PROVIDER_ALL = driver_read(
+    select(TOTALS.c.day, TOTALS.c.model, _PARTIAL, *[TOTALS.c[name] for name in PROVIDER_FIGURES])
+    .select_from(DAYS)
+    .join(
+        TOTALS,
+        and_(TOTALS.c.sync_id == DAYS.c.sync_id, TOTALS.c.day == DAYS.c.day.concat("")),
     )
-    if organization_id is not None:
-        query = query.where(table.c.organization_id == organization_id)
-    rows: Sequence[Any] = session.execute(query).all()
-    if session.get_bind().dialect.name != "sqlite":  # PostgreSQL's sums are decimals
-        rows = [(day, model, *map(int, values)) for day, model, *values in rows]
-    kinds = len(LEDGER_KINDS)
-    # No web searches between the tokens and the cost: the ledger keeps no count of them.
-    return {(row[0], row[1]): Side((*row[2 : 2 + kinds], 0, *row[2 + kinds :])) for row in rows}
+    .where(*_HELD_DAYS)
+)
+
+
+def _rows_through(kind: Any, external_id: Any) -> Select[Any]:
+    """The report rows (of the syncs holding their days) of the accounts of this kind
+    mapped to the organization, read through the index of their external id."""
+    mine = ACCOUNTS.alias("mine")
+    return (
+        select(ROWS.c.day, ROWS.c.model, _PARTIAL, *[ROWS.c[name] for name in PROVIDER_FIGURES])
+        .select_from(mine)
+        .join(ROWS, and_(external_id == mine.c.external_id, ROWS.c.day.between(_FIRST, _LAST)))
+        .join(
+            DAYS,
+            and_(
+                DAYS.c.provider == mine.c.provider,
+                # Written so that SQLite cannot read the rows from the days held (a range
+                # scan of a sync's rows per day): only through the accounts' index.
+                DAYS.c.day == ROWS.c.day.concat(""),
+                DAYS.c.sync_id == ROWS.c.sync_id + 0,
+            ),
+        )
+        .where(
+            mine.c.provider == _PROVIDER,
+            mine.c.kind == kind,
+            mine.c.organization_id == _ORGANIZATION,
+        )
+    )
+
+
+# One organization: the rows of its API keys, and those of its workspaces (projects)
+# whose key is mapped to no organization: a key's own mapping wins over its workspace's.
+_KEY = ACCOUNTS.alias("key_account")
+_KEY_MAPPED = (
+    select(_KEY.c.id)
+    .where(
+        _KEY.c.provider == _PROVIDER,
+        _KEY.c.kind == "api_key",
+        _KEY.c.external_id == ROWS.c.api_key_id,
+        _KEY.c.organization_id.is_not(None),
+    )
+    .exists()
+)
+_ORG_ROWS = union_all(
+    _rows_through(literal("api_key"), ROWS.c.api_key_id),
+    _rows_through(_GROUP_KIND, ROWS.c.workspace_id).where(~_KEY_MAPPED),
+).subquery("org_rows")
+# Not summed here: SQLite's GROUP BY of the union (a sort of every row) took twice the
+# time of reading the rows; an organization has a few keys and workspaces, and
+# _per_day_and_model adds up the rows of a day and model that several of them gave.
+_PROVIDER_ORG = driver_read(select(_ORG_ROWS))
+
+
+def _per_day_and_model(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows (day, model, partial, figures) summed per day and model."""
+    found: dict[tuple[str, str], tuple[Any, ...]] = {}
+    for row in rows:
+        key = (row[0], row[1])
+        before = found.get(key)
+        if before is None:
+            found[key] = row
+        else:
+            found[key] = before[:3] + tuple(map(operator.add, before[3:], row[3:]))
+    return list(found.values())
+
+
+def _ledger(organization: bool) -> Select[Any]:
+    """The ledger's figures of the provider per UTC day and model: its UTC-day rollup
+    (usage_utc_daily, kept with the events), summed over the organizations or of one
+    (one row per day and model: its primary key)."""
+    table = _UTC_DAILY
+    on = and_(table.c.provider == DAYS.c.provider, table.c.day == DAYS.c.day)
+    query = select(DAYS.c.day, table.c.model)  # no `partial`: a GROUP BY of fewer columns
+    if organization:
+        return (
+            query.add_columns(*[table.c[name] for name in LEDGER_FIGURES])
+            .select_from(DAYS)
+            .join(table, and_(table.c.organization_id == _ORGANIZATION, on))
+            .where(*_HELD_DAYS)
+        )
+    return (
+        query.add_columns(*[_summed(table.c[name]) for name in LEDGER_FIGURES])
+        .select_from(DAYS)
+        .join(table, on)
+        .where(*_HELD_DAYS)
+        .group_by(DAYS.c.day, table.c.model)
+    )
+
+
+_LEDGER_ALL = driver_read(_ledger(organization=False))
+_LEDGER_ORG = driver_read(_ledger(organization=True))
+
+
+def merge_sides(
+    theirs: Sequence[tuple[Any, ...]],
+    ours: Sequence[tuple[Any, ...]],
+    partial: Mapping[str, Any],
+) -> list[ComparisonRow]:
+    """The provider's rows (day, model, partial, figures) and the ledger's (day, model,
+    figures) as comparison rows, by day and model (whatever the database's collation): a
+    model only one side has is a row with zeros on the other.
+    partial: of each day held."""
+    ledger = {(row[0], row[1]): row for row in ours}
+    pop = ledger.pop
+    rows = [row + pop((row[0], row[1]), _NO_LEDGER)[2:] for row in theirs]
+    rows.extend(
+        (row[0], row[1], partial[row[0]], *_NO_PROVIDER, *row[2:]) for row in ledger.values()
+    )
+    rows.sort()  # a (day, model) is in one row only: decided by them, as Python orders text
+    return rows
 
 
 @dataclass
@@ -882,30 +865,35 @@ def compare(
     """Per synced UTC day and model: the provider's figures against the ledger's.
 
     Only days a sync holds are compared (elsewhere the provider's side is unknown); a model
-    only one side has is a row with zeros on the other.
+    only one side has is a row with zeros on the other. Its three reads share the session's
+    transaction (one snapshot).
     """
     check_provider(provider)
     check_range(first, last)
     if organization_id is not None and session.get(Organization, organization_id) is None:
         raise not_found("organization", organization_id)
-    days = synced_days(session, provider, first, last)
-    theirs = _provider_side(session, provider, first, last, days, organization_id)
-    ours = ledger_by_utc_day(session, provider, first, last, organization_id)
-    rows = []
-    per_day: dict[str, DayFigures] = {
-        day: DayFigures(day, held.partial, 0, 0) for day, held in days.items()
+    params: dict[str, Any] = {
+        "provider": provider,
+        "first": first.isoformat(),
+        "last": last.isoformat(),
     }
-    cost = _KINDS
-    for key in sorted(set(theirs) | set(ours)):
-        day, model = key
-        figures = per_day.get(day)
-        if figures is None:
-            continue  # a day no sync holds
-        provider_side = theirs.get(key, _EMPTY)
-        ledger_side = ours.get(key, _EMPTY)
-        rows.append(ComparisonRow(day, model, figures.partial, provider_side, ledger_side))
-        figures.provider_nano += provider_side.figures[cost]
-        figures.ledger_nano += ledger_side.figures[cost]
+    held = read_rows(session, _HELD, params)
+    rows: list[ComparisonRow] = []
+    if held:
+        if organization_id is None:
+            theirs = read_rows(session, _PROVIDER_ALL, params)
+            ours = read_rows(session, _LEDGER_ALL, params)
+        else:
+            params["organization_id"] = organization_id
+            ours = read_rows(session, _LEDGER_ORG, params)
+            params["group_kind"] = GROUP_KIND[provider]
+            theirs = _per_day_and_model(read_rows(session, _PROVIDER_ORG, params))
+        rows = merge_sides(theirs, ours, dict(held))
+    per_day = {day: DayFigures(day, bool(partial), 0, 0) for day, partial in held}
+    for row in rows:
+        figures = per_day[row[0]]
+        figures.provider_nano += row[PROVIDER_COST]
+        figures.ledger_nano += row[LEDGER_COST]
     return Comparison(
         provider, first, last, organization_id, rows, [per_day[day] for day in sorted(per_day)]
     )
