@@ -183,8 +183,15 @@ def comparison_json(result: service.Comparison) -> bytes:
     days = b",".join(
         [_day_json(day.day, day.partial, day.provider_nano, day.ledger_nano) for day in result.days]
     )
-    rows = b",".join(map(_row_json, result.rows))
-    return b"".join((summary[:-1], b',"days":[', days, b'],"rows":[', rows, b"]}"))
+    head = b"".join((summary[:-1], b',"days":[', days, b'],"rows":['))
+    rows = list(map(_row_json, result.rows))
+    if not rows:
+        return head + b"]}"
+    # One join makes the answer: the head goes before the first row, the end after the
+    # last (joining the rows, then the answer, made and copied a year's 5 MB twice).
+    rows[0] = head + rows[0]
+    rows[-1] += b"]}"
+    return b",".join(rows)
 
 
 assert set(TOKEN_KINDS) - set(service.LEDGER_KINDS) == {"web_search_requests"}
