@@ -424,10 +424,19 @@ class DriverRead:
             convert[name](values[name]) if name in convert else values[name] for name in self.names
         ]
 
+    def rows(self, driver_connection: Any, params: Mapping[str, Any] | None) -> list[Any]:
+        """Its rows (tuples), read on a sqlite3 connection."""
+        cursor = driver_connection.execute(self.sql, self.parameters(params))
+        try:
+            rows: list[Any] = cursor.fetchall()
+        finally:
+            cursor.close()
+        return rows
+
 
 def driver_read(statement: Select[Any]) -> Select[Any]:
     """Mark a read statement built once (a module constant) to go straight to the driver
-    when a SingleRead runs it on SQLite: SQLAlchemy's work around a one-row read (a
+    when a SingleRead or read_rows runs it on SQLite: SQLAlchemy's work around a read (a
     Connection, the statement cache, parameter and result processing) cost more than
     SQLite's own. Its parameters must be scalars and its columns need no converting
     (integers, text): ValueError here otherwise."""
@@ -445,14 +454,7 @@ def read_rows(
     connection = session.connection()
     found = _DRIVER_READS.get(id(statement))
     if found is not None and connection.dialect.name == "sqlite":
-        cursor = connection.connection.driver_connection.execute(  # type: ignore[union-attr]
-            found.sql, found.parameters(params)
-        )
-        try:
-            rows: list[tuple[Any, ...]] = cursor.fetchall()
-        finally:
-            cursor.close()
-        return rows
+        return found.rows(connection.connection.driver_connection, params)
     return [tuple(row) for row in connection.execute(statement, dict(params))]
 
 
@@ -471,12 +473,7 @@ class SingleRead:
         if found is not None and self.engine.dialect.name == "sqlite":
             if self._raw is None:
                 self._raw = self.engine.raw_connection()
-            cursor = self._raw.driver_connection.execute(found.sql, found.parameters(params))
-            try:
-                rows: list[Any] = cursor.fetchall()
-            finally:
-                cursor.close()
-            return rows
+            return found.rows(self._raw.driver_connection, params)
         with self.engine.connect() as connection:
             single = connection.execution_options(**{SINGLE_STATEMENT: True})
             return list(single.execute(statement, dict(params or {})))
