@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import aiohttp
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokenledger.config import Settings
@@ -24,6 +24,7 @@ from tokenledger.gateway.bounds import hold_nano, request_bound
 from tokenledger.gateway.providers import ANTHROPIC, OPENAI, Provider, StreamReader, read_body
 from tokenledger.gateway.proxy import (
     Relay,
+    RelayResponse,
     Timing,
     Upstream,
     client_headers,
@@ -194,9 +195,7 @@ async def forward(request: Request, provider: Provider, api: str, path: str) -> 
         task = asyncio.create_task(relay.pump())
         upstream.tasks.add(task)
         task.add_done_callback(upstream.tasks.discard)
-        streamed = StreamingResponse(relay.events(), status_code=200)
-        streamed.raw_headers = headers
-        return streamed
+        return RelayResponse(relay, headers)
     content: bytes | None
     try:
         content = await response.read()

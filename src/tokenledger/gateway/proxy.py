@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import aiohttp
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 from yarl import URL
 
 from tokenledger.config import Settings
@@ -184,7 +186,11 @@ class Relay:
                         chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     break
-                self._forward(splitter.feed(chunk))
+                if self._forward(splitter.feed(chunk)):
+                    # The client's side runs now, not once this read runs dry: events that
+                    # came in together would otherwise all be parsed (and, at the end, the
+                    # usage recorded) before the first of them leaves.
+                    await asyncio.sleep(0)
             rest = splitter.rest()
             if rest.strip():
                 self._forward([rest])
@@ -208,10 +214,11 @@ class Relay:
             self._release_held_back()
             self._put(_BROKEN if broken else _END)
 
-    def _forward(self, events: list[bytes]) -> None:
+    def _forward(self, events: list[bytes]) -> bool:
         """Forward events at once (those of one read from the provider in one write to the
         client: they arrived together); from the final usage on, only once it is recorded:
-        a client that has the stream's last event finds the call in the ledger."""
+        a client that has the stream's last event finds the call in the ledger. True when
+        something was handed to the client."""
         ready = []
         for event in events:
             if not self.reader.see(event):
@@ -222,21 +229,41 @@ class Relay:
                 ready.append(event)
         if ready:
             self._put(b"".join(ready))
+        return bool(ready)
 
     def _release_held_back(self) -> None:
         if self.held_back:
             self._put(b"".join(self.held_back))
             self.held_back.clear()
 
-    async def events(self) -> AsyncIterator[bytes]:
+
+class RelayResponse(Response):
+    """The client's side of a stream: each batch of events sent as the pump hands it over.
+
+    Starlette's StreamingResponse would run a task group per stream (a task that listens
+    for the client's disconnect beside one that iterates a generator): two tasks and a
+    generator's hand-overs per event batch, on the way of the first event. Here one
+    coroutine sends what the queue gives. A client gone away needs no listener: the ASGI
+    server drops what is sent to it, and the pump reads the provider to the end anyway.
+    """
+
+    def __init__(self, relay: Relay, headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(status_code=200)
+        self.relay = relay
+        self.raw_headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relay = self.relay
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         try:
-            while (item := await self.queue.get()) is not _END:
+            while (item := await relay.queue.get()) is not _END:
                 if item is _BROKEN:
                     raise UpstreamBroke("the provider's stream broke off")
-                yield item
+                await send({"type": "http.response.body", "body": item, "more_body": True})
         finally:
-            # Closed early (the client went away) or at the end: the pump goes on alone.
-            self.client_gone = True
+            # Ended early (the app is stopping) or at the end: the pump goes on alone.
+            relay.client_gone = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def record(
