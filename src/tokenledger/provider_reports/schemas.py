@@ -105,8 +105,13 @@ def _coverage(row: service.ComparisonRow) -> dict[str, str | None]:
     return {kind: _units_text(value, 4) for kind, value in zip(_COVERED, units, strict=True)}
 
 
+def _drift(provider_nano: int, ledger_nano: int) -> dict[str, str | None]:
+    """drift_usd and drift_percent of a row, a day or the whole range (service.drift_nano)."""
+    drift = service.drift_nano(provider_nano, ledger_nano)
+    return {"drift_usd": format_usd(drift), "drift_percent": _percent(drift, provider_nano)}
+
+
 def _row_body(row: service.ComparisonRow) -> dict[str, Any]:
-    drift = row[_PROVIDER_COST] - row[_LEDGER_COST]
     return {
         "day": row[0],
         "model": row[1],
@@ -114,8 +119,7 @@ def _row_body(row: service.ComparisonRow) -> dict[str, Any]:
         "provider": _provider_side(row),
         "ledger": _ledger_side(row),
         "coverage": _coverage(row),
-        "drift_usd": format_usd(drift),
-        "drift_percent": _percent(drift, row[_PROVIDER_COST]),
+        **_drift(row[_PROVIDER_COST], row[_LEDGER_COST]),
     }
 
 
@@ -128,7 +132,6 @@ def _row_json(row: service.ComparisonRow) -> bytes:
 
 
 def _summary(result: service.Comparison) -> dict[str, Any]:
-    drift = result.provider_nano - result.ledger_nano
     return {
         "provider": result.provider,
         "from": result.first.isoformat(),
@@ -137,20 +140,17 @@ def _summary(result: service.Comparison) -> dict[str, Any]:
         "timezone": "UTC",
         "provider_cost_usd": format_usd(result.provider_nano),
         "ledger_cost_usd": format_usd(result.ledger_nano),
-        "drift_usd": format_usd(drift),
-        "drift_percent": _percent(drift, result.provider_nano),
+        **_drift(result.provider_nano, result.ledger_nano),
     }
 
 
 def _day_body(day: str, partial: bool, provider_nano: int, ledger_nano: int) -> dict[str, Any]:
-    drift = provider_nano - ledger_nano
     return {
         "day": day,
         "partial": partial,
         "provider_cost_usd": format_usd(provider_nano),
         "ledger_cost_usd": format_usd(ledger_nano),
-        "drift_usd": format_usd(drift),
-        "drift_percent": _percent(drift, provider_nano),
+        **_drift(provider_nano, ledger_nano),
     }
 
 

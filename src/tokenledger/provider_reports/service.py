@@ -662,6 +662,12 @@ def ratio(part: int, whole: int) -> Decimal | None:
     return None if units is None else Decimal(units).scaleb(-4)
 
 
+def drift_nano(provider_nano: int, ledger_nano: int) -> int:
+    """The drift of a row, a day or a range: what the provider billed beyond what the ledger
+    recorded (negative: the ledger recorded more)."""
+    return provider_nano - ledger_nano
+
+
 def drift_percent(drift_nano: int, provider_nano: int) -> Decimal | None:
     """Drift in percent of the provider's cost, to 2 places; None when that cost is 0."""
     units = ratio_units(drift_nano * 100, provider_nano, 2)
@@ -838,7 +844,7 @@ class DayFigures:
 
     @property
     def drift_nano(self) -> int:
-        return self.provider_nano - self.ledger_nano
+        return drift_nano(self.provider_nano, self.ledger_nano)
 
 
 @dataclass
