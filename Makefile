@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/gateway.py
 	$(PY) bench/tenant.py
+	$(PY) bench/hot_reads.py
 	BENCH_KEYS=100 BENCH_LEDGER_EVENTS=20000 BENCH_TAG=-small $(PY) bench/provider_reports.py
 
 bench-tenant: $(STAMP)

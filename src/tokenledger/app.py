@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         settle_heap()
+        app.state.hot.start_refreshing()
         worker = None
         if settings.webhook_worker:
             worker = WebhookWorker(
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utcnow) -> Fa
         if worker is not None:
             worker.stop()
         await upstream_of(app).close()
+        app.state.hot.stop_refreshing()
         app.state.usage_writer.stop()
         database.dispose()
 
