@@ -91,7 +91,7 @@ def main() -> int:
         "ttl_seconds": TTL,
         "seconds": SECONDS,
     }
-    for orgs in (1000, 20_000):
+    for orgs in [int(n) for n in os.environ.get("BENCH_ORGS", "1000,20000").split(",")]:
         report[f"orgs_{orgs}"] = run(orgs)
     tag = os.environ.get("BENCH_TAG", "")
     out = HERE / "results" / f"{datetime.now(UTC).date().isoformat()}-hot-reads{tag}.json"
