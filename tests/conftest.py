@@ -29,6 +29,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import event as sa_event
 from sqlalchemy import make_url, text
 from sqlalchemy.orm import Session
 
@@ -220,6 +221,28 @@ def admin_headers(database: Database) -> dict[str, str]:
 @pytest.fixture
 def viewer_headers(database: Database) -> dict[str, str]:
     return admin_bearer(add_admin(database, "viewer@example.com", "viewer"))
+
+
+@contextmanager
+def statements_sent(database: Database, *, this_thread: bool = False) -> Iterator[list[str]]:
+    """The SQL statements sent while the block runs (an executemany is one round trip,
+    counted once), on the reads' engine and on SQLite's own engine of writes; with
+    this_thread, only those the calling thread sends."""
+    me = threading.get_ident()
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not this_thread or threading.get_ident() == me:
+            statements.append(statement)
+
+    engines = {database.engine, database.write_engine}
+    for engine in engines:
+        sa_event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        for engine in engines:
+            sa_event.remove(engine, "before_cursor_execute", count)
 
 
 @contextmanager

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import event, text
+from sqlalchemy import text
 
-from tests.conftest import new_tenant
+from tests.conftest import new_tenant, statements_sent
 from tokenledger.app import create_app
 from tokenledger.config import Settings
 from tokenledger.db import Database
@@ -26,26 +24,6 @@ def elsewhere(database: Database, sql: str, **params: Any) -> None:
     caches (a Core statement on a connection of its own)."""
     with database.write_engine.begin() as connection:
         connection.execute(text(sql), params)
-
-
-@contextmanager
-def statements_of_this_thread(database: Database) -> Iterator[list[str]]:
-    """The SQL statements the calling thread sends while the block runs."""
-    me = threading.get_ident()
-    sent: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if threading.get_ident() == me:
-            sent.append(statement)
-
-    engines = {database.engine, database.write_engine}
-    for engine in engines:
-        event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield sent
-    finally:
-        for engine in engines:
-            event.remove(engine, "before_cursor_execute", count)
 
 
 def test_a_refresh_puts_in_place_what_another_process_changed(database: Database) -> None:
@@ -103,7 +81,7 @@ def test_past_the_ttl_requests_read_nothing_while_the_thread_refreshes(
     hot.api_key(revoked.key)
 
     # Without the thread, the first request past the TTL reads it all again itself.
-    with statements_of_this_thread(database) as sent:
+    with statements_sent(database, this_thread=True) as sent:
         deadline = time.monotonic() + ttl * 1.5
         while time.monotonic() < deadline:
             _ask_everything(hot, tenant.key, tenant.slug, tenant.org_id)
@@ -122,7 +100,7 @@ def test_past_the_ttl_requests_read_nothing_while_the_thread_refreshes(
             at=datetime(2026, 1, 1),
             id=revoked.org_id,
         )
-        with statements_of_this_thread(database) as sent:
+        with statements_sent(database, this_thread=True) as sent:
             deadline = time.monotonic() + ttl * 2.5
             while time.monotonic() < deadline:
                 _ask_everything(hot, tenant.key, tenant.slug, tenant.org_id)

@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import event as sa_event
 from sqlalchemy import text
 
-from tests.conftest import Tenant
+from tests.conftest import Tenant, statements_sent
 from tests.ledger.conftest import ok, snapshot
 from tokenledger.db import Database
 
 LICENSE = {"valid_from": "2026-01-01T00:00:00Z", "credits_total": 10**6}
-
-
-@contextmanager
-def counting(app: FastAPI) -> Iterator[list[str]]:
-    """Statements sent to the database; an executemany is one round trip, counted once."""
-    statements: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
-
-    # Reads and writes: on SQLite the writes have an engine of their own.
-    database = app.state.database
-    engines = {database.engine, database.write_engine}
-    for engine in engines:
-        sa_event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        for engine in engines:
-            sa_event.remove(engine, "before_cursor_execute", count)
 
 
 def batch(prefix: str, size: int, orgs: list[Tenant]) -> list[dict[str, Any]]:
@@ -75,7 +53,7 @@ def test_statements_per_batch_do_not_grow_with_its_size(
         # in both: a retry of a stored event and a repeat within the batch
         events = [*batch(f"b{size}", size - 2, orgs), earlier[0]]
         events.append(events[1])
-        with counting(app) as statements:
+        with statements_sent(app.state.database) as statements:
             body = ok(client, service_headers, *events)
         assert [r["status"] for r in body["results"]].count("created") == size - 2
         counts[size] = len(statements)
@@ -95,14 +73,14 @@ def test_the_writer_remembers_stored_prices(
     sonnet = {"organization": org.slug, "model": "claude-sonnet-4-5", "input_tokens": 1000}
     ok(client, service_headers, {"id": "first", **sonnet})  # stores the price row
     ok(client, service_headers, {"id": "second", **sonnet})  # reads its id, remembers it
-    with counting(app) as statements:
+    with statements_sent(app.state.database) as statements:
         ok(client, service_headers, {"id": "third", **sonnet})
     # Prices are looked up by their fingerprint: not once more for a known one.
     assert not [s for s in statements if "fingerprint" in s], statements
 
     # A price seen for the first time is still stored, and its events point at it.
     haiku = {**sonnet, "model": "claude-haiku-4-5"}
-    with counting(app) as statements:
+    with statements_sent(app.state.database) as statements:
         ok(client, service_headers, {"id": "fourth", **haiku})
     assert any(s.startswith("INSERT INTO usage_prices") for s in statements), statements
     with database.session(write=False) as session:
