@@ -254,14 +254,15 @@ class RelayResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         relay = self.relay
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             while (item := await relay.queue.get()) is not _END:
                 if item is _BROKEN:
                     raise UpstreamBroke("the provider's stream broke off")
                 await send({"type": "http.response.body", "body": item, "more_body": True})
         finally:
-            # Ended early (the app is stopping) or at the end: the pump goes on alone.
+            # Ended early (a send failed, the app is stopping) or at the end: the pump goes
+            # on alone, and queues nothing more.
             relay.client_gone = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
