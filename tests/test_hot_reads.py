@@ -12,7 +12,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from tests.conftest import new_tenant, statements_sent
+from tests.conftest import Tenant, new_tenant, statements_sent
 from tokenledger.app import create_app
 from tokenledger.config import Settings
 from tokenledger.db import Database
@@ -70,6 +70,16 @@ def _ask_everything(hot: HotReads, key: str, slug: str, org_id: int) -> None:
     hot.licenses(org_id)
 
 
+def _ask_for(seconds: float, database: Database, hot: HotReads, tenant: Tenant) -> list[str]:
+    """Ask everything every 50 ms for `seconds`: the statements this thread sent."""
+    with statements_sent(database, this_thread=True) as sent:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            _ask_everything(hot, tenant.key, tenant.slug, tenant.org_id)
+            time.sleep(0.05)
+    return sent
+
+
 def test_past_the_ttl_requests_read_nothing_while_the_thread_refreshes(
     database: Database,
 ) -> None:
@@ -81,11 +91,7 @@ def test_past_the_ttl_requests_read_nothing_while_the_thread_refreshes(
     hot.api_key(revoked.key)
 
     # Without the thread, the first request past the TTL reads it all again itself.
-    with statements_sent(database, this_thread=True) as sent:
-        deadline = time.monotonic() + ttl * 1.5
-        while time.monotonic() < deadline:
-            _ask_everything(hot, tenant.key, tenant.slug, tenant.org_id)
-            time.sleep(0.05)
+    sent = _ask_for(ttl * 1.5, database, hot, tenant)
     assert sent, "no reload seen without the thread: this test could not fail"
 
     hot.start_refreshing()
@@ -100,11 +106,7 @@ def test_past_the_ttl_requests_read_nothing_while_the_thread_refreshes(
             at=datetime(2026, 1, 1),
             id=revoked.org_id,
         )
-        with statements_sent(database, this_thread=True) as sent:
-            deadline = time.monotonic() + ttl * 2.5
-            while time.monotonic() < deadline:
-                _ask_everything(hot, tenant.key, tenant.slug, tenant.org_id)
-                time.sleep(0.05)
+        sent = _ask_for(ttl * 2.5, database, hot, tenant)
         assert sent == []
         # What the other process revoked is gone from memory: read again by the thread.
         assert hot.cached_key(revoked.key) is None

@@ -21,9 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import Connection, or_, select
+from sqlalchemy.orm import Session
 
 from tokenledger.auth import service as auth_service
+from tokenledger.auth.models import ApiKey
 from tokenledger.db import Database
 from tokenledger.licenses.models import LicenseTermsRow
 from tokenledger.licenses.service import terms_in_force
@@ -44,6 +46,25 @@ REFRESH_FRACTION = 0.8
 
 log = logging.getLogger("tokenledger.hot")
 
+_ALL_ORGANIZATIONS = select(Organization.id, Organization.slug).limit(MAX_CACHED_ORGANIZATIONS + 1)
+
+
+def _all_organizations(session: Session) -> dict[str, OrgRef] | None:
+    """Every organization by slug; None when there are too many to keep in memory."""
+    rows = session.execute(_ALL_ORGANIZATIONS).all()
+    if len(rows) > MAX_CACHED_ORGANIZATIONS:
+        return None
+    return {slug: OrgRef(i, slug) for i, slug in rows}
+
+
+def _all_licenses(connection: Connection) -> dict[int, tuple[LicenseTermsRow, ...]] | None:
+    """Every organization's active and suspended licenses, newest first (one absent has
+    none); None when there are too many to keep in memory."""
+    every = terms_in_force(connection, limit=MAX_CACHED_LICENSES + 1)
+    if sum(len(terms) for terms in every.values()) > MAX_CACHED_LICENSES:
+        return None
+    return {org_id: tuple(terms) for org_id, terms in every.items()}
+
 
 @dataclass(frozen=True, slots=True)
 class KeyRef:
@@ -52,6 +73,10 @@ class KeyRef:
     id: int
     organization_id: int | None
     last_used_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyRef:
+        return cls(key.id, key.organization_id, key.last_used_at)
 
 
 class HotReads:
@@ -126,34 +151,22 @@ class HotReads:
             secrets = list(self._keys)
         with self.database.session(write=False) as session:
             live = auth_service.resolve_api_keys(session, secrets)
-            keys = {
-                secret: KeyRef(key.id, key.organization_id, key.last_used_at)
-                for secret, key in live.items()
-            }
-            orgs = session.execute(
-                select(Organization.id, Organization.slug).limit(MAX_CACHED_ORGANIZATIONS + 1)
-            ).all()
+            keys = {secret: KeyRef.of(key) for secret, key in live.items()}
+            by_slug = _all_organizations(session)
             book = price_book(session)
-            every = terms_in_force(session.connection(), limit=MAX_CACHED_LICENSES + 1)
-        licenses_fit = sum(len(terms) for terms in every.values()) <= MAX_CACHED_LICENSES
-        by_slug = (
-            {slug: OrgRef(i, slug) for i, slug in orgs}
-            if len(orgs) <= MAX_CACHED_ORGANIZATIONS
-            else {}  # too many: loaded one by one as they are asked for
-        )
+            licenses = _all_licenses(session.connection())
         with self._lock:
             if generation != self._generation:
                 return False
             self._keys = keys
-            self._orgs_by_slug = by_slug
-            self._orgs_by_id = {ref.id: ref for ref in by_slug.values()}
+            # Too many organizations, or licenses: read one by one as they are asked for.
+            self._orgs_by_slug = by_slug or {}
+            self._orgs_by_id = {ref.id: ref for ref in self._orgs_by_slug.values()}
             self._complete = True
             self._book = book
-            self._licenses = (
-                {org_id: tuple(terms) for org_id, terms in every.items()} if licenses_fit else {}
-            )
+            self._licenses = licenses or {}
             self._licenses_read = True
-            self._licenses_complete = licenses_fit
+            self._licenses_complete = licenses is not None
             # As of when the reading began: the TTL counts from there.
             self._loaded_at = started
         return True
@@ -203,7 +216,7 @@ class HotReads:
             key = auth_service.resolve_api_key(session, secret)
             if key is None:
                 return None
-            found = KeyRef(key.id, key.organization_id, key.last_used_at)
+            found = KeyRef.of(key)
         with self._lock:
             if generation == self._generation:
                 self._keys[secret] = found
@@ -239,17 +252,15 @@ class HotReads:
         instead of one per organization first seen."""
         generation = self._generation
         with self.database.session(write=False) as session:
-            rows = session.execute(
-                select(Organization.id, Organization.slug).limit(MAX_CACHED_ORGANIZATIONS + 1)
-            ).all()
+            by_slug = _all_organizations(session)
         with self._lock:
             if generation != self._generation:
                 return
             self._complete = True
-            if len(rows) > MAX_CACHED_ORGANIZATIONS:
+            if by_slug is None:
                 return  # too many: loaded one by one as they are asked for
-            self._orgs_by_slug = {slug: OrgRef(i, slug) for i, slug in rows}
-            self._orgs_by_id = {ref.id: ref for ref in self._orgs_by_slug.values()}
+            self._orgs_by_slug = by_slug
+            self._orgs_by_id = {ref.id: ref for ref in by_slug.values()}
 
     def _load_organizations(self, slugs: set[str], ids: set[int]) -> list[OrgRef]:
         conditions = []
@@ -322,12 +333,12 @@ class HotReads:
         query per TTL instead of one per organization first asked for."""
         generation = self._generation
         with self.database.engine.connect() as connection:
-            every = terms_in_force(connection, limit=MAX_CACHED_LICENSES + 1)
+            licenses = _all_licenses(connection)
         with self._lock:
             if generation != self._generation:
                 return
             self._licenses_read = True
-            if sum(len(terms) for terms in every.values()) > MAX_CACHED_LICENSES:
+            if licenses is None:
                 return  # too many: read one organization at a time
-            self._licenses = {org_id: tuple(terms) for org_id, terms in every.items()}
+            self._licenses = licenses
             self._licenses_complete = True
