@@ -4,6 +4,12 @@ and 64 connections (wrk): requests/s, p50 and p99 and the gateway's overhead (th
 direct); the time to the first event of a stream (8 concurrent httpx clients); and every
 call answered through the gateway found in the ledger afterwards.
 
+Two figures say what a run's machine is like, since the same code gives ratios three times
+apart on two machines of this kind: the CPU time the gateway's processes spent per call
+through them (from /proc, all workers), and the proxy alone: `count_tokens`, which takes
+the same route, key check and forwarding but holds and records nothing, at 8 and 64
+connections. The ledger's share of a call is what `messages` costs beyond it.
+
 Environment: BENCH_SECONDS (each wrk run, default 8), BENCH_POSTGRES=1 (also PostgreSQL with
 two workers; needs TOKENLEDGER_TEST_POSTGRES_URL), BENCH_SQLITE=0 (skip SQLite),
 BENCH_SQLITE_SYNCHRONOUS (default FULL), BENCH_TAG (result file name suffix).
@@ -147,6 +153,27 @@ def requests_of(load: Load, seconds: float) -> int:
     return round(load.per_second * seconds)
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children so far (a server and its workers)."""
+    total = cpu_seconds(pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            total += cpu_seconds(int(stat.parent.name))
+    return total
+
+
+def measured(server: Server, url: str, script: str, connections: int) -> tuple[Load, float]:
+    """A wrk load through the gateway, and the gateway's CPU milliseconds per call in it."""
+    before = tree_cpu_seconds(server.process.pid)
+    load = wrk(url, script, [], connections, SECONDS)
+    used = tree_cpu_seconds(server.process.pid) - before
+    return load, 1000 * used / max(1, requests_of(load, SECONDS))
+
+
 def run(database_url: str, workers: int) -> dict[str, Any]:
     ledger = prepare_ledger(database_url)
     through_headers = {
@@ -162,6 +189,8 @@ def run(database_url: str, workers: int) -> dict[str, Any]:
     with upstream() as fake, gateway(database_url, fake.base, workers) as tl:
         direct_url = f"{fake.base}/v1/messages"
         through_url = f"{tl.base}/gateway/anthropic/v1/messages"
+        # Not metered: the stand-in answers it like a message, and nothing is recorded.
+        count_url = f"{tl.base}/gateway/anthropic/v1/messages/count_tokens"
         # Warm up both (connections, caches, the price data).
         wrk(direct_url, lua(direct_headers, False), [], 8, 2)
         warm = wrk(through_url, lua(through_headers, False), [], 8, 2)
@@ -169,7 +198,7 @@ def run(database_url: str, workers: int) -> dict[str, Any]:
         for stream in (False, True):
             for connections in (8, 64):
                 direct = wrk(direct_url, lua(direct_headers, stream), [], connections, SECONDS)
-                through = wrk(through_url, lua(through_headers, stream), [], connections, SECONDS)
+                through, cpu = measured(tl, through_url, lua(through_headers, stream), connections)
                 answered += requests_of(through, SECONDS)
                 key = f"{'streamed' if stream else 'plain'}_{connections}"
                 figures[key] = {
@@ -178,8 +207,21 @@ def run(database_url: str, workers: int) -> dict[str, Any]:
                     "overhead_p50_ms": round(through.p50_ms - direct.p50_ms, 2),
                     "overhead_p99_ms": round(through.p99_ms - direct.p99_ms, 2),
                     "throughput_ratio": round(through.per_second / direct.per_second, 2),
+                    "gateway_cpu_ms_per_call": round(cpu, 2),
                 }
                 print(key, json.dumps(figures[key]), flush=True)
+                if not stream:
+                    # The proxy alone, against the same run's direct call.
+                    proxy, cpu = measured(tl, count_url, lua(through_headers, False), connections)
+                    figures[f"proxy_only_{connections}"] = {
+                        "through": proxy.as_dict(),
+                        "overhead_p50_ms": round(proxy.p50_ms - direct.p50_ms, 2),
+                        "overhead_p99_ms": round(proxy.p99_ms - direct.p99_ms, 2),
+                        "throughput_ratio": round(proxy.per_second / direct.per_second, 2),
+                        "gateway_cpu_ms_per_call": round(cpu, 2),
+                    }
+                    print(f"proxy_only_{connections}",
+                          json.dumps(figures[f"proxy_only_{connections}"]), flush=True)
         direct_first = asyncio.run(first_events(direct_url, direct_headers, 8, 40))
         through_first = asyncio.run(first_events(through_url, through_headers, 8, 40))
         answered += 8 * 40
