@@ -14,11 +14,11 @@ from pydantic import ValidationError
 from sqlalchemy import bindparam, literal, select
 from sqlalchemy.exc import StatementError
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, statements_sent
 from tests.factories import make_license, make_org
 from tokenledger import db as db_module
 from tokenledger.config import Settings
-from tokenledger.db import Database, driver_read, sqlalchemy_url
+from tokenledger.db import Database, driver_read, read_rows, sqlalchemy_url
 from tokenledger.licenses.models import License
 from tokenledger.organizations.models import Organization
 
@@ -225,11 +225,46 @@ def test_a_single_read_gives_what_a_session_reads_and_sees_each_commit(database)
     assert database.engine.pool.checkedout() == 0
 
 
-def test_driver_reads_refuse_what_the_driver_cannot_take_as_is():
-    with pytest.raises(ValueError, match="list parameter"):
-        driver_read(select(License.id).where(License.id.in_(bindparam("ids", expanding=True))))
-    with pytest.raises(ValueError, match="converting"):
-        driver_read(select(License.valid_from))
+# A list parameter (written out per call), a datetime parameter beside it and columns that
+# need converting (the stored text to an aware datetime, in both directions).
+_BY_IDS = driver_read(
+    select(License.id, License.valid_from, License.valid_until)
+    .where(License.id.in_(bindparam("ids", expanding=True)), License.valid_from < bindparam("at"))
+    .order_by(License.id)
+)
+
+
+def test_a_driver_read_takes_lists_and_converts_columns_as_sqlalchemy_does(database):
+    starts = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
+    with database.session(write=True) as session:
+        ids = [
+            make_license(session, make_org(session), starts, valid_from=starts).id,
+            make_license(
+                session,
+                make_org(session),
+                starts,
+                valid_from=starts,
+                valid_until=starts + timedelta(days=3),
+            ).id,
+            make_license(
+                session, make_org(session), starts, valid_from=starts + timedelta(days=9)
+            ).id,
+        ]
+    at = datetime(2026, 3, 5, tzinfo=timezone(timedelta(hours=-5)))
+    for wanted in ([ids[0]], ids, [ids[2], ids[1], 10**9]):
+        with database.session(write=False) as session, statements_sent(database) as sent:
+            rows = read_rows(session, _BY_IDS, {"ids": wanted, "at": at})
+            # On SQLite straight to the driver: only the transaction's BEGIN went through
+            # SQLAlchemy's execution.
+            reads = [statement for statement in sent if "licenses" in statement]
+            assert len(reads) == (0 if database.dialect_name == "sqlite" else 1)
+            expected = [
+                tuple(row)
+                for row in session.connection().execute(_BY_IDS, {"ids": wanted, "at": at})
+            ]
+        assert rows == expected
+    assert rows == [(ids[1], starts, starts + timedelta(days=3))]
+    assert rows[0][1].tzinfo is UTC
 
 
 def test_driver_reads_are_prepared_once(sqlite_template, tmp_path):
@@ -242,7 +277,7 @@ def test_driver_reads_are_prepared_once(sqlite_template, tmp_path):
     path = tmp_path / "prepare.db"
     shutil.copy(sqlite_template, path)
     reads = list(db_module._DRIVER_READS.values())
-    assert any("reservations" in read.sql for read in reads)
+    assert any("reservations" in str(read.compiled) for read in reads)
     connection = sqlite3.connect(path, isolation_level=None)
     prepared: list[str] = []
 
@@ -252,12 +287,22 @@ def test_driver_reads_are_prepared_once(sqlite_template, tmp_path):
 
     connection.set_authorizer(authorizer)
     try:
-        for read in reads:
-            values = [None] * len(read.names)
-            connection.execute(read.sql, values).fetchall()
+        # A list parameter of one item (the SQL is written out for each length); reads
+        # whose SQL is the same on SQLite (one with FOR UPDATE, one without) run once.
+        statements = dict(
+            read.bound(
+                {
+                    name: [None] if bind.expanding else None
+                    for name, bind in read.compiled.binds.items()
+                }
+            )
+            for read in reads
+        )
+        for sql, values in statements.items():
+            connection.execute(sql, values).fetchall()
             assert prepared, "the authorizer is asked when a statement is prepared"
             prepared.clear()
-            connection.execute(read.sql, values).fetchall()
-            assert prepared == [], read.sql
+            connection.execute(sql, values).fetchall()
+            assert prepared == [], sql
     finally:
         connection.close()

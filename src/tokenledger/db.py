@@ -48,6 +48,7 @@ from sqlalchemy import (
     Executable,
     MetaData,
     Select,
+    TextualSelect,
     create_engine,
     event,
 )
@@ -392,60 +393,87 @@ _SQLITE = sqlite.dialect()
 
 class DriverRead:
     """A read statement built once (a module constant), compiled for SQLite's driver: its
-    SQL, its parameters in order and their converters (a datetime to SQLite's text)."""
+    SQL, its parameters in order and their converters (a datetime to SQLite's text), and
+    the converters of the columns that need one (SQLite's text to an aware datetime).
 
-    def __init__(self, statement: Select[Any]) -> None:
+    A list parameter (`bindparam(..., expanding=True)`, an IN list) is written out for the
+    list each call gives, as SQLAlchemy does on every execution of such a statement."""
+
+    def __init__(self, statement: Select[Any] | TextualSelect) -> None:
         self.statement = statement
         self.compiled = statement.compile(dialect=_SQLITE)
         binds = self.compiled.binds
-        for name, bind in binds.items():
-            if bind.expanding:
-                raise ValueError(f"{name}: a list parameter cannot go to the driver as is")
-        # Values written out (literal(..., literal_execute=True)) rendered into the SQL.
-        expanded = self.compiled.construct_expanded_state(
-            {name: None for name, bind in binds.items() if bind.required}
-        )
-        self.sql = expanded.statement
-        self.names = tuple(expanded.positiontup or ())
+        self.expanding = any(bind.expanding for bind in binds.values())
+        # Converters of the parameters by name (an expanded list's items share its own).
         self.converters: dict[str, Callable[[Any], Any]] = {}
-        for name in self.names:
-            bind = binds[name]
+        for name, bind in binds.items():
             convert = bind.type.dialect_impl(_SQLITE).bind_processor(_SQLITE)
             if convert is not None:
                 self.converters[name] = convert
-        for column in statement.selected_columns:
-            if column.type.dialect_impl(_SQLITE).result_processor(_SQLITE, None) is not None:
-                raise ValueError(f"{column}: its values need converting on the way out")
+        self.sql = ""
+        self.names: tuple[str, ...] = ()
+        if not self.expanding:
+            # Values written out (literal(..., literal_execute=True)) rendered into the SQL.
+            expanded = self.compiled.construct_expanded_state(
+                {name: None for name, bind in binds.items() if bind.required}
+            )
+            self.sql = expanded.statement
+            self.names = tuple(expanded.positiontup or ())
+        self.column_converters: tuple[tuple[int, Callable[[Any], Any]], ...] = tuple(
+            (position, convert)
+            for position, column in enumerate(statement.selected_columns)
+            if (convert := column.type.dialect_impl(_SQLITE).result_processor(_SQLITE, None))
+            is not None
+        )
 
-    def parameters(self, params: Mapping[str, Any] | None) -> list[Any]:
-        values = self.compiled.construct_params(params)
-        convert = self.converters
-        return [
-            convert[name](values[name]) if name in convert else values[name] for name in self.names
+    def bound(self, params: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
+        """The SQL and its positional values, each converted for the driver."""
+        if self.expanding:
+            expanded = self.compiled.construct_expanded_state(params)
+            sql, names, given = expanded.statement, expanded.positiontup or (), expanded.parameters
+            # SQLAlchemy's converters of a list's items, and ours of the other parameters.
+            converters = {**self.converters, **expanded.processors}
+        else:
+            sql, names, given = self.sql, self.names, self.compiled.construct_params(params)
+            converters = self.converters
+        return sql, [
+            converters[name](given[name]) if name in converters else given[name] for name in names
         ]
 
     def rows(self, driver_connection: Any, params: Mapping[str, Any] | None) -> list[Any]:
         """Its rows (tuples), read on a sqlite3 connection."""
-        cursor = driver_connection.execute(self.sql, self.parameters(params))
+        sql, values = self.bound(params)
+        cursor = driver_connection.execute(sql, values)
         try:
             rows: list[Any] = cursor.fetchall()
         finally:
             cursor.close()
+        if self.column_converters:
+            converted = []
+            for row in rows:
+                items = list(row)
+                for position, convert in self.column_converters:
+                    items[position] = convert(items[position])
+                converted.append(tuple(items))
+            return converted
         return rows
 
 
-def driver_read(statement: Select[Any]) -> Select[Any]:
+# What driver_read takes: a select, or a text() with its columns named (.columns()).
+ReadStatement = TypeVar("ReadStatement", Select[Any], TextualSelect)
+
+
+def driver_read(statement: ReadStatement) -> ReadStatement:
     """Mark a read statement built once (a module constant) to go straight to the driver
     when a SingleRead or read_rows runs it on SQLite: SQLAlchemy's work around a read (a
     Connection, the statement cache, parameter and result processing) cost more than
-    SQLite's own. Its parameters must be scalars and its columns need no converting
-    (integers, text): ValueError here otherwise."""
+    SQLite's own."""
     _DRIVER_READS.setdefault(id(statement), DriverRead(statement))
     return statement
 
 
 def read_rows(
-    session: Session, statement: Select[Any], params: Mapping[str, Any]
+    session: Session, statement: Select[Any] | TextualSelect, params: Mapping[str, Any]
 ) -> list[tuple[Any, ...]]:
     """The rows (tuples) of a read statement in the session's transaction: on SQLite a
     driver_read statement goes straight to the driver on the session's connection (no

@@ -15,7 +15,6 @@ from decimal import Decimal
 from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy import (
-    Connection,
     String,
     Table,
     bindparam,
@@ -188,8 +187,6 @@ def _figures_query(one: bool, window: bool) -> Any:
 # SQLite's driver from a SingleRead (db.driver_read): the budget check's.
 _FIGURES = {
     (one, window): db.driver_read(_figures_query(one, window))
-    if one
-    else _figures_query(one, window)
     for one in (True, False)
     for window in (True, False)
 }
@@ -211,7 +208,7 @@ def figures_and_windows(
         params["ids"] = [lic.id for lic in licenses]
     if window:
         params["first_day"] = window_start(tz, now)
-    rows = {row[0]: row for row in _core(reader).execute(_FIGURES[one, window], params)}
+    rows = {row[0]: row for row in _rows(reader, _FIGURES[one, window], params)}
     result = {}
     for lic in licenses:
         row = rows.get(lic.id)
@@ -381,27 +378,29 @@ def render_state(org: OrgLike, fig: Figures | None, suspended: bool) -> dict[str
 
 
 # Built once, run as Core (every group commit that reaches a budget reads it).
-_RECENT_COST = select(Organization.id, _window_cost(Organization.id)).where(
-    Organization.id.in_(bindparam("orgs", expanding=True))
+_RECENT_COST = db.driver_read(
+    select(Organization.id, _window_cost(Organization.id)).where(
+        Organization.id.in_(bindparam("orgs", expanding=True))
+    )
 )
 
 
-def _core(reader: Reader) -> Connection | db.SingleRead:
-    """The connection under a session, its pending changes flushed (what the session's own
-    execute would autoflush): plain Core statements skip the ORM's execution. A Connection
-    or a SingleRead is used as it is."""
+def _rows(reader: Reader, statement: Any, params: dict[str, Any]) -> list[Any]:
+    """A read statement's rows: in a session, its pending changes flushed first (what the
+    session's own execute would autoflush), then as db.read_rows reads (on SQLite straight
+    to the driver); a SingleRead or a bare Connection runs it as it is."""
     if isinstance(reader, Session):
         reader.flush()
-        return reader.connection()
-    return reader
+        return db.read_rows(reader, statement, params)
+    return list(reader.execute(statement, params))
 
 
 def recent_cost(reader: Reader, org_ids: list[int], tz: Any, now: datetime) -> dict[int, int]:
     """Each organization's cost over the forecast window, in one query."""
     if not org_ids:
         return {}
-    rows = _core(reader).execute(
-        _RECENT_COST, {"orgs": sorted(set(org_ids)), "first_day": window_start(tz, now)}
+    rows = _rows(
+        reader, _RECENT_COST, {"orgs": sorted(set(org_ids)), "first_day": window_start(tz, now)}
     )
     return {org_id: int(cost or 0) for org_id, cost in rows}
 

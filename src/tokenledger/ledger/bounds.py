@@ -13,6 +13,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
+from tokenledger.db import driver_read, read_rows
 from tokenledger.errors import DomainError
 from tokenledger.licenses.models import License
 from tokenledger.money import INT64_MAX
@@ -24,7 +25,7 @@ _LICENSES = cast(Table, License.__table__)
 # Every organization's all-time sums (token_usage_monthly holds them by month; the daily
 # and license rollups are parts of them), and every license's credits: used (events plus
 # adjustments) and of its events alone (what reconcile adds up).
-_ORG_TOTALS = (
+_ORG_TOTALS = driver_read(
     select(
         _MONTHLY.c.organization_id,
         *(func.coalesce(func.sum(_MONTHLY.c[name]), 0) for name in ROLLUP_FIELDS),
@@ -32,13 +33,15 @@ _ORG_TOTALS = (
     .where(_MONTHLY.c.organization_id.in_(bindparam("orgs", expanding=True)))
     .group_by(_MONTHLY.c.organization_id)
 )
-_LICENSE_TOTALS = select(
-    _LICENSES.c.id,
-    _LICENSES.c.credits_used_micro,
-    select(func.coalesce(func.sum(_LICENSE_USAGE.c.credits_micro), 0))
-    .where(_LICENSE_USAGE.c.license_id == _LICENSES.c.id)
-    .scalar_subquery(),
-).where(_LICENSES.c.id.in_(bindparam("ids", expanding=True)))
+_LICENSE_TOTALS = driver_read(
+    select(
+        _LICENSES.c.id,
+        _LICENSES.c.credits_used_micro,
+        select(func.coalesce(func.sum(_LICENSE_USAGE.c.credits_micro), 0))
+        .where(_LICENSE_USAGE.c.license_id == _LICENSES.c.id)
+        .scalar_subquery(),
+    ).where(_LICENSES.c.id.in_(bindparam("ids", expanding=True)))
+)
 
 
 @dataclass(slots=True)
@@ -59,15 +62,14 @@ class LedgerRoom:
 
     @classmethod
     def read(cls, session: Session, org_ids: list[int], license_ids: list[int]) -> LedgerRoom:
-        connection = session.connection()
         orgs: dict[int, list[int]] = {org_id: [0] * len(ROLLUP_FIELDS) for org_id in org_ids}
         if org_ids:
-            for org_id, *sums in connection.execute(_ORG_TOTALS, {"orgs": org_ids}):
+            for org_id, *sums in read_rows(session, _ORG_TOTALS, {"orgs": org_ids}):
                 orgs[org_id] = [int(value) for value in sums]
         found: dict[int, list[int]] = {}
         if license_ids:
-            for license_id, used, of_events in connection.execute(
-                _LICENSE_TOTALS, {"ids": license_ids}
+            for license_id, used, of_events in read_rows(
+                session, _LICENSE_TOTALS, {"ids": license_ids}
             ):
                 found[license_id] = [int(used), int(of_events)]
         return cls(orgs, found)

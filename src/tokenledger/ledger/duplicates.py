@@ -14,9 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import column, text
 from sqlalchemy.orm import Session
 
+from tokenledger.db import driver_read, read_rows
 from tokenledger.errors import DomainError
 from tokenledger.ledger.prepare import Key, Prepared, PreparedBatch, invalid
 from tokenledger.licenses import service as licenses
@@ -36,15 +37,26 @@ class IngestOutcome:
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (index, why), partial
 
 
-_STORED_COLUMNS = (
-    "e.organization_id, e.external_id, e.content_hash, e.cost_nano, e.credits_micro, p.pricing"
+# What is read of a stored event (its table's alias, the column), one row per event.
+_STORED = (
+    ("e", "organization_id"),
+    ("e", "external_id"),
+    ("e", "content_hash"),
+    ("e", "cost_nano"),
+    ("e", "credits_micro"),
+    ("p", "pricing"),
 )
+_STORED_NAMES = tuple(name for _alias, name in _STORED)
+_STORED_COLUMNS = ", ".join(f"{alias}.{name}" for alias, name in _STORED)
 _PRICE_JOIN = "JOIN usage_prices AS p ON p.id = e.price_id"
 # The keys go in as one JSON array (SQLite) or two arrays (PostgreSQL), joined with the
-# unique index: one statement for any number of events and organizations.
-_STORED_SQLITE = text(
-    f"SELECT {_STORED_COLUMNS} FROM json_each(:keys) AS k CROSS JOIN usage_events AS e "
-    "ON e.organization_id = k.value ->> 0 AND e.external_id = k.value ->> 1 " + _PRICE_JOIN
+# unique index: one statement for any number of events and organizations. SQLite's goes
+# straight to the driver (db.read_rows): every group of the writer reads it.
+_STORED_SQLITE = driver_read(
+    text(
+        f"SELECT {_STORED_COLUMNS} FROM json_each(:keys) AS k CROSS JOIN usage_events AS e "
+        "ON e.organization_id = k.value ->> 0 AND e.external_id = k.value ->> 1 " + _PRICE_JOIN
+    ).columns(*(column(name) for name in _STORED_NAMES))
 )
 _STORED_POSTGRESQL = text(
     f"SELECT {_STORED_COLUMNS} FROM unnest(CAST(:orgs AS integer[]), CAST(:ids AS text[])) "
@@ -57,13 +69,18 @@ def stored_events(session: Session, keys: list[Key]) -> dict[Key, dict[str, Any]
     """The stored rows with these (organization, id) keys."""
     if not keys:
         return {}
+    rows: Sequence[Sequence[Any]]
     if session.get_bind().dialect.name == "sqlite":
-        rows = session.connection().execute(_STORED_SQLITE, {"keys": json.dumps(keys)})
+        rows = read_rows(session, _STORED_SQLITE, {"keys": json.dumps(keys)})
     else:
-        rows = session.connection().execute(
-            _STORED_POSTGRESQL, {"orgs": [k[0] for k in keys], "ids": [k[1] for k in keys]}
+        rows = (
+            session.connection()
+            .execute(
+                _STORED_POSTGRESQL, {"orgs": [k[0] for k in keys], "ids": [k[1] for k in keys]}
+            )
+            .all()
         )
-    return {(row.organization_id, row.external_id): dict(row._mapping) for row in rows}
+    return {(row[0], row[1]): dict(zip(_STORED_NAMES, row, strict=True)) for row in rows}
 
 
 def claim(

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tokenledger.audit import service as audit
-from tokenledger.db import Reader, execute_rows
+from tokenledger.db import Reader, driver_read, execute_rows, read_rows
 from tokenledger.errors import DomainError, not_found
 from tokenledger.licenses.models import (
     LICENSE_TERMS_COLUMNS,
@@ -117,7 +117,9 @@ _CANDIDATES = (
 )
 # Built once, like _CANDIDATES: a statement made anew for each call has its cache key
 # computed anew too (SQLAlchemy keeps it per statement object), a fifth of the query's time.
-_CANDIDATES_LOCKED = _CANDIDATES.with_for_update()
+# Both go straight to SQLite's driver (db.read_rows): every group of the writer reads them.
+_CANDIDATES_LOCKED = driver_read(_CANDIDATES.with_for_update())
+driver_read(_CANDIDATES)
 
 
 def candidates_for(
@@ -132,7 +134,7 @@ def candidates_for(
     if not org_ids:
         return result
     query = _CANDIDATES_LOCKED if lock else _CANDIDATES
-    for row in session.connection().execute(query, {"orgs": org_ids}):
+    for row in read_rows(session, query, {"orgs": org_ids}):
         lic = LicenseTermsRow(*row)
         result[lic.organization_id].append(lic)
     return result
