@@ -183,8 +183,9 @@ def _figures_query(one: bool, window: bool) -> Any:
 
 # Built once: every read of figures is one of these statements (for one license or for
 # several; with the forecast window or without), compiled once per database dialect
-# (SQLAlchemy's statement cache) and run as one round trip. One license's go straight to
-# SQLite's driver from a SingleRead (db.driver_read): the budget check's.
+# (SQLAlchemy's statement cache) and run as one round trip. On SQLite all go straight to
+# the driver (db.driver_read): from a SingleRead (the budget check's, one license: no list
+# to write out) and in the writer's group (db.read_rows).
 _FIGURES = {
     (one, window): db.driver_read(_figures_query(one, window))
     for one in (True, False)
@@ -377,7 +378,8 @@ def render_state(org: OrgLike, fig: Figures | None, suspended: bool) -> dict[str
     }
 
 
-# Built once, run as Core (every group commit that reaches a budget reads it).
+# Built once, on SQLite read from the driver (every group commit that reaches a budget
+# reads it).
 _RECENT_COST = db.driver_read(
     select(Organization.id, _window_cost(Organization.id)).where(
         Organization.id.in_(bindparam("orgs", expanding=True))

@@ -109,17 +109,16 @@ def in_force_at(licenses: Sequence[Terms], at: datetime) -> Terms | None:
 
 
 _LICENSES = cast(Table, License.__table__)
-_CANDIDATES = (
+# Both built once: a statement made anew for each call has its cache key computed anew
+# too (SQLAlchemy keeps it per statement object), a fifth of the query's time. Both go
+# straight to SQLite's driver (db.read_rows): every group of the writer reads them.
+_CANDIDATES = driver_read(
     select(*(_LICENSES.c[name] for name in LICENSE_TERMS_COLUMNS))
     .where(_LICENSES.c.organization_id.in_(bindparam("orgs", expanding=True)))
     .where(_LICENSES.c.status != "cancelled")
     .order_by(_LICENSES.c.id)
 )
-# Built once, like _CANDIDATES: a statement made anew for each call has its cache key
-# computed anew too (SQLAlchemy keeps it per statement object), a fifth of the query's time.
-# Both go straight to SQLite's driver (db.read_rows): every group of the writer reads them.
 _CANDIDATES_LOCKED = driver_read(_CANDIDATES.with_for_update())
-driver_read(_CANDIDATES)
 
 
 def candidates_for(
